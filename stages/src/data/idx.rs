@@ -1,0 +1,235 @@
+//! MNIST's IDX format (`train-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`, …):
+//! a big-endian header (magic, dimensions) followed by unsigned bytes. Class subsets are
+//! relabelled 0..K−1 in the order given.
+use super::{ImageSet, Split};
+use crate::{ParamError, StageError};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const IMAGES_MAGIC: u32 = 0x0000_0803;
+const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// An IDX dataset: a folder with the four MNIST files, optionally a subset of its classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdxSpec {
+    /// Folder holding `train-*` and `t10k-*` files, gzipped or not.
+    pub root: PathBuf,
+    /// Keep only these labels, relabelled 0..K−1 in this order (default: all).
+    #[serde(default)]
+    pub classes: Option<Vec<u32>>,
+    /// Keep at most this many samples of each split (after the class filter).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl IdxSpec {
+    pub(super) fn check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
+        if let Some(classes) = &self.classes {
+            if classes.is_empty() {
+                problems.push(ParamError::new(&["classes"], "must name at least one class"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, c) in classes.iter().enumerate() {
+                if !seen.insert(c) {
+                    problems.push(ParamError::new(
+                        &["classes", &i.to_string()],
+                        format!("class {c} is listed twice"),
+                    ));
+                }
+            }
+        }
+        if self.limit == Some(0) {
+            problems.push(ParamError::new(&["limit"], "must be at least 1"));
+        }
+        problems
+    }
+
+    fn prefix(split: Split) -> &'static str {
+        match split {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        }
+    }
+
+    /// The images and labels file of a split, gzipped or plain, whichever exists.
+    fn split_files(&self, split: Split) -> Result<(PathBuf, PathBuf), StageError> {
+        let find = |stem: String| -> Result<PathBuf, StageError> {
+            for candidate in [format!("{stem}.gz"), stem.clone()] {
+                let path = self.root.join(&candidate);
+                if path.is_file() {
+                    return Ok(path);
+                }
+            }
+            Err(StageError::Format {
+                path: self.root.join(&stem),
+                message: format!(
+                    "missing IDX file (expected `{stem}` or `{stem}.gz` in `{}`; MNIST's files are \
+                     train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, \
+                     t10k-labels-idx1-ubyte.gz)",
+                    self.root.display()
+                ),
+            })
+        };
+        let prefix = Self::prefix(split);
+        Ok((find(format!("{prefix}-images-idx3-ubyte"))?, find(format!("{prefix}-labels-idx1-ubyte"))?))
+    }
+
+    pub(super) fn files(&self) -> Result<Vec<PathBuf>, StageError> {
+        let (a, b) = self.split_files(Split::Train)?;
+        let (c, d) = self.split_files(Split::Test)?;
+        Ok(vec![a, b, c, d])
+    }
+
+    pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
+        let (images_path, labels_path) = self.split_files(split)?;
+        let (image_dims, pixels) = read_idx(&images_path, IMAGES_MAGIC, 3)?;
+        let (label_dims, raw_labels) = read_idx(&labels_path, LABELS_MAGIC, 1)?;
+        if image_dims[0] != label_dims[0] {
+            return Err(StageError::Format {
+                path: labels_path,
+                message: format!(
+                    "{} labels for {} images in `{}`",
+                    label_dims[0],
+                    image_dims[0],
+                    images_path.display()
+                ),
+            });
+        }
+        let (h, w) = (image_dims[1], image_dims[2]);
+        let plane = h * w;
+        let all_classes: Vec<u32> = (0..=raw_labels.iter().copied().max().unwrap_or(0) as u32).collect();
+        let classes = self.classes.clone().unwrap_or(all_classes);
+        let mut relabel = [None; 256];
+        for (new, &old) in classes.iter().enumerate() {
+            if let Some(slot) = relabel.get_mut(old as usize) {
+                *slot = Some(new as u32);
+            }
+        }
+        let mut set =
+            ImageSet { pixels: Vec::new(), labels: Vec::new(), shape: [1, h, w], num_classes: classes.len() };
+        for (i, &label) in raw_labels.iter().enumerate() {
+            if self.limit.is_some_and(|limit| set.len() >= limit) {
+                break;
+            }
+            if let Some(new_label) = relabel[label as usize] {
+                set.labels.push(new_label);
+                set.pixels.extend(pixels[i * plane..(i + 1) * plane].iter().map(|&p| p as f32 / 255.0));
+            }
+        }
+        if set.is_empty() {
+            return Err(StageError::Format {
+                path: labels_path,
+                message: format!("no sample has one of the classes {classes:?}"),
+            });
+        }
+        Ok(set)
+    }
+}
+
+/// Reads an IDX file of unsigned bytes: returns its dimensions and data.
+fn read_idx(path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>), StageError> {
+    let raw = std::fs::read(path).map_err(StageError::io("cannot read", path))?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| StageError::Format {
+            path: path.into(),
+            message: format!("corrupt gzip data: {e}"),
+        })?;
+        out
+    } else {
+        raw
+    };
+    let bad = |message: String| StageError::Format { path: path.into(), message };
+    let word = |i: usize| -> Result<u32, StageError> {
+        bytes
+            .get(4 * i..4 * i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| bad(format!("truncated header ({} bytes)", bytes.len())))
+    };
+    let found = word(0)?;
+    if found != magic {
+        return Err(bad(format!(
+            "not an IDX file of rank {rank} with unsigned bytes (magic {found:#010x}, expected {magic:#010x})"
+        )));
+    }
+    let dims = (1..=rank).map(|i| word(i).map(|d| d as usize)).collect::<Result<Vec<_>, _>>()?;
+    let header = 4 * (rank + 1);
+    let expected = dims.iter().product::<usize>();
+    if bytes.len() - header != expected {
+        return Err(bad(format!(
+            "holds {} data bytes, its header {:?} says {expected}",
+            bytes.len() - header,
+            dims
+        )));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_idx(dir: &Path, prefix: &str, labels: &[u8], gzip: bool) {
+        let n = labels.len() as u32;
+        let mut images = Vec::new();
+        images.extend(IMAGES_MAGIC.to_be_bytes());
+        for d in [n, 2, 2] {
+            images.extend(d.to_be_bytes());
+        }
+        for &label in labels {
+            images.extend([label * 10, 255, 0, 51]);
+        }
+        let mut label_file = LABELS_MAGIC.to_be_bytes().to_vec();
+        label_file.extend(n.to_be_bytes());
+        label_file.extend(labels);
+        for (name, data) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", label_file)] {
+            if gzip {
+                use std::io::Write;
+                let file = std::fs::File::create(dir.join(format!("{prefix}-{name}.gz"))).unwrap();
+                let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+                enc.write_all(&data).unwrap();
+                enc.finish().unwrap();
+            } else {
+                std::fs::write(dir.join(format!("{prefix}-{name}")), data).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn loads_subsets_relabelled_from_gzip_and_plain() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx(dir.path(), "train", &[3, 1, 4, 1, 5], true);
+        write_idx(dir.path(), "t10k", &[9, 4], false);
+        let spec = IdxSpec { root: dir.path().into(), classes: Some(vec![4, 1]), limit: None };
+        let train = spec.load(Split::Train).unwrap();
+        assert_eq!(train.labels, vec![1, 0, 1]);
+        assert_eq!(train.shape, [1, 2, 2]);
+        assert_eq!(train.num_classes, 2);
+        assert_eq!(train.image(1), &[40.0 / 255.0, 1.0, 0.0, 0.2]);
+        let test = spec.load(Split::Test).unwrap();
+        assert_eq!(test.labels, vec![0]);
+        let limited = IdxSpec { limit: Some(2), ..spec.clone() }.load(Split::Train).unwrap();
+        assert_eq!(limited.labels, vec![1, 0]);
+        assert_eq!(spec.files().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn malformed_files_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = IdxSpec { root: dir.path().into(), classes: None, limit: None };
+        let missing = spec.load(Split::Train).unwrap_err().to_string();
+        assert!(missing.contains("train-images-idx3-ubyte"), "{missing}");
+        write_idx(dir.path(), "train", &[1, 2], false);
+        let path = dir.path().join("train-images-idx3-ubyte");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&path, bytes).unwrap();
+        let err = spec.load(Split::Train).unwrap_err().to_string();
+        assert!(err.contains("train-images-idx3-ubyte") && err.contains("header"), "{err}");
+        std::fs::write(&path, b"junk").unwrap();
+        assert!(spec.load(Split::Train).unwrap_err().to_string().contains("magic"));
+    }
+}

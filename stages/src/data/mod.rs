@@ -1,0 +1,183 @@
+//! Datasets: how a recipe declares them ([`DatasetSpec`]), and loading them into memory as
+//! [`ImageSet`]s of [0,1] pixels. Formats: MNIST's IDX files (`idx`), and seeded synthetic
+//! noise (`gaussian-noise`, `uniform-noise`).
+mod idx;
+mod synthetic;
+
+pub use idx::IdxSpec;
+pub use synthetic::{GaussianNoiseSpec, UniformNoiseSpec};
+
+use crate::{ParamError, StageError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which part of a dataset a stage reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// A dataset as a recipe declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "kebab-case")]
+pub enum DatasetSpec {
+    Idx(IdxSpec),
+    GaussianNoise(GaussianNoiseSpec),
+    UniformNoise(UniformNoiseSpec),
+}
+
+/// A dataset format: its name in recipes and its fields (besides `format`).
+pub struct DatasetFormat {
+    pub name: &'static str,
+    pub fields: fn() -> &'static [&'static str],
+}
+
+/// Every dataset format.
+pub const FORMATS: &[DatasetFormat] = &[
+    DatasetFormat { name: "idx", fields: crate::struct_fields::<IdxSpec> },
+    DatasetFormat { name: "gaussian-noise", fields: crate::struct_fields::<GaussianNoiseSpec> },
+    DatasetFormat { name: "uniform-noise", fields: crate::struct_fields::<UniformNoiseSpec> },
+];
+
+/// The format names, for messages.
+pub fn format_names() -> String {
+    FORMATS.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// Images in memory: `n` samples of shape `(channels, height, width)`, pixels in [0,1],
+/// row-major `n × c × h × w`; labels in `0..num_classes` (all 0 for unlabelled sets).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSet {
+    pub pixels: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub shape: [usize; 3],
+    pub num_classes: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Values per image.
+    pub fn image_size(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn image(&self, index: usize) -> &[f32] {
+        let size = self.image_size();
+        &self.pixels[index * size..(index + 1) * size]
+    }
+
+    /// Per-channel mean and standard deviation over every pixel.
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let [c, h, w] = self.shape;
+        let plane = h * w;
+        let mut means = Vec::with_capacity(c);
+        let mut stds = Vec::with_capacity(c);
+        for channel in 0..c {
+            let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0f64);
+            for i in 0..self.len() {
+                let start = i * c * plane + channel * plane;
+                for &v in &self.pixels[start..start + plane] {
+                    sum += v as f64;
+                    sum_sq += (v as f64) * (v as f64);
+                    count += 1.0;
+                }
+            }
+            let mean = sum / count.max(1.0);
+            let var = (sum_sq / count.max(1.0) - mean * mean).max(0.0);
+            means.push(mean as f32);
+            stds.push(var.sqrt().max(1e-6) as f32);
+        }
+        (means, stds)
+    }
+}
+
+impl DatasetSpec {
+    /// Parses a dataset declaration; errors name the offending field.
+    pub fn from_json(value: serde_json::Value) -> Result<DatasetSpec, ParamError> {
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(ParamError::new(&[], "a dataset must be a table"));
+        };
+        let format = match fields.remove("format") {
+            Some(serde_json::Value::String(format)) => format,
+            Some(other) => {
+                return Err(ParamError::new(&["format"], format!("expected a string, found {other}")))
+            }
+            None => {
+                return Err(ParamError::new(
+                    &[],
+                    format!("missing field `format` (one of {})", format_names()),
+                ))
+            }
+        };
+        let fields = serde_json::Value::Object(fields);
+        // Deserialised per format so that errors keep the path of the offending field.
+        match format.as_str() {
+            "idx" => ParamError::deserialize(fields).map(DatasetSpec::Idx),
+            "gaussian-noise" => ParamError::deserialize(fields).map(DatasetSpec::GaussianNoise),
+            "uniform-noise" => ParamError::deserialize(fields).map(DatasetSpec::UniformNoise),
+            other => Err(ParamError::new(
+                &["format"],
+                format!("unknown format `{other}`, expected one of {}", format_names()),
+            )),
+        }
+    }
+
+    /// Makes relative paths absolute against `base` (the recipe's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        if let DatasetSpec::Idx(spec) = self {
+            if spec.root.is_relative() {
+                spec.root = base.join(&spec.root);
+            }
+        }
+    }
+
+    /// The files this dataset reads, for fingerprinting. Errors if a required file is missing.
+    pub fn files(&self) -> Result<Vec<PathBuf>, StageError> {
+        match self {
+            DatasetSpec::Idx(spec) => spec.files(),
+            DatasetSpec::GaussianNoise(_) | DatasetSpec::UniformNoise(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Checks beyond types.
+    pub fn check(&self) -> Vec<ParamError> {
+        match self {
+            DatasetSpec::Idx(spec) => spec.check(),
+            DatasetSpec::GaussianNoise(spec) => spec.check(),
+            DatasetSpec::UniformNoise(spec) => spec.check(),
+        }
+    }
+
+    /// Loads one split. Synthetic sets have no splits and give the same images for both.
+    pub fn load(&self, split: Split) -> Result<ImageSet, StageError> {
+        match self {
+            DatasetSpec::Idx(spec) => spec.load(split),
+            DatasetSpec::GaussianNoise(spec) => Ok(spec.generate()),
+            DatasetSpec::UniformNoise(spec) => Ok(spec.generate()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_format_and_reports_bad_fields() {
+        let spec =
+            DatasetSpec::from_json(serde_json::json!({"format": "uniform-noise", "count": 5})).unwrap();
+        assert_eq!(spec.load(Split::Test).unwrap().len(), 5);
+        let err = DatasetSpec::from_json(serde_json::json!({"format": "gaussian-noise", "count": "many"}))
+            .unwrap_err();
+        assert_eq!(err.path, vec!["count"]);
+        assert_eq!((FORMATS[0].fields)(), &["root", "classes", "limit"]);
+    }
+}

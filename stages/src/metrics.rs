@@ -1,0 +1,171 @@
+//! OOD detection metrics, exactly as SPEC §8: ID is the positive class and every score is
+//! "higher = more in-distribution".
+//!
+//! - FPR95: sort descending, cut only after the last of each run of tied scores, take the cut
+//!   whose ID recall is nearest 0.95 (the first such cut from the highest threshold), report the
+//!   fraction of OOD samples above it.
+//! - AUROC: Mann–Whitney, ties counted ½ (sklearn's `roc_auc_score`).
+//! - AUPR-In: average precision with ID positive, Σ (R_n − R_{n−1}) P_n (sklearn's
+//!   `average_precision_score`); AUPR-Out: the same with OOD positive on −score.
+use serde::{Deserialize, Serialize};
+
+/// The four OOD metrics of one (ID, OOD) pair, as fractions in [0,1].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OodMetrics {
+    pub fpr95: f64,
+    pub auroc: f64,
+    pub aupr_in: f64,
+    pub aupr_out: f64,
+}
+
+/// Cut points of a descending sort: for each distinct score (highest first), how many positives
+/// and negatives score at or above it.
+fn cuts(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
+    let mut all: Vec<(f64, bool)> =
+        positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut out = Vec::new();
+    let (mut tp, mut fp) = (0.0, 0.0);
+    for (i, &(score, is_pos)) in all.iter().enumerate() {
+        if is_pos {
+            tp += 1.0;
+        } else {
+            fp += 1.0;
+        }
+        if i + 1 == all.len() || all[i + 1].0 != score {
+            out.push((tp, fp));
+        }
+    }
+    out
+}
+
+/// FPR at the cut whose recall of `positive` is nearest 0.95.
+pub fn fpr_at_95_tpr(positive: &[f64], negative: &[f64]) -> f64 {
+    let n_pos = positive.len() as f64;
+    let n_neg = negative.len() as f64;
+    let mut best: Option<(f64, f64)> = None; // (distance, fpr)
+    for (tp, fp) in cuts(positive, negative) {
+        let distance = (tp / n_pos - 0.95).abs();
+        if best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, fp / n_neg));
+        }
+    }
+    best.map_or(f64::NAN, |(_, fpr)| fpr)
+}
+
+/// Area under the ROC curve with ties counted ½.
+pub fn auroc(positive: &[f64], negative: &[f64]) -> f64 {
+    let (mut area, mut prev_tp, mut prev_fp) = (0.0, 0.0, 0.0);
+    for (tp, fp) in cuts(positive, negative) {
+        area += (fp - prev_fp) * (tp + prev_tp) / 2.0;
+        prev_tp = tp;
+        prev_fp = fp;
+    }
+    area / (positive.len() as f64 * negative.len() as f64)
+}
+
+/// Average precision of `positive` against `negative`: Σ (R_n − R_{n−1}) P_n over cut points.
+pub fn average_precision(positive: &[f64], negative: &[f64]) -> f64 {
+    let n_pos = positive.len() as f64;
+    let (mut ap, mut prev_recall) = (0.0, 0.0);
+    for (tp, fp) in cuts(positive, negative) {
+        let recall = tp / n_pos;
+        ap += (recall - prev_recall) * (tp / (tp + fp));
+        prev_recall = recall;
+    }
+    ap
+}
+
+/// All four metrics of ID scores against OOD scores. NaN scores are an error.
+pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
+    if id.is_empty() || ood.is_empty() {
+        return Err(format!("need scores on both sides ({} ID, {} OOD)", id.len(), ood.len()));
+    }
+    if let Some(i) = id.iter().position(|s| s.is_nan()) {
+        return Err(format!("ID score {i} is NaN"));
+    }
+    if let Some(i) = ood.iter().position(|s| s.is_nan()) {
+        return Err(format!("OOD score {i} is NaN"));
+    }
+    let negated_id: Vec<f64> = id.iter().map(|s| -s).collect();
+    let negated_ood: Vec<f64> = ood.iter().map(|s| -s).collect();
+    Ok(OodMetrics {
+        fpr95: fpr_at_95_tpr(id, ood),
+        auroc: auroc(id, ood),
+        aupr_in: average_precision(id, ood),
+        aupr_out: average_precision(&negated_ood, &negated_id),
+    })
+}
+
+/// Mean and sample standard deviation (n − 1); the deviation is 0 for a single value.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    #[test]
+    fn perfect_and_reversed_separation() {
+        let id = [0.9, 0.8, 0.7];
+        let ood = [0.1, 0.2];
+        let m = ood_metrics(&id, &ood).unwrap();
+        assert_eq!((m.fpr95, m.auroc, m.aupr_in, m.aupr_out), (0.0, 1.0, 1.0, 1.0));
+        let r = ood_metrics(&ood, &id).unwrap();
+        assert_eq!(r.auroc, 0.0);
+        assert_eq!(r.fpr95, 1.0);
+    }
+
+    #[test]
+    fn hand_computed_with_ties() {
+        // ID: 3, 2, 2, 1; OOD: 2, 0.
+        // Sorted: 3(I) | 2(I) 2(I) 2(O) | 1(I) | 0(O) → cuts (tp, fp): (1,0) (3,1) (4,1) (4,2).
+        let id = [3.0, 2.0, 2.0, 1.0];
+        let ood = [2.0, 0.0];
+        // AUROC: pairs ID>OOD: 3>2,3>0,2>0,2>0,1>0 = 5, ties 2=2 twice → 1; total 6/8.
+        close(auroc(&id, &ood), 0.75);
+        // Recalls 0.25, 0.75, 1.0, 1.0: nearest 0.95 is 1.0 at cut (4,1) (first on ties) → FPR 0.5.
+        close(fpr_at_95_tpr(&id, &ood), 0.5);
+        // AP-in: 0.25·1 + 0.5·(3/4) + 0.25·(4/5) + 0 = 0.825.
+        close(average_precision(&id, &ood), 0.825);
+        // AP-out on −score: −0(O) | −1(I) | −2: O I I | −3(I): cuts (1,0) (1,1) (2,3) (2,4).
+        // = 0.5·1 + 0 + 0.5·(2/5) + 0 = 0.7.
+        close(ood_metrics(&id, &ood).unwrap().aupr_out, 0.7);
+    }
+
+    #[test]
+    fn fpr95_picks_nearest_recall_not_first_above() {
+        // 20 ID scores 20..1, OOD scores between: recall after k ID samples = k/20.
+        // With OOD 1.5 (between ID 2 and ID 1): recall 0.95 is reached exactly at ID 2 → FPR 0.
+        let id: Vec<f64> = (1..=20).map(f64::from).collect();
+        close(fpr_at_95_tpr(&id, &[1.5, 0.5]), 0.0);
+        // All scores tied: the only cut has recall 1 and FPR 1.
+        close(fpr_at_95_tpr(&[1.0; 4], &[1.0; 3]), 1.0);
+        close(auroc(&[1.0; 4], &[1.0; 3]), 0.5);
+    }
+
+    #[test]
+    fn rejects_nan_and_empty() {
+        assert!(ood_metrics(&[f64::NAN], &[1.0]).is_err());
+        assert!(ood_metrics(&[], &[1.0]).is_err());
+    }
+
+    #[test]
+    fn mean_std_uses_n_minus_one() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        close(m, 2.0);
+        close(s, 1.0);
+        assert_eq!(mean_std(&[5.0]), (5.0, 0.0));
+    }
+}

@@ -1,0 +1,133 @@
+//! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
+use crate::rng::Rng;
+use crate::StageError;
+use candle_core::{Device, Tensor, Var, D};
+use rand::Rng as _;
+
+/// Training (batch statistics, dropout from the given generator) or evaluation.
+pub enum Mode<'a> {
+    Eval,
+    Train { rng: &'a mut Rng },
+}
+
+impl Mode<'_> {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+}
+
+/// Batch norm over `(n, c, h, w)`: in training, normalises with the batch's mean and biased
+/// variance and moves the running statistics by `momentum` towards the batch mean and
+/// *unbiased* variance (PyTorch's rule); in evaluation, normalises with the running statistics.
+pub struct BatchNorm2d {
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub running_mean_var: Option<Var>,
+    pub running_var_var: Option<Var>,
+    pub affine: Option<(Tensor, Tensor)>,
+    pub eps: f64,
+    pub momentum: f64,
+}
+
+impl BatchNorm2d {
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
+        let (n, c, h, w) = x.dims4()?;
+        let normalised = if mode.is_train() {
+            let mean = x.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
+            let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
+                return Err(StageError::Invalid(
+                    "batch norm in training mode needs updatable statistics".into(),
+                ));
+            };
+            let count = (n * h * w) as f64;
+            let unbiased = (var.detach() * (count / (count - 1.0).max(1.0)))?.reshape(c)?;
+            let m = self.momentum;
+            rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?)?;
+            rv.set(&((rv.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            centred.broadcast_div(&(var + self.eps)?.sqrt()?)?
+        } else {
+            let mean = self.running_mean.reshape((1, c, 1, 1))?;
+            let std = (self.running_var.reshape((1, c, 1, 1))? + self.eps)?.sqrt()?;
+            x.broadcast_sub(&mean)?.broadcast_div(&std)?
+        };
+        match &self.affine {
+            Some((weight, bias)) => Ok(normalised
+                .broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
+                .broadcast_add(&bias.reshape((1, c, 1, 1))?)?),
+            None => Ok(normalised),
+        }
+    }
+}
+
+/// Inverted dropout with probability `p`, masks drawn from the mode's generator.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode, device: &Device) -> Result<Tensor, StageError> {
+    let Mode::Train { rng } = mode else { return Ok(x.clone()) };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> =
+        (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), device)?;
+    Ok((x * mask)?)
+}
+
+/// Mean over the spatial dimensions: `(n, c, h, w)` → `(n, c)`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor, StageError> {
+    Ok(x.flatten_from(2)?.mean(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_norm_matches_hand_computation() {
+        let dev = Device::Cpu;
+        // One channel, batch of 4 values 1, 2, 3, 6: mean 3, biased var 3.5, unbiased 14/3.
+        let x = Tensor::from_vec(vec![1f32, 2.0, 3.0, 6.0], (4, 1, 1, 1), &dev).unwrap();
+        let rm = Var::new(&[0f32], &dev).unwrap();
+        let rv = Var::new(&[1f32], &dev).unwrap();
+        let bn = BatchNorm2d {
+            running_mean: rm.as_tensor().clone(),
+            running_var: rv.as_tensor().clone(),
+            running_mean_var: Some(rm.clone()),
+            running_var_var: Some(rv.clone()),
+            affine: None,
+            eps: 1e-5,
+            momentum: 0.1,
+        };
+        let mut rng = crate::rng::derive(0, "t");
+        let y = bn.forward(&x, &Mode::Train { rng: &mut rng }).unwrap();
+        let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let expected = (-2.0f32) / (3.5f32 + 1e-5).sqrt();
+        assert!((y[0] - expected).abs() < 1e-5);
+        assert!((rm.as_tensor().to_vec1::<f32>().unwrap()[0] - 0.3).abs() < 1e-6);
+        let rv_now = rv.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((rv_now - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-5, "{rv_now}");
+        // Eval mode uses the (shared) running statistics.
+        let e: Vec<f32> = bn.forward(&x, &Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!((e[0] - (1.0 - 0.3) / (rv_now + 1e-5).sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_inverted() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((1000,), candle_core::DType::F32, &dev).unwrap();
+        let mut a = crate::rng::derive(1, "d");
+        let mut b = crate::rng::derive(1, "d");
+        let ya: Vec<f32> =
+            dropout(&x, 0.3, &mut Mode::Train { rng: &mut a }, &dev).unwrap().to_vec1().unwrap();
+        let yb: Vec<f32> =
+            dropout(&x, 0.3, &mut Mode::Train { rng: &mut b }, &dev).unwrap().to_vec1().unwrap();
+        assert_eq!(ya, yb);
+        let kept = ya.iter().filter(|&&v| v > 0.0).count();
+        assert!((600..800).contains(&kept), "{kept}");
+        assert!(ya.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        let eval: Vec<f32> = dropout(&x, 0.3, &mut Mode::Eval, &dev).unwrap().to_vec1().unwrap();
+        assert!(eval.iter().all(|&v| v == 1.0));
+    }
+}

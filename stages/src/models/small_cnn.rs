@@ -1,0 +1,179 @@
+//! The small CNN for MNIST-like data and smoke recipes: per width a conv3×3 (padding 1, the
+//! block's stride, no bias) → batch norm → ReLU; then global average pooling (the penultimate
+//! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
+//! 93k-parameter MNIST network SPEC §3 mentions.
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
+use super::{Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use crate::StageError;
+use candle_core::{Device, Tensor};
+
+pub(super) fn parameters(spec: &ModelSpec, widths: &[usize]) -> Vec<ParamDef> {
+    let def = |name: String, shape: Vec<usize>, init, role| ParamDef { name, shape, init, role };
+    let mut defs = Vec::new();
+    let mut channels = spec.input_shape[0];
+    for (i, &width) in widths.iter().enumerate() {
+        let n = i + 1;
+        let fan_in = channels * 9;
+        defs.push(def(
+            format!("conv{n}.weight"),
+            vec![width, channels, 3, 3],
+            Init::KaimingNormal { fan_in },
+            Role::Weight,
+        ));
+        if spec.affine_bn {
+            defs.push(def(format!("bn{n}.weight"), vec![width], Init::Const(1.0), Role::NormAffine));
+            defs.push(def(format!("bn{n}.bias"), vec![width], Init::Const(0.0), Role::NormAffine));
+        }
+        defs.push(def(format!("bn{n}.running_mean"), vec![width], Init::Const(0.0), Role::NormStatistic));
+        defs.push(def(format!("bn{n}.running_var"), vec![width], Init::Const(1.0), Role::NormStatistic));
+        channels = width;
+    }
+    let fan_in = channels;
+    defs.push(def(
+        "fc.weight".into(),
+        vec![spec.num_classes, channels],
+        Init::Uniform { fan_in },
+        Role::Weight,
+    ));
+    defs.push(def("fc.bias".into(), vec![spec.num_classes], Init::Uniform { fan_in }, Role::Bias));
+    defs
+}
+
+struct Block {
+    weight: Tensor,
+    stride: usize,
+    norm: BatchNorm2d,
+}
+
+pub struct SmallCnn {
+    blocks: Vec<Block>,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    dropout: f64,
+    device: Device,
+}
+
+impl SmallCnn {
+    pub fn new(
+        spec: &ModelSpec,
+        widths: &[usize],
+        strides: &[usize],
+        params: &Parameters,
+        device: &Device,
+    ) -> Result<SmallCnn, StageError> {
+        if widths.len() != strides.len() || widths.is_empty() {
+            return Err(StageError::Invalid(format!(
+                "small-cnn needs one stride per width (widths {widths:?}, strides {strides:?})"
+            )));
+        }
+        let mut blocks = Vec::new();
+        for (i, &stride) in strides.iter().enumerate() {
+            let n = i + 1;
+            let affine = if spec.affine_bn {
+                Some((params.get(&format!("bn{n}.weight"))?, params.get(&format!("bn{n}.bias"))?))
+            } else {
+                None
+            };
+            blocks.push(Block {
+                weight: params.get(&format!("conv{n}.weight"))?,
+                stride,
+                norm: BatchNorm2d {
+                    running_mean: params.get(&format!("bn{n}.running_mean"))?,
+                    running_var: params.get(&format!("bn{n}.running_var"))?,
+                    running_mean_var: params.var(&format!("bn{n}.running_mean")),
+                    running_var_var: params.var(&format!("bn{n}.running_var")),
+                    affine,
+                    eps: 1e-5,
+                    momentum: 0.1,
+                },
+            });
+        }
+        let c = spec.input_shape[0];
+        Ok(SmallCnn {
+            blocks,
+            fc_weight: params.get("fc.weight")?,
+            fc_bias: params.get("fc.bias")?,
+            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
+            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            dropout: spec.dropout,
+            device: device.clone(),
+        })
+    }
+
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
+        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        for block in &self.blocks {
+            x = x.conv2d(&block.weight, 1, block.stride, 1, 1)?;
+            x = block.norm.forward(&x, mode)?.relu()?;
+        }
+        let features = global_avg_pool(&x)?;
+        let dropped = dropout(&features, self.dropout, mode, &self.device)?;
+        let logits = dropped.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        Ok(Forward { features, logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::SmallCnn { widths: vec![32, 64, 128], strides: vec![1, 2, 2] },
+            input_shape: [1, 28, 28],
+            num_classes: 6,
+            dropout: 0.3,
+            affine_bn: false,
+            mean: vec![0.13],
+            std: vec![0.31],
+        }
+    }
+
+    #[test]
+    fn parameter_count_and_forward_shapes() {
+        let spec = spec();
+        // 32·9 + 64·32·9 + 128·64·9 + 6·128 + 6
+        assert_eq!(spec.learnable_count(), 288 + 18432 + 73728 + 768 + 6);
+        let dev = Device::Cpu;
+        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &dev).unwrap();
+        let x = Tensor::zeros((3, 1, 28, 28), candle_core::DType::F32, &dev).unwrap();
+        let out = net.forward(&x, &mut Mode::Eval).unwrap();
+        assert_eq!(out.logits.dims(), &[3, 6]);
+        assert_eq!(out.features.dims(), &[3, 128]);
+    }
+
+    #[test]
+    fn initialisation_is_seeded_and_has_kaiming_scale() {
+        let spec = spec();
+        let dev = Device::Cpu;
+        let a = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let b = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let w: Vec<f32> = a["conv3.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(w, b["conv3.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let var = w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
+        assert!((var - 2.0 / 576.0).abs() < 2.0 / 576.0 * 0.05, "{var}");
+        let fc: Vec<f32> = a["fc.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(fc.iter().all(|v| v.abs() <= 1.0 / 128f32.sqrt()));
+    }
+
+    #[test]
+    fn weights_round_trip_through_safetensors() {
+        let spec = spec();
+        let dev = Device::Cpu;
+        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        save_weights(&values, &path).unwrap();
+        let loaded = load_weights(&path, &dev).unwrap();
+        for (name, t) in &values {
+            let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = loaded[name].flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, b, "{name}");
+        }
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load_weights(&path, &dev).unwrap_err().to_string().contains("w.safetensors"));
+    }
+}

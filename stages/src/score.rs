@@ -1,0 +1,199 @@
+//! `score`: runs a model on the ID test set and each OOD set and writes one score file per
+//! (method, set), higher = more in-distribution (SPEC §7).
+//!
+//! Outputs: `<method>/<set>.npy` (float32), `id_labels.npy` and `id_predictions.npy` (int64),
+//! and `scores.json`, the index the report reads (sets, methods, counts, ID accuracy).
+use crate::data::{ImageSet, Split};
+use crate::models::{Mode, Network, SavedModel};
+use crate::scores::Method;
+use crate::train::write_json;
+use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+fn default_methods() -> Vec<Method> {
+    vec![Method::Msp, Method::Energy]
+}
+fn default_batch_size() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Score {
+    /// The stage whose model to score (a `train` stage means its last checkpoint).
+    pub model: String,
+    /// The ID dataset (its test split).
+    pub id: String,
+    /// The OOD datasets (their test splits).
+    pub ood: Vec<String>,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<Method>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+/// One scored set in `scores.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredSet {
+    pub name: String,
+    pub count: usize,
+}
+
+/// `scores.json`: what a score stage computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreIndex {
+    pub model: String,
+    pub id: ScoredSet,
+    pub id_accuracy: f64,
+    pub ood: Vec<ScoredSet>,
+    pub methods: Vec<Method>,
+}
+
+impl ScoreIndex {
+    pub const FILE: &'static str = "scores.json";
+
+    pub fn read(dir: &Path) -> Result<ScoreIndex, StageError> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(StageError::io("cannot read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StageError::Format { path, message: e.to_string() })
+    }
+
+    /// Relative path of the scores of `method` on `set`.
+    pub fn file(method: Method, set: &str) -> PathBuf {
+        PathBuf::from(method.name()).join(format!("{set}.npy"))
+    }
+}
+
+impl StageParams for Score {
+    const KIND: &'static str = "score";
+    const VERSION: u32 = 1;
+    const PRODUCES: &'static [Artifact] = &[Artifact::Scores];
+
+    fn inputs(&self) -> Vec<Input> {
+        let mut inputs =
+            vec![Input::stage(&["model"], &self.model, Artifact::Model), Input::dataset(&["id"], &self.id)];
+        for (i, name) in self.ood.iter().enumerate() {
+            inputs.push(Input::dataset(&["ood", &i.to_string()], name));
+        }
+        inputs
+    }
+
+    fn check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
+        if self.ood.is_empty() {
+            problems.push(ParamError::new(&["ood"], "needs at least one OOD dataset"));
+        }
+        if self.methods.is_empty() {
+            problems.push(ParamError::new(&["methods"], "needs at least one method"));
+        }
+        if self.batch_size == 0 {
+            problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
+        }
+        for (i, name) in self.ood.iter().enumerate() {
+            if name == &self.id || self.ood[..i].contains(name) {
+                problems.push(ParamError::new(&["ood", &i.to_string()], format!("`{name}` is listed twice")));
+            }
+        }
+        problems
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
+        let net = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_frozen(ctx.device)?;
+        let id = self.load(ctx, &net, &self.id)?;
+        if id.num_classes != net.spec.num_classes {
+            return Err(StageError::Invalid(format!(
+                "ID set `{}` has {} classes but the model predicts {}",
+                self.id, id.num_classes, net.spec.num_classes
+            )));
+        }
+        let id_logits = self.logits(ctx, &net, &id, &self.id)?;
+        let predictions: Vec<i64> = id_logits.iter().map(|row| argmax(row) as i64).collect();
+        let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
+        npy::write_i64(&ctx.out_dir.join("id_predictions.npy"), &predictions)?;
+        npy::write_i64(
+            &ctx.out_dir.join("id_labels.npy"),
+            &id.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
+        )?;
+        self.write_scores(ctx, &self.id, &id_logits)?;
+        let mut ood_sets = Vec::new();
+        for name in &self.ood {
+            let set = self.load(ctx, &net, name)?;
+            let logits = self.logits(ctx, &net, &set, name)?;
+            self.write_scores(ctx, name, &logits)?;
+            ood_sets.push(ScoredSet { name: name.clone(), count: set.len() });
+        }
+        let index = ScoreIndex {
+            model: self.model.clone(),
+            id: ScoredSet { name: self.id.clone(), count: id.len() },
+            id_accuracy: correct as f64 / id.len() as f64,
+            ood: ood_sets,
+            methods: self.methods.clone(),
+        };
+        ctx.progress.info(&format!("ID accuracy on `{}`: {:.2}%", self.id, 100.0 * index.id_accuracy));
+        write_json(&ctx.out_dir.join(ScoreIndex::FILE), &index)
+    }
+}
+
+impl Score {
+    fn load(&self, ctx: &RunContext, net: &Network, name: &str) -> Result<ImageSet, StageError> {
+        let set = ctx.dataset(name)?.load(Split::Test)?;
+        if set.shape != net.spec.input_shape {
+            return Err(StageError::Invalid(format!(
+                "dataset `{name}` has images of shape {:?}, the model takes {:?}",
+                set.shape, net.spec.input_shape
+            )));
+        }
+        Ok(set)
+    }
+
+    fn logits(
+        &self,
+        ctx: &RunContext,
+        net: &Network,
+        set: &ImageSet,
+        name: &str,
+    ) -> Result<Vec<Vec<f32>>, StageError> {
+        logits(ctx, net, set, self.batch_size, &format!("score {name}"))
+    }
+
+    fn write_scores(&self, ctx: &RunContext, set: &str, logits: &[Vec<f32>]) -> Result<(), StageError> {
+        for &method in &self.methods {
+            let path = ctx.out_dir.join(ScoreIndex::file(method, set));
+            let dir = path.parent().expect("score files live in a method folder");
+            std::fs::create_dir_all(dir).map_err(StageError::io("cannot create", dir))?;
+            let scores: Vec<f32> = logits.iter().map(|row| method.score(row) as f32).collect();
+            npy::write_f32(&path, &scores)?;
+        }
+        Ok(())
+    }
+}
+
+/// Logits of every image of `set`, in evaluation mode.
+pub fn logits(
+    ctx: &RunContext,
+    net: &Network,
+    set: &ImageSet,
+    batch_size: usize,
+    label: &str,
+) -> Result<Vec<Vec<f32>>, StageError> {
+    let [c, h, w] = set.shape;
+    let bar = ctx.progress.bar(label, set.len().div_ceil(batch_size) as u64, "batch");
+    let mut rows = Vec::with_capacity(set.len());
+    for start in (0..set.len()).step_by(batch_size) {
+        let end = (start + batch_size).min(set.len());
+        let size = set.image_size();
+        let pixels = set.pixels[start * size..end * size].to_vec();
+        let images = Tensor::from_vec(pixels, (end - start, c, h, w), ctx.device)?;
+        let out = net.forward(&images, &mut Mode::Eval)?;
+        rows.extend(out.logits.to_vec2::<f32>()?);
+        bar.inc(1);
+    }
+    bar.finish("");
+    Ok(rows)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+}
