@@ -1,1 +1,10 @@
+//! The engine of `pipeline`: recipes ([`recipe`]), the stage graph ([`graph`]), the expansion
+//! of stages into runnable instances with their cache keys ([`plan`]), the scheduler ([`run`])
+//! and the command line ([`cli`]). It knows nothing of machine learning: stages come from the
+//! `stages` crate's registry, outputs are stored by the `cache` crate.
 pub mod cli;
+pub mod device;
+pub mod graph;
+pub mod plan;
+pub mod recipe;
+pub mod run;

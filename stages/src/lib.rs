@@ -193,7 +193,7 @@ pub trait StageKind: Sync {
     fn produces(&self) -> &'static [Artifact];
     fn across_seeds(&self) -> bool;
     /// Builds the stage; a type error is reported with the path of the offending field.
-    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, Vec<ParamError>>;
+    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError>;
 }
 
 struct KindOf<P>(PhantomData<fn() -> P>);
@@ -211,15 +211,24 @@ impl<P: StageParams> StageKind for KindOf<P> {
     fn across_seeds(&self) -> bool {
         P::ACROSS_SEEDS
     }
-    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, Vec<ParamError>> {
-        let parsed: P = ParamError::deserialize(params).map_err(|e| vec![e])?;
+    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError> {
+        let parsed: P = ParamError::deserialize(params).map_err(BuildError::Type)?;
         let problems = parsed.check();
         if problems.is_empty() {
             Ok(Box::new(parsed))
         } else {
-            Err(problems)
+            Err(BuildError::Invalid(problems))
         }
     }
+}
+
+/// Why parameters could not become a stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildError {
+    /// The first field whose value has the wrong type (or a missing required field).
+    Type(ParamError),
+    /// Values of the right types that do not make sense together.
+    Invalid(Vec<ParamError>),
 }
 
 /// Every stage kind, by name.

@@ -3,7 +3,7 @@
 /// Receives progress from a running stage. The engine draws bars or prints lines.
 pub trait Progress: Send + Sync {
     /// Starts a bounded piece of work (e.g. the batches of one epoch).
-    fn bar(&self, label: &str, total: u64, unit: &str) -> Box<dyn ProgressBar>;
+    fn bar<'a>(&'a self, label: &str, total: u64, unit: &str) -> Box<dyn ProgressBar + 'a>;
     /// A line worth keeping in the log (e.g. an epoch's summary).
     fn info(&self, message: &str);
 }
@@ -22,7 +22,7 @@ pub struct NoProgress;
 struct NoBar;
 
 impl Progress for NoProgress {
-    fn bar(&self, _label: &str, _total: u64, _unit: &str) -> Box<dyn ProgressBar> {
+    fn bar<'a>(&'a self, _label: &str, _total: u64, _unit: &str) -> Box<dyn ProgressBar + 'a> {
         Box::new(NoBar)
     }
     fn info(&self, _message: &str) {}

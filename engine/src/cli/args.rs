@@ -1,0 +1,94 @@
+//! What the user typed: clap's view of the command line, kept apart from what is built from it.
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pipeline",
+    version,
+    about = "Runs out-of-distribution detection experiments declared in TOML recipes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Cache folder [default: $PIPELINE_CACHE, else .pipeline-cache in the current folder]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a recipe's stages, reusing cached results
+    Run {
+        recipe: PathBuf,
+        /// Run only this stage and what it needs (repeatable)
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        /// Recompute this stage even if cached (repeatable)
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Stages to run at once
+        #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+        jobs: usize,
+        /// Print only errors
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print one JSON object per event on stdout (for CI logs)
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Say which stages would run and why, without running anything
+    Plan {
+        recipe: PathBuf,
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Say for every stage whether it is cached or will run, and why
+    Status {
+        recipe: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Print the stage graph
+    Dag {
+        recipe: PathBuf,
+        /// Graphviz output
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Say where a stage's outputs are
+    Show {
+        recipe: PathBuf,
+        stage: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Delete cache entries the given recipes no longer reference
+    Gc {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        /// List what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Validate recipes (exit status 0 when valid, 1 when not)
+    Check {
+        #[arg(required = true)]
+        recipes: Vec<PathBuf>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}

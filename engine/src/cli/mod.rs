@@ -1,0 +1,51 @@
+//! The `pipeline` command line: `main` parses arguments, runs one command and maps its outcome
+//! to the exit status (0: success, 1: a stage failed or a recipe is invalid under `check`,
+//! 2: a usage or recipe error).
+mod args;
+mod commands;
+pub mod shell;
+
+use args::{Cli, Command};
+use clap::Parser;
+use std::process::ExitCode;
+
+/// What a command wants the process to exit with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Failure,
+    UsageError,
+}
+
+/// Entry point of the `pipeline` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Status::Success) => ExitCode::SUCCESS,
+        Ok(Status::Failure) => ExitCode::from(1),
+        Ok(Status::UsageError) => ExitCode::from(2),
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("\nCaused by:\n    {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Status> {
+    match cli.command {
+        Command::Run { recipe, only, force, jobs, quiet, json, cache } => {
+            commands::run(&recipe, &only, &force, jobs, quiet, json, cache.cache)
+        }
+        Command::Plan { recipe, only, force, cache } => {
+            commands::plan(&recipe, &only, &force, cache.cache, false)
+        }
+        Command::Status { recipe, cache } => commands::plan(&recipe, &[], &[], cache.cache, true),
+        Command::Dag { recipe, dot } => commands::dag(&recipe, dot),
+        Command::Show { recipe, stage, cache } => commands::show(&recipe, &stage, cache.cache),
+        Command::Gc { recipes, dry_run, cache } => commands::gc(&recipes, dry_run, cache.cache),
+        Command::Check { recipes, json } => commands::check(&recipes, json),
+    }
+}

@@ -1,0 +1,121 @@
+//! The stage graph: an edge from every stage to each stage that reads it. Built once, checked
+//! for cycles (reported as a path), then read only.
+use crate::recipe::StageDecl;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::Direction;
+use std::collections::{BTreeSet, VecDeque};
+
+#[derive(Debug, Clone)]
+pub struct StageGraph {
+    graph: DiGraph<usize, ()>,
+    order: Vec<usize>,
+}
+
+impl StageGraph {
+    /// Builds the graph of `stages` (indices into the slice). References to stages not in the
+    /// slice are ignored (they are reported elsewhere). A cycle comes back as the indices along it.
+    pub fn new(stages: &[StageDecl]) -> Result<StageGraph, Vec<usize>> {
+        let mut graph = DiGraph::new();
+        let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
+        for (i, decl) in stages.iter().enumerate() {
+            for name in decl.upstream() {
+                if let Some(j) = stages.iter().position(|s| s.name == name) {
+                    graph.update_edge(nodes[j], nodes[i], ());
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&graph) {
+            return Err(cycle);
+        }
+        // Kahn's algorithm, taking the earliest-declared ready stage first: a stable order.
+        let mut indegree: Vec<usize> =
+            nodes.iter().map(|&n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
+        let mut ready: BTreeSet<usize> = (0..stages.len()).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(stages.len());
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for next in graph.neighbors_directed(nodes[i], Direction::Outgoing) {
+                let j = graph[next];
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+        Ok(StageGraph { graph, order })
+    }
+
+    /// Every stage, each after all the stages it reads.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The stages `i` reads directly.
+    pub fn upstream(&self, i: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .graph
+            .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
+            .map(|n| self.graph[n])
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `i` and every stage it depends on, directly or not.
+    pub fn with_ancestors(&self, i: usize) -> BTreeSet<usize> {
+        self.closure(i, Direction::Incoming)
+    }
+
+    /// `i` and every stage that depends on it, directly or not.
+    pub fn with_descendants(&self, i: usize) -> BTreeSet<usize> {
+        self.closure(i, Direction::Outgoing)
+    }
+
+    fn closure(&self, i: usize, direction: Direction) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::from([i]);
+        let mut queue = VecDeque::from([i]);
+        while let Some(j) = queue.pop_front() {
+            for n in self.graph.neighbors_directed(NodeIndex::new(j), direction) {
+                if seen.insert(self.graph[n]) {
+                    queue.push_back(self.graph[n]);
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// A cycle as the nodes along it, if the graph has one.
+fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
+    let component = petgraph::algo::tarjan_scc(graph)
+        .into_iter()
+        .filter(|c| c.len() > 1)
+        .min_by_key(|c| c.iter().map(|n| graph[*n]).min())?;
+    let members: BTreeSet<NodeIndex> = component.iter().copied().collect();
+    let start = *component.iter().min_by_key(|n| graph[**n])?;
+    // Breadth-first from start's successors back to start, inside the component.
+    let mut parent = std::collections::HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(node) = queue.pop_front() {
+        for next in graph.neighbors_directed(node, Direction::Outgoing) {
+            if !members.contains(&next) {
+                continue;
+            }
+            if next == start {
+                let mut path = vec![graph[node]];
+                let mut at = node;
+                while at != start {
+                    at = parent[&at];
+                    path.push(graph[at]);
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if !parent.contains_key(&next) {
+                parent.insert(next, node);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,508 @@
+//! Recipes: TOML text → a validated [`Recipe`] whose every problem is reported at once as a
+//! [`Diagnostic`] with file, line and column.
+//!
+//! Read in steps, as cargo reads manifests: the raw TOML with positions ([`tree`]), then the
+//! known sections and keys (unknown ones with "did you mean"), then each dataset and stage
+//! through its own typed parameters, then references and cycles ([`crate::graph`]).
+pub mod diagnostic;
+pub mod env;
+pub mod tree;
+
+use crate::graph::StageGraph;
+use diagnostic::{did_you_mean, Diagnostic, Source};
+use stages::data::{DatasetSpec, FORMATS};
+use stages::{BuildError, Input, ParamError, Stage, StageKind, Target};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use tree::{Entry, Node, NodeValue};
+
+/// Where stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CUDA when built with it and a GPU is present, else CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+/// One stage as declared: its name, kind, parsed parameters and references.
+pub struct StageDecl {
+    pub name: String,
+    pub kind: &'static dyn StageKind,
+    pub stage: Box<dyn Stage>,
+    pub inputs: Vec<Input>,
+    /// Where `[stages.NAME]` was written.
+    pub name_span: Range<usize>,
+    /// The stage's table, to locate its fields in later messages.
+    pub node: Node,
+}
+
+impl StageDecl {
+    /// Names of the stages this one reads, in the order its fields name them.
+    pub fn upstream(&self) -> Vec<&str> {
+        let mut seen = BTreeSet::new();
+        self.inputs
+            .iter()
+            .filter_map(|i| match &i.target {
+                Target::Stage { name, .. } if seen.insert(name.as_str()) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Names of the datasets this one reads.
+    pub fn datasets(&self) -> BTreeSet<&str> {
+        self.inputs
+            .iter()
+            .filter_map(|i| match &i.target {
+                Target::Dataset { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A validated recipe.
+pub struct Recipe {
+    pub source: Source,
+    pub name: String,
+    /// The folder relative paths resolve against.
+    pub dir: PathBuf,
+    pub seeds: Vec<u64>,
+    pub device: DeviceChoice,
+    pub datasets: BTreeMap<String, DatasetSpec>,
+    /// Stages in the order the recipe declares them.
+    pub stages: Vec<StageDecl>,
+    pub graph: StageGraph,
+}
+
+impl Recipe {
+    /// Reads and validates the recipe at `path`, expanding `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Recipe, Vec<Diagnostic>> {
+        Recipe::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Recipe, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::whole_file(path, format!("cannot read the recipe: {e}"))])?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        let dir = dir.canonicalize().unwrap_or(dir);
+        let source = Source { path: path.to_path_buf(), text };
+        let root = Node::parse(&source, &|s| env::expand(s, env))?;
+        Validator { source: &source, diagnostics: Vec::new() }.recipe(&root, path, dir).map(|mut r| {
+            r.source = source.clone();
+            r
+        })
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageDecl> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn stage_index(&self, name: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.name == name)
+    }
+}
+
+struct Validator<'a> {
+    source: &'a Source,
+    diagnostics: Vec<Diagnostic>,
+}
+
+const SECTIONS: &[&str] = &["recipe", "datasets", "stages"];
+const RECIPE_KEYS: &[&str] = &["name", "description", "seeds", "device"];
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::new(self.source, span, message));
+    }
+
+    fn error_help(&mut self, span: Range<usize>, message: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::new(self.source, span, message);
+        d.help = help;
+        self.diagnostics.push(d);
+    }
+
+    fn unknown_keys(&mut self, table: &Node, known: &[&str], what: &str) {
+        for entry in table.entries() {
+            if !known.contains(&entry.key.as_str()) {
+                let help = did_you_mean(&entry.key, known.iter().copied())
+                    .or_else(|| Some(format!("expected one of: {}", known.join(", "))));
+                self.error_help(
+                    entry.key_span.clone(),
+                    format!("unknown key `{}` in {what}", entry.key),
+                    help,
+                );
+            }
+        }
+    }
+
+    fn table<'n>(&mut self, entry: &'n Entry, what: &str) -> Option<&'n Node> {
+        if matches!(entry.node.value, NodeValue::Table(_)) {
+            Some(&entry.node)
+        } else {
+            self.error(
+                entry.node.span.clone(),
+                format!("{what} must be a table, found {}", entry.node.type_name()),
+            );
+            None
+        }
+    }
+
+    fn check_name(&mut self, entry: &Entry, what: &str) {
+        let valid = !entry.key.is_empty()
+            && entry.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !valid {
+            self.error(
+                entry.key_span.clone(),
+                format!("{what} name `{}` may only contain letters, digits, `_` and `-`", entry.key),
+            );
+        }
+    }
+
+    fn recipe(mut self, root: &Node, path: &Path, dir: PathBuf) -> Result<Recipe, Vec<Diagnostic>> {
+        self.unknown_keys(root, SECTIONS, "the recipe");
+        let default_name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let (name, seeds, device) = match root.get("recipe") {
+            Some(entry) => match self.table(entry, "[recipe]") {
+                Some(table) => self.header(table, default_name),
+                None => (default_name, vec![0], DeviceChoice::Auto),
+            },
+            None => (default_name, vec![0], DeviceChoice::Auto),
+        };
+
+        let mut datasets = BTreeMap::new();
+        if let Some(entry) = root.get("datasets") {
+            if let Some(table) = self.table(entry, "[datasets]") {
+                for entry in table.entries() {
+                    self.check_name(entry, "dataset");
+                    if let Some(spec) = self.dataset(entry, &dir) {
+                        datasets.insert(entry.key.clone(), spec);
+                    }
+                }
+            }
+        }
+
+        let mut stages = Vec::new();
+        match root.get("stages") {
+            Some(entry) => {
+                if let Some(table) = self.table(entry, "[stages]") {
+                    for entry in table.entries() {
+                        self.check_name(entry, "stage");
+                        if let Some(decl) = self.stage(entry) {
+                            stages.push(decl);
+                        }
+                    }
+                }
+            }
+            None => self.error(0..0, "the recipe declares no stages (add a [stages.NAME] table)"),
+        }
+
+        let declared: BTreeSet<String> = stages.iter().map(|s: &StageDecl| s.name.clone()).collect();
+        let all_stage_names: BTreeSet<String> = root
+            .get("stages")
+            .map(|e| e.node.entries().iter().map(|e| e.key.clone()).collect())
+            .unwrap_or_default();
+        for decl in &stages {
+            self.references(decl, &stages, &declared, &all_stage_names, &datasets);
+        }
+        let graph = match StageGraph::new(&stages) {
+            Ok(graph) => Some(graph),
+            Err(cycle) => {
+                let decl = &stages[cycle[0]];
+                let names: Vec<&str> = cycle
+                    .iter()
+                    .chain(std::iter::once(&cycle[0]))
+                    .map(|&i| stages[i].name.as_str())
+                    .collect();
+                let next = &stages[cycle[1 % cycle.len()]].name;
+                let span = decl
+                    .inputs
+                    .iter()
+                    .find(|i| matches!(&i.target, Target::Stage { name, .. } if name == next))
+                    .map(|i| decl.node.locate(&i.field))
+                    .unwrap_or(decl.name_span.clone());
+                self.error(span, format!("the stages form a cycle: {}", names.join(" → ")));
+                None
+            }
+        };
+        match graph {
+            Some(graph) if self.diagnostics.is_empty() => {
+                Ok(Recipe { source: self.source.clone(), name, dir, seeds, device, datasets, stages, graph })
+            }
+            _ => {
+                self.diagnostics.sort_by_key(|d| (d.line, d.column));
+                Err(self.diagnostics)
+            }
+        }
+    }
+
+    fn header(&mut self, table: &Node, default_name: String) -> (String, Vec<u64>, DeviceChoice) {
+        self.unknown_keys(table, RECIPE_KEYS, "[recipe]");
+        let mut name = default_name;
+        let mut seeds = vec![0];
+        let mut device = DeviceChoice::Auto;
+        for entry in table.entries() {
+            let node = &entry.node;
+            match entry.key.as_str() {
+                "name" | "description" => match node.as_str() {
+                    Some(text) if entry.key == "name" => name = text.to_string(),
+                    Some(_) => {}
+                    None => self.error(
+                        node.span.clone(),
+                        format!("`{}` must be a string, found {}", entry.key, node.type_name()),
+                    ),
+                },
+                "seeds" => match serde_json::from_value::<Vec<u64>>(node.to_json()) {
+                    Ok(list)
+                        if !list.is_empty() && list.iter().collect::<BTreeSet<_>>().len() == list.len() =>
+                    {
+                        seeds = list
+                    }
+                    Ok(_) => self.error(node.span.clone(), "`seeds` must list at least one seed, each once"),
+                    Err(_) => self.error(
+                        node.span.clone(),
+                        "`seeds` must be an array of non-negative integers, e.g. [0, 1, 2]",
+                    ),
+                },
+                "device" => match node.as_str().map(parse_device) {
+                    Some(Some(choice)) => device = choice,
+                    _ => self.error_help(
+                        node.span.clone(),
+                        format!("invalid device {}", node.to_json()),
+                        Some("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"".into()),
+                    ),
+                },
+                _ => {}
+            }
+        }
+        (name, seeds, device)
+    }
+
+    fn param_errors(&mut self, table: &Node, errors: &[ParamError], what: &str) {
+        for e in errors {
+            let span = table.locate(&e.path);
+            let field = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
+            self.error(span, format!("{what}{field}: {}", e.message));
+        }
+    }
+
+    fn dataset(&mut self, entry: &Entry, dir: &Path) -> Option<DatasetSpec> {
+        let what = format!("dataset `{}`", entry.key);
+        let table = self.table(entry, &what)?;
+        let Some(format_entry) = table.get("format") else {
+            let names: Vec<&str> = FORMATS.iter().map(|f| f.name).collect();
+            self.error_help(
+                entry.key_span.clone(),
+                format!("{what} has no `format`"),
+                Some(format!("one of: {}", names.join(", "))),
+            );
+            return None;
+        };
+        let Some(format) = FORMATS.iter().find(|f| Some(f.name) == format_entry.node.as_str()) else {
+            let given = format_entry.node.to_json();
+            let help = format_entry
+                .node
+                .as_str()
+                .and_then(|s| did_you_mean(s, FORMATS.iter().map(|f| f.name)))
+                .unwrap_or_else(|| {
+                    format!(
+                        "expected one of: {}",
+                        FORMATS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                    )
+                });
+            self.error_help(
+                format_entry.node.span.clone(),
+                format!("{what}: unknown format {given}"),
+                Some(help),
+            );
+            return None;
+        };
+        let mut known: Vec<&str> = (format.fields)().to_vec();
+        known.push("format");
+        self.unknown_keys(table, &known, &format!("{what} (format `{}`)", format.name));
+        let json = self.without_unknown(table, &known);
+        let spec = self.build_collecting(table, json, &what, |json| {
+            DatasetSpec::from_json(json).map_err(BuildError::Type).and_then(|spec| {
+                let problems = spec.check();
+                if problems.is_empty() {
+                    Ok(spec)
+                } else {
+                    Err(BuildError::Invalid(problems))
+                }
+            })
+        });
+        spec.map(|mut spec| {
+            spec.resolve_paths(dir);
+            spec
+        })
+    }
+
+    fn without_unknown(&self, table: &Node, known: &[&str]) -> serde_json::Value {
+        let mut json = table.to_json();
+        if let Some(object) = json.as_object_mut() {
+            object.retain(|key, _| known.contains(&key.as_str()) && key != "kind");
+        }
+        json
+    }
+
+    /// Builds typed parameters, collecting every type error: after each one, the offending
+    /// field is dropped and the build tried again.
+    fn build_collecting<T>(
+        &mut self,
+        table: &Node,
+        mut json: serde_json::Value,
+        what: &str,
+        build: impl Fn(serde_json::Value) -> Result<T, BuildError>,
+    ) -> Option<T> {
+        let mut removed: Vec<String> = Vec::new();
+        loop {
+            match build(json.clone()) {
+                Ok(value) => return if removed.is_empty() { Some(value) } else { None },
+                Err(BuildError::Invalid(problems)) => {
+                    self.param_errors(table, &problems, what);
+                    return None;
+                }
+                Err(BuildError::Type(problem)) => {
+                    let is_consequence = removed.iter().any(|f| problem.message.contains(&format!("`{f}`")));
+                    if is_consequence {
+                        return None;
+                    }
+                    if problem.path.is_empty() {
+                        // A missing required field: point at the table's header.
+                        self.error(
+                            table.span.start..table.span.start,
+                            format!("{what}: {}", problem.message),
+                        );
+                        return None;
+                    }
+                    self.param_errors(table, std::slice::from_ref(&problem), what);
+                    let field = problem.path[0].clone();
+                    if let Some(object) = json.as_object_mut() {
+                        object.remove(&field);
+                    }
+                    removed.push(field);
+                }
+            }
+        }
+    }
+
+    fn stage(&mut self, entry: &Entry) -> Option<StageDecl> {
+        let what = format!("stage `{}`", entry.key);
+        let table = self.table(entry, &what)?;
+        let names: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
+        let Some(kind_entry) = table.get("kind") else {
+            self.error_help(
+                entry.key_span.clone(),
+                format!("{what} has no `kind`"),
+                Some(format!("one of: {}", names.join(", "))),
+            );
+            return None;
+        };
+        let Some(kind) = kind_entry.node.as_str().and_then(stages::kind) else {
+            let help = kind_entry
+                .node
+                .as_str()
+                .and_then(|s| did_you_mean(s, names.iter().copied()))
+                .unwrap_or_else(|| format!("expected one of: {}", names.join(", ")));
+            self.error_help(
+                kind_entry.node.span.clone(),
+                format!("{what}: unknown stage kind {}", kind_entry.node.to_json()),
+                Some(help),
+            );
+            return None;
+        };
+        let mut known: Vec<&str> = kind.fields().to_vec();
+        known.push("kind");
+        self.unknown_keys(table, &known, &format!("{what} (kind `{}`)", kind.name()));
+        let json = self.without_unknown(table, &known);
+        let stage = self.build_collecting(table, json, &what, |json| kind.build(json))?;
+        let inputs = stage.inputs();
+        // A stage whose header is an implicit table has an empty span: fall back to its key.
+        let node = Node {
+            span: if table.span.is_empty() { entry.key_span.clone() } else { table.span.clone() },
+            ..table.clone()
+        };
+        Some(StageDecl {
+            name: entry.key.clone(),
+            kind,
+            stage,
+            inputs,
+            name_span: entry.key_span.clone(),
+            node,
+        })
+    }
+
+    fn references(
+        &mut self,
+        decl: &StageDecl,
+        stages: &[StageDecl],
+        declared: &BTreeSet<String>,
+        all_names: &BTreeSet<String>,
+        datasets: &BTreeMap<String, DatasetSpec>,
+    ) {
+        for input in &decl.inputs {
+            let span = decl.node.locate(&input.field);
+            let field = input.field.join(".");
+            match &input.target {
+                Target::Dataset { name } if !datasets.contains_key(name) => {
+                    let help = did_you_mean(name, datasets.keys().map(String::as_str));
+                    self.error_help(
+                        span,
+                        format!("stage `{}`, field `{field}`: no dataset named `{name}`", decl.name),
+                        help,
+                    );
+                }
+                Target::Stage { name, .. } if name == &decl.name => {
+                    self.error(span, format!("stage `{}` refers to itself in `{field}`", decl.name));
+                }
+                Target::Stage { name, .. } if !all_names.contains(name) => {
+                    let help = did_you_mean(name, declared.iter().map(String::as_str));
+                    self.error_help(
+                        span,
+                        format!("stage `{}`, field `{field}`: no stage named `{name}`", decl.name),
+                        help,
+                    );
+                }
+                Target::Stage { name, expects } => {
+                    if let Some(target) = stages.iter().find(|s| &s.name == name) {
+                        if !target.kind.produces().contains(expects) {
+                            self.error(
+                                span,
+                                format!(
+                                    "stage `{}`, field `{field}`: `{name}` is a `{}` stage, which does not produce {}",
+                                    decl.name,
+                                    target.kind.name(),
+                                    expects.describe()
+                                ),
+                            );
+                        } else if target.kind.across_seeds() && !decl.kind.across_seeds() {
+                            self.error(
+                                span,
+                                format!(
+                                    "stage `{}` cannot read `{name}`, which combines every seed",
+                                    decl.name
+                                ),
+                            );
+                        }
+                    }
+                }
+                Target::Dataset { .. } => {}
+            }
+        }
+    }
+}
+
+fn parse_device(text: &str) -> Option<DeviceChoice> {
+    match text {
+        "auto" => Some(DeviceChoice::Auto),
+        "cpu" => Some(DeviceChoice::Cpu),
+        "cuda" => Some(DeviceChoice::Cuda(0)),
+        other => other.strip_prefix("cuda:")?.parse().ok().map(DeviceChoice::Cuda),
+    }
+}

@@ -1,0 +1,282 @@
+//! The scheduler: runs a plan's instances in dependency order, up to `jobs` at once, reusing
+//! cached results, and reports each event to a [`Reporter`]. A failed instance skips what
+//! depends on it; independent branches finish.
+use crate::plan::{Instance, Plan};
+use crate::recipe::Recipe;
+use cache::{CacheError, CacheKey, Entry, Store};
+use candle_core::Device;
+use stages::{Progress, RunContext};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+/// How one instance ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Found in the cache (`waited`: computed meanwhile by a concurrent run).
+    Reused {
+        entry: Box<Entry>,
+        waited: bool,
+    },
+    Computed {
+        entry: Box<Entry>,
+        seconds: f64,
+    },
+    Failed {
+        message: String,
+    },
+    Skipped {
+        because: String,
+    },
+}
+
+impl Outcome {
+    pub fn entry(&self) -> Option<&Entry> {
+        match self {
+            Outcome::Reused { entry, .. } | Outcome::Computed { entry, .. } => Some(entry),
+            _ => None,
+        }
+    }
+}
+
+/// Receives the scheduler's events; the command line prints them.
+pub trait Reporter: Sync {
+    fn started(&self, instance: &Instance, key: &CacheKey);
+    /// Another process holds the key's lock: this run waits for its result.
+    fn waiting(&self, instance: &Instance);
+    fn finished(&self, instance: &Instance, outcome: &Outcome);
+    fn warn(&self, message: &str);
+    /// Where the stage's own progress goes.
+    fn progress<'a>(&'a self, instance: &'a Instance) -> Box<dyn Progress + 'a>;
+}
+
+pub struct RunOptions {
+    pub jobs: usize,
+    /// Stages (recipe indices) to recompute even when cached.
+    pub forced: BTreeSet<usize>,
+    pub device: Device,
+}
+
+enum Slot {
+    Pending,
+    Running,
+    Done(Outcome),
+}
+
+/// Runs every instance of `plan`; returns each one's outcome, in plan order.
+pub fn execute(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    fingerprints: &BTreeMap<String, String>,
+    dataset_problems: &BTreeMap<String, String>,
+    options: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Vec<Outcome> {
+    let slots = Mutex::new((0..plan.instances.len()).map(|_| Slot::Pending).collect::<Vec<_>>());
+    let changed = Condvar::new();
+    let worker = || loop {
+        let next = {
+            let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if slots.iter().all(|s| matches!(s, Slot::Done(_))) {
+                    break None;
+                }
+                let mut picked = None;
+                for (i, instance) in plan.instances.iter().enumerate() {
+                    if !matches!(slots[i], Slot::Pending) {
+                        continue;
+                    }
+                    let deps: Vec<usize> = instance.deps().collect();
+                    if !deps.iter().all(|&d| matches!(slots[d], Slot::Done(_))) {
+                        continue;
+                    }
+                    let blocked =
+                        deps.iter().find(|&&d| matches!(&slots[d], Slot::Done(o) if o.entry().is_none()));
+                    if let Some(&d) = blocked {
+                        let outcome = Outcome::Skipped {
+                            because: format!("`{}` did not finish", plan.instances[d].label),
+                        };
+                        reporter.finished(instance, &outcome);
+                        slots[i] = Slot::Done(outcome);
+                        continue;
+                    }
+                    picked = Some((i, deps));
+                    break;
+                }
+                match picked {
+                    Some((i, deps)) => {
+                        slots[i] = Slot::Running;
+                        let entries: BTreeMap<usize, Entry> = deps
+                            .iter()
+                            .map(|&d| match &slots[d] {
+                                Slot::Done(o) => (d, o.entry().expect("checked above").clone()),
+                                _ => unreachable!("deps are done"),
+                            })
+                            .collect();
+                        break Some((i, entries));
+                    }
+                    None if slots.iter().any(|s| matches!(s, Slot::Running)) => {
+                        slots = changed.wait(slots).unwrap_or_else(|e| e.into_inner());
+                    }
+                    // Everything left was skipped in the scan above.
+                    None => {}
+                }
+            }
+        };
+        let Some((i, entries)) = next else { break };
+        let outcome =
+            run_instance(recipe, plan, i, &entries, store, fingerprints, dataset_problems, options, reporter);
+        reporter.finished(&plan.instances[i], &outcome);
+        slots.lock().unwrap_or_else(|e| e.into_inner())[i] = Slot::Done(outcome);
+        changed.notify_all();
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.max(1) {
+            scope.spawn(worker);
+        }
+    });
+    slots
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|s| match s {
+            Slot::Done(outcome) => outcome,
+            _ => unreachable!("every instance finished"),
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_instance(
+    recipe: &Recipe,
+    plan: &Plan,
+    i: usize,
+    entries: &BTreeMap<usize, Entry>,
+    store: &Store,
+    fingerprints: &BTreeMap<String, String>,
+    dataset_problems: &BTreeMap<String, String>,
+    options: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Outcome {
+    let instance = &plan.instances[i];
+    let decl = &recipe.stages[instance.stage];
+    let failed = |message: String| Outcome::Failed { message };
+    for name in decl.datasets() {
+        if let Some(problem) = dataset_problems.get(name) {
+            return failed(format!("dataset `{name}`: {problem}"));
+        }
+    }
+    let digest = |d: usize| entries[&d].manifest.output_digest.clone();
+    let inputs = plan.key_inputs(recipe, i, &digest, fingerprints);
+    let key = inputs.key();
+    let forced = options.forced.contains(&instance.stage);
+    let remember = |entry: &Entry| {
+        if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
+            reporter.warn(&format!("cannot record the last run of `{}`: {e}", instance.label));
+        }
+    };
+    let lookup = |reporter: &dyn Reporter| match store.lookup(&key) {
+        Ok(found) => Ok(found),
+        Err(e @ CacheError::Corrupt { .. }) => {
+            reporter.warn(&format!("{e}; recomputing `{}`", instance.label));
+            Ok(None)
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if !forced {
+        match lookup(reporter) {
+            Ok(Some(entry)) => {
+                remember(&entry);
+                return Outcome::Reused { entry: Box::new(entry), waited: false };
+            }
+            Ok(None) => {}
+            Err(message) => return failed(message),
+        }
+    }
+    let lock = match store.try_lock(&key) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            reporter.waiting(instance);
+            match store.lock(&key) {
+                Ok(lock) => lock,
+                Err(e) => return failed(e.to_string()),
+            }
+        }
+        Err(e) => return failed(e.to_string()),
+    };
+    if !forced {
+        // A concurrent run may have committed it while we waited for the lock.
+        if let Ok(Some(entry)) = store.lookup(&key) {
+            remember(&entry);
+            return Outcome::Reused { entry: Box::new(entry), waited: true };
+        }
+    }
+    let staging = match store.stage(&lock) {
+        Ok(staging) => staging,
+        Err(e) => return failed(e.to_string()),
+    };
+    reporter.started(instance, &key);
+    let upstream: BTreeMap<String, Vec<PathBuf>> = instance
+        .upstream
+        .iter()
+        .map(|(name, list)| (name.clone(), list.iter().map(|d| entries[d].out_dir()).collect()))
+        .collect();
+    let out_dir = staging.out_dir();
+    let progress = reporter.progress(instance);
+    let ctx = RunContext {
+        out_dir: &out_dir,
+        seed: instance.stage_seed,
+        upstream: &upstream,
+        datasets: &recipe.datasets,
+        device: &options.device,
+        progress: progress.as_ref(),
+    };
+    let started = Instant::now();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decl.stage.run(&ctx)));
+    drop(progress);
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return failed(error_chain(&e)),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            return failed(format!("the stage panicked: {text}"));
+        }
+    }
+    let meta = serde_json::json!({
+        "stage": decl.name,
+        "instance": instance.id,
+        "recipe": recipe.name,
+        "seconds": seconds,
+        "device": crate::device::describe(&options.device),
+        "pipeline_version": env!("CARGO_PKG_VERSION"),
+    });
+    match store.commit(staging, &lock, &inputs, meta) {
+        Ok(entry) => {
+            remember(&entry);
+            Outcome::Computed { entry: Box::new(entry), seconds }
+        }
+        Err(e) => failed(format!("cannot store the outputs: {}", error_chain(&e))),
+    }
+}
+
+/// An error and its causes, joined by ": ".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
