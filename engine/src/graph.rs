@@ -13,7 +13,8 @@ pub struct StageGraph {
 
 impl StageGraph {
     /// Builds the graph of `stages` (indices into the slice). References to stages not in the
-    /// slice are ignored (they are reported elsewhere). A cycle comes back as the indices along it.
+    /// slice are ignored (they are reported elsewhere). A cycle comes back as the indices along
+    /// it, each stage followed by one it reads.
     pub fn new(stages: &[StageDecl]) -> Result<StageGraph, Vec<usize>> {
         let mut graph = DiGraph::new();
         let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
@@ -93,11 +94,11 @@ fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
         .min_by_key(|c| c.iter().map(|n| graph[*n]).min())?;
     let members: BTreeSet<NodeIndex> = component.iter().copied().collect();
     let start = *component.iter().min_by_key(|n| graph[**n])?;
-    // Breadth-first from start's successors back to start, inside the component.
+    // Breadth-first along "reads" edges from start back to start, inside the component.
     let mut parent = std::collections::HashMap::new();
     let mut queue = VecDeque::from([start]);
     while let Some(node) = queue.pop_front() {
-        for next in graph.neighbors_directed(node, Direction::Outgoing) {
+        for next in graph.neighbors_directed(node, Direction::Incoming) {
             if !members.contains(&next) {
                 continue;
             }
@@ -111,8 +112,8 @@ fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
                 path.reverse();
                 return Some(path);
             }
-            if !parent.contains_key(&next) {
-                parent.insert(next, node);
+            if let std::collections::hash_map::Entry::Vacant(slot) = parent.entry(next) {
+                slot.insert(node);
                 queue.push_back(next);
             }
         }

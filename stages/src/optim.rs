@@ -32,9 +32,12 @@ impl Sgd {
         let SgdConfig { lr, momentum, weight_decay, nesterov } = self.config;
         for (var, buffer) in self.vars.iter().zip(self.buffers.iter_mut()) {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let mut grad = grad.clone();
+            // Detached: gradients carry the graph that computed them, and a momentum buffer
+            // holding it would chain every step's graph together (unbounded memory).
+            let mut grad = grad.detach();
+            let value = var.as_tensor().detach();
             if weight_decay != 0.0 {
-                grad = (grad + (var.as_tensor() * weight_decay)?)?;
+                grad = (grad + (&value * weight_decay)?)?;
             }
             if momentum != 0.0 {
                 let next = match buffer.take() {
@@ -44,7 +47,7 @@ impl Sgd {
                 grad = if nesterov { (grad + (&next * momentum)?)? } else { next.clone() };
                 *buffer = Some(next);
             }
-            var.set(&(var.as_tensor() - (grad * lr)?)?)?;
+            var.set(&(value - (grad * lr)?)?)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! Outputs: `model.json`, `checkpoints/epoch-NNNN.safetensors` every `checkpoint_every` epochs
 //! and at the end, `checkpoints.json` (the list of kept epochs) and `history.json` (learning
-//! rate, loss, accuracy and seconds per epoch).
+//! rate, loss and accuracy per epoch).
 use crate::data::{ImageSet, Split};
 use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
 use crate::optim::{Sgd, SgdConfig};
@@ -116,14 +116,14 @@ pub struct Train {
     pub checkpoint_every: usize,
 }
 
-/// One epoch's record in `history.json`.
+/// One epoch's record in `history.json`. No timings: outputs must be a function of the
+/// inputs alone, so identical runs give byte-identical artifacts (timings go to the log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub lr: f64,
     pub loss: f64,
     pub accuracy: f64,
-    pub seconds: f64,
 }
 
 impl StageParams for Train {
@@ -289,7 +289,6 @@ impl EpochLoop {
             lr,
             loss: loss_sum / seen as f64,
             accuracy: correct as f64 / seen as f64,
-            seconds,
         };
         bar.finish(&format!(
             "{} epoch {}/{epochs}: lr {lr:.4} · loss {:.4} · acc {:.2}% · {:.0} img/s",

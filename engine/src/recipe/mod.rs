@@ -93,8 +93,8 @@ impl Recipe {
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let dir = dir.canonicalize().unwrap_or(dir);
         let source = Source { path: path.to_path_buf(), text };
-        let root = Node::parse(&source, &|s| env::expand(s, env))?;
-        Validator { source: &source, diagnostics: Vec::new() }.recipe(&root, path, dir).map(|mut r| {
+        let (root, diagnostics) = Node::parse(&source, &|s| env::expand(s, env))?;
+        Validator { source: &source, diagnostics }.recipe(&root, path, dir).map(|mut r| {
             r.source = source.clone();
             r
         })
@@ -227,7 +227,10 @@ impl Validator<'_> {
                     .find(|i| matches!(&i.target, Target::Stage { name, .. } if name == next))
                     .map(|i| decl.node.locate(&i.field))
                     .unwrap_or(decl.name_span.clone());
-                self.error(span, format!("the stages form a cycle: {}", names.join(" → ")));
+                self.error(
+                    span,
+                    format!("the stages form a cycle: {} (each reads the next)", names.join(" → ")),
+                );
                 None
             }
         };

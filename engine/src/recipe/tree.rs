@@ -29,11 +29,12 @@ pub struct Entry {
 
 impl Node {
     /// Parses TOML text; syntax errors (all of them, where the parser can recover) come back
-    /// as diagnostics. Strings have `${VAR}` expanded by `expand`.
+    /// as diagnostics. Strings have `${VAR}` expanded by `expand`; values that cannot be
+    /// expanded or represented are reported in the second element, and validation goes on.
     pub fn parse(
         source: &Source,
         expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<Node, Vec<Diagnostic>> {
+    ) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let (table, errors) = DeTable::parse_recoverable(&source.text);
         if !errors.is_empty() {
             return Err(errors
@@ -47,11 +48,7 @@ impl Node {
         let mut diagnostics = Vec::new();
         let span = table.span();
         let node = convert_table(table.into_inner(), span, source, expand, &mut diagnostics);
-        if diagnostics.is_empty() {
-            Ok(node)
-        } else {
-            Err(diagnostics)
-        }
+        Ok((node, diagnostics))
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -121,7 +118,7 @@ fn convert_table(
     expand: &dyn Fn(&str) -> Result<String, String>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
-    let entries = table
+    let mut entries: Vec<Entry> = table
         .into_iter()
         .map(|(key, value)| {
             let key_span = key.span();
@@ -130,6 +127,8 @@ fn convert_table(
             Entry { key, key_span, node }
         })
         .collect();
+    // The parser's map is sorted by key; keep the order the file declares.
+    entries.sort_by_key(|e| e.key_span.start);
     Node { span, value: NodeValue::Table(entries) }
 }
 
@@ -181,7 +180,7 @@ fn convert(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Node, Vec<Diagnostic>> {
+    fn parse(text: &str) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let source = Source { path: "t.toml".into(), text: text.into() };
         Node::parse(&source, &|s| Ok(s.to_string()))
     }
@@ -189,7 +188,7 @@ mod tests {
     #[test]
     fn keeps_spans_and_converts_to_json() {
         let text = "[stages.a]\nkind = \"train\"\nood = [\"x\", \"y\"]\nlr = 0.5\n";
-        let root = parse(text).unwrap();
+        let (root, _) = parse(text).unwrap();
         let json = root.to_json();
         assert_eq!(json["stages"]["a"]["ood"][1], "y");
         assert_eq!(json["stages"]["a"]["lr"], 0.5);
@@ -198,6 +197,8 @@ mod tests {
         assert_eq!(&text[span], "\"y\"");
         let kind = stage.get("kind").unwrap();
         assert_eq!(&text[kind.key_span.clone()], "kind");
+        let keys: Vec<&str> = stage.entries().iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["kind", "ood", "lr"], "file order is kept");
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl GaussianNoiseSpec {
 impl UniformNoiseSpec {
     pub(super) fn check(&self) -> Vec<ParamError> {
         let mut problems = check_common(self.count, self.shape);
-        if !(self.low < self.high) {
+        if self.low.partial_cmp(&self.high) != Some(std::cmp::Ordering::Less) {
             problems.push(ParamError::new(&["high"], "must be greater than `low`"));
         }
         problems

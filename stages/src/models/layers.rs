@@ -44,8 +44,8 @@ impl BatchNorm2d {
             let count = (n * h * w) as f64;
             let unbiased = (var.detach() * (count / (count - 1.0).max(1.0)))?.reshape(c)?;
             let m = self.momentum;
-            rm.set(&((rm.as_tensor() * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?)?;
-            rv.set(&((rv.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            rm.set(&((rm.as_tensor().detach() * (1.0 - m))? + (mean.detach().reshape(c)? * m)?)?)?;
+            rv.set(&((rv.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?)?;
             centred.broadcast_div(&(var + self.eps)?.sqrt()?)?
         } else {
             let mean = self.running_mean.reshape((1, c, 1, 1))?;

@@ -1,0 +1,204 @@
+//! The cache through the real binary: reruns, parameter changes, interruption, corruption,
+//! concurrency and determinism.
+mod common;
+use common::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const ALL: [&str; 5] = ["base@0", "first@0", "scores_base@0", "scores_first@0", "table"];
+
+#[test]
+fn second_run_executes_nothing_and_a_change_reruns_exactly_its_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(2, r#"["energy"]"#));
+
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ALL);
+
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success());
+    assert!(stages_with(&events, "finished").is_empty());
+    assert_eq!(stages_with(&events, "reused"), ALL);
+
+    // Change one parameter of one score stage.
+    std::fs::write(&recipe, tiny_recipe(2, r#"["energy", "msp"]"#)).unwrap();
+    let plan = pipeline().arg("plan").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.contains("will run  scores_first (score)"), "{plan}");
+    assert!(plan.contains("param methods"), "{plan}");
+    assert!(plan.contains("will run  table (report)"), "{plan}");
+    assert!(plan.contains("upstream `scores_first` will run"), "{plan}");
+    assert!(!plan.contains("will run  base"), "{plan}");
+    assert!(plan.contains("2 of 5 stage(s) will run"), "{plan}");
+
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success());
+    assert_eq!(stages_with(&events, "finished"), ["scores_first@0", "table"]);
+    assert_eq!(stages_with(&events, "reused"), ["base@0", "first@0", "scores_base@0"]);
+
+    // `status` now reports everything cached; --force reruns the named stage only, and its
+    // identical output leaves its dependents cached.
+    let status = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("0 of 5 stage(s) will run"));
+    let (_, events) = run(&recipe, &cache, &["--force", "first"]);
+    assert_eq!(stages_with(&events, "finished"), ["first@0"]);
+    assert_eq!(stages_with(&events, "reused").len(), 4);
+}
+
+#[test]
+fn an_interrupted_run_leaves_no_complete_looking_entry_and_the_rerun_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(40, r#"["energy"]"#));
+    let mut child = pipeline()
+        .arg("run")
+        .arg(&recipe)
+        .arg("--json")
+        .arg("--cache")
+        .arg(&cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until training has started, then kill the process in the middle of the stage.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("\"started\"") {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = reader.join().unwrap();
+    assert!(String::from_utf8_lossy(&seen).contains("base@0"));
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Nothing under objects/ has a manifest: no entry looks complete.
+    let objects = cache.join("objects");
+    let complete = std::fs::read_dir(&objects)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("manifest.json").exists())
+        .count();
+    assert_eq!(complete, 0, "a killed stage must not leave a committed entry");
+    let status = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("will run  base (train)"));
+
+    // The rerun (a shorter training, so the test stays quick) completes and sweeps the leftovers.
+    std::fs::write(&recipe, tiny_recipe(2, r#"["energy"]"#)).unwrap();
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ALL);
+    let gc = pipeline().arg("gc").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    assert!(gc.status.success());
+    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0, "staging leftovers swept");
+}
+
+#[test]
+fn a_corrupted_artifact_is_detected_and_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(1, r#"["energy"]"#));
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success());
+    let scores = outputs_of(&events, "scores_base@0").join("energy/ood.npy");
+    let original = std::fs::read(&scores).unwrap();
+    let mut corrupted = original.clone();
+    let last = corrupted.len() - 1;
+    corrupted[last] ^= 0xff;
+    std::fs::write(&scores, corrupted).unwrap();
+
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("energy/ood.npy"), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ["scores_base@0"]);
+    // The recomputed output is byte-identical, so the report downstream stays cached.
+    assert_eq!(std::fs::read(&scores).unwrap(), original);
+    assert!(stages_with(&events, "reused").contains(&"table".to_string()));
+}
+
+#[test]
+fn two_concurrent_runs_compute_each_stage_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(3, r#"["energy"]"#));
+    let spawn = || {
+        pipeline()
+            .arg("run")
+            .arg(&recipe)
+            .arg("--json")
+            .arg("--cache")
+            .arg(&cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let mut finished = stages_with(&parse_events(&a.stdout), "finished");
+    finished.extend(stages_with(&parse_events(&b.stdout), "finished"));
+    finished.sort();
+    assert_eq!(finished, ALL, "each stage computed exactly once across both runs");
+}
+
+#[test]
+fn same_recipe_and_seed_give_identical_keys_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(2, r#"["energy", "msp"]"#));
+    let (_, first) = run(&recipe, &dir.path().join("cache-a"), &[]);
+    let (_, second) = run(&recipe, &dir.path().join("cache-b"), &[]);
+    let keys = |events: &[serde_json::Value]| {
+        let mut k: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e["event"] == "finished")
+            .map(|e| (e["stage"].as_str().unwrap().to_string(), e["key"].as_str().unwrap().to_string()))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&first), keys(&second));
+    assert_eq!(keys(&first).len(), 5);
+    for file in ["energy/id.npy", "energy/ood.npy", "msp/noise.npy", "id_predictions.npy"] {
+        let a = std::fs::read(outputs_of(&first, "scores_base@0").join(file)).unwrap();
+        let b = std::fs::read(outputs_of(&second, "scores_base@0").join(file)).unwrap();
+        assert_eq!(a, b, "{file} differs between identical runs");
+    }
+    // A different seed gives different keys and different trained weights.
+    let reseeded =
+        tiny_recipe(2, r#"["energy", "msp"]"#).replace("name = \"tiny\"", "name = \"tiny\"\nseeds = [1]");
+    let recipe = write_recipe(dir.path(), &reseeded);
+    let (_, third) = run(&recipe, &dir.path().join("cache-a"), &[]);
+    assert_eq!(stages_with(&third, "finished").len(), 5);
+}
+
+#[test]
+fn a_failed_stage_stops_its_dependents_and_the_exit_status_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // Epoch 1 is kept but epoch 5 is not: the checkpoint stage fails at run time.
+    let text = tiny_recipe(2, r#"["energy"]"#).replace("epoch = 1", "epoch = 5");
+    let recipe = write_recipe(dir.path(), &text);
+    let started = Instant::now();
+    let (out, events) = run(&recipe, &cache, &["--jobs", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("kept no checkpoint of epoch 5"), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "failed"), ["first@0"]);
+    assert_eq!(stages_with(&events, "skipped"), ["scores_first@0", "table"]);
+    // The independent branch finished.
+    assert_eq!(stages_with(&events, "finished"), ["base@0", "scores_base@0"]);
+    assert!(started.elapsed() < Duration::from_secs(120));
+}

@@ -1,0 +1,93 @@
+//! The CI smoke recipe through the real binary, and the commands around it.
+mod common;
+use common::*;
+use std::path::Path;
+
+fn smoke_recipe() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/smoke.toml")
+}
+
+#[test]
+fn smoke_recipe_runs_end_to_end_and_writes_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (out, events) = run(&smoke_recipe(), &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report_dir = outputs_of(&events, "table");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["convention"], "idpos");
+    let rows = report["rows"].as_array().unwrap();
+    // scores_base: 2 methods × (3 sets + mean); scores_first: 1 method × 4.
+    assert_eq!(rows.len(), 12);
+    for row in rows {
+        for metric in ["fpr95", "auroc", "aupr_in", "aupr_out", "id_accuracy"] {
+            let v = row[metric]["mean"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{metric} = {v}");
+        }
+    }
+    // The mean row is the mean of the per-set rows.
+    let of = |ood: &str| {
+        rows.iter()
+            .find(|r| r["scores"] == "scores_base" && r["method"] == "energy" && r["ood"] == ood)
+            .unwrap()["auroc"]["mean"]
+            .as_f64()
+            .unwrap()
+    };
+    let mean = (of("mnist_6_9") + of("gaussian") + of("uniform")) / 3.0;
+    assert!((of("mean") - mean).abs() < 1e-12);
+    let csv = std::fs::read_to_string(report_dir.join("report.csv")).unwrap();
+    assert!(csv.starts_with("scores,method,ood,seeds,fpr95_idpos_mean"));
+    assert_eq!(csv.lines().count(), 13);
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("| scores_base | energy | **mean** |"));
+
+    // show, dag and check on the same recipe.
+    let show = pipeline()
+        .args(["show"])
+        .arg(smoke_recipe())
+        .arg("table")
+        .arg("--cache")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(show.status.success());
+    assert!(String::from_utf8_lossy(&show.stdout).contains("report.md"));
+    let dot = pipeline().arg("dag").arg(smoke_recipe()).arg("--dot").output().unwrap();
+    assert!(String::from_utf8_lossy(&dot.stdout).contains("\"base\" -> \"first\";"));
+    let check = pipeline().arg("check").arg("--json").arg(smoke_recipe()).output().unwrap();
+    assert!(check.status.success());
+    let verdict: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(verdict["valid"], true);
+}
+
+#[test]
+fn check_reports_errors_as_json_with_exit_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[stages.t]\nkind = \"train\"\ndata = \"missing\"\nepohcs = 3\n").unwrap();
+    let out = pipeline().arg("check").arg("--json").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = verdict["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["line"], 3);
+    assert_eq!(errors[1]["line"], 4);
+    assert_eq!(errors[1]["help"], "did you mean `epochs`?");
+    // `run` on an invalid recipe is a usage error (2), with the rendered diagnostic.
+    let run = pipeline().arg("run").arg(&path).arg("--cache").arg(dir.path().join("c")).output().unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("bad.toml:4:1"), "{}", stderr(&run));
+}
+
+#[test]
+fn a_missing_dataset_fails_the_stages_that_read_it_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        tiny_recipe(1, r#"["energy"]"#).replacen(&data_dir().display().to_string(), "/nonexistent/mnist", 1);
+    let recipe = write_recipe(dir.path(), &text);
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/mnist"), "{}", stderr(&out));
+    assert!(stages_with(&events, "failed").contains(&"base@0".to_string()));
+}
