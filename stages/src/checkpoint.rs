@@ -1,7 +1,7 @@
 //! `checkpoint`: selects one kept epoch of a `train` stage as a model of its own.
 //!
 //! Outputs: `model.json`, `model.safetensors`, `selected.json` (`{"epoch": N}`).
-use crate::train::{checkpoint_file, write_json, CheckpointIndex};
+use crate::fit::{checkpoint_file, write_json, CheckpointIndex};
 use crate::{Artifact, Input, RunContext, StageError, StageParams};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

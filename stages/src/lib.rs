@@ -11,12 +11,19 @@
 //! - [`data`]: dataset specifications and loaders (MNIST IDX, synthetic noise), class subsets.
 //! - [`models`]: architectures, parameter stores, checkpoints (safetensors + JSON).
 //! - [`scores`]: OOD scoring functions; [`metrics`]: FPR95, AUROC, AUPR.
-//! - one module per stage kind: [`train`], [`checkpoint`], [`score`], [`report`].
+//! - [`fit`]: the training loop the training stages share; [`masks`], [`constraint`]: the
+//!   Unleashing-Mask pieces.
+//! - one module per stage kind: [`train`], [`checkpoint`], [`estimate_loss_constraint`], [`um`],
+//!   [`umap`], [`score`], [`report`].
 
 pub mod checkpoint;
+pub mod constraint;
 pub mod data;
 mod error;
+pub mod estimate_loss_constraint;
 mod fields;
+pub mod fit;
+pub mod masks;
 pub mod metrics;
 pub mod models;
 pub mod npy;
@@ -28,6 +35,8 @@ pub mod schedule;
 pub mod score;
 pub mod scores;
 pub mod train;
+pub mod um;
+pub mod umap;
 
 pub use error::{ParamError, StageError};
 pub use fields::struct_fields;
@@ -51,6 +60,8 @@ pub enum Artifact {
     Scores,
     /// A metrics report.
     Report,
+    /// A loss constraint ζ.
+    Constraint,
 }
 
 impl Artifact {
@@ -60,6 +71,7 @@ impl Artifact {
             Artifact::Checkpoints => "training checkpoints",
             Artifact::Scores => "OOD scores",
             Artifact::Report => "a report",
+            Artifact::Constraint => "a loss constraint",
         }
     }
 }
@@ -236,6 +248,9 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
     &[
         &KindOf::<train::Train>(PhantomData),
         &KindOf::<checkpoint::Checkpoint>(PhantomData),
+        &KindOf::<estimate_loss_constraint::EstimateLossConstraint>(PhantomData),
+        &KindOf::<um::Um>(PhantomData),
+        &KindOf::<umap::Umap>(PhantomData),
         &KindOf::<score::Score>(PhantomData),
         &KindOf::<report::Report>(PhantomData),
     ]

@@ -3,7 +3,7 @@
 //! (g ← g + μb). candle's own SGD has none of these.
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdConfig {
     pub lr: f64,
     pub momentum: f64,

@@ -3,9 +3,9 @@
 //!
 //! Outputs: `report.json` (fractions, per-seed values included), `report.csv` (fractions, one
 //! row per score stage × method × OOD set), `report.md` (percentages, like the paper's Table 1).
+use crate::fit::write_json;
 use crate::metrics::{mean_std, ood_metrics, OodMetrics};
 use crate::score::ScoreIndex;
-use crate::train::write_json;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

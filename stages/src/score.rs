@@ -4,9 +4,9 @@
 //! Outputs: `<method>/<set>.npy` (float32), `id_labels.npy` and `id_predictions.npy` (int64),
 //! and `scores.json`, the index the report reads (sets, methods, counts, ID accuracy).
 use crate::data::{ImageSet, Split};
+use crate::fit::write_json;
 use crate::models::{Mode, Network, SavedModel};
 use crate::scores::Method;
-use crate::train::write_json;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

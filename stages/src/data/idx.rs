@@ -168,34 +168,56 @@ fn read_idx(path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>
     Ok((dims, bytes[header..].to_vec()))
 }
 
+/// Writes an IDX images/labels pair (`{prefix}-images-idx3-ubyte[.gz]`, …) of `side`×`side`
+/// images whose pixels `pixel(sample, position)` gives: a fixture for tests.
+#[cfg(test)]
+pub(crate) fn write_idx_fixture(
+    dir: &Path,
+    prefix: &str,
+    labels: &[u8],
+    side: u32,
+    gzip: bool,
+    pixel: impl Fn(usize, usize) -> u8,
+) {
+    let n = labels.len() as u32;
+    let mut images = Vec::new();
+    images.extend(IMAGES_MAGIC.to_be_bytes());
+    for d in [n, side, side] {
+        images.extend(d.to_be_bytes());
+    }
+    for i in 0..labels.len() {
+        images.extend((0..(side * side) as usize).map(|p| pixel(i, p)));
+    }
+    let mut label_file = LABELS_MAGIC.to_be_bytes().to_vec();
+    label_file.extend(n.to_be_bytes());
+    label_file.extend(labels);
+    for (name, data) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", label_file)] {
+        if gzip {
+            use std::io::Write;
+            let file = std::fs::File::create(dir.join(format!("{prefix}-{name}.gz"))).unwrap();
+            let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+            enc.write_all(&data).unwrap();
+            enc.finish().unwrap();
+        } else {
+            std::fs::write(dir.join(format!("{prefix}-{name}")), data).unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn write_idx(dir: &Path, prefix: &str, labels: &[u8], gzip: bool) {
-        let n = labels.len() as u32;
-        let mut images = Vec::new();
-        images.extend(IMAGES_MAGIC.to_be_bytes());
-        for d in [n, 2, 2] {
-            images.extend(d.to_be_bytes());
-        }
-        for &label in labels {
-            images.extend([label * 10, 255, 0, 51]);
-        }
-        let mut label_file = LABELS_MAGIC.to_be_bytes().to_vec();
-        label_file.extend(n.to_be_bytes());
-        label_file.extend(labels);
-        for (name, data) in [("images-idx3-ubyte", images), ("labels-idx1-ubyte", label_file)] {
-            if gzip {
-                use std::io::Write;
-                let file = std::fs::File::create(dir.join(format!("{prefix}-{name}.gz"))).unwrap();
-                let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-                enc.write_all(&data).unwrap();
-                enc.finish().unwrap();
-            } else {
-                std::fs::write(dir.join(format!("{prefix}-{name}")), data).unwrap();
-            }
-        }
+        let pixels = [0u8, 255, 0, 51];
+        write_idx_fixture(
+            dir,
+            prefix,
+            labels,
+            2,
+            gzip,
+            |i, p| if p == 0 { labels[i] * 10 } else { pixels[p] },
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Datasets: how a recipe declares them ([`DatasetSpec`]), and loading them into memory as
 //! [`ImageSet`]s of [0,1] pixels. Formats: MNIST's IDX files (`idx`), and seeded synthetic
 //! noise (`gaussian-noise`, `uniform-noise`).
-mod idx;
+pub(crate) mod idx;
 mod synthetic;
 
 pub use idx::IdxSpec;

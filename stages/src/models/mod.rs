@@ -41,6 +41,10 @@ pub struct ModelSpec {
     /// Per-channel normalisation applied inside the forward pass.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// The weights file also holds a binary `mask.<name>` for each masked layer (UMAP); the
+    /// model computes with `<name> ⊙ mask.<name>`.
+    #[serde(default)]
+    pub weight_masks: bool,
 }
 
 /// How a parameter is initialised (SPEC §2).
@@ -143,6 +147,8 @@ enum Param {
     Buffer(Var),
     /// Read only; no gradient is recorded.
     Frozen(Tensor),
+    /// Derived from other variables in this step (e.g. masked weights): gradients flow through.
+    Derived(Tensor),
 }
 
 /// A model's parameter values, each held as trainable, buffer or frozen.
@@ -216,7 +222,7 @@ impl Parameters {
     pub fn get(&self, name: &str) -> Result<Tensor, StageError> {
         match self.entries.get(name) {
             Some(Param::Trainable(v)) | Some(Param::Buffer(v)) => Ok(v.as_tensor().clone()),
-            Some(Param::Frozen(t)) => Ok(t.clone()),
+            Some(Param::Frozen(t)) | Some(Param::Derived(t)) => Ok(t.clone()),
             None => Err(StageError::Invalid(format!("no parameter `{name}`"))),
         }
     }
@@ -247,11 +253,24 @@ impl Parameters {
             .map(|(name, p)| {
                 let t = match p {
                     Param::Trainable(v) | Param::Buffer(v) => v.as_tensor().detach(),
-                    Param::Frozen(t) => t.clone(),
+                    Param::Frozen(t) | Param::Derived(t) => t.detach(),
                 };
                 (name.clone(), t)
             })
             .collect()
+    }
+
+    /// A copy in which the named parameters are replaced by tensors computed from other
+    /// variables (gradients flow through them); the rest are shared with `self`.
+    pub fn with_derived(&self, derived: BTreeMap<String, Tensor>) -> Result<Parameters, StageError> {
+        let mut entries = self.entries.clone();
+        for (name, tensor) in derived {
+            let slot = entries
+                .get_mut(&name)
+                .ok_or_else(|| StageError::Invalid(format!("no parameter `{name}`")))?;
+            *slot = Param::Derived(tensor);
+        }
+        Ok(Parameters { entries })
     }
 
     /// Writes every current value as safetensors.
@@ -323,22 +342,47 @@ impl SavedModel {
         if direct.is_file() {
             return Ok(SavedModel { spec_path, weights_path: direct });
         }
-        let index = crate::train::CheckpointIndex::read(dir)?;
+        let index = crate::fit::CheckpointIndex::read(dir)?;
         let last = index.epochs.last().copied().ok_or_else(|| StageError::Format {
-            path: dir.join(crate::train::CHECKPOINT_INDEX),
+            path: dir.join(crate::fit::CHECKPOINT_INDEX),
             message: "lists no checkpoint".into(),
         })?;
-        Ok(SavedModel { spec_path, weights_path: dir.join(crate::train::checkpoint_file(last)) })
+        Ok(SavedModel { spec_path, weights_path: dir.join(crate::fit::checkpoint_file(last)) })
     }
 
     pub fn spec(&self) -> Result<ModelSpec, StageError> {
         ModelSpec::read(&self.spec_path)
     }
 
-    /// Loads it for evaluation (every parameter frozen).
+    /// The description and the weights the model computes with: where the model carries
+    /// binary weight masks (UMAP), each masked weight is multiplied by its mask, and the
+    /// description returned no longer mentions masks.
+    pub fn load_effective(
+        &self,
+        device: &Device,
+    ) -> Result<(ModelSpec, BTreeMap<String, Tensor>), StageError> {
+        let mut spec = self.spec()?;
+        let mut values = load_weights(&self.weights_path, device)?;
+        if spec.weight_masks {
+            let masks: Vec<String> = values.keys().filter(|k| k.starts_with("mask.")).cloned().collect();
+            for mask_name in masks {
+                let mask = values.remove(&mask_name).expect("listed above");
+                let name = &mask_name["mask.".len()..];
+                let weight = values.get_mut(name).ok_or_else(|| StageError::Format {
+                    path: self.weights_path.clone(),
+                    message: format!("`{mask_name}` masks `{name}`, which the weights lack"),
+                })?;
+                *weight = weight.mul(&mask)?;
+            }
+            spec.weight_masks = false;
+        }
+        Ok((spec, values))
+    }
+
+    /// Loads it for evaluation (every parameter frozen, masks applied).
     pub fn load_frozen(&self, device: &Device) -> Result<Network, StageError> {
-        let spec = self.spec()?;
-        let params = Parameters::frozen(&spec, load_weights(&self.weights_path, device)?)
+        let (spec, values) = self.load_effective(device)?;
+        let params = Parameters::frozen(&spec, values)
             .map_err(|e| StageError::Format { path: self.weights_path.clone(), message: e.to_string() })?;
         Network::new(&spec, &params, device)
     }

@@ -128,6 +128,7 @@ mod tests {
             affine_bn: false,
             mean: vec![0.13],
             std: vec![0.31],
+            weight_masks: false,
         }
     }
 

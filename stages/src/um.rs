@@ -1,0 +1,131 @@
+//! `um`: Unleashing-Mask fine-tuning (SPEC §4). Starts from a trained model and trains every
+//! weight with the per-batch loss |CE − ζ| + ζ: descent while the batch loss is above ζ, ascent
+//! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
+//! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
+use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
+use crate::data::Split;
+use crate::fit::{fit, Fit};
+use crate::models::{Network, Parameters, SavedModel};
+use crate::train::cross_entropy;
+use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
+use serde::{Deserialize, Serialize};
+
+crate::training_stage! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Um {
+        /// The trained model to fine-tune.
+        pub model: String,
+        /// The training data (its train split).
+        pub data: String,
+        /// An `estimate-loss-constraint` stage giving ζ.
+        #[serde(default)]
+        pub constraint: Option<String>,
+        /// ζ written out instead of estimated.
+        #[serde(default)]
+        pub zeta: Option<f64>,
+    }
+}
+
+impl StageParams for Um {
+    const KIND: &'static str = "um";
+    const VERSION: u32 = 1;
+    const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
+
+    fn inputs(&self) -> Vec<Input> {
+        let mut inputs = vec![
+            Input::stage(&["model"], &self.model, Artifact::Model),
+            Input::dataset(&["data"], &self.data),
+        ];
+        inputs.extend(zeta_inputs(&self.constraint));
+        inputs
+    }
+
+    fn check(&self) -> Vec<ParamError> {
+        let mut problems = self.fit_config().check();
+        problems.extend(check_zeta_source(&self.constraint, self.zeta));
+        problems
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
+        let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;
+        let (spec, values) = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_effective(ctx.device)?;
+        let data = ctx.dataset(&self.data)?.load(Split::Train)?;
+        if data.num_classes != spec.num_classes || data.shape != spec.input_shape {
+            return Err(StageError::Invalid(format!(
+                "dataset `{}` does not fit the model `{}`",
+                self.data, self.model
+            )));
+        }
+        ctx.progress.info(&format!("fine-tuning with ζ = {zeta:.4}"));
+        let params = Parameters::trainable(&spec, values)?;
+        let net = Network::new(&spec, &params, ctx.device)?;
+        fit(
+            ctx,
+            &data,
+            &self.fit_config(),
+            Fit {
+                spec: &spec,
+                vars: params.trainable_vars(),
+                forward: &mut |images, mode| net.forward(images, mode),
+                loss: &mut |logits, labels| um_loss(&cross_entropy(logits, labels)?, zeta),
+                snapshot: &|| Ok(params.values()),
+                label: "um",
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::constraint::um_loss;
+    use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
+    use crate::optim::{Sgd, SgdConfig};
+    use crate::train::cross_entropy;
+    use candle_core::{Device, Tensor};
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] },
+            input_shape: [1, 8, 8],
+            num_classes: 3,
+            dropout: 0.0,
+            affine_bn: false,
+            mean: vec![0.5],
+            std: vec![0.25],
+            weight_masks: false,
+        }
+    }
+
+    /// CE of a fixed batch after one SGD step on the UM loss with the given ζ.
+    fn ce_before_and_after(zeta_above_ce_by: f64) -> (f64, f64) {
+        let dev = Device::Cpu;
+        let spec = spec();
+        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let params = Parameters::trainable(&spec, values).unwrap();
+        let net = Network::new(&spec, &params, &dev).unwrap();
+        let mut rng = crate::rng::derive(0, "x");
+        let images = Tensor::rand(0f32, 1.0, (6, 1, 8, 8), &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
+        let ce = |rng: &mut crate::rng::Rng| {
+            let out = net.forward(&images, &mut Mode::Train { rng }).unwrap();
+            cross_entropy(&out.logits, &labels).unwrap()
+        };
+        let before = ce(&mut rng);
+        let before_value = before.to_scalar::<f32>().unwrap() as f64;
+        let zeta = (before_value + zeta_above_ce_by).max(0.0);
+        let loss = um_loss(&before, zeta).unwrap();
+        let config = SgdConfig { lr: 0.05, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        Sgd::new(params.trainable_vars(), config).step(&loss.backward().unwrap()).unwrap();
+        let after = ce(&mut rng).to_scalar::<f32>().unwrap() as f64;
+        (before_value, after)
+    }
+
+    #[test]
+    fn a_step_below_zeta_raises_the_loss_and_above_lowers_it() {
+        let (before, after) = ce_before_and_after(0.5);
+        assert!(after > before, "CE < ζ: gradient ascent must raise CE ({before} → {after})");
+        let (before, after) = ce_before_and_after(-0.5);
+        assert!(after < before, "CE > ζ: gradient descent must lower CE ({before} → {after})");
+    }
+}
