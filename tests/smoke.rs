@@ -91,3 +91,52 @@ fn a_missing_dataset_fails_the_stages_that_read_it_with_its_path() {
     assert!(stderr(&out).contains("/nonexistent/mnist"), "{}", stderr(&out));
     assert!(stages_with(&events, "failed").contains(&"base@0".to_string()));
 }
+
+#[test]
+fn unleashing_mask_smoke_recipe_runs_with_two_seeds_and_a_backtracking_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/um.toml");
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &["--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every stage once per seed, the report once.
+    let finished = stages_with(&events, "finished");
+    assert_eq!(finished.len(), 9 * 2 + 1, "{finished:?}");
+    assert!(finished.contains(&"umap@1".to_string()) && finished.contains(&"zeta@0".to_string()));
+
+    let constraint: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(outputs_of(&events, "zeta@0").join("constraint.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(constraint["zeta"].as_f64().unwrap() > 0.0);
+    assert_eq!(constraint["samples"], 384);
+    let masks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "umap@0").join("masks.json")).unwrap())
+            .unwrap();
+    for (layer, kept) in masks.as_object().unwrap() {
+        let kept = kept.as_f64().unwrap();
+        assert!((kept - 0.8).abs() < 0.02, "{layer} keeps {kept}");
+    }
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["seeds"], 2);
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4 * 2 * 3, "4 score stages × 2 methods × (2 sets + mean)");
+    for row in rows {
+        assert_eq!(row["fpr95"]["values"].as_array().unwrap().len(), 2, "one value per seed");
+    }
+    // Backtracking: the base model at epochs 1 and 2, for both methods; the last epoch equals
+    // the main row of the same model.
+    let curve = report["backtracking"].as_array().unwrap();
+    assert_eq!(curve.len(), 4);
+    let last = curve.iter().find(|b| b["epoch"] == 2 && b["method"] == "energy").unwrap();
+    let main = rows
+        .iter()
+        .find(|r| r["scores"] == "scores_base" && r["method"] == "energy" && r["ood"] == "mean")
+        .unwrap();
+    assert_eq!(last["auroc"], main["auroc"]);
+    let md = std::fs::read_to_string(outputs_of(&events, "table").join("report.md")).unwrap();
+    assert!(md.contains("## Backtracking"));
+    assert!(md.contains(" ± "));
+}

@@ -132,7 +132,12 @@ fn unset_variables_and_bad_devices_are_errors() {
 #[test]
 fn the_shipped_recipes_are_valid_and_defaults_fill_in() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for recipe in ["recipes/mnist_energy.toml", "recipes/smoke/smoke.toml"] {
+    for recipe in [
+        "recipes/mnist_energy.toml",
+        "recipes/mnist_um.toml",
+        "recipes/smoke/smoke.toml",
+        "recipes/smoke/um.toml",
+    ] {
         let loaded = Recipe::load(&root.join(recipe));
         assert!(
             loaded.is_ok(),

@@ -6,6 +6,7 @@
 use crate::fit::write_json;
 use crate::metrics::{mean_std, ood_metrics, OodMetrics};
 use crate::score::ScoreIndex;
+use crate::scores::Method;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -62,6 +63,14 @@ pub struct Row {
     pub id_accuracy: Summary,
 }
 
+/// One point of a backtracking curve: the mean over OOD sets at one checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BacktrackRow {
+    pub epoch: usize,
+    #[serde(flatten)]
+    pub row: Row,
+}
+
 /// `report.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportFile {
@@ -70,6 +79,8 @@ pub struct ReportFile {
     pub convention_text: String,
     pub seeds: usize,
     pub rows: Vec<Row>,
+    /// Metrics per scored checkpoint (empty unless a score stage scored checkpoints).
+    pub backtracking: Vec<BacktrackRow>,
 }
 
 impl StageParams for Report {
@@ -95,12 +106,14 @@ impl StageParams for Report {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let mut rows = Vec::new();
+        let (mut rows, mut backtracking) = (Vec::new(), Vec::new());
         let mut seeds = 0;
         for name in &self.scores {
             let dirs = ctx.stage_dirs(name)?;
             seeds = seeds.max(dirs.len());
-            rows.extend(rows_of(name, dirs)?);
+            let (table, curve) = rows_of(name, dirs)?;
+            rows.extend(table);
+            backtracking.extend(curve);
         }
         let report = ReportFile {
             title: self.title.clone().unwrap_or_else(|| "OOD detection".into()),
@@ -108,6 +121,7 @@ impl StageParams for Report {
             convention_text: CONVENTION_TEXT.into(),
             seeds,
             rows,
+            backtracking,
         };
         write_json(&ctx.out_dir.join("report.json"), &report)?;
         write_text(&ctx.out_dir.join("report.csv"), &csv(&report))?;
@@ -119,60 +133,94 @@ fn write_text(path: &Path, text: &str) -> Result<(), StageError> {
     std::fs::write(path, text).map_err(StageError::io("cannot write", path))
 }
 
-/// Rows of one score stage across its seeds: one per (method, OOD set), then the mean over sets.
-fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<Vec<Row>, StageError> {
+/// Metrics of `method` for each OOD set, from the score files under `dir` (one seed).
+fn set_metrics(
+    name: &str,
+    dir: &Path,
+    index: &ScoreIndex,
+    method: Method,
+) -> Result<Vec<OodMetrics>, StageError> {
+    let id = npy::read_f64(&dir.join(ScoreIndex::file(method, &index.id.name)))?;
+    index
+        .ood
+        .iter()
+        .map(|set| {
+            let ood = npy::read_f64(&dir.join(ScoreIndex::file(method, &set.name)))?;
+            ood_metrics(&id, &ood).map_err(|e| {
+                StageError::Invalid(format!("`{name}` {} on `{}`: {e}", method.name(), set.name))
+            })
+        })
+        .collect()
+}
+
+/// The plain mean over OOD sets.
+fn mean_over_sets(per_set: &[OodMetrics]) -> OodMetrics {
+    let avg = |f: fn(&OodMetrics) -> f64| per_set.iter().map(f).sum::<f64>() / per_set.len() as f64;
+    OodMetrics {
+        fpr95: avg(|m| m.fpr95),
+        auroc: avg(|m| m.auroc),
+        aupr_in: avg(|m| m.aupr_in),
+        aupr_out: avg(|m| m.aupr_out),
+    }
+}
+
+fn row(scores: &str, method: Method, ood: &str, per_seed: &[OodMetrics], accuracy: &[f64]) -> Row {
+    Row {
+        scores: scores.to_string(),
+        method: method.name().to_string(),
+        ood: ood.to_string(),
+        fpr95: Summary::of(per_seed.iter().map(|m| m.fpr95).collect()),
+        auroc: Summary::of(per_seed.iter().map(|m| m.auroc).collect()),
+        aupr_in: Summary::of(per_seed.iter().map(|m| m.aupr_in).collect()),
+        aupr_out: Summary::of(per_seed.iter().map(|m| m.aupr_out).collect()),
+        id_accuracy: Summary::of(accuracy.to_vec()),
+    }
+}
+
+/// Rows of one score stage across its seeds: one per (method, OOD set), then the mean over
+/// sets; and, where checkpoints were scored, one backtracking row per (method, epoch) with the
+/// mean over sets.
+fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<(Vec<Row>, Vec<BacktrackRow>), StageError> {
     let indexes = dirs.iter().map(|d| ScoreIndex::read(d)).collect::<Result<Vec<_>, _>>()?;
     let first = &indexes[0];
-    let accuracy: Vec<f64> = indexes.iter().map(|i| i.id_accuracy).collect();
-    let mut rows = Vec::new();
-    for &method in &first.methods {
-        // per_set[s][seed]
-        let mut per_set: Vec<Vec<OodMetrics>> = vec![Vec::new(); first.ood.len()];
-        for (dir, index) in dirs.iter().zip(&indexes) {
-            if index.ood != first.ood || index.methods != first.methods {
-                return Err(StageError::Invalid(format!(
-                    "the seeds of `{name}` scored different sets or methods"
-                )));
-            }
-            let id = npy::read_f64(&dir.join(ScoreIndex::file(method, &index.id.name)))?;
-            for (s, set) in index.ood.iter().enumerate() {
-                let ood = npy::read_f64(&dir.join(ScoreIndex::file(method, &set.name)))?;
-                let metrics = ood_metrics(&id, &ood).map_err(|e| {
-                    StageError::Invalid(format!("`{name}` {} on `{}`: {e}", method.name(), set.name))
-                })?;
-                per_set[s].push(metrics);
-            }
+    let epochs: Vec<usize> = first.checkpoints.iter().map(|c| c.epoch).collect();
+    for index in &indexes {
+        let same_epochs = index.checkpoints.iter().map(|c| c.epoch).eq(epochs.iter().copied());
+        if index.ood != first.ood || index.methods != first.methods || !same_epochs {
+            return Err(StageError::Invalid(format!(
+                "the seeds of `{name}` scored different sets, methods or checkpoints"
+            )));
         }
-        let row = |ood: &str, per_seed: &[OodMetrics]| Row {
-            scores: name.to_string(),
-            method: method.name().to_string(),
-            ood: ood.to_string(),
-            fpr95: Summary::of(per_seed.iter().map(|m| m.fpr95).collect()),
-            auroc: Summary::of(per_seed.iter().map(|m| m.auroc).collect()),
-            aupr_in: Summary::of(per_seed.iter().map(|m| m.aupr_in).collect()),
-            aupr_out: Summary::of(per_seed.iter().map(|m| m.aupr_out).collect()),
-            id_accuracy: Summary::of(accuracy.clone()),
-        };
-        for (set, per_seed) in first.ood.iter().zip(&per_set) {
-            rows.push(row(&set.name, per_seed));
-        }
-        // The mean over OOD sets, per seed, then summarised across seeds.
-        let mean_per_seed: Vec<OodMetrics> = (0..dirs.len())
-            .map(|seed| {
-                let avg = |f: fn(&OodMetrics) -> f64| {
-                    per_set.iter().map(|s| f(&s[seed])).sum::<f64>() / per_set.len() as f64
-                };
-                OodMetrics {
-                    fpr95: avg(|m| m.fpr95),
-                    auroc: avg(|m| m.auroc),
-                    aupr_in: avg(|m| m.aupr_in),
-                    aupr_out: avg(|m| m.aupr_out),
-                }
-            })
-            .collect();
-        rows.push(row("mean", &mean_per_seed));
     }
-    Ok(rows)
+    let accuracy: Vec<f64> = indexes.iter().map(|i| i.id_accuracy).collect();
+    let (mut rows, mut curve) = (Vec::new(), Vec::new());
+    for &method in &first.methods {
+        // per_seed[seed][set]
+        let per_seed: Vec<Vec<OodMetrics>> = dirs
+            .iter()
+            .zip(&indexes)
+            .map(|(dir, index)| set_metrics(name, dir, index, method))
+            .collect::<Result<_, _>>()?;
+        for (s, set) in first.ood.iter().enumerate() {
+            let across: Vec<OodMetrics> = per_seed.iter().map(|m| m[s]).collect();
+            rows.push(row(name, method, &set.name, &across, &accuracy));
+        }
+        let means: Vec<OodMetrics> = per_seed.iter().map(|m| mean_over_sets(m)).collect();
+        rows.push(row(name, method, "mean", &means, &accuracy));
+        for (k, &epoch) in epochs.iter().enumerate() {
+            let means = dirs
+                .iter()
+                .zip(&indexes)
+                .map(|(dir, index)| {
+                    set_metrics(name, &dir.join(ScoreIndex::epoch_dir(epoch)), index, method)
+                        .map(|m| mean_over_sets(&m))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let accuracy: Vec<f64> = indexes.iter().map(|i| i.checkpoints[k].id_accuracy).collect();
+            curve.push(BacktrackRow { epoch, row: row(name, method, "mean", &means, &accuracy) });
+        }
+    }
+    Ok((rows, curve))
 }
 
 fn csv(report: &ReportFile) -> String {
@@ -213,6 +261,58 @@ fn markdown(report: &ReportFile) -> String {
             bold(r.aupr_out.percent()),
             r.id_accuracy.percent()
         );
+    }
+    if !report.backtracking.is_empty() {
+        out.push_str("\n## Backtracking: metrics per checkpoint (mean over OOD sets)\n\n");
+        out.push_str(
+            "| Scores | Method | Epoch | FPR95 (ID+) ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |\n",
+        );
+        out.push_str("|---|---|---|---|---|---|---|---|\n");
+        for b in &report.backtracking {
+            let r = &b.row;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.scores,
+                r.method,
+                b.epoch,
+                r.fpr95.percent(),
+                r.auroc.percent(),
+                r.aupr_in.percent(),
+                r.aupr_out.percent(),
+                r.id_accuracy.percent()
+            );
+        }
+        for (scores, method, best, last) in best_epochs(&report.backtracking) {
+            let _ = writeln!(
+                out,
+                "\n{scores} / {method}: lowest mean FPR95 at epoch {} ({}), last epoch {} ({}).",
+                best.epoch,
+                best.row.fpr95.percent(),
+                last.epoch,
+                last.row.fpr95.percent()
+            );
+        }
+    }
+    out
+}
+
+/// For each (score stage, method) curve: the checkpoint with the lowest mean FPR95 (the first on
+/// ties) and the last checkpoint.
+pub fn best_epochs(curve: &[BacktrackRow]) -> Vec<(String, String, &BacktrackRow, &BacktrackRow)> {
+    let mut out: Vec<(String, String, &BacktrackRow, &BacktrackRow)> = Vec::new();
+    for b in curve {
+        match out.iter_mut().find(|(s, m, _, _)| *s == b.row.scores && *m == b.row.method) {
+            Some(entry) => {
+                if b.row.fpr95.mean < entry.2.row.fpr95.mean {
+                    entry.2 = b;
+                }
+                if b.epoch > entry.3.epoch {
+                    entry.3 = b;
+                }
+            }
+            None => out.push((b.row.scores.clone(), b.row.method.clone(), b, b)),
+        }
     }
     out
 }

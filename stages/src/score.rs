@@ -3,8 +3,12 @@
 //!
 //! Outputs: `<method>/<set>.npy` (float32), `id_labels.npy` and `id_predictions.npy` (int64),
 //! and `scores.json`, the index the report reads (sets, methods, counts, ID accuracy).
+//!
+//! With `checkpoints = "all"` (or a list of epochs) and a training stage as `model`, every kept
+//! checkpoint is scored too, into `epochs/NNNN/<method>/<set>.npy`: the backtracking curve of
+//! the paper's Figure 1(a).
 use crate::data::{ImageSet, Split};
-use crate::fit::write_json;
+use crate::fit::{checkpoint_file, write_json, CheckpointIndex};
 use crate::models::{Mode, Network, SavedModel};
 use crate::scores::Method;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
@@ -32,6 +36,59 @@ pub struct Score {
     pub methods: Vec<Method>,
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Also score these checkpoints of the training stage `model`: `"all"` or a list of epochs.
+    #[serde(default)]
+    pub checkpoints: Option<EpochSelection>,
+}
+
+/// Which checkpoints to score.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EpochSelection {
+    All,
+    Epochs(Vec<usize>),
+}
+
+impl Serialize for EpochSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EpochSelection::All => s.serialize_str("all"),
+            EpochSelection::Epochs(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EpochSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EpochSelection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"all\" or a list of epoch numbers")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EpochSelection, E> {
+                if v == "all" {
+                    Ok(EpochSelection::All)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<EpochSelection, A::Error> {
+                let mut list = Vec::new();
+                while let Some(epoch) = seq.next_element::<usize>()? {
+                    list.push(epoch);
+                }
+                Ok(EpochSelection::Epochs(list))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The ID accuracy of one scored checkpoint, in `scores.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointScores {
+    pub epoch: usize,
+    pub id_accuracy: f64,
 }
 
 /// One scored set in `scores.json`.
@@ -49,6 +106,9 @@ pub struct ScoreIndex {
     pub id_accuracy: f64,
     pub ood: Vec<ScoredSet>,
     pub methods: Vec<Method>,
+    /// Checkpoints scored under `epochs/NNNN/` (empty unless `checkpoints` was given).
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointScores>,
 }
 
 impl ScoreIndex {
@@ -64,6 +124,11 @@ impl ScoreIndex {
     pub fn file(method: Method, set: &str) -> PathBuf {
         PathBuf::from(method.name()).join(format!("{set}.npy"))
     }
+
+    /// Folder, relative to the stage's outputs, of the scores of checkpoint `epoch`.
+    pub fn epoch_dir(epoch: usize) -> PathBuf {
+        PathBuf::from(format!("epochs/{epoch:04}"))
+    }
 }
 
 impl StageParams for Score {
@@ -72,8 +137,9 @@ impl StageParams for Score {
     const PRODUCES: &'static [Artifact] = &[Artifact::Scores];
 
     fn inputs(&self) -> Vec<Input> {
+        let expects = if self.checkpoints.is_some() { Artifact::Checkpoints } else { Artifact::Model };
         let mut inputs =
-            vec![Input::stage(&["model"], &self.model, Artifact::Model), Input::dataset(&["id"], &self.id)];
+            vec![Input::stage(&["model"], &self.model, expects), Input::dataset(&["id"], &self.id)];
         for (i, name) in self.ood.iter().enumerate() {
             inputs.push(Input::dataset(&["ood", &i.to_string()], name));
         }
@@ -91,6 +157,12 @@ impl StageParams for Score {
         if self.batch_size == 0 {
             problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
         }
+        if matches!(&self.checkpoints, Some(EpochSelection::Epochs(list)) if list.is_empty()) {
+            problems.push(ParamError::new(
+                &["checkpoints"],
+                "lists no epoch (write \"all\" for every checkpoint)",
+            ));
+        }
         for (i, name) in self.ood.iter().enumerate() {
             if name == &self.id || self.ood[..i].contains(name) {
                 problems.push(ParamError::new(&["ood", &i.to_string()], format!("`{name}` is listed twice")));
@@ -100,7 +172,8 @@ impl StageParams for Score {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let net = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_frozen(ctx.device)?;
+        let model_dir = ctx.stage_dir(&self.model)?;
+        let net = SavedModel::in_dir(model_dir)?.load_frozen(ctx.device)?;
         let id = self.load(ctx, &net, &self.id)?;
         if id.num_classes != net.spec.num_classes {
             return Err(StageError::Invalid(format!(
@@ -108,28 +181,52 @@ impl StageParams for Score {
                 self.id, id.num_classes, net.spec.num_classes
             )));
         }
-        let id_logits = self.logits(ctx, &net, &id, &self.id)?;
-        let predictions: Vec<i64> = id_logits.iter().map(|row| argmax(row) as i64).collect();
+        let ood = self.ood.iter().map(|name| self.load(ctx, &net, name)).collect::<Result<Vec<_>, _>>()?;
+        let predictions = self.score_model(ctx, &net, &id, &ood, ctx.out_dir, "")?;
         let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
         npy::write_i64(&ctx.out_dir.join("id_predictions.npy"), &predictions)?;
         npy::write_i64(
             &ctx.out_dir.join("id_labels.npy"),
             &id.labels.iter().map(|&l| l as i64).collect::<Vec<_>>(),
         )?;
-        self.write_scores(ctx, &self.id, &id_logits)?;
-        let mut ood_sets = Vec::new();
-        for name in &self.ood {
-            let set = self.load(ctx, &net, name)?;
-            let logits = self.logits(ctx, &net, &set, name)?;
-            self.write_scores(ctx, name, &logits)?;
-            ood_sets.push(ScoredSet { name: name.clone(), count: set.len() });
+        let mut checkpoints = Vec::new();
+        if let Some(selection) = &self.checkpoints {
+            let kept = CheckpointIndex::read(model_dir)?.epochs;
+            let epochs = match selection {
+                EpochSelection::All => kept.clone(),
+                EpochSelection::Epochs(list) => list.clone(),
+            };
+            for epoch in epochs {
+                if !kept.contains(&epoch) {
+                    return Err(StageError::Invalid(format!(
+                        "`{}` kept no checkpoint of epoch {epoch} (it kept {kept:?})",
+                        self.model
+                    )));
+                }
+                let saved = SavedModel {
+                    spec_path: model_dir.join("model.json"),
+                    weights_path: model_dir.join(checkpoint_file(epoch)),
+                };
+                let net = saved.load_frozen(ctx.device)?;
+                let dir = ctx.out_dir.join(ScoreIndex::epoch_dir(epoch));
+                let predictions =
+                    self.score_model(ctx, &net, &id, &ood, &dir, &format!(" (epoch {epoch})"))?;
+                let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
+                checkpoints.push(CheckpointScores { epoch, id_accuracy: correct as f64 / id.len() as f64 });
+            }
         }
         let index = ScoreIndex {
             model: self.model.clone(),
             id: ScoredSet { name: self.id.clone(), count: id.len() },
             id_accuracy: correct as f64 / id.len() as f64,
-            ood: ood_sets,
+            ood: self
+                .ood
+                .iter()
+                .zip(&ood)
+                .map(|(name, set)| ScoredSet { name: name.clone(), count: set.len() })
+                .collect(),
             methods: self.methods.clone(),
+            checkpoints,
         };
         ctx.progress.info(&format!("ID accuracy on `{}`: {:.2}%", self.id, 100.0 * index.id_accuracy));
         write_json(&ctx.out_dir.join(ScoreIndex::FILE), &index)
@@ -148,19 +245,28 @@ impl Score {
         Ok(set)
     }
 
-    fn logits(
+    /// Scores the ID set and every OOD set with `net` into `dir`; returns the ID predictions.
+    fn score_model(
         &self,
         ctx: &RunContext,
         net: &Network,
-        set: &ImageSet,
-        name: &str,
-    ) -> Result<Vec<Vec<f32>>, StageError> {
-        logits(ctx, net, set, self.batch_size, &format!("score {name}"))
+        id: &ImageSet,
+        ood: &[ImageSet],
+        dir: &Path,
+        note: &str,
+    ) -> Result<Vec<i64>, StageError> {
+        let id_logits = logits(ctx, net, id, self.batch_size, &format!("score {}{note}", self.id))?;
+        self.write_scores(dir, &self.id, &id_logits)?;
+        for (name, set) in self.ood.iter().zip(ood) {
+            let set_logits = logits(ctx, net, set, self.batch_size, &format!("score {name}{note}"))?;
+            self.write_scores(dir, name, &set_logits)?;
+        }
+        Ok(id_logits.iter().map(|row| argmax(row) as i64).collect())
     }
 
-    fn write_scores(&self, ctx: &RunContext, set: &str, logits: &[Vec<f32>]) -> Result<(), StageError> {
+    fn write_scores(&self, dir: &Path, set: &str, logits: &[Vec<f32>]) -> Result<(), StageError> {
         for &method in &self.methods {
-            let path = ctx.out_dir.join(ScoreIndex::file(method, set));
+            let path = dir.join(ScoreIndex::file(method, set));
             let dir = path.parent().expect("score files live in a method folder");
             std::fs::create_dir_all(dir).map_err(StageError::io("cannot create", dir))?;
             let scores: Vec<f32> = logits.iter().map(|row| method.score(row) as f32).collect();
