@@ -208,8 +208,13 @@ impl Validator<'_> {
             .get("stages")
             .map(|e| e.node.entries().iter().map(|e| e.key.clone()).collect())
             .unwrap_or_default();
+        // Names declared but invalid are known too, so their errors do not cascade.
+        let all_dataset_names: BTreeSet<String> = root
+            .get("datasets")
+            .map(|e| e.node.entries().iter().map(|e| e.key.clone()).collect())
+            .unwrap_or_default();
         for decl in &stages {
-            self.references(decl, &stages, &declared, &all_stage_names, &datasets);
+            self.references(decl, &stages, &declared, &all_stage_names, &all_dataset_names);
         }
         let graph = match StageGraph::new(&stages) {
             Ok(graph) => Some(graph),
@@ -290,7 +295,8 @@ impl Validator<'_> {
     fn param_errors(&mut self, table: &Node, errors: &[ParamError], what: &str) {
         for e in errors {
             let span = table.locate(&e.path);
-            let field = if e.path.is_empty() { String::new() } else { format!(" `{}`", e.path.join(".")) };
+            let field =
+                if e.path.is_empty() { String::new() } else { format!(", field `{}`", e.path.join(".")) };
             self.error(span, format!("{what}{field}: {}", e.message));
         }
     }
@@ -447,14 +453,14 @@ impl Validator<'_> {
         stages: &[StageDecl],
         declared: &BTreeSet<String>,
         all_names: &BTreeSet<String>,
-        datasets: &BTreeMap<String, DatasetSpec>,
+        datasets: &BTreeSet<String>,
     ) {
         for input in &decl.inputs {
             let span = decl.node.locate(&input.field);
             let field = input.field.join(".");
             match &input.target {
-                Target::Dataset { name } if !datasets.contains_key(name) => {
-                    let help = did_you_mean(name, datasets.keys().map(String::as_str));
+                Target::Dataset { name } if !datasets.contains(name) => {
+                    let help = did_you_mean(name, datasets.iter().map(String::as_str));
                     self.error_help(
                         span,
                         format!("stage `{}`, field `{field}`: no dataset named `{name}`", decl.name),
