@@ -3,11 +3,11 @@
 //! in evaluation mode on the training set, augmented as in training; `draws` averages over
 //! independent masks. Outputs `constraint.json` ([`ConstraintFile`]).
 use crate::constraint::{AtypicalSample, ConstraintFile};
-use crate::data::{ImageSet, Split};
-use crate::fit::{batch, write_json};
+use crate::data::ImageSet;
+use crate::fit::{batch, load_model_and_data, model_and_data_inputs, write_json};
 use crate::masks::{masked_layers, random_mask, zeroed_count};
 use crate::metrics::mean_std;
-use crate::models::{Mode, ModelSpec, Network, Parameters, SavedModel};
+use crate::models::{Mode, ModelSpec, Network, Parameters};
 use crate::scores::logsumexp;
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use candle_core::Tensor;
@@ -59,7 +59,7 @@ impl StageParams for EstimateLossConstraint {
     const PRODUCES: &'static [Artifact] = &[Artifact::Constraint];
 
     fn inputs(&self) -> Vec<Input> {
-        vec![Input::stage(&["model"], &self.model, Artifact::Model), Input::dataset(&["data"], &self.data)]
+        model_and_data_inputs(&self.model, &self.data)
     }
 
     fn check(&self) -> Vec<ParamError> {
@@ -80,14 +80,7 @@ impl StageParams for EstimateLossConstraint {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let (spec, values) = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_effective(ctx.device)?;
-        let data = ctx.dataset(&self.data)?.load(Split::Train)?;
-        if data.num_classes != spec.num_classes || data.shape != spec.input_shape {
-            return Err(StageError::Invalid(format!(
-                "dataset `{}` ({} classes, images {:?}) does not fit the model ({} classes, images {:?})",
-                self.data, data.num_classes, data.shape, spec.num_classes, spec.input_shape
-            )));
-        }
+        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
         let unmasked = self.per_sample_loss(ctx, &spec, values.clone(), &data, "unmasked")?;
         let layers = masked_layers(&spec);
         let mut zetas = Vec::new();
@@ -207,8 +200,9 @@ impl EstimateLossConstraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Split;
     use crate::data::{DatasetSpec, IdxSpec};
-    use crate::models::{save_weights, Architecture};
+    use crate::models::save_weights;
     use crate::NoProgress;
     use candle_core::Device;
 
@@ -224,16 +218,7 @@ mod tests {
                 ((i * 37 + p * 11) % 256) as u8
             });
         }
-        let spec = ModelSpec {
-            architecture: Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] },
-            input_shape: [1, 8, 8],
-            num_classes: 3,
-            dropout: 0.0,
-            affine_bn: false,
-            mean: vec![0.5],
-            std: vec![0.25],
-            weight_masks: false,
-        };
+        let spec = crate::models::tiny_spec();
         let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
         let model_dir = dir.path().join("model");
         std::fs::create_dir_all(&model_dir).unwrap();

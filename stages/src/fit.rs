@@ -6,11 +6,11 @@
 //! `checkpoint_every` epochs and at the end, `checkpoints.json` (the kept epochs) and
 //! `history.json` (learning rate, loss and accuracy per epoch; no timings, so identical runs give
 //! identical bytes).
-use crate::data::ImageSet;
-use crate::models::{Forward, Mode, ModelSpec};
+use crate::data::{ImageSet, Split};
+use crate::models::{Forward, Mode, ModelSpec, SavedModel};
 use crate::optim::{Sgd, SgdConfig};
 use crate::schedule::Schedule;
-use crate::{ParamError, RunContext, StageError};
+use crate::{Artifact, Input, ParamError, RunContext, StageError};
 use candle_core::{Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::Rng as _;
@@ -237,6 +237,30 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     }
     write_json(&ctx.out_dir.join(CHECKPOINT_INDEX), &CheckpointIndex { epochs: kept })?;
     write_json(&ctx.out_dir.join("history.json"), &history)
+}
+
+/// The references of a stage that starts from the model of stage `model` and its training
+/// data `data`.
+pub fn model_and_data_inputs(model: &str, data: &str) -> Vec<Input> {
+    vec![Input::stage(&["model"], model, Artifact::Model), Input::dataset(&["data"], data)]
+}
+
+/// What a stage that starts from a trained model loads: the model's description, the weights
+/// it computes with, and the train split of `data`, checked to fit the model.
+pub fn load_model_and_data(
+    ctx: &RunContext,
+    model: &str,
+    data: &str,
+) -> Result<(ModelSpec, BTreeMap<String, Tensor>, ImageSet), StageError> {
+    let (spec, values) = SavedModel::in_dir(ctx.stage_dir(model)?)?.load_effective(ctx.device)?;
+    let set = ctx.dataset(data)?.load(Split::Train)?;
+    if set.num_classes != spec.num_classes || set.shape != spec.input_shape {
+        return Err(StageError::Invalid(format!(
+            "dataset `{data}` ({} classes, images {:?}) does not fit the model of `{model}` ({} classes, images {:?})",
+            set.num_classes, set.shape, spec.num_classes, spec.input_shape
+        )));
+    }
+    Ok((spec, values, set))
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StageError> {

@@ -3,9 +3,8 @@
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
 use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::data::Split;
-use crate::fit::{fit, Fit};
-use crate::models::{Network, Parameters, SavedModel};
+use crate::fit::{fit, load_model_and_data, model_and_data_inputs, Fit};
+use crate::models::{Network, Parameters};
 use crate::train::cross_entropy;
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
@@ -33,10 +32,7 @@ impl StageParams for Um {
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        let mut inputs = vec![
-            Input::stage(&["model"], &self.model, Artifact::Model),
-            Input::dataset(&["data"], &self.data),
-        ];
+        let mut inputs = model_and_data_inputs(&self.model, &self.data);
         inputs.extend(zeta_inputs(&self.constraint));
         inputs
     }
@@ -49,14 +45,7 @@ impl StageParams for Um {
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;
-        let (spec, values) = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_effective(ctx.device)?;
-        let data = ctx.dataset(&self.data)?.load(Split::Train)?;
-        if data.num_classes != spec.num_classes || data.shape != spec.input_shape {
-            return Err(StageError::Invalid(format!(
-                "dataset `{}` does not fit the model `{}`",
-                self.data, self.model
-            )));
-        }
+        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
         ctx.progress.info(&format!("fine-tuning with ζ = {zeta:.4}"));
         let params = Parameters::trainable(&spec, values)?;
         let net = Network::new(&spec, &params, ctx.device)?;
@@ -79,28 +68,15 @@ impl StageParams for Um {
 #[cfg(test)]
 mod tests {
     use crate::constraint::um_loss;
-    use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
+    use crate::models::{tiny_spec, Mode, Network, Parameters};
     use crate::optim::{Sgd, SgdConfig};
     use crate::train::cross_entropy;
     use candle_core::{Device, Tensor};
 
-    fn spec() -> ModelSpec {
-        ModelSpec {
-            architecture: Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] },
-            input_shape: [1, 8, 8],
-            num_classes: 3,
-            dropout: 0.0,
-            affine_bn: false,
-            mean: vec![0.5],
-            std: vec![0.25],
-            weight_masks: false,
-        }
-    }
-
     /// CE of a fixed batch after one SGD step on the UM loss with the given ζ.
     fn ce_before_and_after(zeta_above_ce_by: f64) -> (f64, f64) {
         let dev = Device::Cpu;
-        let spec = spec();
+        let spec = tiny_spec();
         let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();

@@ -7,10 +7,9 @@
 //! (`mask.<layer>`); `scores.safetensors` holds the final scores and `masks.json` the kept
 //! fraction per layer.
 use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::data::Split;
-use crate::fit::{fit, write_json, Fit};
+use crate::fit::{fit, load_model_and_data, model_and_data_inputs, write_json, Fit};
 use crate::masks::{keep_top_fraction, masked_layers};
-use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role, SavedModel};
+use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
 use crate::train::cross_entropy;
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use candle_core::{Device, Tensor, Var};
@@ -46,10 +45,7 @@ impl StageParams for Umap {
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        let mut inputs = vec![
-            Input::stage(&["model"], &self.model, Artifact::Model),
-            Input::dataset(&["data"], &self.data),
-        ];
+        let mut inputs = model_and_data_inputs(&self.model, &self.data);
         inputs.extend(zeta_inputs(&self.constraint));
         inputs
     }
@@ -65,14 +61,7 @@ impl StageParams for Umap {
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;
-        let (spec, values) = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?.load_effective(ctx.device)?;
-        let data = ctx.dataset(&self.data)?.load(Split::Train)?;
-        if data.num_classes != spec.num_classes || data.shape != spec.input_shape {
-            return Err(StageError::Invalid(format!(
-                "dataset `{}` does not fit the model `{}`",
-                self.data, self.model
-            )));
-        }
+        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
         ctx.progress.info(&format!(
             "learning masks keeping {:.0}% of each layer with ζ = {zeta:.4}",
             100.0 * self.keep
@@ -195,22 +184,12 @@ impl MaskedModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::Architecture;
     use crate::optim::{Sgd, SgdConfig};
 
     #[test]
     fn weights_stay_bit_identical_scores_learn_and_keep_p() {
         let dev = Device::Cpu;
-        let spec = ModelSpec {
-            architecture: Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] },
-            input_shape: [1, 8, 8],
-            num_classes: 3,
-            dropout: 0.0,
-            affine_bn: false,
-            mean: vec![0.5],
-            std: vec![0.25],
-            weight_masks: false,
-        };
+        let spec = crate::models::tiny_spec();
         let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
         let masked =
             MaskedModel::new(&spec, values.clone(), 0.8, &mut crate::rng::derive(0, "s"), &dev).unwrap();
@@ -258,7 +237,7 @@ mod tests {
         crate::models::save_weights(&masked.snapshot().unwrap(), &dir.path().join("model.safetensors"))
             .unwrap();
         ModelSpec { weight_masks: true, ..spec.clone() }.write(&dir.path().join("model.json")).unwrap();
-        let saved = SavedModel::in_dir(dir.path()).unwrap();
+        let saved = crate::models::SavedModel::in_dir(dir.path()).unwrap();
         let (loaded_spec, effective) = saved.load_effective(&dev).unwrap();
         assert!(!loaded_spec.weight_masks);
         let w: Vec<f32> = effective["conv1.weight"].flatten_all().unwrap().to_vec1().unwrap();

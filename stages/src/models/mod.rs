@@ -47,6 +47,22 @@ pub struct ModelSpec {
     pub weight_masks: bool,
 }
 
+/// A tiny small-cnn (widths [4, 8], strides [2, 2], 1×8×8 inputs, 3 classes, no dropout) for
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn tiny_spec() -> ModelSpec {
+    ModelSpec {
+        architecture: Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] },
+        input_shape: [1, 8, 8],
+        num_classes: 3,
+        dropout: 0.0,
+        affine_bn: false,
+        mean: vec![0.5],
+        std: vec![0.25],
+        weight_masks: false,
+    }
+}
+
 /// How a parameter is initialised (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {

@@ -177,4 +177,59 @@ mod tests {
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load_weights(&path, &dev).unwrap_err().to_string().contains("w.safetensors"));
     }
+
+    /// Analytic gradients (training mode: batch statistics) against central differences.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let spec = ModelSpec {
+            architecture: Architecture::SmallCnn { widths: vec![3, 4], strides: vec![2, 1] },
+            input_shape: [1, 6, 6],
+            num_classes: 3,
+            dropout: 0.0,
+            affine_bn: true,
+            mean: vec![0.5],
+            std: vec![0.25],
+            weight_masks: false,
+        };
+        let values = spec.initialise(&mut crate::rng::derive(7, "init"), &dev).unwrap();
+        let images = Tensor::rand(0f32, 1.0, (5, 1, 6, 6), &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 1, 2, 1, 0], &dev).unwrap();
+        let loss_of = |values: &std::collections::BTreeMap<String, Tensor>| {
+            // Buffers are fresh copies each time, so statistics updates do not leak between evaluations.
+            let params = Parameters::trainable(&spec, values.clone()).unwrap();
+            let net = Network::new(&spec, &params, &dev).unwrap();
+            let mut rng = crate::rng::derive(0, "unused");
+            let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+            (candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap(), params)
+        };
+        let (loss, params) = loss_of(&values);
+        let grads = loss.backward().unwrap();
+        for name in ["conv1.weight", "conv2.weight", "bn1.weight", "bn2.bias", "fc.weight", "fc.bias"] {
+            let var = params.var(name).unwrap();
+            let analytic: Vec<f32> =
+                grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let base: Vec<f32> = values[name].flatten_all().unwrap().to_vec1().unwrap();
+            for i in [0, base.len() / 2, base.len() - 1] {
+                let eps = 1e-2f32;
+                let eval = |delta: f32| {
+                    let mut shifted = base.clone();
+                    shifted[i] += delta;
+                    let mut values = values.clone();
+                    values.insert(
+                        name.to_string(),
+                        Tensor::from_vec(shifted, values[name].shape(), &dev).unwrap(),
+                    );
+                    loss_of(&values).0.to_scalar::<f32>().unwrap()
+                };
+                let numeric = (eval(eps) - eval(-eps)) / (2.0 * eps);
+                let tolerance = 2e-3 + 2e-2 * numeric.abs();
+                assert!(
+                    (analytic[i] - numeric).abs() < tolerance,
+                    "{name}[{i}]: analytic {} vs numeric {numeric}",
+                    analytic[i]
+                );
+            }
+        }
+    }
 }
