@@ -140,3 +140,26 @@ fn unleashing_mask_smoke_recipe_runs_with_two_seeds_and_a_backtracking_curve() {
     assert!(md.contains("## Backtracking"));
     assert!(md.contains(" ± "));
 }
+
+#[test]
+fn outlier_exposure_smoke_recipe_runs_oe_energy_and_poem() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/oe.toml");
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished").len(), 12);
+    // POEM chose outliers by Thompson sampling in both epochs; the second regression saw the
+    // first epoch's choice through the ring buffer.
+    let selection: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "poem@0").join("selection.json")).unwrap())
+            .unwrap();
+    let epochs = selection.as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs[0]["remembered_outliers"], 0);
+    assert_eq!(epochs[1]["remembered_outliers"], epochs[0]["chosen"]);
+    assert_eq!(epochs[0]["chosen"], 4 * 16, "4 ID batches × 16 outliers");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), 5 * 3);
+}

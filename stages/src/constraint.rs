@@ -25,8 +25,8 @@ pub struct ConstraintFile {
     pub zeta_draws: Vec<f64>,
     pub zeta_std: f64,
     pub delta: f64,
-    /// Fraction of each masked layer's weights set to zero.
-    pub zeroed_fraction: BTreeMap<String, f64>,
+    /// Fraction of each masked layer's weights the mask kept (measured on the first draw).
+    pub kept_fraction: BTreeMap<String, f64>,
     /// Training accuracy and mean CE of the masked model (mean over draws) and of the model.
     pub masked_accuracy: f64,
     pub unmasked_accuracy: f64,

@@ -5,7 +5,7 @@
 use crate::constraint::{AtypicalSample, ConstraintFile};
 use crate::data::ImageSet;
 use crate::fit::{batch, load_model_and_data, model_and_data_inputs, write_json};
-use crate::masks::{masked_layers, random_mask, zeroed_count};
+use crate::masks::{masked_layers, random_mask};
 use crate::metrics::mean_std;
 use crate::models::{Mode, ModelSpec, Network, Parameters};
 use crate::scores::logsumexp;
@@ -86,17 +86,20 @@ impl StageParams for EstimateLossConstraint {
         let mut zetas = Vec::new();
         let mut accuracies = Vec::new();
         let mut masked_loss_sum = vec![0.0; unmasked.losses.len()];
-        let mut zeroed_fraction = BTreeMap::new();
+        let mut kept_fraction = BTreeMap::new();
         for draw in 0..self.draws {
             let mut rng = crate::rng::derive(ctx.seed, &format!("mask-{draw}"));
             let mut masked = values.clone();
             for layer in &layers {
                 let weight = &values[&layer.name];
                 let n = weight.elem_count();
-                let mask =
-                    Tensor::from_vec(random_mask(n, self.delta, &mut rng), weight.shape(), ctx.device)?;
+                let mask = random_mask(n, self.delta, &mut rng);
+                if draw == 0 {
+                    let kept = mask.iter().filter(|&&m| m == 1.0).count();
+                    kept_fraction.insert(layer.name.clone(), kept as f64 / n as f64);
+                }
+                let mask = Tensor::from_vec(mask, weight.shape(), ctx.device)?;
                 masked.insert(layer.name.clone(), weight.mul(&mask)?);
-                zeroed_fraction.insert(layer.name.clone(), zeroed_count(n, self.delta) as f64 / n as f64);
             }
             let result = self.per_sample_loss(
                 ctx,
@@ -136,7 +139,7 @@ impl StageParams for EstimateLossConstraint {
             zeta_draws: zetas,
             zeta_std,
             delta: self.delta,
-            zeroed_fraction,
+            kept_fraction,
             masked_accuracy: accuracies.iter().sum::<f64>() / accuracies.len() as f64,
             unmasked_accuracy: unmasked.accuracy(),
             unmasked_loss: unmasked.mean_loss(),
@@ -265,7 +268,7 @@ mod tests {
         let (file, reference) = run(1.0, 1);
         assert!((file.zeta - reference).abs() < 1e-5, "ζ {} vs CE {reference}", file.zeta);
         assert!((file.unmasked_loss - reference).abs() < 1e-5);
-        assert!(file.zeroed_fraction.values().all(|&f| f == 0.0));
+        assert!(file.kept_fraction.values().all(|&f| f == 1.0));
         assert_eq!(file.samples, 40);
     }
 
@@ -276,8 +279,11 @@ mod tests {
         let mean = file.zeta_draws.iter().sum::<f64>() / 3.0;
         assert!((file.zeta - mean).abs() < 1e-12);
         // conv1 has 4·1·9 = 36 weights: ⌊0.5·36⌋ = 18 zeroed.
-        assert_eq!(file.zeroed_fraction["conv1.weight"], 0.5);
-        assert_eq!(file.zeroed_fraction.len(), 3, "two convs and the linear weight");
+        assert_eq!(file.kept_fraction["conv1.weight"], 0.5);
+        // conv2: 8·4·9 = 288 weights, 144 kept; fc: 3·8 = 24, 12 kept. Nothing else is masked.
+        assert_eq!(file.kept_fraction["conv2.weight"], 0.5);
+        assert_eq!(file.kept_fraction["fc.weight"], 0.5);
+        assert_eq!(file.kept_fraction.len(), 3, "two convs and the linear weight; no bias, no batch norm");
         assert_eq!(file.atypical.len(), 5);
         let rise = |a: &AtypicalSample| a.loss_masked - a.loss_unmasked;
         assert!(file.atypical.windows(2).all(|w| rise(&w[0]) >= rise(&w[1])));

@@ -72,19 +72,27 @@ pub fn default_schedule() -> Schedule {
 
 /// Declares a stage's parameter struct with the optimisation fields every training stage has
 /// (`epochs`, `batch_size`, `lr`, `momentum`, `weight_decay`, `nesterov`, `schedule`,
-/// `crop_padding`, `checkpoint_every`, with SPEC §1's defaults) after its own fields, and a
+/// `crop_padding`, `checkpoint_every`, with SPEC §1's defaults, or other defaults for `epochs`
+/// and `lr` given as `defaults(epochs = "path", lr = "path");`) after its own fields, and a
 /// `fit_config()` method that collects them.
 #[macro_export]
 macro_rules! training_stage {
-    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+    ($(#[$meta:meta])* pub struct $($rest:tt)*) => {
+        $crate::training_stage! {
+            defaults(epochs = "crate::fit::default_epochs", lr = "crate::fit::default_lr");
+            $(#[$meta])* pub struct $($rest)*
+        }
+    };
+    (defaults(epochs = $epochs:literal, lr = $lr:literal);
+     $(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
         $(#[$meta])*
         pub struct $name {
             $($(#[$fmeta])* pub $field: $ty,)*
-            #[serde(default = "crate::fit::default_epochs")]
+            #[serde(default = $epochs)]
             pub epochs: usize,
             #[serde(default = "crate::fit::default_batch_size")]
             pub batch_size: usize,
-            #[serde(default = "crate::fit::default_lr")]
+            #[serde(default = $lr)]
             pub lr: f64,
             #[serde(default = "crate::fit::default_momentum")]
             pub momentum: f64,
@@ -154,16 +162,34 @@ impl FitConfig {
     }
 }
 
+/// What one training step computed.
+pub struct StepOutput {
+    pub loss: Tensor,
+    /// Logits of the ID batch (for the training accuracy).
+    pub logits: Tensor,
+}
+
+impl StepOutput {
+    /// A step whose loss is computed from the ID logits alone.
+    pub fn from_forward(
+        out: Forward,
+        labels: &Tensor,
+        loss: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor, StageError>,
+    ) -> Result<StepOutput, StageError> {
+        Ok(StepOutput { loss: loss(&out.logits, labels)?, logits: out.logits })
+    }
+}
+
 /// What [`fit`] trains and how.
 pub struct Fit<'a> {
     /// Written as `model.json`.
     pub spec: &'a ModelSpec,
     /// What the optimiser updates.
     pub vars: Vec<Var>,
-    /// The forward pass of a batch (rebuilt per call where weights are derived, as in UMAP).
-    pub forward: &'a mut dyn FnMut(&Tensor, &mut Mode) -> Result<Forward, StageError>,
-    /// The loss of a batch from its logits and labels.
-    pub loss: &'a mut dyn FnMut(&Tensor, &Tensor) -> Result<Tensor, StageError>,
+    /// Called before each epoch with its 0-based index (e.g. to choose its outliers).
+    pub before_epoch: &'a mut dyn FnMut(usize) -> Result<(), StageError>,
+    /// One step: from a batch of ID images and labels, the loss to minimise and the ID logits.
+    pub step: &'a mut dyn FnMut(&Tensor, &Tensor, &mut Mode) -> Result<StepOutput, StageError>,
     /// The tensors a checkpoint holds.
     pub snapshot: &'a dyn Fn() -> Result<BTreeMap<String, Tensor>, StageError>,
     /// Prefix of progress lines (`train`, `um`, `umap`).
@@ -181,6 +207,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     let mut dropout_rng = crate::rng::derive(ctx.seed, "dropout");
     let (mut history, mut kept) = (Vec::new(), Vec::new());
     for epoch in 0..config.epochs {
+        (job.before_epoch)(epoch)?;
         let lr = config.schedule.lr(config.sgd.lr, epoch, config.epochs);
         sgd.set_lr(lr);
         let started = std::time::Instant::now();
@@ -192,8 +219,8 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             let (images, labels) = batch(data, chunk, config.crop_padding, &mut shuffle_rng, ctx.device)?;
-            let out = (job.forward)(&images, &mut Mode::Train { rng: &mut dropout_rng })?;
-            let loss = (job.loss)(&out.logits, &labels)?;
+            let out = (job.step)(&images, &labels, &mut Mode::Train { rng: &mut dropout_rng })?;
+            let loss = out.loss;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(StageError::NonFinite { value, epoch: epoch + 1, batch: b + 1 });

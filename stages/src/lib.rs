@@ -13,12 +13,15 @@
 //! - [`scores`]: OOD scoring functions; [`metrics`]: FPR95, AUROC, AUPR.
 //! - [`fit`]: the training loop the training stages share; [`masks`], [`constraint`]: the
 //!   Unleashing-Mask pieces.
+//! - [`outliers`], [`bayes`]: what the outlier-exposure stages share.
 //! - one module per stage kind: [`train`], [`checkpoint`], [`estimate_loss_constraint`], [`um`],
-//!   [`umap`], [`score`], [`report`].
+//!   [`umap`], [`oe`], [`energy_oe`], [`poem`], [`score`], [`report`].
 
+pub mod bayes;
 pub mod checkpoint;
 pub mod constraint;
 pub mod data;
+pub mod energy_oe;
 mod error;
 pub mod estimate_loss_constraint;
 mod fields;
@@ -27,7 +30,10 @@ pub mod masks;
 pub mod metrics;
 pub mod models;
 pub mod npy;
+pub mod oe;
 pub mod optim;
+pub mod outliers;
+pub mod poem;
 mod progress;
 pub mod report;
 pub mod rng;
@@ -251,6 +257,9 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &KindOf::<estimate_loss_constraint::EstimateLossConstraint>(PhantomData),
         &KindOf::<um::Um>(PhantomData),
         &KindOf::<umap::Umap>(PhantomData),
+        &KindOf::<oe::Oe>(PhantomData),
+        &KindOf::<energy_oe::EnergyOe>(PhantomData),
+        &KindOf::<poem::Poem>(PhantomData),
         &KindOf::<score::Score>(PhantomData),
         &KindOf::<report::Report>(PhantomData),
     ]

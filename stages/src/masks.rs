@@ -53,6 +53,14 @@ mod tests {
     }
 
     #[test]
+    fn only_conv_and_linear_weights_are_masked() {
+        let mut spec = crate::models::tiny_spec();
+        spec.affine_bn = true;
+        let names: Vec<String> = masked_layers(&spec).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["conv1.weight", "conv2.weight", "fc.weight"]);
+    }
+
+    #[test]
     fn keeps_the_largest_magnitudes() {
         assert_eq!(keep_top_fraction(&[0.1, -5.0, 0.3, -0.05], 0.5), vec![0.0, 1.0, 1.0, 0.0]);
     }

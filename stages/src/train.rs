@@ -1,7 +1,7 @@
 //! `train`: trains a classifier from scratch (SPEC §1) and keeps checkpoints (see [`crate::fit`]
 //! for the outputs).
 use crate::data::Split;
-use crate::fit::{fit, Fit};
+use crate::fit::{fit, Fit, StepOutput};
 use crate::models::{Architecture, ModelSpec, Network, Parameters};
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,10 @@ fn default_model() -> ModelName {
     ModelName::SmallCnn
 }
 fn default_widths() -> Vec<usize> {
-    vec![32, 64, 128]
+    vec![16, 32, 64, 128]
 }
 fn default_strides() -> Vec<usize> {
-    vec![1, 2, 2]
+    vec![1, 2, 2, 2]
 }
 fn default_dropout() -> f64 {
     0.3
@@ -104,8 +104,10 @@ impl StageParams for Train {
             Fit {
                 spec: &spec,
                 vars: params.trainable_vars(),
-                forward: &mut |images, mode| net.forward(images, mode),
-                loss: &mut |logits, labels| cross_entropy(logits, labels),
+                before_epoch: &mut |_| Ok(()),
+                step: &mut |images, labels, mode| {
+                    StepOutput::from_forward(net.forward(images, mode)?, labels, cross_entropy)
+                },
                 snapshot: &|| Ok(params.values()),
                 label: "train",
             },

@@ -3,7 +3,7 @@
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
 use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::fit::{fit, load_model_and_data, model_and_data_inputs, Fit};
+use crate::fit::{fit, load_model_and_data, model_and_data_inputs, Fit, StepOutput};
 use crate::models::{Network, Parameters};
 use crate::train::cross_entropy;
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
@@ -56,8 +56,12 @@ impl StageParams for Um {
             Fit {
                 spec: &spec,
                 vars: params.trainable_vars(),
-                forward: &mut |images, mode| net.forward(images, mode),
-                loss: &mut |logits, labels| um_loss(&cross_entropy(logits, labels)?, zeta),
+                before_epoch: &mut |_| Ok(()),
+                step: &mut |images, labels, mode| {
+                    StepOutput::from_forward(net.forward(images, mode)?, labels, |logits, labels| {
+                        um_loss(&cross_entropy(logits, labels)?, zeta)
+                    })
+                },
                 snapshot: &|| Ok(params.values()),
                 label: "um",
             },

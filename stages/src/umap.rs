@@ -7,7 +7,7 @@
 //! (`mask.<layer>`); `scores.safetensors` holds the final scores and `masks.json` the kept
 //! fraction per layer.
 use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::fit::{fit, load_model_and_data, model_and_data_inputs, write_json, Fit};
+use crate::fit::{fit, load_model_and_data, model_and_data_inputs, write_json, Fit, StepOutput};
 use crate::masks::{keep_top_fraction, masked_layers};
 use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
 use crate::train::cross_entropy;
@@ -81,8 +81,12 @@ impl StageParams for Umap {
             Fit {
                 spec: &saved_spec,
                 vars: masked.scores.values().cloned().collect(),
-                forward: &mut |images, mode| masked.forward(images, mode),
-                loss: &mut |logits, labels| um_loss(&cross_entropy(logits, labels)?, zeta),
+                before_epoch: &mut |_| Ok(()),
+                step: &mut |images, labels, mode| {
+                    StepOutput::from_forward(masked.forward(images, mode)?, labels, |logits, labels| {
+                        um_loss(&cross_entropy(logits, labels)?, zeta)
+                    })
+                },
                 snapshot: &|| masked.snapshot(),
                 label: "umap",
             },
