@@ -1,13 +1,64 @@
-//! OOD detection metrics, exactly as SPEC §8: ID is the positive class and every score is
-//! "higher = more in-distribution".
+//! OOD detection metrics under two conventions; every score is "higher = more in-distribution".
 //!
+//! [`Convention::IdPositive`] (the default, SPEC §8, what the paper's numbers use):
 //! - FPR95: sort descending, cut only after the last of each run of tied scores, take the cut
 //!   whose ID recall is nearest 0.95 (the first such cut from the highest threshold), report the
 //!   fraction of OOD samples above it.
 //! - AUROC: Mann–Whitney, ties counted ½ (sklearn's `roc_auc_score`).
 //! - AUPR-In: average precision with ID positive, Σ (R_n − R_{n−1}) P_n (sklearn's
 //!   `average_precision_score`); AUPR-Out: the same with OOD positive on −score.
+//!
+//! [`Convention::OpenOod`] (OpenOOD v1.5's `auc_and_fpr_recall`, for comparison with its
+//! published numbers): OOD is the positive class. FPR95 is the fraction of ID samples flagged as
+//! OOD at the first point of scikit-learn's `roc_curve` (with its default `drop_intermediate`)
+//! whose OOD recall reaches 0.95; AUPR-In and AUPR-Out are trapezoid areas under
+//! `precision_recall_curve` (`auc`), not average precision. AUROC is the same in both.
 use serde::{Deserialize, Serialize};
+
+/// Which definitions the metrics follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Convention {
+    /// ID positive, nearest-recall FPR95, average precision (SPEC §8).
+    #[default]
+    #[serde(rename = "idpos")]
+    IdPositive,
+    /// OpenOOD v1.5: OOD positive, first TPR ≥ 0.95, trapezoid AUPR.
+    #[serde(rename = "openood")]
+    OpenOod,
+}
+
+impl Convention {
+    /// Short tag used in column names (`fpr95_idpos`, `fpr95_oodpos`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Convention::IdPositive => "idpos",
+            Convention::OpenOod => "oodpos",
+        }
+    }
+
+    /// The recipe / command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Convention::IdPositive => "idpos",
+            Convention::OpenOod => "openood",
+        }
+    }
+
+    /// One sentence saying what the numbers mean.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Convention::IdPositive => {
+                "ID is the positive class; FPR95 at the ID recall nearest 95%; AUROC with ties counted 1/2; \
+                 AUPR = average precision (step sum)"
+            }
+            Convention::OpenOod => {
+                "OpenOOD v1.5: OOD is the positive class; FPR95 = ID samples flagged as OOD at the first \
+                 threshold with OOD recall >= 95%; AUPR = trapezoid area under the PR curve"
+            }
+        }
+    }
+}
 
 /// The four OOD metrics of one (ID, OOD) pair, as fractions in [0,1].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -76,8 +127,58 @@ pub fn average_precision(positive: &[f64], negative: &[f64]) -> f64 {
     ap
 }
 
-/// All four metrics of ID scores against OOD scores. NaN scores are an error.
+/// scikit-learn's `roc_curve(drop_intermediate=True)` points as (tps, fps), starting at (0, 0).
+fn roc_points(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
+    let all = cuts(positive, negative);
+    let mut kept: Vec<(f64, f64)> = Vec::with_capacity(all.len() + 1);
+    for (i, &point) in all.iter().enumerate() {
+        let interior = i > 0 && i + 1 < all.len() && all.len() > 2;
+        if interior {
+            let (prev, next) = (all[i - 1], all[i + 1]);
+            let second_fps = next.1 - 2.0 * point.1 + prev.1;
+            let second_tps = next.0 - 2.0 * point.0 + prev.0;
+            if second_fps == 0.0 && second_tps == 0.0 {
+                continue;
+            }
+        }
+        kept.push(point);
+    }
+    kept.insert(0, (0.0, 0.0));
+    kept
+}
+
+/// OpenOOD's FPR95: with `positive` the OOD scores negated, the FPR at the first ROC point whose
+/// TPR reaches 0.95.
+fn fpr_at_first_tpr_95(positive: &[f64], negative: &[f64]) -> f64 {
+    let (n_pos, n_neg) = (positive.len() as f64, negative.len() as f64);
+    roc_points(positive, negative)
+        .into_iter()
+        .find(|(tp, _)| tp / n_pos >= 0.95)
+        .map_or(f64::NAN, |(_, fp)| fp / n_neg)
+}
+
+/// Trapezoid area under scikit-learn's `precision_recall_curve` (which ends at recall 0,
+/// precision 1), as `auc(recall, precision)`.
+fn trapezoid_pr_area(positive: &[f64], negative: &[f64]) -> f64 {
+    let n_pos = positive.len() as f64;
+    let (mut area, mut prev_recall, mut prev_precision) = (0.0, 0.0, 1.0);
+    for (tp, fp) in cuts(positive, negative) {
+        let recall = tp / n_pos;
+        let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+        area += (recall - prev_recall) * (precision + prev_precision) / 2.0;
+        prev_recall = recall;
+        prev_precision = precision;
+    }
+    area
+}
+
+/// All four metrics of ID scores against OOD scores (SPEC §8's convention).
 pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
+    ood_metrics_with(Convention::IdPositive, id, ood)
+}
+
+/// All four metrics under `convention`. NaN scores and empty sets are errors.
+pub fn ood_metrics_with(convention: Convention, id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
     if id.is_empty() || ood.is_empty() {
         return Err(format!("need scores on both sides ({} ID, {} OOD)", id.len(), ood.len()));
     }
@@ -89,11 +190,19 @@ pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
     }
     let negated_id: Vec<f64> = id.iter().map(|s| -s).collect();
     let negated_ood: Vec<f64> = ood.iter().map(|s| -s).collect();
-    Ok(OodMetrics {
-        fpr95: fpr_at_95_tpr(id, ood),
-        auroc: auroc(id, ood),
-        aupr_in: average_precision(id, ood),
-        aupr_out: average_precision(&negated_ood, &negated_id),
+    Ok(match convention {
+        Convention::IdPositive => OodMetrics {
+            fpr95: fpr_at_95_tpr(id, ood),
+            auroc: auroc(id, ood),
+            aupr_in: average_precision(id, ood),
+            aupr_out: average_precision(&negated_ood, &negated_id),
+        },
+        Convention::OpenOod => OodMetrics {
+            fpr95: fpr_at_first_tpr_95(&negated_ood, &negated_id),
+            auroc: auroc(id, ood),
+            aupr_in: trapezoid_pr_area(id, ood),
+            aupr_out: trapezoid_pr_area(&negated_ood, &negated_id),
+        },
     })
 }
 

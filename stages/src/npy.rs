@@ -1,5 +1,5 @@
-//! NumPy `.npy` files (format 1.0) of one-dimensional arrays: written as float32 or int64,
-//! read from float32 or float64, so score files from other tools can be checked too.
+//! NumPy `.npy` files (format 1.0) of one-dimensional arrays: written as float64, float32 or
+//! int64, read from float32 or float64, so score files from other tools can be checked too.
 use crate::StageError;
 use std::path::Path;
 
@@ -19,6 +19,13 @@ fn header(descr: &str, len: usize) -> Vec<u8> {
 /// Writes `values` as a float32 array.
 pub fn write_f32(path: &Path, values: &[f32]) -> Result<(), StageError> {
     let mut bytes = header("<f4", values.len());
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
+}
+
+/// Writes `values` as a float64 array.
+pub fn write_f64(path: &Path, values: &[f64]) -> Result<(), StageError> {
+    let mut bytes = header("<f8", values.len());
     bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
 }
@@ -90,6 +97,8 @@ mod tests {
         assert_eq!(read_f64(&path).unwrap(), vec![1.5, -2.0, 0.25]);
         std::fs::write(&path, b"nope").unwrap();
         assert!(read_f64(&path).is_err());
+        write_f64(&path, &[1.0 - 1e-12, 1.0]).unwrap();
+        assert_eq!(read_f64(&path).unwrap(), vec![1.0 - 1e-12, 1.0], "float64 keeps near-1 scores apart");
         write_i64(&path, &[1, 2]).unwrap();
         assert!(read_f64(&path).unwrap_err().to_string().contains("float32"));
     }

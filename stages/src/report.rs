@@ -4,18 +4,13 @@
 //! Outputs: `report.json` (fractions, per-seed values included), `report.csv` (fractions, one
 //! row per score stage × method × OOD set), `report.md` (percentages, like the paper's Table 1).
 use crate::fit::write_json;
-use crate::metrics::{mean_std, ood_metrics, OodMetrics};
+use crate::metrics::{mean_std, ood_metrics_with, Convention, OodMetrics};
 use crate::score::ScoreIndex;
 use crate::scores::Method;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// Which conventions the metrics follow; written into every output.
-pub const CONVENTION: &str = "idpos";
-const CONVENTION_TEXT: &str = "ID is the positive class; FPR95 at the ID recall nearest 95%; \
-AUROC with ties counted 1/2; AUPR = average precision (step sum)";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +19,9 @@ pub struct Report {
     pub scores: Vec<String>,
     #[serde(default)]
     pub title: Option<String>,
+    /// `"idpos"` (SPEC §8, default) or `"openood"` (OpenOOD v1.5's definitions).
+    #[serde(default)]
+    pub convention: Convention,
 }
 
 /// Mean, sample standard deviation and the per-seed values of one metric.
@@ -75,7 +73,7 @@ pub struct BacktrackRow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportFile {
     pub title: String,
-    pub convention: String,
+    pub convention: Convention,
     pub convention_text: String,
     pub seeds: usize,
     pub rows: Vec<Row>,
@@ -111,14 +109,14 @@ impl StageParams for Report {
         for name in &self.scores {
             let dirs = ctx.stage_dirs(name)?;
             seeds = seeds.max(dirs.len());
-            let (table, curve) = rows_of(name, dirs)?;
+            let (table, curve) = rows_of(name, dirs, self.convention)?;
             rows.extend(table);
             backtracking.extend(curve);
         }
         let report = ReportFile {
             title: self.title.clone().unwrap_or_else(|| "OOD detection".into()),
-            convention: CONVENTION.into(),
-            convention_text: CONVENTION_TEXT.into(),
+            convention: self.convention,
+            convention_text: self.convention.describe().into(),
             seeds,
             rows,
             backtracking,
@@ -139,6 +137,7 @@ fn set_metrics(
     dir: &Path,
     index: &ScoreIndex,
     method: Method,
+    convention: Convention,
 ) -> Result<Vec<OodMetrics>, StageError> {
     let id = npy::read_f64(&dir.join(ScoreIndex::file(method, &index.id.name)))?;
     index
@@ -146,7 +145,7 @@ fn set_metrics(
         .iter()
         .map(|set| {
             let ood = npy::read_f64(&dir.join(ScoreIndex::file(method, &set.name)))?;
-            ood_metrics(&id, &ood).map_err(|e| {
+            ood_metrics_with(convention, &id, &ood).map_err(|e| {
                 StageError::Invalid(format!("`{name}` {} on `{}`: {e}", method.name(), set.name))
             })
         })
@@ -180,7 +179,11 @@ fn row(scores: &str, method: Method, ood: &str, per_seed: &[OodMetrics], accurac
 /// Rows of one score stage across its seeds: one per (method, OOD set), then the mean over
 /// sets; and, where checkpoints were scored, one backtracking row per (method, epoch) with the
 /// mean over sets.
-fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<(Vec<Row>, Vec<BacktrackRow>), StageError> {
+fn rows_of(
+    name: &str,
+    dirs: &[std::path::PathBuf],
+    convention: Convention,
+) -> Result<(Vec<Row>, Vec<BacktrackRow>), StageError> {
     let indexes = dirs.iter().map(|d| ScoreIndex::read(d)).collect::<Result<Vec<_>, _>>()?;
     let first = &indexes[0];
     let epochs: Vec<usize> = first.checkpoints.iter().map(|c| c.epoch).collect();
@@ -199,7 +202,7 @@ fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<(Vec<Row>, Vec<Bac
         let per_seed: Vec<Vec<OodMetrics>> = dirs
             .iter()
             .zip(&indexes)
-            .map(|(dir, index)| set_metrics(name, dir, index, method))
+            .map(|(dir, index)| set_metrics(name, dir, index, method, convention))
             .collect::<Result<_, _>>()?;
         for (s, set) in first.ood.iter().enumerate() {
             let across: Vec<OodMetrics> = per_seed.iter().map(|m| m[s]).collect();
@@ -212,7 +215,7 @@ fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<(Vec<Row>, Vec<Bac
                 .iter()
                 .zip(&indexes)
                 .map(|(dir, index)| {
-                    set_metrics(name, &dir.join(ScoreIndex::epoch_dir(epoch)), index, method)
+                    set_metrics(name, &dir.join(ScoreIndex::epoch_dir(epoch)), index, method, convention)
                         .map(|m| mean_over_sets(&m))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -224,27 +227,38 @@ fn rows_of(name: &str, dirs: &[std::path::PathBuf]) -> Result<(Vec<Row>, Vec<Bac
 }
 
 fn csv(report: &ReportFile) -> String {
-    let mut out = String::from(
-        "scores,method,ood,seeds,fpr95_idpos_mean,fpr95_idpos_std,auroc_mean,auroc_std,\
+    let tag = report.convention.tag();
+    let mut out = format!(
+        "scores,method,ood,seeds,fpr95_{tag}_mean,fpr95_{tag}_std,auroc_mean,auroc_std,\
          aupr_in_mean,aupr_in_std,aupr_out_mean,aupr_out_std,id_acc_mean,id_acc_std\n",
     );
     for r in &report.rows {
         let _ = write!(out, "{},{},{},{}", r.scores, r.method, r.ood, r.fpr95.values.len());
         for s in [&r.fpr95, &r.auroc, &r.aupr_in, &r.aupr_out, &r.id_accuracy] {
-            let _ = write!(out, ",{:.6},{:.6}", s.mean, s.std);
+            let _ = write!(out, ",{},{}", s.mean, s.std);
         }
         out.push('\n');
     }
     out
 }
 
+/// The FPR95 column header, naming the positive class.
+pub fn fpr_header(convention: Convention) -> &'static str {
+    match convention {
+        Convention::IdPositive => "FPR95 (ID+)",
+        Convention::OpenOod => "FPR95 (OOD+, OpenOOD)",
+    }
+}
+
 fn markdown(report: &ReportFile) -> String {
     let mut out = format!("# {}\n\n", report.title);
     let seeds =
         if report.seeds > 1 { format!("mean ± std over {} seeds", report.seeds) } else { "1 seed".into() };
-    let _ = writeln!(out, "Percentages, {seeds}. Conventions: {}.\n", CONVENTION_TEXT);
-    out.push_str(
-        "| Scores | Method | OOD set | FPR95 (ID+) ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |\n",
+    let _ = writeln!(out, "Percentages, {seeds}. Conventions: {}.\n", report.convention_text);
+    let fpr = fpr_header(report.convention);
+    let _ = writeln!(
+        out,
+        "| Scores | Method | OOD set | {fpr} ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |"
     );
     out.push_str("|---|---|---|---|---|---|---|---|\n");
     for r in &report.rows {
@@ -264,8 +278,9 @@ fn markdown(report: &ReportFile) -> String {
     }
     if !report.backtracking.is_empty() {
         out.push_str("\n## Backtracking: metrics per checkpoint (mean over OOD sets)\n\n");
-        out.push_str(
-            "| Scores | Method | Epoch | FPR95 (ID+) ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |\n",
+        let _ = writeln!(
+            out,
+            "| Scores | Method | Epoch | {fpr} ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |"
         );
         out.push_str("|---|---|---|---|---|---|---|---|\n");
         for b in &report.backtracking {

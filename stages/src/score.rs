@@ -1,7 +1,8 @@
 //! `score`: runs a model on the ID test set and each OOD set and writes one score file per
 //! (method, set), higher = more in-distribution (SPEC §7).
 //!
-//! Outputs: `<method>/<set>.npy` (float32), `id_labels.npy` and `id_predictions.npy` (int64),
+//! Outputs: `<method>/<set>.npy` (float64: in float32, MSP saturates at exactly 1.0 for confident
+//! samples, and the artificial ties move FPR95), `id_labels.npy` and `id_predictions.npy` (int64),
 //! and `scores.json`, the index the report reads (sets, methods, counts, ID accuracy).
 //!
 //! With `checkpoints = "all"` (or a list of epochs) and a training stage as `model`, every kept
@@ -269,8 +270,8 @@ impl Score {
             let path = dir.join(ScoreIndex::file(method, set));
             let dir = path.parent().expect("score files live in a method folder");
             std::fs::create_dir_all(dir).map_err(StageError::io("cannot create", dir))?;
-            let scores: Vec<f32> = logits.iter().map(|row| method.score(row) as f32).collect();
-            npy::write_f32(&path, &scores)?;
+            let scores: Vec<f64> = logits.iter().map(|row| method.score(row)).collect();
+            npy::write_f64(&path, &scores)?;
         }
         Ok(())
     }

@@ -83,6 +83,22 @@ pub enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// OOD metrics of score files from any source (.npy, float32 or float64, higher = more ID)
+    Metrics {
+        /// The ID scores
+        id: PathBuf,
+        /// One or more OOD score files
+        #[arg(required = true)]
+        ood: Vec<PathBuf>,
+        /// idpos (SPEC §8, the paper's) or openood (OpenOOD v1.5's)
+        #[arg(long, default_value = "idpos", value_parser = ["idpos", "openood"])]
+        convention: String,
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the metric differences between two reports (report.json files or their folders)
+    Compare { before: PathBuf, after: PathBuf },
     /// Validate recipes (exit status 0 when valid, 1 when not)
     Check {
         #[arg(required = true)]

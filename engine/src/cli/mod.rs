@@ -3,6 +3,7 @@
 //! 2: a usage or recipe error).
 mod args;
 mod commands;
+mod metrics;
 pub mod shell;
 
 use args::{Cli, Command};
@@ -47,5 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Show { recipe, stage, cache } => commands::show(&recipe, &stage, cache.cache),
         Command::Gc { recipes, dry_run, cache } => commands::gc(&recipes, dry_run, cache.cache),
         Command::Check { recipes, json } => commands::check(&recipes, json),
+        Command::Metrics { id, ood, convention, json } => metrics::metrics(&id, &ood, &convention, json),
+        Command::Compare { before, after } => metrics::compare(&before, &after),
     }
 }
