@@ -18,8 +18,12 @@ fn smoke_recipe_runs_end_to_end_and_writes_a_report() {
         serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["convention"], "idpos");
     let rows = report["rows"].as_array().unwrap();
-    // scores_base: 2 methods × (3 sets + mean); scores_first: 1 method × 4.
-    assert_eq!(rows.len(), 12);
+    // scores_base: 2 methods × (3 sets + mean); scores_first: 1 method × 4;
+    // scores_all: 4 methods (MSP, ODIN, Energy, Mahalanobis) × (2 sets + mean).
+    assert_eq!(rows.len(), 8 + 4 + 12);
+    for method in ["odin", "mahalanobis"] {
+        assert!(rows.iter().any(|r| r["scores"] == "scores_all" && r["method"] == method), "{method} row");
+    }
     for row in rows {
         for metric in ["fpr95", "auroc", "aupr_in", "aupr_out", "id_accuracy"] {
             let v = row[metric]["mean"].as_f64().unwrap();
@@ -38,7 +42,7 @@ fn smoke_recipe_runs_end_to_end_and_writes_a_report() {
     assert!((of("mean") - mean).abs() < 1e-12);
     let csv = std::fs::read_to_string(report_dir.join("report.csv")).unwrap();
     assert!(csv.starts_with("scores,method,ood,seeds,fpr95_idpos_mean"));
-    assert_eq!(csv.lines().count(), 13);
+    assert_eq!(csv.lines().count(), 1 + 24);
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| scores_base | energy | **mean** |"));
 

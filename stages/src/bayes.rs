@@ -1,70 +1,8 @@
 //! Bayesian linear regression for POEM's Thompson sampling (SPEC §6), in f64 on the host:
 //! posterior A = ZᵀZ/σ_n + I/σ, μ = A⁻¹Zᵀy/σ_n, Σ = σ·A⁻¹ (the formulas as SPEC writes them,
 //! σ_n not squared), a draw β ~ N(μ, Σ), and the candidates closest to the boundary βᵀz = 0.
+use crate::linalg::Matrix;
 use rand_distr::{Distribution, StandardNormal};
-
-/// A square matrix, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Matrix {
-    pub n: usize,
-    pub data: Vec<f64>,
-}
-
-impl Matrix {
-    pub fn identity(n: usize) -> Matrix {
-        let mut data = vec![0.0; n * n];
-        for i in 0..n {
-            data[i * n + i] = 1.0;
-        }
-        Matrix { n, data }
-    }
-
-    pub fn at(&self, i: usize, j: usize) -> f64 {
-        self.data[i * self.n + j]
-    }
-
-    /// The lower-triangular L with L·Lᵀ = self; `None` unless positive definite.
-    pub fn cholesky(&self) -> Option<Matrix> {
-        let n = self.n;
-        let mut l = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..=i {
-                let mut sum = self.at(i, j);
-                for k in 0..j {
-                    sum -= l[i * n + k] * l[j * n + k];
-                }
-                if i == j {
-                    if sum <= 0.0 || !sum.is_finite() {
-                        return None;
-                    }
-                    l[i * n + i] = sum.sqrt();
-                } else {
-                    l[i * n + j] = sum / l[j * n + j];
-                }
-            }
-        }
-        Some(Matrix { n, data: l })
-    }
-
-    /// Solves L·Lᵀ·x = b with `self` = L (lower-triangular).
-    pub fn cholesky_solve(&self, b: &[f64]) -> Vec<f64> {
-        let n = self.n;
-        let mut y = b.to_vec();
-        for i in 0..n {
-            for k in 0..i {
-                y[i] -= self.at(i, k) * y[k];
-            }
-            y[i] /= self.at(i, i);
-        }
-        for i in (0..n).rev() {
-            for k in i + 1..n {
-                y[i] -= self.at(k, i) * y[k];
-            }
-            y[i] /= self.at(i, i);
-        }
-        y
-    }
-}
 
 /// The posterior over regression weights β.
 #[derive(Debug, Clone)]
@@ -237,11 +175,5 @@ mod tests {
         }
         assert_eq!(ring.epochs_held(), 4);
         assert_eq!(ring.items(), vec![20, 21, 30, 31, 40, 41, 50, 51]);
-    }
-
-    #[test]
-    fn cholesky_rejects_indefinite_matrices() {
-        let m = Matrix { n: 2, data: vec![1.0, 2.0, 2.0, 1.0] };
-        assert!(m.cholesky().is_none());
     }
 }

@@ -26,6 +26,8 @@ mod error;
 pub mod estimate_loss_constraint;
 mod fields;
 pub mod fit;
+pub mod linalg;
+pub mod mahalanobis_fit;
 pub mod masks;
 pub mod metrics;
 pub mod models;
@@ -68,6 +70,8 @@ pub enum Artifact {
     Report,
     /// A loss constraint ζ.
     Constraint,
+    /// A class-conditional Gaussian of a model's features (for the Mahalanobis score).
+    Gaussian,
 }
 
 impl Artifact {
@@ -78,6 +82,7 @@ impl Artifact {
             Artifact::Scores => "OOD scores",
             Artifact::Report => "a report",
             Artifact::Constraint => "a loss constraint",
+            Artifact::Gaussian => "a fitted Gaussian (mahalanobis-fit)",
         }
     }
 }
@@ -260,6 +265,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &KindOf::<oe::Oe>(PhantomData),
         &KindOf::<energy_oe::EnergyOe>(PhantomData),
         &KindOf::<poem::Poem>(PhantomData),
+        &KindOf::<mahalanobis_fit::MahalanobisFit>(PhantomData),
         &KindOf::<score::Score>(PhantomData),
         &KindOf::<report::Report>(PhantomData),
     ]

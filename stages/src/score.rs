@@ -10,8 +10,10 @@
 //! the paper's Figure 1(a).
 use crate::data::{ImageSet, Split};
 use crate::fit::{checkpoint_file, write_json, CheckpointIndex};
+use crate::mahalanobis_fit::{model_digest, GaussianFile};
 use crate::models::{Mode, Network, SavedModel};
-use crate::scores::Method;
+use crate::scores::mahalanobis::GaussianFit;
+use crate::scores::{odin, Method};
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,15 @@ pub struct Score {
     /// Also score these checkpoints of the training stage `model`: `"all"` or a list of epochs.
     #[serde(default)]
     pub checkpoints: Option<EpochSelection>,
+    /// ODIN's temperature T.
+    #[serde(default = "crate::scores::odin::default_temperature")]
+    pub odin_temperature: f64,
+    /// ODIN's perturbation size ε (on [0,1] pixels).
+    #[serde(default = "crate::scores::odin::default_epsilon")]
+    pub odin_epsilon: f64,
+    /// The `mahalanobis-fit` stage of this model (needed by the `mahalanobis` method).
+    #[serde(default)]
+    pub mahalanobis: Option<String>,
 }
 
 /// Which checkpoints to score.
@@ -144,6 +155,9 @@ impl StageParams for Score {
         for (i, name) in self.ood.iter().enumerate() {
             inputs.push(Input::dataset(&["ood", &i.to_string()], name));
         }
+        if let Some(fit) = &self.mahalanobis {
+            inputs.push(Input::stage(&["mahalanobis"], fit, Artifact::Gaussian));
+        }
         inputs
     }
 
@@ -157,6 +171,29 @@ impl StageParams for Score {
         }
         if self.batch_size == 0 {
             problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
+        }
+        let wants_mahalanobis = self.methods.contains(&Method::Mahalanobis);
+        match (&self.mahalanobis, wants_mahalanobis) {
+            (None, true) => problems.push(ParamError::new(
+                &["methods"],
+                "`mahalanobis` needs `mahalanobis = \"STAGE\"`, a mahalanobis-fit stage of the same model",
+            )),
+            (Some(_), false) => {
+                problems.push(ParamError::new(&["mahalanobis"], "is set but `methods` lacks \"mahalanobis\""))
+            }
+            _ => {}
+        }
+        if wants_mahalanobis && self.checkpoints.is_some() {
+            problems.push(ParamError::new(
+                &["checkpoints"],
+                "cannot be combined with the mahalanobis method (its Gaussian is fitted to one model)",
+            ));
+        }
+        if !(self.odin_temperature.is_finite() && self.odin_temperature > 0.0) {
+            problems.push(ParamError::new(&["odin_temperature"], "must be a positive number"));
+        }
+        if !(self.odin_epsilon.is_finite() && self.odin_epsilon >= 0.0) {
+            problems.push(ParamError::new(&["odin_epsilon"], "must be a finite number ≥ 0"));
         }
         if matches!(&self.checkpoints, Some(EpochSelection::Epochs(list)) if list.is_empty()) {
             problems.push(ParamError::new(
@@ -174,7 +211,21 @@ impl StageParams for Score {
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let model_dir = ctx.stage_dir(&self.model)?;
-        let net = SavedModel::in_dir(model_dir)?.load_frozen(ctx.device)?;
+        let saved = SavedModel::in_dir(model_dir)?;
+        let net = saved.load_frozen(ctx.device)?;
+        let gaussian = match &self.mahalanobis {
+            Some(stage) => {
+                let file = GaussianFile::read(ctx.stage_dir(stage)?)?;
+                if file.model_digest != model_digest(&saved)? {
+                    return Err(StageError::Invalid(format!(
+                        "`{stage}` was fitted on another model than `{}`'s: point its `model` at `{}`",
+                        self.model, self.model
+                    )));
+                }
+                Some(file.fit)
+            }
+            None => None,
+        };
         let id = self.load(ctx, &net, &self.id)?;
         if id.num_classes != net.spec.num_classes {
             return Err(StageError::Invalid(format!(
@@ -183,7 +234,7 @@ impl StageParams for Score {
             )));
         }
         let ood = self.ood.iter().map(|name| self.load(ctx, &net, name)).collect::<Result<Vec<_>, _>>()?;
-        let predictions = self.score_model(ctx, &net, &id, &ood, ctx.out_dir, "")?;
+        let predictions = self.score_model(ctx, &net, gaussian.as_ref(), &id, &ood, ctx.out_dir, "")?;
         let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
         npy::write_i64(&ctx.out_dir.join("id_predictions.npy"), &predictions)?;
         npy::write_i64(
@@ -211,7 +262,7 @@ impl StageParams for Score {
                 let net = saved.load_frozen(ctx.device)?;
                 let dir = ctx.out_dir.join(ScoreIndex::epoch_dir(epoch));
                 let predictions =
-                    self.score_model(ctx, &net, &id, &ood, &dir, &format!(" (epoch {epoch})"))?;
+                    self.score_model(ctx, &net, None, &id, &ood, &dir, &format!(" (epoch {epoch})"))?;
                 let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
                 checkpoints.push(CheckpointScores { epoch, id_accuracy: correct as f64 / id.len() as f64 });
             }
@@ -247,58 +298,100 @@ impl Score {
     }
 
     /// Scores the ID set and every OOD set with `net` into `dir`; returns the ID predictions.
+    #[allow(clippy::too_many_arguments)]
     fn score_model(
         &self,
         ctx: &RunContext,
         net: &Network,
+        gaussian: Option<&GaussianFit>,
         id: &ImageSet,
         ood: &[ImageSet],
         dir: &Path,
         note: &str,
     ) -> Result<Vec<i64>, StageError> {
-        let id_logits = logits(ctx, net, id, self.batch_size, &format!("score {}{note}", self.id))?;
-        self.write_scores(dir, &self.id, &id_logits)?;
-        for (name, set) in self.ood.iter().zip(ood) {
-            let set_logits = logits(ctx, net, set, self.batch_size, &format!("score {name}{note}"))?;
-            self.write_scores(dir, name, &set_logits)?;
+        let mut predictions = Vec::new();
+        let sets = std::iter::once((&self.id, id)).chain(self.ood.iter().zip(ood));
+        for (k, (name, set)) in sets.enumerate() {
+            let pass = forward_all(ctx, net, set, self.batch_size, &format!("score {name}{note}"))?;
+            if k == 0 {
+                predictions = pass.logits.iter().map(|row| argmax(row) as i64).collect();
+            }
+            for &method in &self.methods {
+                let scores: Vec<f64> = match method {
+                    Method::Msp | Method::Energy => pass.logits.iter().map(|row| method.score(row)).collect(),
+                    Method::Mahalanobis => gaussian
+                        .ok_or_else(|| {
+                            StageError::Invalid("the mahalanobis method needs a fitted Gaussian".into())
+                        })?
+                        .scores(&pass.features)
+                        .map_err(StageError::Invalid)?,
+                    Method::Odin => self.odin(ctx, net, set, &format!("odin {name}{note}"))?,
+                };
+                let path = dir.join(ScoreIndex::file(method, name));
+                let folder = path.parent().expect("score files live in a method folder");
+                std::fs::create_dir_all(folder).map_err(StageError::io("cannot create", folder))?;
+                npy::write_f64(&path, &scores)?;
+            }
         }
-        Ok(id_logits.iter().map(|row| argmax(row) as i64).collect())
+        Ok(predictions)
     }
 
-    fn write_scores(&self, dir: &Path, set: &str, logits: &[Vec<f32>]) -> Result<(), StageError> {
-        for &method in &self.methods {
-            let path = dir.join(ScoreIndex::file(method, set));
-            let dir = path.parent().expect("score files live in a method folder");
-            std::fs::create_dir_all(dir).map_err(StageError::io("cannot create", dir))?;
-            let scores: Vec<f64> = logits.iter().map(|row| method.score(row)).collect();
-            npy::write_f64(&path, &scores)?;
+    fn odin(
+        &self,
+        ctx: &RunContext,
+        net: &Network,
+        set: &ImageSet,
+        label: &str,
+    ) -> Result<Vec<f64>, StageError> {
+        let [c, h, w] = set.shape;
+        let size = set.image_size();
+        let bar = ctx.progress.bar(label, set.len().div_ceil(self.batch_size) as u64, "batch");
+        let mut out = Vec::with_capacity(set.len());
+        for start in (0..set.len()).step_by(self.batch_size) {
+            let end = (start + self.batch_size).min(set.len());
+            let images = Tensor::from_vec(
+                set.pixels[start * size..end * size].to_vec(),
+                (end - start, c, h, w),
+                ctx.device,
+            )?;
+            out.extend(odin::scores(net, &images, self.odin_temperature, self.odin_epsilon)?);
+            bar.inc(1);
         }
-        Ok(())
+        bar.finish("");
+        Ok(out)
     }
 }
 
-/// Logits of every image of `set`, in evaluation mode.
-pub fn logits(
+/// Logits and penultimate features of every image of a set (evaluation mode).
+pub struct ForwardPass {
+    pub logits: Vec<Vec<f32>>,
+    pub features: Vec<Vec<f32>>,
+}
+
+/// Runs `net` over every image of `set` in evaluation mode.
+pub fn forward_all(
     ctx: &RunContext,
     net: &Network,
     set: &ImageSet,
     batch_size: usize,
     label: &str,
-) -> Result<Vec<Vec<f32>>, StageError> {
+) -> Result<ForwardPass, StageError> {
     let [c, h, w] = set.shape;
     let bar = ctx.progress.bar(label, set.len().div_ceil(batch_size) as u64, "batch");
-    let mut rows = Vec::with_capacity(set.len());
+    let mut pass =
+        ForwardPass { logits: Vec::with_capacity(set.len()), features: Vec::with_capacity(set.len()) };
     for start in (0..set.len()).step_by(batch_size) {
         let end = (start + batch_size).min(set.len());
         let size = set.image_size();
         let pixels = set.pixels[start * size..end * size].to_vec();
         let images = Tensor::from_vec(pixels, (end - start, c, h, w), ctx.device)?;
         let out = net.forward(&images, &mut Mode::Eval)?;
-        rows.extend(out.logits.to_vec2::<f32>()?);
+        pass.logits.extend(out.logits.to_vec2::<f32>()?);
+        pass.features.extend(out.features.to_vec2::<f32>()?);
         bar.inc(1);
     }
     bar.finish("");
-    Ok(rows)
+    Ok(pass)
 }
 
 fn argmax(row: &[f32]) -> usize {
