@@ -38,6 +38,7 @@ pub mod outliers;
 pub mod poem;
 mod progress;
 pub mod report;
+pub mod report_html;
 pub mod rng;
 pub mod schedule;
 pub mod score;

@@ -2,9 +2,11 @@
 //! over sets, mean ± sample std across seeds. One instance reads every seed's scores.
 //!
 //! Outputs: `report.json` (fractions, per-seed values included), `report.csv` (fractions, one
-//! row per score stage × method × OOD set), `report.md` (percentages, like the paper's Table 1).
+//! row per score stage × method × OOD set), `report.md` (percentages, like the paper's Table 1),
+//! `report.html` (the table and plots, see [`crate::report_html`]).
 use crate::fit::write_json;
 use crate::metrics::{mean_std, ood_metrics_with, Convention, OodMetrics};
+use crate::report_html::ScoreSample;
 use crate::score::ScoreIndex;
 use crate::scores::Method;
 use crate::{npy, Artifact, Input, ParamError, RunContext, StageError, StageParams};
@@ -123,7 +125,32 @@ impl StageParams for Report {
         };
         write_json(&ctx.out_dir.join("report.json"), &report)?;
         write_text(&ctx.out_dir.join("report.csv"), &csv(&report))?;
-        write_text(&ctx.out_dir.join("report.md"), &markdown(&report))
+        write_text(&ctx.out_dir.join("report.md"), &markdown(&report))?;
+        let samples = self.first_seed_samples(ctx)?;
+        write_text(&ctx.out_dir.join("report.html"), &crate::report_html::render(&report, &samples))
+    }
+}
+
+impl Report {
+    /// The first seed's scores of every (score stage, method), for the plots.
+    fn first_seed_samples(&self, ctx: &RunContext) -> Result<Vec<ScoreSample>, StageError> {
+        let mut samples = Vec::new();
+        for name in &self.scores {
+            let dir = &ctx.stage_dirs(name)?[0];
+            let index = ScoreIndex::read(dir)?;
+            for &method in &index.methods {
+                let id = npy::read_f64(&dir.join(ScoreIndex::file(method, &index.id.name)))?;
+                let ood = index
+                    .ood
+                    .iter()
+                    .map(|set| {
+                        Ok((set.name.clone(), npy::read_f64(&dir.join(ScoreIndex::file(method, &set.name)))?))
+                    })
+                    .collect::<Result<Vec<_>, StageError>>()?;
+                samples.push(ScoreSample { scores: name.clone(), method: method.name().into(), id, ood });
+            }
+        }
+        Ok(samples)
     }
 }
 
