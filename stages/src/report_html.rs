@@ -284,6 +284,9 @@ fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
     figure(&format!("{} / {} — ID vs {name}", sample.scores, sample.method), frame.w, frame.h, &body)
 }
 
+/// A line of the backtracking plot: its name, the value it draws, its colour.
+type Series = (&'static str, fn(&BacktrackRow) -> f64, &'static str);
+
 fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
     let mut out = String::new();
     let mut groups: Vec<(String, String)> = Vec::new();
@@ -300,7 +303,7 @@ fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
         let last = points.last().map_or(1.0, |b| b.epoch as f64);
         let frame = Frame { w: 360.0, h: 240.0, x: (first, last.max(first + 1.0)), y: (0.0, 100.0) };
         let mut body = frame.axes("epoch", "percent");
-        let series: [(&str, fn(&BacktrackRow) -> f64, &str); 3] = [
+        let series: [Series; 3] = [
             (fpr_header(convention), |b| b.row.fpr95.mean, COLOURS[0]),
             ("AUROC", |b| b.row.auroc.mean, COLOURS[1]),
             ("ID-ACC", |b| b.row.id_accuracy.mean, COLOURS[2]),
