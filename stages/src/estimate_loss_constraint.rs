@@ -181,7 +181,7 @@ impl EstimateLossConstraint {
         let batches: Vec<&[usize]> =
             all.chunks(self.batch_size).take(self.batches.unwrap_or(usize::MAX)).collect();
         let mut augment = crate::rng::derive(ctx.seed, "augment");
-        let bar = ctx.progress.bar(label, batches.len() as u64, "batch");
+        let bar = ctx.progress.bar(label, batches.len() as u64, "batches");
         let mut out = SampleLosses { indices: Vec::new(), losses: Vec::new(), correct: 0 };
         for chunk in batches {
             let (images, _) = batch(data, chunk, self.crop_padding, &mut augment, ctx.device)?;

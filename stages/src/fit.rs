@@ -215,7 +215,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         order.shuffle(&mut shuffle_rng);
         let batches = order.len().div_ceil(config.batch_size);
         let bar =
-            ctx.progress.bar(&format!("epoch {}/{}", epoch + 1, config.epochs), batches as u64, "batch");
+            ctx.progress.bar(&format!("epoch {}/{}", epoch + 1, config.epochs), batches as u64, "batches");
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             let (images, labels) = batch(data, chunk, config.crop_padding, &mut shuffle_rng, ctx.device)?;

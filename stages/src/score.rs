@@ -345,7 +345,7 @@ impl Score {
     ) -> Result<Vec<f64>, StageError> {
         let [c, h, w] = set.shape;
         let size = set.image_size();
-        let bar = ctx.progress.bar(label, set.len().div_ceil(self.batch_size) as u64, "batch");
+        let bar = ctx.progress.bar(label, set.len().div_ceil(self.batch_size) as u64, "batches");
         let mut out = Vec::with_capacity(set.len());
         for start in (0..set.len()).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(set.len());
@@ -377,7 +377,7 @@ pub fn forward_all(
     label: &str,
 ) -> Result<ForwardPass, StageError> {
     let [c, h, w] = set.shape;
-    let bar = ctx.progress.bar(label, set.len().div_ceil(batch_size) as u64, "batch");
+    let bar = ctx.progress.bar(label, set.len().div_ceil(batch_size) as u64, "batches");
     let mut pass =
         ForwardPass { logits: Vec::with_capacity(set.len()), features: Vec::with_capacity(set.len()) };
     for start in (0..set.len()).step_by(batch_size) {

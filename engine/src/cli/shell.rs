@@ -124,7 +124,7 @@ impl Progress for StageProgress<'_> {
         }
         let bar = self.shell.bars.add(ProgressBar::new(total));
         let style = ProgressStyle::with_template(&format!(
-            "{{prefix:>12.cyan.bold}} {label} [{{bar:25}}] {{pos}}/{{len}} {unit}s {{msg}} (ETA {{eta}})"
+            "{{prefix:>12.cyan.bold}} {label} [{{bar:25}}] {{pos}}/{{len}} {unit} {{msg}} (ETA {{eta}})"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
