@@ -2,7 +2,7 @@
 //! CE_in + w·(mean_in relu(E − m_in)² + mean_out relu(m_out − E)²), E = −logsumexp f, outliers
 //! drawn at random every epoch. With `constraint` or `zeta` the ID term is the UM loss.
 //! Outputs as `train`.
-use crate::outliers::{fine_tune_with_outliers, OutlierSetup, OutlierTerm, RandomOutliers};
+use crate::outliers::{fine_tune_with_outliers, OutlierTerm, RandomOutliers};
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
 
@@ -16,42 +16,16 @@ pub fn default_energy_weight() -> f64 {
     0.1
 }
 
-crate::training_stage! {
-    defaults(epochs = "crate::outliers::default_epochs", lr = "crate::outliers::default_lr");
+crate::outlier_stage! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct EnergyOe {
-        pub model: String,
-        pub data: String,
-        pub aux: String,
-        #[serde(default)]
-        pub aux_batch_size: Option<usize>,
-        #[serde(default)]
-        pub pool_size: Option<usize>,
-        #[serde(default)]
-        pub constraint: Option<String>,
-        #[serde(default)]
-        pub zeta: Option<f64>,
         #[serde(default = "default_m_in")]
         pub m_in: f64,
         #[serde(default = "default_m_out")]
         pub m_out: f64,
         #[serde(default = "default_energy_weight")]
         pub energy_weight: f64,
-    }
-}
-
-impl EnergyOe {
-    fn setup(&self) -> OutlierSetup<'_> {
-        OutlierSetup {
-            model: &self.model,
-            data: &self.data,
-            aux: &self.aux,
-            aux_batch_size: self.aux_batch_size,
-            pool_size: self.pool_size,
-            constraint: &self.constraint,
-            zeta: self.zeta,
-        }
     }
 }
 

@@ -64,6 +64,54 @@ impl OutlierTerm {
     }
 }
 
+/// Declares an outlier-exposure stage's parameters: the fields every such stage has (`model`,
+/// `data`, `aux`, `aux_batch_size`, `pool_size`, `constraint`, `zeta`), then its own, then the
+/// optimisation fields with SPEC §6's defaults (10 epochs, lr 0.01); and a `setup()` method.
+#[macro_export]
+macro_rules! outlier_stage {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $crate::training_stage! {
+            defaults(epochs = "crate::outliers::default_epochs", lr = "crate::outliers::default_lr");
+            $(#[$meta])*
+            pub struct $name {
+                /// The trained model to fine-tune.
+                pub model: String,
+                /// The ID training data (its train split).
+                pub data: String,
+                /// The auxiliary outliers (their train split), disjoint from the OOD test sets.
+                pub aux: String,
+                /// Outliers per step (default: `batch_size`).
+                #[serde(default)]
+                pub aux_batch_size: Option<usize>,
+                /// Draw outliers from only this many auxiliary images (a seeded random subset).
+                #[serde(default)]
+                pub pool_size: Option<usize>,
+                /// An `estimate-loss-constraint` stage: the ID term becomes the UM loss.
+                #[serde(default)]
+                pub constraint: Option<String>,
+                /// ζ written out instead (the UM loss with this constraint).
+                #[serde(default)]
+                pub zeta: Option<f64>,
+                $($(#[$fmeta])* pub $field: $ty,)*
+            }
+        }
+
+        impl $name {
+            fn setup(&self) -> $crate::outliers::OutlierSetup<'_> {
+                $crate::outliers::OutlierSetup {
+                    model: &self.model,
+                    data: &self.data,
+                    aux: &self.aux,
+                    aux_batch_size: self.aux_batch_size,
+                    pool_size: self.pool_size,
+                    constraint: &self.constraint,
+                    zeta: self.zeta,
+                }
+            }
+        }
+    };
+}
+
 /// The fields every outlier-exposure stage has besides the optimisation ones.
 pub struct OutlierSetup<'a> {
     pub model: &'a str,

@@ -9,7 +9,7 @@ use crate::data::ImageSet;
 use crate::energy_oe::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::fit::write_json;
 use crate::models::{Mode, Network};
-use crate::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice, OutlierSetup, OutlierTerm};
+use crate::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice, OutlierTerm};
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -27,23 +27,10 @@ fn default_ring_epochs() -> usize {
     4
 }
 
-crate::training_stage! {
-    defaults(epochs = "crate::outliers::default_epochs", lr = "crate::outliers::default_lr");
+crate::outlier_stage! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Poem {
-        pub model: String,
-        pub data: String,
-        pub aux: String,
-        #[serde(default)]
-        pub aux_batch_size: Option<usize>,
-        /// The candidate pool each epoch's outliers are chosen from.
-        #[serde(default)]
-        pub pool_size: Option<usize>,
-        #[serde(default)]
-        pub constraint: Option<String>,
-        #[serde(default)]
-        pub zeta: Option<f64>,
         #[serde(default = "default_m_in")]
         pub m_in: f64,
         #[serde(default = "default_m_out")]
@@ -62,20 +49,6 @@ crate::training_stage! {
         /// Epochs of chosen outliers the regression remembers.
         #[serde(default = "default_ring_epochs")]
         pub ring_epochs: usize,
-    }
-}
-
-impl Poem {
-    fn setup(&self) -> OutlierSetup<'_> {
-        OutlierSetup {
-            model: &self.model,
-            data: &self.data,
-            aux: &self.aux,
-            aux_batch_size: self.aux_batch_size,
-            pool_size: self.pool_size,
-            constraint: &self.constraint,
-            zeta: self.zeta,
-        }
     }
 }
 

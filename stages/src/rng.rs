@@ -23,6 +23,16 @@ pub fn stage_seed(recipe_seed: u64, name: &str) -> u64 {
     u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// Seeded uniform [0,1) values as a CPU tensor of `shape` (candle's own `rand` is unseeded).
+#[cfg(test)]
+pub(crate) fn test_images(seed: u64, shape: &[usize]) -> candle_core::Tensor {
+    use rand::Rng as _;
+    let mut rng = derive(seed, "test-images");
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+    candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).expect("shape matches")
+}
+
 #[cfg(test)]
 mod tests {
     use rand::Rng as _;

@@ -85,7 +85,7 @@ mod tests {
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();
         let mut rng = crate::rng::derive(0, "x");
-        let images = Tensor::rand(0f32, 1.0, (6, 1, 8, 8), &dev).unwrap();
+        let images = crate::rng::test_images(11, &[6, 1, 8, 8]);
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
         let ce = |rng: &mut crate::rng::Rng| {
             let out = net.forward(&images, &mut Mode::Train { rng }).unwrap();

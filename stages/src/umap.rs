@@ -197,7 +197,7 @@ mod tests {
         let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
         let masked =
             MaskedModel::new(&spec, values.clone(), 0.8, &mut crate::rng::derive(0, "s"), &dev).unwrap();
-        let images = Tensor::rand(0f32, 1.0, (6, 1, 8, 8), &dev).unwrap();
+        let images = crate::rng::test_images(11, &[6, 1, 8, 8]);
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
         let mut rng = crate::rng::derive(0, "d");
         let vars: Vec<Var> = masked.scores.values().cloned().collect();

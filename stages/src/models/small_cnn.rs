@@ -193,7 +193,7 @@ mod tests {
             weight_masks: false,
         };
         let values = spec.initialise(&mut crate::rng::derive(7, "init"), &dev).unwrap();
-        let images = Tensor::rand(0f32, 1.0, (5, 1, 6, 6), &dev).unwrap();
+        let images = crate::rng::test_images(11, &[5, 1, 6, 6]);
         let labels = Tensor::new(&[0u32, 1, 2, 1, 0], &dev).unwrap();
         let loss_of = |values: &std::collections::BTreeMap<String, Tensor>| {
             // Buffers are fresh copies each time, so statistics updates do not leak between evaluations.

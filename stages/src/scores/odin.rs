@@ -61,7 +61,7 @@ mod tests {
         let spec = tiny_spec();
         let values = spec.initialise(&mut crate::rng::derive(3, "init"), &dev).unwrap();
         let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &dev).unwrap();
-        let images = Tensor::rand(0f32, 1.0, (4, 1, 8, 8), &dev).unwrap();
+        let images = crate::rng::test_images(11, &[4, 1, 8, 8]);
         let plain = scores(&net, &images, 10.0, 0.0).unwrap();
         let logits = net.forward(&images, &mut Mode::Eval).unwrap().logits.to_vec2::<f32>().unwrap();
         for (s, row) in plain.iter().zip(&logits) {
