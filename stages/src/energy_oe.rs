@@ -46,7 +46,7 @@ pub fn check_energy(m_in: f64, m_out: f64, weight: f64) -> Vec<ParamError> {
 
 impl StageParams for EnergyOe {
     const KIND: &'static str = "energy-oe";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

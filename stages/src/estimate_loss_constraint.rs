@@ -55,7 +55,7 @@ pub struct EstimateLossConstraint {
 
 impl StageParams for EstimateLossConstraint {
     const KIND: &'static str = "estimate-loss-constraint";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Constraint];
 
     fn inputs(&self) -> Vec<Input> {

@@ -53,7 +53,7 @@ pub fn model_digest(saved: &SavedModel) -> Result<String, StageError> {
 
 impl StageParams for MahalanobisFit {
     const KIND: &'static str = "mahalanobis-fit";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Gaussian];
 
     fn inputs(&self) -> Vec<Input> {

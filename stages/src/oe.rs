@@ -21,7 +21,7 @@ crate::outlier_stage! {
 
 impl StageParams for Oe {
     const KIND: &'static str = "oe";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

@@ -54,7 +54,7 @@ crate::outlier_stage! {
 
 impl StageParams for Poem {
     const KIND: &'static str = "poem";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

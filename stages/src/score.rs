@@ -145,7 +145,7 @@ impl ScoreIndex {
 
 impl StageParams for Score {
     const KIND: &'static str = "score";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Scores];
 
     fn inputs(&self) -> Vec<Input> {

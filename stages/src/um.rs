@@ -28,7 +28,7 @@ crate::training_stage! {
 
 impl StageParams for Um {
     const KIND: &'static str = "um";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

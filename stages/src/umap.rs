@@ -41,7 +41,7 @@ crate::training_stage! {
 
 impl StageParams for Umap {
     const KIND: &'static str = "umap";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

@@ -105,7 +105,7 @@ impl SmallCnn {
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
         for block in &self.blocks {
-            x = x.conv2d(&block.weight, 1, block.stride, 1, 1)?;
+            x = super::conv::conv2d(&x, &block.weight, block.stride, 1)?;
             x = block.norm.forward(&x, mode)?.relu()?;
         }
         let features = global_avg_pool(&x)?;
