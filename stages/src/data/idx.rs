@@ -1,6 +1,7 @@
 //! MNIST's IDX format (`train-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`, …):
 //! a big-endian header (magic, dimensions) followed by unsigned bytes. Class subsets are
 //! relabelled 0..K−1 in the order given.
+use super::subset::ClassFilter;
 use super::{ImageSet, Split};
 use crate::{ParamError, StageError};
 use serde::{Deserialize, Serialize};
@@ -99,32 +100,18 @@ impl IdxSpec {
             });
         }
         let (h, w) = (image_dims[1], image_dims[2]);
-        let plane = h * w;
-        let all_classes: Vec<u32> = (0..=raw_labels.iter().copied().max().unwrap_or(0) as u32).collect();
-        let classes = self.classes.clone().unwrap_or(all_classes);
-        let mut relabel = [None; 256];
-        for (new, &old) in classes.iter().enumerate() {
-            if let Some(slot) = relabel.get_mut(old as usize) {
-                *slot = Some(new as u32);
-            }
-        }
-        let mut set =
-            ImageSet { pixels: Vec::new(), labels: Vec::new(), shape: [1, h, w], num_classes: classes.len() };
-        for (i, &label) in raw_labels.iter().enumerate() {
-            if self.limit.is_some_and(|limit| set.len() >= limit) {
-                break;
-            }
-            if let Some(new_label) = relabel[label as usize] {
-                set.labels.push(new_label);
-                set.pixels.extend(pixels[i * plane..(i + 1) * plane].iter().map(|&p| p as f32 / 255.0));
-            }
-        }
-        if set.is_empty() {
-            return Err(StageError::Format {
-                path: labels_path,
-                message: format!("no sample has one of the classes {classes:?}"),
-            });
-        }
+        // Without a class list, every label up to the largest in the file is a class.
+        let total = raw_labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1)
+            .max(256 * usize::from(self.classes.is_some()));
+        let filter =
+            ClassFilter::new(self.classes.as_deref(), total, self.limit).map_err(StageError::Invalid)?;
+        let records =
+            raw_labels.iter().zip(pixels.chunks_exact(h * w)).map(|(&label, image)| (label as u32, image));
+        let set = filter.collect(records, [1, h, w], &labels_path)?;
         Ok(set)
     }
 }

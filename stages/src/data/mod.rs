@@ -1,10 +1,18 @@
 //! Datasets: how a recipe declares them ([`DatasetSpec`]), and loading them into memory as
-//! [`ImageSet`]s of [0,1] pixels. Formats: MNIST's IDX files (`idx`), and seeded synthetic
-//! noise (`gaussian-noise`, `uniform-noise`).
+//! [`ImageSet`]s of [0,1] pixels. Formats: MNIST's IDX files (`idx`), CIFAR-10/100 binary
+//! (`cifar10-bin`, `cifar100-bin`), SVHN's MAT files (`svhn-mat`), folders of images
+//! (`image-folder`), and seeded synthetic noise (`gaussian-noise`, `uniform-noise`).
+mod cifar;
 pub(crate) mod idx;
+mod image_folder;
+mod subset;
+mod svhn;
 mod synthetic;
 
+pub use cifar::{Cifar100Labels, Cifar100Spec, Cifar10Spec};
 pub use idx::IdxSpec;
+pub use image_folder::ImageFolderSpec;
+pub use svhn::{read_mat, MatArray, SvhnSpec};
 pub use synthetic::{GaussianNoiseSpec, UniformNoiseSpec};
 
 use crate::{ParamError, StageError};
@@ -23,6 +31,10 @@ pub enum Split {
 #[serde(tag = "format", rename_all = "kebab-case")]
 pub enum DatasetSpec {
     Idx(IdxSpec),
+    Cifar10Bin(Cifar10Spec),
+    Cifar100Bin(Cifar100Spec),
+    SvhnMat(SvhnSpec),
+    ImageFolder(ImageFolderSpec),
     GaussianNoise(GaussianNoiseSpec),
     UniformNoise(UniformNoiseSpec),
 }
@@ -36,6 +48,10 @@ pub struct DatasetFormat {
 /// Every dataset format.
 pub const FORMATS: &[DatasetFormat] = &[
     DatasetFormat { name: "idx", fields: crate::struct_fields::<IdxSpec> },
+    DatasetFormat { name: "cifar10-bin", fields: crate::struct_fields::<Cifar10Spec> },
+    DatasetFormat { name: "cifar100-bin", fields: crate::struct_fields::<Cifar100Spec> },
+    DatasetFormat { name: "svhn-mat", fields: crate::struct_fields::<SvhnSpec> },
+    DatasetFormat { name: "image-folder", fields: crate::struct_fields::<ImageFolderSpec> },
     DatasetFormat { name: "gaussian-noise", fields: crate::struct_fields::<GaussianNoiseSpec> },
     DatasetFormat { name: "uniform-noise", fields: crate::struct_fields::<UniformNoiseSpec> },
 ];
@@ -121,6 +137,10 @@ impl DatasetSpec {
         // Deserialised per format so that errors keep the path of the offending field.
         match format.as_str() {
             "idx" => ParamError::deserialize(fields).map(DatasetSpec::Idx),
+            "cifar10-bin" => ParamError::deserialize(fields).map(DatasetSpec::Cifar10Bin),
+            "cifar100-bin" => ParamError::deserialize(fields).map(DatasetSpec::Cifar100Bin),
+            "svhn-mat" => ParamError::deserialize(fields).map(DatasetSpec::SvhnMat),
+            "image-folder" => ParamError::deserialize(fields).map(DatasetSpec::ImageFolder),
             "gaussian-noise" => ParamError::deserialize(fields).map(DatasetSpec::GaussianNoise),
             "uniform-noise" => ParamError::deserialize(fields).map(DatasetSpec::UniformNoise),
             other => Err(ParamError::new(
@@ -132,10 +152,16 @@ impl DatasetSpec {
 
     /// Makes relative paths absolute against `base` (the recipe's folder).
     pub fn resolve_paths(&mut self, base: &Path) {
-        if let DatasetSpec::Idx(spec) = self {
-            if spec.root.is_relative() {
-                spec.root = base.join(&spec.root);
-            }
+        let root = match self {
+            DatasetSpec::Idx(spec) => &mut spec.root,
+            DatasetSpec::Cifar10Bin(spec) => &mut spec.root,
+            DatasetSpec::Cifar100Bin(spec) => &mut spec.root,
+            DatasetSpec::SvhnMat(spec) => &mut spec.root,
+            DatasetSpec::ImageFolder(spec) => &mut spec.root,
+            DatasetSpec::GaussianNoise(_) | DatasetSpec::UniformNoise(_) => return,
+        };
+        if root.is_relative() {
+            *root = base.join(&*root);
         }
     }
 
@@ -143,6 +169,10 @@ impl DatasetSpec {
     pub fn files(&self) -> Result<Vec<PathBuf>, StageError> {
         match self {
             DatasetSpec::Idx(spec) => spec.files(),
+            DatasetSpec::Cifar10Bin(spec) => spec.files(),
+            DatasetSpec::Cifar100Bin(spec) => spec.files(),
+            DatasetSpec::SvhnMat(spec) => spec.files(),
+            DatasetSpec::ImageFolder(spec) => spec.files(),
             DatasetSpec::GaussianNoise(_) | DatasetSpec::UniformNoise(_) => Ok(Vec::new()),
         }
     }
@@ -151,6 +181,10 @@ impl DatasetSpec {
     pub fn check(&self) -> Vec<ParamError> {
         match self {
             DatasetSpec::Idx(spec) => spec.check(),
+            DatasetSpec::Cifar10Bin(spec) => spec.check(),
+            DatasetSpec::Cifar100Bin(spec) => spec.check(),
+            DatasetSpec::SvhnMat(spec) => spec.check(),
+            DatasetSpec::ImageFolder(spec) => spec.check(),
             DatasetSpec::GaussianNoise(spec) => spec.check(),
             DatasetSpec::UniformNoise(spec) => spec.check(),
         }
@@ -160,6 +194,10 @@ impl DatasetSpec {
     pub fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         match self {
             DatasetSpec::Idx(spec) => spec.load(split),
+            DatasetSpec::Cifar10Bin(spec) => spec.load(split),
+            DatasetSpec::Cifar100Bin(spec) => spec.load(split),
+            DatasetSpec::SvhnMat(spec) => spec.load(split),
+            DatasetSpec::ImageFolder(spec) => spec.load(),
             DatasetSpec::GaussianNoise(spec) => Ok(spec.generate()),
             DatasetSpec::UniformNoise(spec) => Ok(spec.generate()),
         }

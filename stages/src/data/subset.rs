@@ -1,0 +1,56 @@
+//! Class subsets shared by the labelled formats: keep the samples whose label is listed,
+//! relabelled 0..K−1 in the order given, at most `limit` of them.
+use super::ImageSet;
+use crate::StageError;
+use std::path::Path;
+
+pub(crate) struct ClassFilter {
+    relabel: Vec<Option<u32>>,
+    classes: Vec<u32>,
+    limit: Option<usize>,
+}
+
+impl ClassFilter {
+    /// `total` is the number of classes the format has; listed classes must be below it.
+    pub(crate) fn new(
+        classes: Option<&[u32]>,
+        total: usize,
+        limit: Option<usize>,
+    ) -> Result<ClassFilter, String> {
+        let classes: Vec<u32> = classes.map(<[u32]>::to_vec).unwrap_or_else(|| (0..total as u32).collect());
+        let mut relabel = vec![None; total];
+        for (new, &old) in classes.iter().enumerate() {
+            let slot = relabel.get_mut(old as usize).ok_or_else(|| {
+                format!("class {old} does not exist (this dataset has classes 0..{})", total - 1)
+            })?;
+            *slot = Some(new as u32);
+        }
+        Ok(ClassFilter { relabel, classes, limit })
+    }
+
+    /// Builds the set from `(label, pixels)` records, pixels as bytes in (C, H, W) order.
+    pub(crate) fn collect<'a>(
+        &self,
+        records: impl Iterator<Item = (u32, &'a [u8])>,
+        shape: [usize; 3],
+        path: &Path,
+    ) -> Result<ImageSet, StageError> {
+        let mut set =
+            ImageSet { pixels: Vec::new(), labels: Vec::new(), shape, num_classes: self.classes.len() };
+        for (label, pixels) in records {
+            if self.limit.is_some_and(|limit| set.len() >= limit) {
+                break;
+            }
+            let Some(new_label) = self.relabel.get(label as usize).copied().flatten() else { continue };
+            set.labels.push(new_label);
+            set.pixels.extend(pixels.iter().map(|&p| p as f32 / 255.0));
+        }
+        if set.is_empty() {
+            return Err(StageError::Format {
+                path: path.into(),
+                message: format!("no sample has one of the classes {:?}", self.classes),
+            });
+        }
+        Ok(set)
+    }
+}
