@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum ModelName {
     SmallCnn,
+    /// DenseNet-BC, depth 100, growth 12, reduction 0.5 (SPEC §2).
+    #[serde(rename = "densenet-bc-100")]
+    DensenetBc100,
 }
 
 fn default_model() -> ModelName {
@@ -33,6 +36,7 @@ crate::training_stage! {
     pub struct Train {
         /// The dataset to train on (its train split).
         pub data: String,
+        /// `small-cnn` (the default) or `densenet-bc-100`.
         #[serde(default = "default_model")]
         pub model: ModelName,
         /// small-cnn: output channels of each conv block.
@@ -84,6 +88,9 @@ impl StageParams for Train {
             architecture: match self.model {
                 ModelName::SmallCnn => {
                     Architecture::SmallCnn { widths: self.widths.clone(), strides: self.strides.clone() }
+                }
+                ModelName::DensenetBc100 => {
+                    Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 }
                 }
             },
             input_shape: data.shape,

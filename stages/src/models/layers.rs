@@ -30,6 +30,29 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// The batch norm whose parameters are named `{prefix}.running_mean`, `{prefix}.running_var`
+    /// (and `{prefix}.weight`, `{prefix}.bias` when affine) in `params`.
+    pub fn from_parameters(
+        params: &super::Parameters,
+        prefix: &str,
+        affine: bool,
+    ) -> Result<BatchNorm2d, StageError> {
+        let affine = if affine {
+            Some((params.get(&format!("{prefix}.weight"))?, params.get(&format!("{prefix}.bias"))?))
+        } else {
+            None
+        };
+        Ok(BatchNorm2d {
+            running_mean: params.get(&format!("{prefix}.running_mean"))?,
+            running_var: params.get(&format!("{prefix}.running_var"))?,
+            running_mean_var: params.var(&format!("{prefix}.running_mean")),
+            running_var_var: params.var(&format!("{prefix}.running_var")),
+            affine,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
         let (n, c, h, w) = x.dims4()?;
         let normalised = if mode.is_train() {

@@ -6,9 +6,11 @@
 //! safetensors file whose tensor names match PyTorch's conventions (`conv1.weight`,
 //! `bn1.running_mean`, `fc.bias`).
 pub mod conv;
+mod densenet;
 mod layers;
 mod small_cnn;
 
+pub use densenet::DenseNetBc;
 pub use layers::Mode;
 pub use small_cnn::SmallCnn;
 
@@ -27,6 +29,8 @@ pub enum Architecture {
     /// conv3×3 + BN + ReLU blocks (one per width, with its stride), global average pooling,
     /// dropout, linear head.
     SmallCnn { widths: Vec<usize>, strides: Vec<usize> },
+    /// DenseNet-BC (depth 100, growth 12, reduction 0.5 is the paper's network).
+    DensenetBc { depth: usize, growth: usize, reduction: f64 },
 }
 
 /// Everything needed to rebuild a model from its weights: written as `model.json`.
@@ -105,6 +109,9 @@ impl ModelSpec {
     pub fn parameters(&self) -> Vec<ParamDef> {
         match &self.architecture {
             Architecture::SmallCnn { widths, .. } => small_cnn::parameters(self, widths),
+            Architecture::DensenetBc { depth, growth, reduction } => {
+                densenet::parameters(self, *depth, *growth, *reduction)
+            }
         }
     }
 
@@ -318,7 +325,12 @@ pub fn load_weights(path: &Path, device: &Device) -> Result<BTreeMap<String, Ten
 /// A model ready to run: its description and its layers bound to parameter values.
 pub struct Network {
     pub spec: ModelSpec,
-    body: SmallCnn,
+    body: Body,
+}
+
+enum Body {
+    SmallCnn(SmallCnn),
+    DenseNetBc(DenseNetBc),
 }
 
 /// What a forward pass gives: penultimate features and logits.
@@ -331,7 +343,10 @@ impl Network {
     pub fn new(spec: &ModelSpec, params: &Parameters, device: &Device) -> Result<Network, StageError> {
         let body = match &spec.architecture {
             Architecture::SmallCnn { widths, strides } => {
-                SmallCnn::new(spec, widths, strides, params, device)?
+                Body::SmallCnn(SmallCnn::new(spec, widths, strides, params, device)?)
+            }
+            Architecture::DensenetBc { depth, .. } => {
+                Body::DenseNetBc(DenseNetBc::new(spec, *depth, params, device)?)
             }
         };
         Ok(Network { spec: spec.clone(), body })
@@ -339,7 +354,10 @@ impl Network {
 
     /// Runs a batch `(n, c, h, w)` of [0,1] pixels.
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
-        self.body.forward(images, mode)
+        match &self.body {
+            Body::SmallCnn(net) => net.forward(images, mode),
+            Body::DenseNetBc(net) => net.forward(images, mode),
+        }
     }
 }
 

@@ -71,23 +71,10 @@ impl SmallCnn {
         let mut blocks = Vec::new();
         for (i, &stride) in strides.iter().enumerate() {
             let n = i + 1;
-            let affine = if spec.affine_bn {
-                Some((params.get(&format!("bn{n}.weight"))?, params.get(&format!("bn{n}.bias"))?))
-            } else {
-                None
-            };
             blocks.push(Block {
                 weight: params.get(&format!("conv{n}.weight"))?,
                 stride,
-                norm: BatchNorm2d {
-                    running_mean: params.get(&format!("bn{n}.running_mean"))?,
-                    running_var: params.get(&format!("bn{n}.running_var"))?,
-                    running_mean_var: params.var(&format!("bn{n}.running_mean")),
-                    running_var_var: params.var(&format!("bn{n}.running_var")),
-                    affine,
-                    eps: 1e-5,
-                    momentum: 0.1,
-                },
+                norm: BatchNorm2d::from_parameters(params, &format!("bn{n}"), spec.affine_bn)?,
             });
         }
         let c = spec.input_shape[0];

@@ -1,0 +1,248 @@
+//! DenseNet-BC (SPEC §2; the paper's "DenseNet-101" is depth 100, growth 12, reduction 0.5):
+//! conv3×3 3→2k → three dense blocks of n = (depth − 4)/6 bottleneck layers with transitions
+//! after the first two → BN → ReLU → global average pooling (the penultimate feature) → linear.
+//! Bottleneck on C channels: BN → ReLU → conv1×1 C→4k → dropout → BN → ReLU → conv3×3 4k→k →
+//! dropout, concatenated after its input. Transition: BN → ReLU → conv1×1 C→⌊C·reduction⌋ →
+//! dropout → average pooling 2×2. Batch norm is non-affine unless `affine_bn`.
+use super::conv::conv2d;
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
+use super::{Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use crate::StageError;
+use candle_core::{Device, Tensor};
+
+/// Channels after the stem, each block and each transition.
+fn plan(depth: usize, growth: usize, reduction: f64) -> (usize, Vec<(usize, usize)>) {
+    let layers = (depth - 4) / 6;
+    let mut channels = 2 * growth;
+    let stem = channels;
+    let mut blocks = Vec::new();
+    for b in 0..3 {
+        let input = channels;
+        channels += layers * growth;
+        if b < 2 {
+            channels = (channels as f64 * reduction).floor() as usize;
+        }
+        blocks.push((input, channels));
+    }
+    (stem, blocks)
+}
+
+fn bn_defs(defs: &mut Vec<ParamDef>, prefix: &str, channels: usize, affine: bool) {
+    if affine {
+        defs.push(ParamDef {
+            name: format!("{prefix}.weight"),
+            shape: vec![channels],
+            init: Init::Const(1.0),
+            role: Role::NormAffine,
+        });
+        defs.push(ParamDef {
+            name: format!("{prefix}.bias"),
+            shape: vec![channels],
+            init: Init::Const(0.0),
+            role: Role::NormAffine,
+        });
+    }
+    defs.push(ParamDef {
+        name: format!("{prefix}.running_mean"),
+        shape: vec![channels],
+        init: Init::Const(0.0),
+        role: Role::NormStatistic,
+    });
+    defs.push(ParamDef {
+        name: format!("{prefix}.running_var"),
+        shape: vec![channels],
+        init: Init::Const(1.0),
+        role: Role::NormStatistic,
+    });
+}
+
+fn conv_def(defs: &mut Vec<ParamDef>, name: String, out: usize, input: usize, k: usize) {
+    defs.push(ParamDef {
+        name,
+        shape: vec![out, input, k, k],
+        init: Init::KaimingNormal { fan_in: input * k * k },
+        role: Role::Weight,
+    });
+}
+
+pub(super) fn parameters(spec: &ModelSpec, depth: usize, growth: usize, reduction: f64) -> Vec<ParamDef> {
+    let affine = spec.affine_bn;
+    let layers = (depth - 4) / 6;
+    let (stem, _) = plan(depth, growth, reduction);
+    let mut defs = Vec::new();
+    conv_def(&mut defs, "conv1.weight".into(), stem, spec.input_shape[0], 3);
+    let mut channels = stem;
+    for b in 1..=3 {
+        for l in 0..layers {
+            let p = format!("block{b}.layer{l}");
+            bn_defs(&mut defs, &format!("{p}.bn1"), channels, affine);
+            conv_def(&mut defs, format!("{p}.conv1.weight"), 4 * growth, channels, 1);
+            bn_defs(&mut defs, &format!("{p}.bn2"), 4 * growth, affine);
+            conv_def(&mut defs, format!("{p}.conv2.weight"), growth, 4 * growth, 3);
+            channels += growth;
+        }
+        if b < 3 {
+            let out = (channels as f64 * reduction).floor() as usize;
+            bn_defs(&mut defs, &format!("trans{b}.bn"), channels, affine);
+            conv_def(&mut defs, format!("trans{b}.conv.weight"), out, channels, 1);
+            channels = out;
+        }
+    }
+    bn_defs(&mut defs, "bn", channels, affine);
+    defs.push(ParamDef {
+        name: "fc.weight".into(),
+        shape: vec![spec.num_classes, channels],
+        init: Init::Uniform { fan_in: channels },
+        role: Role::Weight,
+    });
+    defs.push(ParamDef {
+        name: "fc.bias".into(),
+        shape: vec![spec.num_classes],
+        init: Init::Uniform { fan_in: channels },
+        role: Role::Bias,
+    });
+    defs
+}
+
+struct Bottleneck {
+    bn1: BatchNorm2d,
+    conv1: Tensor,
+    bn2: BatchNorm2d,
+    conv2: Tensor,
+}
+
+struct Transition {
+    bn: BatchNorm2d,
+    conv: Tensor,
+}
+
+pub struct DenseNetBc {
+    stem: Tensor,
+    blocks: Vec<Vec<Bottleneck>>,
+    transitions: Vec<Transition>,
+    bn: BatchNorm2d,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    dropout: f64,
+    device: Device,
+}
+
+impl DenseNetBc {
+    pub fn new(
+        spec: &ModelSpec,
+        depth: usize,
+        params: &Parameters,
+        device: &Device,
+    ) -> Result<DenseNetBc, StageError> {
+        let layers = (depth - 4) / 6;
+        let affine = spec.affine_bn;
+        let mut blocks = Vec::new();
+        let mut transitions = Vec::new();
+        for b in 1..=3 {
+            let mut block = Vec::new();
+            for l in 0..layers {
+                let p = format!("block{b}.layer{l}");
+                block.push(Bottleneck {
+                    bn1: BatchNorm2d::from_parameters(params, &format!("{p}.bn1"), affine)?,
+                    conv1: params.get(&format!("{p}.conv1.weight"))?,
+                    bn2: BatchNorm2d::from_parameters(params, &format!("{p}.bn2"), affine)?,
+                    conv2: params.get(&format!("{p}.conv2.weight"))?,
+                });
+            }
+            blocks.push(block);
+            if b < 3 {
+                transitions.push(Transition {
+                    bn: BatchNorm2d::from_parameters(params, &format!("trans{b}.bn"), affine)?,
+                    conv: params.get(&format!("trans{b}.conv.weight"))?,
+                });
+            }
+        }
+        let c = spec.input_shape[0];
+        Ok(DenseNetBc {
+            stem: params.get("conv1.weight")?,
+            blocks,
+            transitions,
+            bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
+            fc_weight: params.get("fc.weight")?,
+            fc_bias: params.get("fc.bias")?,
+            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
+            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            dropout: spec.dropout,
+            device: device.clone(),
+        })
+    }
+
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
+        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        x = conv2d(&x, &self.stem, 1, 1)?;
+        for (b, block) in self.blocks.iter().enumerate() {
+            for layer in block {
+                let mut out = conv2d(&layer.bn1.forward(&x, mode)?.relu()?, &layer.conv1, 1, 0)?;
+                out = dropout(&out, self.dropout, mode, &self.device)?;
+                out = conv2d(&layer.bn2.forward(&out, mode)?.relu()?, &layer.conv2, 1, 1)?;
+                out = dropout(&out, self.dropout, mode, &self.device)?;
+                x = Tensor::cat(&[&x, &out], 1)?;
+            }
+            if let Some(t) = self.transitions.get(b) {
+                x = conv2d(&t.bn.forward(&x, mode)?.relu()?, &t.conv, 1, 0)?;
+                x = dropout(&x, self.dropout, mode, &self.device)?;
+                x = x.avg_pool2d(2)?;
+            }
+        }
+        let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
+        let logits = features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        Ok(Forward { features, logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn spec(depth: usize, classes: usize) -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::DensenetBc { depth, growth: 12, reduction: 0.5 },
+            input_shape: [3, 32, 32],
+            num_classes: classes,
+            dropout: 0.3,
+            affine_bn: false,
+            mean: vec![0.49, 0.48, 0.45],
+            std: vec![0.25, 0.24, 0.26],
+            weight_masks: false,
+        }
+    }
+
+    #[test]
+    fn densenet_bc_100_has_the_papers_width_and_weight_count() {
+        let spec = spec(100, 10);
+        assert_eq!(spec.learnable_count(), 745_174, "SPEC §2");
+        assert_eq!(super::plan(100, 12, 0.5), (24, vec![(24, 108), (108, 150), (150, 342)]));
+        let fc = spec.parameters().into_iter().find(|p| p.name == "fc.weight").unwrap();
+        assert_eq!(fc.shape, vec![10, 342]);
+    }
+
+    #[test]
+    fn a_small_densenet_trains_a_step_and_keeps_shapes() {
+        let dev = candle_core::Device::Cpu;
+        let spec = spec(10, 4); // one bottleneck per block
+        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let params = Parameters::trainable(&spec, values).unwrap();
+        let net = Network::new(&spec, &params, &dev).unwrap();
+        let images = crate::rng::test_images(5, &[2, 3, 32, 32]);
+        let mut rng = crate::rng::derive(0, "dropout");
+        let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+        assert_eq!(out.logits.dims(), &[2, 4]);
+        // Channels: 24 → +12 = 36 → 18 → +12 = 30 → 15 → +12 = 27 pooled features.
+        assert_eq!(out.features.dims(), &[2, 27]);
+        let labels = candle_core::Tensor::new(&[1u32, 3], &dev).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        for var in params.trainable_vars() {
+            assert!(grads.get(var.as_tensor()).is_some(), "every weight gets a gradient");
+        }
+        let eval = net.forward(&images, &mut Mode::Eval).unwrap();
+        assert_eq!(eval.logits.dims(), &[2, 4]);
+    }
+}
