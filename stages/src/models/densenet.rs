@@ -6,7 +6,7 @@
 //! dropout → average pooling 2×2. Batch norm is non-affine unless `affine_bn`.
 use super::conv::conv2d;
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
-use super::{Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
 use crate::StageError;
 use candle_core::{Device, Tensor};
 
@@ -25,44 +25,6 @@ fn plan(depth: usize, growth: usize, reduction: f64) -> (usize, Vec<(usize, usiz
         blocks.push((input, channels));
     }
     (stem, blocks)
-}
-
-fn bn_defs(defs: &mut Vec<ParamDef>, prefix: &str, channels: usize, affine: bool) {
-    if affine {
-        defs.push(ParamDef {
-            name: format!("{prefix}.weight"),
-            shape: vec![channels],
-            init: Init::Const(1.0),
-            role: Role::NormAffine,
-        });
-        defs.push(ParamDef {
-            name: format!("{prefix}.bias"),
-            shape: vec![channels],
-            init: Init::Const(0.0),
-            role: Role::NormAffine,
-        });
-    }
-    defs.push(ParamDef {
-        name: format!("{prefix}.running_mean"),
-        shape: vec![channels],
-        init: Init::Const(0.0),
-        role: Role::NormStatistic,
-    });
-    defs.push(ParamDef {
-        name: format!("{prefix}.running_var"),
-        shape: vec![channels],
-        init: Init::Const(1.0),
-        role: Role::NormStatistic,
-    });
-}
-
-fn conv_def(defs: &mut Vec<ParamDef>, name: String, out: usize, input: usize, k: usize) {
-    defs.push(ParamDef {
-        name,
-        shape: vec![out, input, k, k],
-        init: Init::KaimingNormal { fan_in: input * k * k },
-        role: Role::Weight,
-    });
 }
 
 pub(super) fn parameters(spec: &ModelSpec, depth: usize, growth: usize, reduction: f64) -> Vec<ParamDef> {

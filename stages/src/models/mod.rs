@@ -68,6 +68,46 @@ pub(crate) fn tiny_spec() -> ModelSpec {
     }
 }
 
+/// The parameters of a batch norm named `prefix` over `channels` (scale and shift if affine).
+pub(crate) fn bn_defs(defs: &mut Vec<ParamDef>, prefix: &str, channels: usize, affine: bool) {
+    if affine {
+        defs.push(ParamDef {
+            name: format!("{prefix}.weight"),
+            shape: vec![channels],
+            init: Init::Const(1.0),
+            role: Role::NormAffine,
+        });
+        defs.push(ParamDef {
+            name: format!("{prefix}.bias"),
+            shape: vec![channels],
+            init: Init::Const(0.0),
+            role: Role::NormAffine,
+        });
+    }
+    defs.push(ParamDef {
+        name: format!("{prefix}.running_mean"),
+        shape: vec![channels],
+        init: Init::Const(0.0),
+        role: Role::NormStatistic,
+    });
+    defs.push(ParamDef {
+        name: format!("{prefix}.running_var"),
+        shape: vec![channels],
+        init: Init::Const(1.0),
+        role: Role::NormStatistic,
+    });
+}
+
+/// A bias-free conv weight `out × input × k × k`, kaiming-normal.
+pub(crate) fn conv_def(defs: &mut Vec<ParamDef>, name: String, out: usize, input: usize, k: usize) {
+    defs.push(ParamDef {
+        name,
+        shape: vec![out, input, k, k],
+        init: Init::KaimingNormal { fan_in: input * k * k },
+        role: Role::Weight,
+    });
+}
+
 /// How a parameter is initialised (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {

@@ -3,39 +3,28 @@
 //! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
 //! 93k-parameter MNIST network SPEC §3 mentions.
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
-use super::{Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
 use crate::StageError;
 use candle_core::{Device, Tensor};
 
 pub(super) fn parameters(spec: &ModelSpec, widths: &[usize]) -> Vec<ParamDef> {
-    let def = |name: String, shape: Vec<usize>, init, role| ParamDef { name, shape, init, role };
     let mut defs = Vec::new();
     let mut channels = spec.input_shape[0];
     for (i, &width) in widths.iter().enumerate() {
         let n = i + 1;
-        let fan_in = channels * 9;
-        defs.push(def(
-            format!("conv{n}.weight"),
-            vec![width, channels, 3, 3],
-            Init::KaimingNormal { fan_in },
-            Role::Weight,
-        ));
-        if spec.affine_bn {
-            defs.push(def(format!("bn{n}.weight"), vec![width], Init::Const(1.0), Role::NormAffine));
-            defs.push(def(format!("bn{n}.bias"), vec![width], Init::Const(0.0), Role::NormAffine));
-        }
-        defs.push(def(format!("bn{n}.running_mean"), vec![width], Init::Const(0.0), Role::NormStatistic));
-        defs.push(def(format!("bn{n}.running_var"), vec![width], Init::Const(1.0), Role::NormStatistic));
+        conv_def(&mut defs, format!("conv{n}.weight"), width, channels, 3);
+        bn_defs(&mut defs, &format!("bn{n}"), width, spec.affine_bn);
         channels = width;
     }
     let fan_in = channels;
-    defs.push(def(
-        "fc.weight".into(),
-        vec![spec.num_classes, channels],
-        Init::Uniform { fan_in },
-        Role::Weight,
-    ));
-    defs.push(def("fc.bias".into(), vec![spec.num_classes], Init::Uniform { fan_in }, Role::Bias));
+    let def = |name: &str, shape: Vec<usize>, role| ParamDef {
+        name: name.into(),
+        shape,
+        init: Init::Uniform { fan_in },
+        role,
+    };
+    defs.push(def("fc.weight", vec![spec.num_classes, channels], Role::Weight));
+    defs.push(def("fc.bias", vec![spec.num_classes], Role::Bias));
     defs
 }
 
