@@ -167,3 +167,13 @@ fn outlier_exposure_smoke_recipe_runs_oe_energy_and_poem() {
             .unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 5 * 3);
 }
+
+#[test]
+fn models_lists_architectures_with_their_weight_counts() {
+    let out = pipeline().args(["models", "--classes", "10"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let densenet = text.lines().find(|l| l.starts_with("densenet-bc-100")).expect("densenet listed");
+    assert!(densenet.ends_with("745174"), "{densenet}");
+    assert!(text.lines().any(|l| l.starts_with("small-cnn")));
+}

@@ -16,6 +16,94 @@ pub enum ModelName {
     DensenetBc100,
 }
 
+impl ModelName {
+    pub const ALL: [ModelName; 2] = [ModelName::SmallCnn, ModelName::DensenetBc100];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelName::SmallCnn => "small-cnn",
+            ModelName::DensenetBc100 => "densenet-bc-100",
+        }
+    }
+
+    /// The architecture this name builds (`widths` and `strides` are small-cnn's).
+    pub fn architecture(self, widths: &[usize], strides: &[usize]) -> Architecture {
+        match self {
+            ModelName::SmallCnn => {
+                Architecture::SmallCnn { widths: widths.to_vec(), strides: strides.to_vec() }
+            }
+            ModelName::DensenetBc100 => Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 },
+        }
+    }
+
+    /// The input the architecture is usually trained on (for `pipeline models`).
+    pub fn typical_input(self) -> [usize; 3] {
+        match self {
+            ModelName::SmallCnn => [1, 28, 28],
+            ModelName::DensenetBc100 => [3, 32, 32],
+        }
+    }
+}
+
+/// Every architecture `train` builds with its defaults: name, input shape and the number of
+/// learnable values for `num_classes` classes.
+pub fn model_catalogue(num_classes: usize) -> Vec<(&'static str, [usize; 3], usize)> {
+    ModelName::ALL
+        .iter()
+        .map(|&name| {
+            let input = name.typical_input();
+            let spec = ModelSpec {
+                architecture: name.architecture(&default_widths(), &default_strides()),
+                input_shape: input,
+                num_classes,
+                dropout: default_dropout(),
+                affine_bn: false,
+                mean: vec![0.0; input[0]],
+                std: vec![1.0; input[0]],
+                weight_masks: false,
+            };
+            (name.name(), input, spec.learnable_count())
+        })
+        .collect()
+}
+
+/// Where the per-channel input normalisation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalization {
+    /// SPEC §2's CIFAR constants for 3×32×32 inputs, otherwise the training set's statistics.
+    #[default]
+    Auto,
+    /// Mean and standard deviation of the training set, per channel.
+    Dataset,
+    /// mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255 (SPEC §2).
+    Cifar,
+    /// None: mean 0, std 1.
+    None,
+}
+
+impl Normalization {
+    /// Per-channel mean and standard deviation for `data`.
+    pub fn statistics(self, data: &crate::data::ImageSet) -> Result<(Vec<f32>, Vec<f32>), StageError> {
+        let cifar = || {
+            (
+                vec![125.3 / 255.0, 123.0 / 255.0, 113.9 / 255.0],
+                vec![63.0 / 255.0, 62.1 / 255.0, 66.7 / 255.0],
+            )
+        };
+        match self {
+            Normalization::Auto if data.shape == [3, 32, 32] => Ok(cifar()),
+            Normalization::Auto | Normalization::Dataset => Ok(data.channel_stats()),
+            Normalization::Cifar if data.shape[0] == 3 => Ok(cifar()),
+            Normalization::Cifar => Err(StageError::Invalid(format!(
+                "CIFAR normalisation needs 3 channels, the data has {}",
+                data.shape[0]
+            ))),
+            Normalization::None => Ok((vec![0.0; data.shape[0]], vec![1.0; data.shape[0]])),
+        }
+    }
+}
+
 fn default_model() -> ModelName {
     ModelName::SmallCnn
 }
@@ -49,6 +137,9 @@ crate::training_stage! {
         pub dropout: f64,
         #[serde(default)]
         pub affine_bn: bool,
+        /// The input normalisation inside the model: `auto`, `dataset`, `cifar` or `none`.
+        #[serde(default)]
+        pub normalization: Normalization,
     }
 }
 
@@ -83,7 +174,7 @@ impl StageParams for Train {
         if data.num_classes < 2 {
             return Err(StageError::Invalid(format!("dataset `{}` has fewer than two classes", self.data)));
         }
-        let (mean, std) = data.channel_stats();
+        let (mean, std) = self.normalization.statistics(&data)?;
         let spec = ModelSpec {
             architecture: match self.model {
                 ModelName::SmallCnn => {
@@ -128,4 +219,33 @@ pub fn cross_entropy(
     labels: &candle_core::Tensor,
 ) -> Result<candle_core::Tensor, StageError> {
     candle_nn::loss::cross_entropy(logits, labels).map_err(StageError::tensor("cross-entropy failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_lists_every_model_with_its_weight_count() {
+        let catalogue = model_catalogue(10);
+        assert_eq!(catalogue.len(), ModelName::ALL.len());
+        assert_eq!(catalogue[1], ("densenet-bc-100", [3, 32, 32], 745_174));
+        // 16·9 + 32·16·9 + 64·32·9 + 128·64·9 + 10·128 + 10
+        assert_eq!(catalogue[0].2, 144 + 4608 + 18432 + 73728 + 1280 + 10);
+    }
+
+    #[test]
+    fn normalization_auto_uses_cifar_constants_only_for_cifar_shaped_inputs() {
+        let set = |shape: [usize; 3]| crate::data::ImageSet {
+            pixels: vec![0.5; shape.iter().product()],
+            labels: vec![0],
+            shape,
+            num_classes: 1,
+        };
+        let (mean, _) = Normalization::Auto.statistics(&set([3, 32, 32])).unwrap();
+        assert!((mean[0] - 125.3 / 255.0).abs() < 1e-6);
+        let (mean, _) = Normalization::Auto.statistics(&set([1, 28, 28])).unwrap();
+        assert_eq!(mean, vec![0.5]);
+        assert!(Normalization::Cifar.statistics(&set([1, 28, 28])).is_err());
+    }
 }

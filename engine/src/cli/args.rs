@@ -97,6 +97,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the model architectures with their number of learnable weights
+    Models {
+        /// Number of classes of the linear head
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+    },
     /// Print the metric differences between two reports (report.json files or their folders)
     Compare { before: PathBuf, after: PathBuf },
     /// Validate recipes (exit status 0 when valid, 1 when not)

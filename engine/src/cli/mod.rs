@@ -64,5 +64,12 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Check { recipes, json } => commands::check(&recipes, json),
         Command::Metrics { id, ood, convention, json } => metrics::metrics(&id, &ood, &convention, json),
         Command::Compare { before, after } => metrics::compare(&before, &after),
+        Command::Models { classes } => {
+            println!("{:<18} {:<10} {:>12}", "model", "input", format!("weights ({classes} classes)"));
+            for (name, [c, h, w], count) in stages::train::model_catalogue(classes) {
+                println!("{name:<18} {:<10} {count:>12}", format!("{c}x{h}x{w}"));
+            }
+            Ok(Status::Success)
+        }
     }
 }
