@@ -14,15 +14,19 @@ pub enum ModelName {
     /// DenseNet-BC, depth 100, growth 12, reduction 0.5 (SPEC §2).
     #[serde(rename = "densenet-bc-100")]
     DensenetBc100,
+    /// Wide ResNet 40-4 (SPEC §2).
+    #[serde(rename = "wrn-40-4")]
+    Wrn404,
 }
 
 impl ModelName {
-    pub const ALL: [ModelName; 2] = [ModelName::SmallCnn, ModelName::DensenetBc100];
+    pub const ALL: [ModelName; 3] = [ModelName::SmallCnn, ModelName::DensenetBc100, ModelName::Wrn404];
 
     pub fn name(self) -> &'static str {
         match self {
             ModelName::SmallCnn => "small-cnn",
             ModelName::DensenetBc100 => "densenet-bc-100",
+            ModelName::Wrn404 => "wrn-40-4",
         }
     }
 
@@ -33,6 +37,7 @@ impl ModelName {
                 Architecture::SmallCnn { widths: widths.to_vec(), strides: strides.to_vec() }
             }
             ModelName::DensenetBc100 => Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 },
+            ModelName::Wrn404 => Architecture::WideResnet { depth: 40, widen: 4 },
         }
     }
 
@@ -40,7 +45,7 @@ impl ModelName {
     pub fn typical_input(self) -> [usize; 3] {
         match self {
             ModelName::SmallCnn => [1, 28, 28],
-            ModelName::DensenetBc100 => [3, 32, 32],
+            ModelName::DensenetBc100 | ModelName::Wrn404 => [3, 32, 32],
         }
     }
 }
@@ -124,7 +129,7 @@ crate::training_stage! {
     pub struct Train {
         /// The dataset to train on (its train split).
         pub data: String,
-        /// `small-cnn` (the default) or `densenet-bc-100`.
+        /// `small-cnn` (the default), `densenet-bc-100` or `wrn-40-4`.
         #[serde(default = "default_model")]
         pub model: ModelName,
         /// small-cnn: output channels of each conv block.
@@ -176,14 +181,7 @@ impl StageParams for Train {
         }
         let (mean, std) = self.normalization.statistics(&data)?;
         let spec = ModelSpec {
-            architecture: match self.model {
-                ModelName::SmallCnn => {
-                    Architecture::SmallCnn { widths: self.widths.clone(), strides: self.strides.clone() }
-                }
-                ModelName::DensenetBc100 => {
-                    Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 }
-                }
-            },
+            architecture: self.model.architecture(&self.widths, &self.strides),
             input_shape: data.shape,
             num_classes: data.num_classes,
             dropout: self.dropout,
@@ -230,6 +228,7 @@ mod tests {
         let catalogue = model_catalogue(10);
         assert_eq!(catalogue.len(), ModelName::ALL.len());
         assert_eq!(catalogue[1], ("densenet-bc-100", [3, 32, 32], 745_174));
+        assert_eq!(catalogue[2], ("wrn-40-4", [3, 32, 32], 8_938_426));
         // 16·9 + 32·16·9 + 64·32·9 + 128·64·9 + 10·128 + 10
         assert_eq!(catalogue[0].2, 144 + 4608 + 18432 + 73728 + 1280 + 10);
     }

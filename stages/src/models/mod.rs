@@ -9,10 +9,12 @@ pub mod conv;
 mod densenet;
 mod layers;
 mod small_cnn;
+mod wide_resnet;
 
 pub use densenet::DenseNetBc;
 pub use layers::Mode;
 pub use small_cnn::SmallCnn;
+pub use wide_resnet::WideResNet;
 
 use crate::rng::Rng;
 use crate::StageError;
@@ -31,6 +33,8 @@ pub enum Architecture {
     SmallCnn { widths: Vec<usize>, strides: Vec<usize> },
     /// DenseNet-BC (depth 100, growth 12, reduction 0.5 is the paper's network).
     DensenetBc { depth: usize, growth: usize, reduction: f64 },
+    /// Wide ResNet of depth `depth` and widening factor `widen` (WRN-40-4: 40, 4).
+    WideResnet { depth: usize, widen: usize },
 }
 
 /// Everything needed to rebuild a model from its weights: written as `model.json`.
@@ -152,6 +156,7 @@ impl ModelSpec {
             Architecture::DensenetBc { depth, growth, reduction } => {
                 densenet::parameters(self, *depth, *growth, *reduction)
             }
+            Architecture::WideResnet { depth, widen } => wide_resnet::parameters(self, *depth, *widen),
         }
     }
 
@@ -371,6 +376,7 @@ pub struct Network {
 enum Body {
     SmallCnn(SmallCnn),
     DenseNetBc(DenseNetBc),
+    WideResNet(WideResNet),
 }
 
 /// What a forward pass gives: penultimate features and logits.
@@ -388,6 +394,9 @@ impl Network {
             Architecture::DensenetBc { depth, .. } => {
                 Body::DenseNetBc(DenseNetBc::new(spec, *depth, params, device)?)
             }
+            Architecture::WideResnet { depth, widen } => {
+                Body::WideResNet(WideResNet::new(spec, *depth, *widen, params, device)?)
+            }
         };
         Ok(Network { spec: spec.clone(), body })
     }
@@ -397,6 +406,7 @@ impl Network {
         match &self.body {
             Body::SmallCnn(net) => net.forward(images, mode),
             Body::DenseNetBc(net) => net.forward(images, mode),
+            Body::WideResNet(net) => net.forward(images, mode),
         }
     }
 }

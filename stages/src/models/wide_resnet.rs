@@ -1,0 +1,185 @@
+//! Wide ResNet (SPEC §2, `wrn-40-4`): stem conv3×3 3→16, three groups of (depth − 4)/6
+//! pre-activation basic blocks of widths 16·k·(1, 2, 4) and strides 1, 2, 2, then BN → ReLU →
+//! global average pooling (the penultimate feature) → linear. A block: o = ReLU(BN(x));
+//! y = conv3×3(o) (the block's stride) → BN → ReLU → dropout → conv3×3; plus the shortcut, a
+//! 1×1 conv of the pre-activated o where the width or stride changes, the raw x otherwise.
+use super::conv::conv2d;
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
+use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use crate::StageError;
+use candle_core::{Device, Tensor};
+
+/// (input width, output width, stride) of every block.
+fn blocks(depth: usize, widen: usize) -> Vec<(usize, usize, usize)> {
+    let per_group = (depth - 4) / 6;
+    let mut out = Vec::new();
+    let mut width = 16;
+    for (g, stride) in [1, 2, 2].into_iter().enumerate() {
+        let group_width = (16 * widen) << g;
+        for b in 0..per_group {
+            out.push((width, group_width, if b == 0 { stride } else { 1 }));
+            width = group_width;
+        }
+    }
+    out
+}
+
+fn needs_projection(input: usize, output: usize, stride: usize) -> bool {
+    input != output || stride != 1
+}
+
+pub(super) fn parameters(spec: &ModelSpec, depth: usize, widen: usize) -> Vec<ParamDef> {
+    let affine = spec.affine_bn;
+    let mut defs = Vec::new();
+    conv_def(&mut defs, "conv1.weight".into(), 16, spec.input_shape[0], 3);
+    let mut last = 16;
+    for (i, (input, output, stride)) in blocks(depth, widen).into_iter().enumerate() {
+        let p = format!("block{i}");
+        bn_defs(&mut defs, &format!("{p}.bn1"), input, affine);
+        conv_def(&mut defs, format!("{p}.conv1.weight"), output, input, 3);
+        bn_defs(&mut defs, &format!("{p}.bn2"), output, affine);
+        conv_def(&mut defs, format!("{p}.conv2.weight"), output, output, 3);
+        if needs_projection(input, output, stride) {
+            conv_def(&mut defs, format!("{p}.shortcut.weight"), output, input, 1);
+        }
+        last = output;
+    }
+    bn_defs(&mut defs, "bn", last, affine);
+    let def = |name: &str, shape: Vec<usize>, role| ParamDef {
+        name: name.into(),
+        shape,
+        init: Init::Uniform { fan_in: last },
+        role,
+    };
+    defs.push(def("fc.weight", vec![spec.num_classes, last], Role::Weight));
+    defs.push(def("fc.bias", vec![spec.num_classes], Role::Bias));
+    defs
+}
+
+struct Block {
+    bn1: BatchNorm2d,
+    conv1: Tensor,
+    bn2: BatchNorm2d,
+    conv2: Tensor,
+    shortcut: Option<Tensor>,
+    stride: usize,
+}
+
+pub struct WideResNet {
+    stem: Tensor,
+    blocks: Vec<Block>,
+    bn: BatchNorm2d,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    dropout: f64,
+    device: Device,
+}
+
+impl WideResNet {
+    pub fn new(
+        spec: &ModelSpec,
+        depth: usize,
+        widen: usize,
+        params: &Parameters,
+        device: &Device,
+    ) -> Result<WideResNet, StageError> {
+        let affine = spec.affine_bn;
+        let mut list = Vec::new();
+        for (i, (input, output, stride)) in blocks(depth, widen).into_iter().enumerate() {
+            let p = format!("block{i}");
+            list.push(Block {
+                bn1: BatchNorm2d::from_parameters(params, &format!("{p}.bn1"), affine)?,
+                conv1: params.get(&format!("{p}.conv1.weight"))?,
+                bn2: BatchNorm2d::from_parameters(params, &format!("{p}.bn2"), affine)?,
+                conv2: params.get(&format!("{p}.conv2.weight"))?,
+                shortcut: if needs_projection(input, output, stride) {
+                    Some(params.get(&format!("{p}.shortcut.weight"))?)
+                } else {
+                    None
+                },
+                stride,
+            });
+        }
+        let c = spec.input_shape[0];
+        Ok(WideResNet {
+            stem: params.get("conv1.weight")?,
+            blocks: list,
+            bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
+            fc_weight: params.get("fc.weight")?,
+            fc_bias: params.get("fc.bias")?,
+            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
+            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            dropout: spec.dropout,
+            device: device.clone(),
+        })
+    }
+
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
+        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        x = conv2d(&x, &self.stem, 1, 1)?;
+        for block in &self.blocks {
+            let activated = block.bn1.forward(&x, mode)?.relu()?;
+            let mut y = conv2d(&activated, &block.conv1, block.stride, 1)?;
+            y = block.bn2.forward(&y, mode)?.relu()?;
+            y = dropout(&y, self.dropout, mode, &self.device)?;
+            y = conv2d(&y, &block.conv2, 1, 1)?;
+            let shortcut = match &block.shortcut {
+                Some(weight) => conv2d(&activated, weight, block.stride, 0)?,
+                None => x.clone(),
+            };
+            x = (y + shortcut)?;
+        }
+        let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
+        let logits = features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        Ok(Forward { features, logits })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+
+    fn spec(depth: usize, widen: usize) -> ModelSpec {
+        ModelSpec {
+            architecture: Architecture::WideResnet { depth, widen },
+            input_shape: [3, 32, 32],
+            num_classes: 10,
+            dropout: 0.3,
+            affine_bn: false,
+            mean: vec![0.49, 0.48, 0.45],
+            std: vec![0.25, 0.24, 0.26],
+            weight_masks: false,
+        }
+    }
+
+    #[test]
+    fn wrn_40_4_has_the_expected_weight_count() {
+        // stem 16·3·9; per group the first block's two 3×3 convs and 1×1 shortcut, then five
+        // blocks of two 3×3 convs; widths 64, 128, 256; linear 256→10.
+        let group = |i: usize, o: usize| o * i * 9 + o * o * 9 + o * i + 5 * 2 * o * o * 9;
+        let expected = 16 * 3 * 9 + group(16, 64) + group(64, 128) + group(128, 256) + 256 * 10 + 10;
+        assert_eq!(expected, 8_938_426);
+        assert_eq!(spec(40, 4).learnable_count(), expected);
+    }
+
+    #[test]
+    fn a_small_wide_resnet_runs_forward_and_backward() {
+        let dev = candle_core::Device::Cpu;
+        let spec = spec(10, 1); // one block per group, widths 16/32/64
+        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let params = Parameters::trainable(&spec, values).unwrap();
+        let net = Network::new(&spec, &params, &dev).unwrap();
+        let images = crate::rng::test_images(2, &[2, 3, 32, 32]);
+        let mut rng = crate::rng::derive(0, "dropout");
+        let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+        assert_eq!(out.features.dims(), &[2, 64]);
+        assert_eq!(out.logits.dims(), &[2, 10]);
+        let labels = candle_core::Tensor::new(&[1u32, 3], &dev).unwrap();
+        let grads = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap().backward().unwrap();
+        for var in params.trainable_vars() {
+            assert!(grads.get(var.as_tensor()).is_some(), "every weight gets a gradient");
+        }
+    }
+}
