@@ -46,9 +46,12 @@ impl ConstraintFile {
     }
 }
 
-/// Where a fine-tuning stage takes ζ from: `constraint = "STAGE"` or `zeta = VALUE`.
-pub fn zeta_inputs(constraint: &Option<String>) -> Vec<Input> {
-    constraint.iter().map(|name| Input::stage(&["constraint"], name, Artifact::Constraint)).collect()
+/// What a fine-tuning stage reads: the model of stage `model`, its training data `data`, and
+/// the `estimate-loss-constraint` stage giving ζ when there is one (else ζ is written out).
+pub fn fine_tuning_inputs(model: &str, data: &str, constraint: &Option<String>) -> Vec<Input> {
+    let mut inputs = crate::fit::model_and_data_inputs(model, data);
+    inputs.extend(constraint.iter().map(|name| Input::stage(&["constraint"], name, Artifact::Constraint)));
+    inputs
 }
 
 /// Exactly one of `constraint` and `zeta`, and ζ ≥ 0.

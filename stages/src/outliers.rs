@@ -2,9 +2,9 @@
 //! parameters, the two outlier terms, and the fine-tuning loop that concatenates each ID batch
 //! with an outlier batch in one forward pass (batch norm sees both), with the ID term plain
 //! cross-entropy or, given ζ, the UM loss ("OE+UM").
-use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
+use crate::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta, um_loss};
 use crate::data::{ImageSet, Split};
-use crate::fit::{batch, fit, load_model_and_data, model_and_data_inputs, Fit, FitConfig, StepOutput};
+use crate::fit::{batch, fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::models::{Mode, Network, Parameters};
 use crate::train::cross_entropy;
 use crate::{Input, ParamError, RunContext, StageError};
@@ -125,9 +125,8 @@ pub struct OutlierSetup<'a> {
 
 impl OutlierSetup<'_> {
     pub fn inputs(&self) -> Vec<Input> {
-        let mut inputs = model_and_data_inputs(self.model, self.data);
+        let mut inputs = fine_tuning_inputs(self.model, self.data, self.constraint);
         inputs.push(Input::dataset(&["aux"], self.aux));
-        inputs.extend(zeta_inputs(self.constraint));
         inputs
     }
 

@@ -2,8 +2,8 @@
 //! weight with the per-batch loss |CE − ζ| + ζ: descent while the batch loss is above ζ, ascent
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
-use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::fit::{fit, load_model_and_data, model_and_data_inputs, Fit, StepOutput};
+use crate::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta, um_loss};
+use crate::fit::{fit, load_model_and_data, Fit, StepOutput};
 use crate::models::{Network, Parameters};
 use crate::train::cross_entropy;
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
@@ -32,9 +32,7 @@ impl StageParams for Um {
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        let mut inputs = model_and_data_inputs(&self.model, &self.data);
-        inputs.extend(zeta_inputs(&self.constraint));
-        inputs
+        fine_tuning_inputs(&self.model, &self.data, &self.constraint)
     }
 
     fn check(&self) -> Vec<ParamError> {

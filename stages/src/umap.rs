@@ -6,8 +6,8 @@
 //! checkpoint holding the untouched weights, the statistics and the binary masks
 //! (`mask.<layer>`); `scores.safetensors` holds the final scores and `masks.json` the kept
 //! fraction per layer.
-use crate::constraint::{check_zeta_source, resolve_zeta, um_loss, zeta_inputs};
-use crate::fit::{fit, load_model_and_data, model_and_data_inputs, write_json, Fit, StepOutput};
+use crate::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta, um_loss};
+use crate::fit::{fit, load_model_and_data, write_json, Fit, StepOutput};
 use crate::masks::{keep_top_fraction, masked_layers};
 use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
 use crate::train::cross_entropy;
@@ -45,9 +45,7 @@ impl StageParams for Umap {
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        let mut inputs = model_and_data_inputs(&self.model, &self.data);
-        inputs.extend(zeta_inputs(&self.constraint));
-        inputs
+        fine_tuning_inputs(&self.model, &self.data, &self.constraint)
     }
 
     fn check(&self) -> Vec<ParamError> {

@@ -5,8 +5,8 @@
 //! dropout, concatenated after its input. Transition: BN → ReLU → conv1×1 C→⌊C·reduction⌋ →
 //! dropout → average pooling 2×2. Batch norm is non-affine unless `affine_bn`.
 use super::conv::conv2d;
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
-use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
+use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
 use crate::StageError;
 use candle_core::{Device, Tensor};
 
@@ -51,18 +51,7 @@ pub(super) fn parameters(spec: &ModelSpec, depth: usize, growth: usize, reductio
         }
     }
     bn_defs(&mut defs, "bn", channels, affine);
-    defs.push(ParamDef {
-        name: "fc.weight".into(),
-        shape: vec![spec.num_classes, channels],
-        init: Init::Uniform { fan_in: channels },
-        role: Role::Weight,
-    });
-    defs.push(ParamDef {
-        name: "fc.bias".into(),
-        shape: vec![spec.num_classes],
-        init: Init::Uniform { fan_in: channels },
-        role: Role::Bias,
-    });
+    linear_defs(&mut defs, channels, spec.num_classes);
     defs
 }
 
@@ -83,10 +72,7 @@ pub struct DenseNetBc {
     blocks: Vec<Vec<Bottleneck>>,
     transitions: Vec<Transition>,
     bn: BatchNorm2d,
-    fc_weight: Tensor,
-    fc_bias: Tensor,
-    mean: Tensor,
-    std: Tensor,
+    ends: Ends,
     dropout: f64,
     device: Device,
 }
@@ -121,23 +107,19 @@ impl DenseNetBc {
                 });
             }
         }
-        let c = spec.input_shape[0];
         Ok(DenseNetBc {
             stem: params.get("conv1.weight")?,
             blocks,
             transitions,
             bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
-            fc_weight: params.get("fc.weight")?,
-            fc_bias: params.get("fc.bias")?,
-            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
-            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            ends: Ends::new(spec, params, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
     }
 
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
-        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        let mut x = self.ends.normalise(images)?;
         x = conv2d(&x, &self.stem, 1, 1)?;
         for (b, block) in self.blocks.iter().enumerate() {
             for layer in block {
@@ -154,7 +136,7 @@ impl DenseNetBc {
             }
         }
         let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
-        let logits = features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        let logits = self.ends.logits(&features)?;
         Ok(Forward { features, logits })
     }
 }

@@ -84,6 +84,41 @@ impl BatchNorm2d {
     }
 }
 
+/// What every architecture shares at its two ends: the per-channel input normalisation
+/// (`(x − mean) / std`, from the model description) and the linear head (`fc.weight`, `fc.bias`).
+pub struct Ends {
+    mean: Tensor,
+    std: Tensor,
+    fc_weight: Tensor,
+    fc_bias: Tensor,
+}
+
+impl Ends {
+    pub fn new(
+        spec: &super::ModelSpec,
+        params: &super::Parameters,
+        device: &Device,
+    ) -> Result<Ends, StageError> {
+        let c = spec.input_shape[0];
+        Ok(Ends {
+            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
+            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            fc_weight: params.get("fc.weight")?,
+            fc_bias: params.get("fc.bias")?,
+        })
+    }
+
+    /// Normalised input: `(images − mean) / std` per channel.
+    pub fn normalise(&self, images: &Tensor) -> Result<Tensor, StageError> {
+        Ok(images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
+    }
+
+    /// Logits of `(n, features)` rows.
+    pub fn logits(&self, features: &Tensor) -> Result<Tensor, StageError> {
+        Ok(features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?)
+    }
+}
+
 /// Inverted dropout with probability `p`, masks drawn from the mode's generator.
 pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode, device: &Device) -> Result<Tensor, StageError> {
     let Mode::Train { rng } = mode else { return Ok(x.clone()) };

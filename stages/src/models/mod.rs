@@ -12,7 +12,7 @@ mod small_cnn;
 mod wide_resnet;
 
 pub use densenet::DenseNetBc;
-pub use layers::Mode;
+pub use layers::{Ends, Mode};
 pub use small_cnn::SmallCnn;
 pub use wide_resnet::WideResNet;
 
@@ -110,6 +110,13 @@ pub(crate) fn conv_def(defs: &mut Vec<ParamDef>, name: String, out: usize, input
         init: Init::KaimingNormal { fan_in: input * k * k },
         role: Role::Weight,
     });
+}
+
+/// The linear head `fc` from `input` features to the spec's classes (PyTorch's uniform init).
+pub(crate) fn linear_defs(defs: &mut Vec<ParamDef>, input: usize, classes: usize) {
+    let init = Init::Uniform { fan_in: input };
+    defs.push(ParamDef { name: "fc.weight".into(), shape: vec![classes, input], init, role: Role::Weight });
+    defs.push(ParamDef { name: "fc.bias".into(), shape: vec![classes], init, role: Role::Bias });
 }
 
 /// How a parameter is initialised (SPEC §2).

@@ -2,8 +2,8 @@
 //! block's stride, no bias) → batch norm → ReLU; then global average pooling (the penultimate
 //! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
 //! 93k-parameter MNIST network SPEC §3 mentions.
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
-use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
+use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
 use crate::StageError;
 use candle_core::{Device, Tensor};
 
@@ -16,15 +16,7 @@ pub(super) fn parameters(spec: &ModelSpec, widths: &[usize]) -> Vec<ParamDef> {
         bn_defs(&mut defs, &format!("bn{n}"), width, spec.affine_bn);
         channels = width;
     }
-    let fan_in = channels;
-    let def = |name: &str, shape: Vec<usize>, role| ParamDef {
-        name: name.into(),
-        shape,
-        init: Init::Uniform { fan_in },
-        role,
-    };
-    defs.push(def("fc.weight", vec![spec.num_classes, channels], Role::Weight));
-    defs.push(def("fc.bias", vec![spec.num_classes], Role::Bias));
+    linear_defs(&mut defs, channels, spec.num_classes);
     defs
 }
 
@@ -36,10 +28,7 @@ struct Block {
 
 pub struct SmallCnn {
     blocks: Vec<Block>,
-    fc_weight: Tensor,
-    fc_bias: Tensor,
-    mean: Tensor,
-    std: Tensor,
+    ends: Ends,
     dropout: f64,
     device: Device,
 }
@@ -66,27 +55,23 @@ impl SmallCnn {
                 norm: BatchNorm2d::from_parameters(params, &format!("bn{n}"), spec.affine_bn)?,
             });
         }
-        let c = spec.input_shape[0];
         Ok(SmallCnn {
             blocks,
-            fc_weight: params.get("fc.weight")?,
-            fc_bias: params.get("fc.bias")?,
-            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
-            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            ends: Ends::new(spec, params, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
     }
 
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
-        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        let mut x = self.ends.normalise(images)?;
         for block in &self.blocks {
             x = super::conv::conv2d(&x, &block.weight, block.stride, 1)?;
             x = block.norm.forward(&x, mode)?.relu()?;
         }
         let features = global_avg_pool(&x)?;
         let dropped = dropout(&features, self.dropout, mode, &self.device)?;
-        let logits = dropped.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        let logits = self.ends.logits(&dropped)?;
         Ok(Forward { features, logits })
     }
 }

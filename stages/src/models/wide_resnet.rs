@@ -4,8 +4,8 @@
 //! y = conv3×3(o) (the block's stride) → BN → ReLU → dropout → conv3×3; plus the shortcut, a
 //! 1×1 conv of the pre-activated o where the width or stride changes, the raw x otherwise.
 use super::conv::conv2d;
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Mode};
-use super::{bn_defs, conv_def, Forward, Init, ModelSpec, ParamDef, Parameters, Role};
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
+use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
 use crate::StageError;
 use candle_core::{Device, Tensor};
 
@@ -45,14 +45,7 @@ pub(super) fn parameters(spec: &ModelSpec, depth: usize, widen: usize) -> Vec<Pa
         last = output;
     }
     bn_defs(&mut defs, "bn", last, affine);
-    let def = |name: &str, shape: Vec<usize>, role| ParamDef {
-        name: name.into(),
-        shape,
-        init: Init::Uniform { fan_in: last },
-        role,
-    };
-    defs.push(def("fc.weight", vec![spec.num_classes, last], Role::Weight));
-    defs.push(def("fc.bias", vec![spec.num_classes], Role::Bias));
+    linear_defs(&mut defs, last, spec.num_classes);
     defs
 }
 
@@ -69,10 +62,7 @@ pub struct WideResNet {
     stem: Tensor,
     blocks: Vec<Block>,
     bn: BatchNorm2d,
-    fc_weight: Tensor,
-    fc_bias: Tensor,
-    mean: Tensor,
-    std: Tensor,
+    ends: Ends,
     dropout: f64,
     device: Device,
 }
@@ -102,22 +92,18 @@ impl WideResNet {
                 stride,
             });
         }
-        let c = spec.input_shape[0];
         Ok(WideResNet {
             stem: params.get("conv1.weight")?,
             blocks: list,
             bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
-            fc_weight: params.get("fc.weight")?,
-            fc_bias: params.get("fc.bias")?,
-            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
-            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            ends: Ends::new(spec, params, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
     }
 
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
-        let mut x = images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        let mut x = self.ends.normalise(images)?;
         x = conv2d(&x, &self.stem, 1, 1)?;
         for block in &self.blocks {
             let activated = block.bn1.forward(&x, mode)?.relu()?;
@@ -132,7 +118,7 @@ impl WideResNet {
             x = (y + shortcut)?;
         }
         let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
-        let logits = features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?;
+        let logits = self.ends.logits(&features)?;
         Ok(Forward { features, logits })
     }
 }
