@@ -18,6 +18,7 @@
 //!   [`umap`], [`oe`], [`energy_oe`], [`poem`], [`score`], [`report`].
 
 pub mod bayes;
+pub mod bench;
 pub mod checkpoint;
 pub mod constraint;
 pub mod data;

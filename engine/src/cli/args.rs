@@ -113,4 +113,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time training steps of a benchmark network (forward, backward, SGD) and print one JSON
+    /// line; bench/train_vs_pytorch.sh compares it with PyTorch
+    BenchTrain {
+        /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100 or wrn-40-4
+        #[arg(long)]
+        net: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Untimed steps first
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
 }

@@ -2,6 +2,7 @@
 //! to the exit status (0: success, 1: a stage failed or a recipe is invalid under `check`,
 //! 2: a usage or recipe error).
 mod args;
+mod bench;
 mod commands;
 mod metrics;
 pub mod shell;
@@ -64,6 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Check { recipes, json } => commands::check(&recipes, json),
         Command::Metrics { id, ood, convention, json } => metrics::metrics(&id, &ood, &convention, json),
         Command::Compare { before, after } => metrics::compare(&before, &after),
+        Command::BenchTrain { net, batch, warmup, steps, seed, device } => {
+            bench::bench_train(&net, batch, warmup, steps, seed, &device)
+        }
         Command::Models { classes } => {
             println!("{:<18} {:<10} {:>12}", "model", "input", format!("weights ({classes} classes)"));
             for (name, [c, h, w], count) in stages::train::model_catalogue(classes) {

@@ -507,6 +507,13 @@ impl Validator<'_> {
     }
 }
 
+impl DeviceChoice {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Option<DeviceChoice> {
+        parse_device(text)
+    }
+}
+
 fn parse_device(text: &str) -> Option<DeviceChoice> {
     match text {
         "auto" => Some(DeviceChoice::Auto),

@@ -123,19 +123,19 @@ impl DenseNetBc {
         x = conv2d(&x, &self.stem, 1, 1)?;
         for (b, block) in self.blocks.iter().enumerate() {
             for layer in block {
-                let mut out = conv2d(&layer.bn1.forward(&x, mode)?.relu()?, &layer.conv1, 1, 0)?;
+                let mut out = conv2d(&layer.bn1.forward_relu(&x, mode)?, &layer.conv1, 1, 0)?;
                 out = dropout(&out, self.dropout, mode, &self.device)?;
-                out = conv2d(&layer.bn2.forward(&out, mode)?.relu()?, &layer.conv2, 1, 1)?;
+                out = conv2d(&layer.bn2.forward_relu(&out, mode)?, &layer.conv2, 1, 1)?;
                 out = dropout(&out, self.dropout, mode, &self.device)?;
                 x = Tensor::cat(&[&x, &out], 1)?;
             }
             if let Some(t) = self.transitions.get(b) {
-                x = conv2d(&t.bn.forward(&x, mode)?.relu()?, &t.conv, 1, 0)?;
+                x = conv2d(&t.bn.forward_relu(&x, mode)?, &t.conv, 1, 0)?;
                 x = dropout(&x, self.dropout, mode, &self.device)?;
                 x = x.avg_pool2d(2)?;
             }
         }
-        let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
+        let features = global_avg_pool(&self.bn.forward_relu(&x, mode)?)?;
         let logits = self.ends.logits(&features)?;
         Ok(Forward { features, logits })
     }

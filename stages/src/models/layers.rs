@@ -1,7 +1,8 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
+use super::fused_bn::{batch_norm_relu, Statistics};
 use crate::rng::Rng;
 use crate::StageError;
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng as _;
 
 /// Training (batch statistics, dropout from the given generator) or evaluation.
@@ -53,6 +54,46 @@ impl BatchNorm2d {
         })
     }
 
+    /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::fused_bn`]), op by op elsewhere.
+    pub fn forward_relu(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
+        if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+            return Ok(self.forward(x, mode)?.relu()?);
+        }
+        let c = x.dim(1)?;
+        let (gamma, beta) = match &self.affine {
+            Some((weight, bias)) => (weight.clone(), bias.clone()),
+            None => (Tensor::ones(c, DType::F32, x.device())?, Tensor::zeros(c, DType::F32, x.device())?),
+        };
+        let statistics = if mode.is_train() {
+            Statistics::Batch
+        } else {
+            Statistics::Fixed { mean: self.running_mean.to_vec1()?, variance: self.running_var.to_vec1()? }
+        };
+        let (y, batch) =
+            batch_norm_relu(x, &gamma, &beta, statistics, self.eps, true, self.affine.is_some())?;
+        if let Some(batch) = batch {
+            let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
+                return Err(StageError::Invalid(
+                    "batch norm in training mode needs updatable statistics".into(),
+                ));
+            };
+            let count = batch.count as f64;
+            let correction = (count / (count - 1.0).max(1.0)) as f32;
+            let m = self.momentum as f32;
+            let update = |running: &Var, batch: &[f32], factor: f32| -> Result<(), StageError> {
+                let old: Vec<f32> = running.as_tensor().to_vec1()?;
+                let new: Vec<f32> =
+                    old.iter().zip(batch).map(|(o, b)| o * (1.0 - m) + b * factor * m).collect();
+                running.set(&Tensor::from_vec(new, c, x.device())?)?;
+                Ok(())
+            };
+            update(rm, &batch.mean, 1.0)?;
+            update(rv, &batch.variance, correction)?;
+        }
+        Ok(y)
+    }
+
+    /// Batch norm alone, op by op.
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
         let (n, c, h, w) = x.dims4()?;
         let normalised = if mode.is_train() {
@@ -169,6 +210,46 @@ mod tests {
         // Eval mode uses the (shared) running statistics.
         let e: Vec<f32> = bn.forward(&x, &Mode::Eval).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert!((e[0] - (1.0 - 0.3) / (rv_now + 1e-5).sqrt()).abs() < 1e-5);
+    }
+
+    /// The fused path moves the running statistics exactly as the op-by-op path does and
+    /// returns the ReLU of its output, in training and evaluation mode.
+    #[test]
+    fn fused_batch_norm_relu_matches_forward_then_relu() {
+        let dev = Device::Cpu;
+        let x = crate::rng::test_images(3, &[4, 2, 3, 5]).affine(2.0, -0.8).unwrap();
+        let make = || {
+            let rm = Var::new(&[0.1f32, -0.2], &dev).unwrap();
+            let rv = Var::new(&[1.5f32, 0.7], &dev).unwrap();
+            BatchNorm2d {
+                running_mean: rm.as_tensor().clone(),
+                running_var: rv.as_tensor().clone(),
+                running_mean_var: Some(rm),
+                running_var_var: Some(rv),
+                affine: None,
+                eps: 1e-5,
+                momentum: 0.1,
+            }
+        };
+        let (fused, plain) = (make(), make());
+        let mut rng = crate::rng::derive(0, "t");
+        let a = fused.forward_relu(&x, &Mode::Train { rng: &mut rng }).unwrap();
+        let b = plain.forward(&x, &Mode::Train { rng: &mut rng }).unwrap().relu().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let close = |p: Vec<f32>, q: Vec<f32>| p.iter().zip(&q).all(|(u, v)| (u - v).abs() < 1e-5);
+        assert!(close(flat(&a), flat(&b)));
+        for (f, p) in [
+            (&fused.running_mean_var, &plain.running_mean_var),
+            (&fused.running_var_var, &plain.running_var_var),
+        ] {
+            let (f, p) = (f.as_ref().unwrap().as_tensor(), p.as_ref().unwrap().as_tensor());
+            assert!(close(flat(f), flat(p)), "{:?} vs {:?}", flat(f), flat(p));
+            assert_ne!(flat(f), vec![0.1, -0.2], "statistics moved");
+        }
+        let (fused, plain) = (make(), make());
+        let a = fused.forward_relu(&x, &Mode::Eval).unwrap();
+        let b = plain.forward(&x, &Mode::Eval).unwrap().relu().unwrap();
+        assert!(close(flat(&a), flat(&b)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `bn1.running_mean`, `fc.bias`).
 pub mod conv;
 mod densenet;
+pub mod fused_bn;
 mod layers;
 mod small_cnn;
 mod wide_resnet;

@@ -67,7 +67,7 @@ impl SmallCnn {
         let mut x = self.ends.normalise(images)?;
         for block in &self.blocks {
             x = super::conv::conv2d(&x, &block.weight, block.stride, 1)?;
-            x = block.norm.forward(&x, mode)?.relu()?;
+            x = block.norm.forward_relu(&x, mode)?;
         }
         let features = global_avg_pool(&x)?;
         let dropped = dropout(&features, self.dropout, mode, &self.device)?;

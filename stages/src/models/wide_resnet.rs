@@ -106,9 +106,9 @@ impl WideResNet {
         let mut x = self.ends.normalise(images)?;
         x = conv2d(&x, &self.stem, 1, 1)?;
         for block in &self.blocks {
-            let activated = block.bn1.forward(&x, mode)?.relu()?;
+            let activated = block.bn1.forward_relu(&x, mode)?;
             let mut y = conv2d(&activated, &block.conv1, block.stride, 1)?;
-            y = block.bn2.forward(&y, mode)?.relu()?;
+            y = block.bn2.forward_relu(&y, mode)?;
             y = dropout(&y, self.dropout, mode, &self.device)?;
             y = conv2d(&y, &block.conv2, 1, 1)?;
             let shortcut = match &block.shortcut {
@@ -117,7 +117,7 @@ impl WideResNet {
             };
             x = (y + shortcut)?;
         }
-        let features = global_avg_pool(&self.bn.forward(&x, mode)?.relu()?)?;
+        let features = global_avg_pool(&self.bn.forward_relu(&x, mode)?)?;
         let logits = self.ends.logits(&features)?;
         Ok(Forward { features, logits })
     }

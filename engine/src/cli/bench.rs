@@ -1,0 +1,61 @@
+//! `pipeline bench-train`: times training steps of a benchmark network and prints one JSON line
+//! with the step times and the process's memory, for bench/train_vs_pytorch.py.
+use super::Status;
+use crate::device;
+use crate::recipe::DeviceChoice;
+use anyhow::{anyhow, Context};
+
+/// A line of /proc/self/status in bytes (`VmRSS`, `VmHWM`), where the system has one.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kib: u64 = line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak resident size (VmHWM) to the current one (Linux: `5` to clear_refs).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+pub fn bench_train(
+    net: &str,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    seed: u64,
+    device_text: &str,
+) -> anyhow::Result<Status> {
+    let spec = stages::bench::bench_spec(net).ok_or_else(|| {
+        anyhow!("unknown benchmark net `{net}` (known: {})", stages::bench::BENCH_NETS.join(", "))
+    })?;
+    let choice = DeviceChoice::parse(device_text)
+        .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
+    let (device, notice) = device::select(choice).map_err(|e| anyhow!(e))?;
+    if let Some(notice) = notice {
+        eprintln!("notice: {notice}");
+    }
+    let mut rss_before = None;
+    let mut peak_reset = false;
+    let times = stages::bench::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
+        rss_before = proc_status_bytes("VmRSS");
+        peak_reset = reset_peak_rss();
+    })
+    .with_context(|| format!("benchmarking {net}"))?;
+    let peak = proc_status_bytes("VmHWM");
+    let line = serde_json::json!({
+        "framework": "pipeline",
+        "net": net,
+        "batch": batch,
+        "threads": rayon::current_num_threads(),
+        "device": device::describe(&device),
+        "learnable_weights": spec.learnable_count(),
+        "step_seconds": times,
+        // Peak resident size while the timed steps ran (null where it cannot be read), and
+        // the resident size just before them.
+        "peak_rss_bytes": if peak_reset { peak } else { None },
+        "rss_before_bytes": rss_before,
+    });
+    println!("{line}");
+    Ok(Status::Success)
+}
