@@ -4,6 +4,7 @@
 //! (C·k·k) × (N·Ho·Wo) matrix; the convolution is W(O × C·k·k) · cols, reshaped and transposed
 //! to (N, O, Ho, Wo). The matmul's own backward gives both gradients through `col2im`, the
 //! adjoint of `im2col`. Other devices keep candle's conv2d.
+use super::buffers::filled_in_chunks;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -48,8 +49,30 @@ impl Geometry {
         )
     }
 
-    /// For row (channel, ki, kj) and output position (oy, ox): the input pixel, if inside.
+    /// The input row that kernel row `ki` reads at output row `oy`, if inside the image.
     #[inline]
+    fn source_row(&self, ki: usize, oy: usize) -> Option<usize> {
+        let y = (oy * self.stride + ki).checked_sub(self.padding)?;
+        (y < self.h).then_some(y)
+    }
+
+    /// The output columns `lo..hi` at which kernel column `kj` reads inside the image (the
+    /// others read padding).
+    #[inline]
+    fn valid_columns(&self, kj: usize, wo: usize) -> (usize, usize) {
+        // ox·stride + kj − padding ∈ [0, w)
+        let lo = self.padding.saturating_sub(kj).div_ceil(self.stride).min(wo);
+        let hi = if self.w + self.padding > kj {
+            ((self.w + self.padding - kj - 1) / self.stride + 1).min(wo)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// For row (channel, ki, kj) and output position (oy, ox): the input pixel, if inside
+    /// (the tests' direct convolution).
+    #[cfg(test)]
     fn source(&self, ki: usize, kj: usize, oy: usize, ox: usize) -> Option<(usize, usize)> {
         let y = (oy * self.stride + ki) as isize - self.padding as isize;
         let x = (ox * self.stride + kj) as isize - self.padding as isize;
@@ -80,22 +103,40 @@ impl CustomOp1 for Im2Col {
         let (ho, wo) = g.output();
         let columns = g.n * ho * wo;
         let rows = g.c * g.k * g.k;
-        let mut out = vec![0f32; rows * columns];
-        out.par_chunks_mut(columns).enumerate().for_each(|(row, line)| {
-            let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-            for b in 0..g.n {
-                let plane = &input[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                let target = &mut line[b * ho * wo..][..ho * wo];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        target[oy * wo + ox] = match g.source(ki, kj, oy, ox) {
-                            Some((y, x)) => plane[y * g.w + x],
-                            None => 0.0,
-                        };
+        // SAFETY: every (batch, output row) segment of each row is written: zeros where the
+        // kernel row falls in the padding, else zeros | gathered pixels | zeros.
+        let out = unsafe {
+            filled_in_chunks(rows * columns, columns, |row, line| {
+                let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+                let (lo, hi) = g.valid_columns(kj, wo);
+                for b in 0..g.n {
+                    let plane = &input[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                    for oy in 0..ho {
+                        let start = (b * ho + oy) * wo;
+                        match g.source_row(ki, oy) {
+                            None => line.fill(start..start + wo, 0.0),
+                            Some(y) => {
+                                line.fill(start..start + lo, 0.0);
+                                if hi == lo {
+                                    line.fill(start + lo..start + wo, 0.0);
+                                    continue;
+                                }
+                                let first = lo * g.stride + kj - g.padding;
+                                let pixels = &plane[y * g.w..][..g.w];
+                                if g.stride == 1 {
+                                    line.copy_at(start + lo, &pixels[first..first + (hi - lo)]);
+                                } else {
+                                    for (j, ox) in (lo..hi).enumerate() {
+                                        line.set(start + ox, pixels[first + j * g.stride]);
+                                    }
+                                }
+                                line.fill(start + hi..start + wo, 0.0);
+                            }
+                        }
                     }
                 }
-            }
-        });
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((rows, columns))))
     }
 
@@ -125,10 +166,19 @@ impl CustomOp1 for Col2Im {
                 for kj in 0..g.k {
                     let row = (ch * g.k + ki) * g.k + kj;
                     let line = &cols[row * columns + b * ho * wo..][..ho * wo];
+                    let (lo, hi) = g.valid_columns(kj, wo);
                     for oy in 0..ho {
-                        for ox in 0..wo {
-                            if let Some((y, x)) = g.source(ki, kj, oy, ox) {
-                                plane[y * g.w + x] += line[oy * wo + ox];
+                        let Some(y) = g.source_row(ki, oy).filter(|_| hi > lo) else { continue };
+                        let first = lo * g.stride + kj - g.padding;
+                        let target = &mut plane[y * g.w..][..g.w];
+                        let values = &line[oy * wo + lo..oy * wo + hi];
+                        if g.stride == 1 {
+                            for (t, v) in target[first..first + values.len()].iter_mut().zip(values) {
+                                *t += v;
+                            }
+                        } else {
+                            for (j, v) in values.iter().enumerate() {
+                                target[first + j * g.stride] += v;
                             }
                         }
                     }

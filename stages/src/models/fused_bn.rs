@@ -8,9 +8,9 @@
 //! needs only the input and the output (the ReLU mask is `y > 0`), reads them twice and writes
 //! the input gradient once. The per-channel statistics are handed back for the running-average
 //! update. Other devices keep the op-by-op version.
+use super::buffers::filled_in_chunks;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 /// Batch statistics of a forward pass in training mode, per channel.
@@ -77,14 +77,26 @@ impl Planes {
         self.n * self.hw
     }
 
-    /// Σ f(value) over channel `ch`, in f64.
-    fn channel_sum(&self, ch: usize, f: impl Fn(usize) -> f64) -> f64 {
-        let mut total = 0.0;
-        for b in 0..self.n {
-            let start = (b * self.c + ch) * self.hw;
-            total += (start..start + self.hw).map(&f).sum::<f64>();
-        }
-        total
+    /// Σ over the planes of channel `ch` of `plane_sum(plane)` (f32 within a plane of h·w
+    /// values, f64 across the batch).
+    fn channel_sum(&self, data: &[f32], ch: usize, plane_sum: impl Fn(&[f32]) -> f32) -> f64 {
+        (0..self.n).map(|b| plane_sum(&data[(b * self.c + ch) * self.hw..][..self.hw]) as f64).sum()
+    }
+
+    /// The same over pairs of planes of two tensors of this shape.
+    fn channel_sum2(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        ch: usize,
+        plane_sum: impl Fn(&[f32], &[f32]) -> f32,
+    ) -> f64 {
+        (0..self.n)
+            .map(|i| {
+                let start = (i * self.c + ch) * self.hw;
+                plane_sum(&a[start..][..self.hw], &b[start..][..self.hw]) as f64
+            })
+            .sum()
     }
 }
 
@@ -111,24 +123,6 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{what}: the input must be contiguous"),
     }
-}
-
-/// A vector of `len` values whose `plane`-sized chunks are written in parallel by `fill`
-/// (chunk index, chunk), without zero-filling first. `fill` must write every element.
-fn filled_by_planes(
-    len: usize,
-    plane: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
-) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(plane.max(1))
-        .enumerate()
-        .for_each(|(i, chunk)| fill(i, chunk));
-    // SAFETY: every caller's `fill` writes each element of every chunk, and the chunks cover
-    // exactly `len` elements.
-    unsafe { out.set_len(len) };
-    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
@@ -163,9 +157,12 @@ impl CustomOp3 for BatchNormRelu {
                 let moments: Vec<(f32, f32)> = (0..p.c)
                     .into_par_iter()
                     .map(|ch| {
-                        let mean = p.channel_sum(ch, |i| x[i] as f64) / m;
-                        let var = p.channel_sum(ch, |i| (x[i] as f64 - mean).powi(2)) / m;
-                        (mean as f32, var as f32)
+                        let mean = p.channel_sum(x, ch, |plane| plane.iter().sum::<f32>()) / m;
+                        let mu = mean as f32;
+                        let var = p.channel_sum(x, ch, |plane| {
+                            plane.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>()
+                        }) / m;
+                        (mu, var as f32)
                     })
                     .collect();
                 let (mean, variance): (Vec<f32>, Vec<f32>) = moments.into_iter().unzip();
@@ -180,15 +177,18 @@ impl CustomOp3 for BatchNormRelu {
         let inv_std: Vec<f32> =
             variance.iter().map(|&v| (1.0 / (v as f64 + self.eps).sqrt()) as f32).collect();
         let relu = self.relu;
-        let out = filled_by_planes(p.len(), p.hw, |plane, chunk| {
-            let ch = plane % p.c;
-            let (mu, scale, shift) = (mean[ch], inv_std[ch] * gamma[ch], beta[ch]);
-            let source = &x[plane * p.hw..][..p.hw];
-            for (slot, &v) in chunk.iter_mut().zip(source) {
-                let z = (v - mu) * scale + shift;
-                slot.write(if relu && z <= 0.0 { 0.0 } else { z });
-            }
-        });
+        // SAFETY: each plane's closure writes all of its h·w values.
+        let out = unsafe {
+            filled_in_chunks(p.len(), p.hw, |plane, chunk| {
+                let ch = plane % p.c;
+                let (mu, scale, shift) = (mean[ch], inv_std[ch] * gamma[ch], beta[ch]);
+                let source = &x[plane * p.hw..][..p.hw];
+                for (i, &v) in source.iter().enumerate() {
+                    let z = (v - mu) * scale + shift;
+                    chunk.set(i, if relu && z < 0.0 { 0.0 } else { z });
+                }
+            })
+        };
         *lock(&self.saved)? = Some(Normaliser { mean, inv_std });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -256,30 +256,48 @@ impl CustomOp3 for BatchNormReluBackward {
         let g = contiguous_f32(s3, l3, "batch norm backward")?;
         let Normaliser { mean, inv_std } = &self.normaliser;
         let relu = self.relu;
-        let masked = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { g[i] as f64 };
+        // g masked by the ReLU: where y = 0 the output did not depend on x.
+        let masked = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
         let sums: Vec<(f64, f64)> = (0..p.c)
             .into_par_iter()
             .map(|ch| {
-                let (mu, s) = (mean[ch] as f64, inv_std[ch] as f64);
-                (p.channel_sum(ch, masked), p.channel_sum(ch, |i| masked(i) * (x[i] as f64 - mu) * s))
+                let (mu, s) = (mean[ch], inv_std[ch]);
+                let sum_g =
+                    p.channel_sum2(g, y, ch, |gp, yp| gp.iter().zip(yp).map(|(&a, &b)| masked(a, b)).sum());
+                let sum_gx = (0..p.n)
+                    .map(|b| {
+                        let start = (b * p.c + ch) * p.hw;
+                        let (gp, yp, xp) = (&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]);
+                        let total: f32 = gp
+                            .iter()
+                            .zip(yp)
+                            .zip(xp)
+                            .map(|((&gv, &yv), &xv)| masked(gv, yv) * (xv - mu))
+                            .sum();
+                        total as f64 * s as f64
+                    })
+                    .sum::<f64>();
+                (sum_g, sum_gx)
             })
             .collect();
         let m = p.count() as f64;
         let batch = self.batch;
-        let dx = filled_by_planes(p.len(), p.hw, |plane, chunk| {
-            let ch = plane % p.c;
-            let (mu, s) = (mean[ch], inv_std[ch]);
-            let scale = self.gamma[ch] * s;
-            let (mean_g, mean_gx) =
-                if batch { ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32) } else { (0.0, 0.0) };
-            let start = plane * p.hw;
-            for (k, slot) in chunk.iter_mut().enumerate() {
-                let i = start + k;
-                let gz = if relu && y[i] <= 0.0 { 0.0 } else { g[i] };
-                let x_hat = (x[i] - mu) * s;
-                slot.write(scale * (gz - mean_g - x_hat * mean_gx));
-            }
-        });
+        // SAFETY: each plane's closure writes all of its h·w values.
+        let dx = unsafe {
+            filled_in_chunks(p.len(), p.hw, |plane, chunk| {
+                let ch = plane % p.c;
+                let (mu, s) = (mean[ch], inv_std[ch]);
+                let scale = self.gamma[ch] * s;
+                let (mean_g, mean_gx) =
+                    if batch { ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32) } else { (0.0, 0.0) };
+                let start = plane * p.hw;
+                let (gp, yp, xp) = (&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]);
+                for (i, ((&gv, &yv), &xv)) in gp.iter().zip(yp).zip(xp).enumerate() {
+                    let x_hat = (xv - mu) * s;
+                    chunk.set(i, scale * (masked(gv, yv) - mean_g - x_hat * mean_gx));
+                }
+            })
+        };
         let (sum_g, sum_gx) = sums.iter().map(|&(a, b)| (a as f32, b as f32)).unzip();
         *lock(&self.sums)? = Some((sum_g, sum_gx));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

@@ -5,6 +5,7 @@
 //! A model on disk is a folder (or a pair of files) with `model.json` (the [`ModelSpec`]) and a
 //! safetensors file whose tensor names match PyTorch's conventions (`conv1.weight`,
 //! `bn1.running_mean`, `fc.bias`).
+mod buffers;
 pub mod conv;
 mod densenet;
 pub mod fused_bn;
