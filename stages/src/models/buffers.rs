@@ -13,20 +13,18 @@ impl Chunk<'_> {
         self.0[i].write(value);
     }
 
-    /// Writes `values` at `start..start + values.len()`.
-    #[inline]
-    pub fn copy_at(&mut self, start: usize, values: &[f32]) {
-        for (slot, &v) in self.0[start..start + values.len()].iter_mut().zip(values) {
-            slot.write(v);
-        }
+    /// The start of the chunk, for kernels that write through a pointer (matrix products).
+    pub fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.0.as_mut_ptr().cast()
     }
 
-    /// Writes `value` at every index of `range`.
-    #[inline]
-    pub fn fill(&mut self, range: std::ops::Range<usize>, value: f32) {
-        for slot in &mut self.0[range] {
-            slot.write(value);
+    /// Sets every element to zero and gives the chunk as initialised values.
+    pub fn fill_zero(&mut self) -> &mut [f32] {
+        for slot in self.0.iter_mut() {
+            slot.write(0.0);
         }
+        // SAFETY: every element was just written.
+        unsafe { &mut *(self.0 as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
     }
 }
 

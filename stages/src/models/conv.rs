@@ -1,12 +1,17 @@
-//! A CPU 2-D convolution as im2col + one matrix product, with gradients: candle's own CPU
-//! conv2d runs at 5–30 GFLOP/s and its backward at 2–18 (../shared/CANDLE_NOTES.md), while its
-//! matmul (the `gemm` crate) reaches ~120. `im2col` lays the input out as a
-//! (C·k·k) × (N·Ho·Wo) matrix; the convolution is W(O × C·k·k) · cols, reshaped and transposed
-//! to (N, O, Ho, Wo). The matmul's own backward gives both gradients through `col2im`, the
-//! adjoint of `im2col`. Other devices keep candle's conv2d.
+//! A CPU 2-D convolution as a candle custom op: per image, im2col into a reused scratch buffer
+//! and one matrix product through the `gemm` crate straight into the (N, O, Ho, Wo) output;
+//! the weight gradient is Σ over images of grad·colsᵀ (per-thread partial sums), the input
+//! gradient Wᵀ·grad followed by col2im, the adjoint of im2col. 1×1 convolutions with stride 1
+//! skip im2col (the image already is the column matrix). Images are processed in parallel with
+//! rayon, each product single-threaded. candle's own CPU conv2d runs at 5–30 GFLOP/s and its
+//! backward at 2–18 (../shared/CANDLE_NOTES.md); composing im2col with candle's matmul costs a
+//! transposed copy of every output and of every gradient, plus candle's gradient bookkeeping
+//! for each of those nodes. Other devices keep candle's conv2d.
 use super::buffers::filled_in_chunks;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Convolution without bias, square kernel, equal stride and padding on both axes.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -18,16 +23,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     if c != c_w || k != k2 {
         candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", x.dims(), weight.dims());
     }
+    if h + 2 * padding < k || w + 2 * padding < k || stride == 0 {
+        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{w} input with padding {padding}");
+    }
     let geometry = Geometry { n, c, h, w, k, stride, padding };
-    let (ho, wo) = geometry.output();
-    let cols = if k == 1 && stride == 1 && padding == 0 {
-        // A 1×1 convolution needs no im2col: channels become rows.
-        x.transpose(0, 1)?.reshape((c, n * h * w))?
-    } else {
-        x.contiguous()?.apply_op1(Im2Col(geometry))?
-    };
-    let out = weight.reshape((o, c * k * k))?.matmul(&cols)?; // (O, N·Ho·Wo)
-    out.reshape((o, n, ho, wo))?.transpose(0, 1)?.contiguous()
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g: geometry, o })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +81,164 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// Rows of the column matrix (C·k·k) and its columns per image (Ho·Wo).
+    fn cols_shape(&self) -> (usize, usize) {
+        let (ho, wo) = self.output();
+        (self.c * self.k * self.k, ho * wo)
+    }
+
+    /// A 1×1 convolution with stride 1 and no padding: the image is its own column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// One image (C, H, W) → its column matrix (C·k·k, Ho·Wo); writes every element.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        let (ho, wo) = self.output();
+        let (rows, columns) = self.cols_shape();
+        for row in 0..rows {
+            let (ch, ki, kj) = (row / (self.k * self.k), (row / self.k) % self.k, row % self.k);
+            let (lo, hi) = self.valid_columns(kj, wo);
+            let plane = &image[ch * self.h * self.w..][..self.h * self.w];
+            let line = &mut cols[row * columns..][..columns];
+            for oy in 0..ho {
+                let target = &mut line[oy * wo..][..wo];
+                match self.source_row(ki, oy).filter(|_| hi > lo) {
+                    None => target.fill(0.0),
+                    Some(y) => {
+                        target[..lo].fill(0.0);
+                        target[hi..].fill(0.0);
+                        let first = lo * self.stride + kj - self.padding;
+                        let pixels = &plane[y * self.w..][..self.w];
+                        if self.stride == 1 {
+                            target[lo..hi].copy_from_slice(&pixels[first..first + (hi - lo)]);
+                        } else {
+                            for (j, t) in target[lo..hi].iter_mut().enumerate() {
+                                *t = pixels[first + j * self.stride];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Geometry::im2col`]: adds a column matrix into one image (C, H, W).
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+        let (ho, wo) = self.output();
+        let (_, columns) = self.cols_shape();
+        for ch in 0..self.c {
+            let plane = &mut image[ch * self.h * self.w..][..self.h * self.w];
+            for ki in 0..self.k {
+                for kj in 0..self.k {
+                    let row = (ch * self.k + ki) * self.k + kj;
+                    let line = &cols[row * columns..][..columns];
+                    let (lo, hi) = self.valid_columns(kj, wo);
+                    for oy in 0..ho {
+                        let Some(y) = self.source_row(ki, oy).filter(|_| hi > lo) else { continue };
+                        let first = lo * self.stride + kj - self.padding;
+                        let target = &mut plane[y * self.w..][..self.w];
+                        let values = &line[oy * wo + lo..oy * wo + hi];
+                        if self.stride == 1 {
+                            for (t, v) in target[first..first + values.len()].iter_mut().zip(values) {
+                                *t += v;
+                            }
+                        } else {
+                            for (j, v) in values.iter().enumerate() {
+                                target[first + j * self.stride] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's column matrix, reused across images and steps.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` values (contents arbitrary).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buffer = cell.borrow_mut();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
+
+/// A row-major or transposed view of a matrix held in a slice: element (i, j) is at
+/// `i·row_stride + j·col_stride`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Matrix { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    fn transposed(self) -> Self {
+        Matrix {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs`) for a row-major `dst` of lhs.rows × rhs.cols values
+/// starting at `dst`, single-threaded.
+///
+/// # Safety
+/// `dst` must be valid for writes (and for reads when `accumulate`) of lhs.rows·rhs.cols values
+/// that nothing else accesses during the call; when not accumulating they may be uninitialised.
+unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix) {
+    assert!(lhs.cols == rhs.rows && lhs.fits() && rhs.fits(), "matmul_into: operands do not fit");
+    // SAFETY: the operands' extents were checked above; the caller guarantees `dst`.
+    unsafe {
+        gemm::gemm(
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst,
+            1,
+            rhs.cols as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else { candle_core::bail!("{what}: only f32 is supported") };
     match layout.contiguous_offsets() {
@@ -89,107 +247,161 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
     }
 }
 
-/// (N, C, H, W) → (C·k·k, N·Ho·Wo).
-struct Im2Col(Geometry);
+/// The convolution: (N, C, H, W) ⊛ (O, C, k, k) → (N, O, Ho, Wo).
+struct Conv2d {
+    g: Geometry,
+    o: usize,
+}
 
-impl CustomOp1 for Im2Col {
+impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
-        "im2col"
+        "conv2d-im2col-gemm"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let input = f32_slice(storage, layout, "im2col")?;
-        let (ho, wo) = g.output();
-        let columns = g.n * ho * wo;
-        let rows = g.c * g.k * g.k;
-        // SAFETY: every (batch, output row) segment of each row is written: zeros where the
-        // kernel row falls in the padding, else zeros | gathered pixels | zeros.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.g, self.o);
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let w = f32_slice(s2, l2, "conv2d weight")?;
+        let (rows, columns) = g.cols_shape();
+        let weight = Matrix::row_major(w, o, rows);
+        let image_len = g.c * g.h * g.w;
+        // SAFETY: each image's product writes all of its O·Ho·Wo outputs (no accumulation).
         let out = unsafe {
-            filled_in_chunks(rows * columns, columns, |row, line| {
-                let (ch, ki, kj) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
-                let (lo, hi) = g.valid_columns(kj, wo);
-                for b in 0..g.n {
-                    let plane = &input[(b * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                    for oy in 0..ho {
-                        let start = (b * ho + oy) * wo;
-                        match g.source_row(ki, oy) {
-                            None => line.fill(start..start + wo, 0.0),
-                            Some(y) => {
-                                line.fill(start..start + lo, 0.0);
-                                if hi == lo {
-                                    line.fill(start + lo..start + wo, 0.0);
-                                    continue;
-                                }
-                                let first = lo * g.stride + kj - g.padding;
-                                let pixels = &plane[y * g.w..][..g.w];
-                                if g.stride == 1 {
-                                    line.copy_at(start + lo, &pixels[first..first + (hi - lo)]);
-                                } else {
-                                    for (j, ox) in (lo..hi).enumerate() {
-                                        line.set(start + ox, pixels[first + j * g.stride]);
-                                    }
-                                }
-                                line.fill(start + hi..start + wo, 0.0);
-                            }
-                        }
-                    }
+            filled_in_chunks(g.n * o * columns, o * columns, |b, chunk| {
+                let image = &x[b * image_len..][..image_len];
+                if g.is_pointwise() {
+                    matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(image, rows, columns));
+                } else {
+                    with_scratch(rows * columns, |cols| {
+                        g.im2col(image, cols);
+                        matmul_into(
+                            chunk.as_mut_ptr(),
+                            false,
+                            weight,
+                            Matrix::row_major(cols, rows, columns),
+                        );
+                    });
                 }
             })
         };
-        Ok((CpuStorage::F32(out), Shape::from((rows, columns))))
+        let (ho, wo) = g.output();
+        Ok((CpuStorage::F32(out), Shape::from((g.n, o, ho, wo))))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im(self.0))?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The first layer's input (the images) needs no gradient, unless asked for (ODIN).
+        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGradient(self.g))?) } else { None };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &WeightGradient(self.g, self.o))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
-/// The adjoint of [`Im2Col`]: (C·k·k, N·Ho·Wo) → (N, C, H, W), summing overlapping windows.
-struct Col2Im(Geometry);
+/// ∂L/∂x from (∂L/∂out, weight): per image col2im(Wᵀ · grad).
+struct InputGradient(Geometry);
 
-impl CustomOp1 for Col2Im {
+impl CustomOp2 for InputGradient {
     fn name(&self) -> &'static str {
-        "col2im"
+        "conv2d-input-gradient"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let cols = f32_slice(storage, layout, "col2im")?;
-        let (ho, wo) = g.output();
-        let columns = g.n * ho * wo;
-        let mut out = vec![0f32; g.n * g.c * g.h * g.w];
-        // One output plane per (batch, channel): no two tasks write the same pixel.
-        out.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane_index, plane)| {
-            let (b, ch) = (plane_index / g.c, plane_index % g.c);
-            for ki in 0..g.k {
-                for kj in 0..g.k {
-                    let row = (ch * g.k + ki) * g.k + kj;
-                    let line = &cols[row * columns + b * ho * wo..][..ho * wo];
-                    let (lo, hi) = g.valid_columns(kj, wo);
-                    for oy in 0..ho {
-                        let Some(y) = g.source_row(ki, oy).filter(|_| hi > lo) else { continue };
-                        let first = lo * g.stride + kj - g.padding;
-                        let target = &mut plane[y * g.w..][..g.w];
-                        let values = &line[oy * wo + lo..oy * wo + hi];
-                        if g.stride == 1 {
-                            for (t, v) in target[first..first + values.len()].iter_mut().zip(values) {
-                                *t += v;
-                            }
-                        } else {
-                            for (j, v) in values.iter().enumerate() {
-                                target[first + j * g.stride] += v;
-                            }
-                        }
-                    }
+        let grad = f32_slice(s1, l1, "conv2d gradient")?;
+        let w = f32_slice(s2, l2, "conv2d weight")?;
+        let (rows, columns) = g.cols_shape();
+        let o = w.len() / rows;
+        let weight_t = Matrix::row_major(w, o, rows).transposed();
+        let image_len = g.c * g.h * g.w;
+        // SAFETY: a pointwise product writes the whole image; otherwise the image is zeroed
+        // before col2im adds into it.
+        let dx = unsafe {
+            filled_in_chunks(g.n * image_len, image_len, |b, chunk| {
+                let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
+                if g.is_pointwise() {
+                    matmul_into(chunk.as_mut_ptr(), false, weight_t, grad_b);
+                } else {
+                    let image = chunk.fill_zero();
+                    with_scratch(rows * columns, |cols| {
+                        matmul_into(cols.as_mut_ptr(), false, weight_t, grad_b);
+                        g.col2im(cols, image);
+                    });
+                }
+            })
+        };
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+/// ∂L/∂W from (x, ∂L/∂out): Σ over images of grad · colsᵀ, one partial sum per thread.
+struct WeightGradient(Geometry, usize);
+
+impl CustomOp2 for WeightGradient {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.0, self.1);
+        let x = f32_slice(s1, l1, "conv2d input")?;
+        let grad = f32_slice(s2, l2, "conv2d gradient")?;
+        let (rows, columns) = g.cols_shape();
+        let image_len = g.c * g.h * g.w;
+        let groups = rayon::current_num_threads().clamp(1, g.n.max(1));
+        let per_group = g.n.div_ceil(groups);
+        let partial = |group: usize| {
+            let mut acc = vec![0f32; o * rows];
+            for b in group * per_group..((group + 1) * per_group).min(g.n) {
+                let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
+                let image = &x[b * image_len..][..image_len];
+                // SAFETY: `acc` holds o·rows initialised values owned by this closure.
+                if g.is_pointwise() {
+                    let cols_t = Matrix::row_major(image, rows, columns).transposed();
+                    unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                } else {
+                    with_scratch(rows * columns, |cols| {
+                        g.im2col(image, cols);
+                        let cols_t = Matrix::row_major(cols, rows, columns).transposed();
+                        unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                    });
                 }
             }
-        });
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c, g.h, g.w))))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col(self.0))?))
+            acc
+        };
+        let mut sums: Vec<Vec<f32>> = (0..groups).into_par_iter().map(partial).collect();
+        let mut total = sums.swap_remove(0);
+        for other in sums {
+            total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
+        }
+        Ok((CpuStorage::F32(total), Shape::from((o, g.c, g.k, g.k))))
     }
 }
 
