@@ -8,9 +8,9 @@ use std::mem::MaybeUninit;
 pub struct Chunk<'a>(&'a mut [MaybeUninit<f32>]);
 
 impl Chunk<'_> {
-    #[inline]
-    pub fn set(&mut self, i: usize, value: f32) {
-        self.0[i].write(value);
+    /// The chunk's slots, for kernels that write them in order.
+    pub fn slots(&mut self) -> &mut [MaybeUninit<f32>] {
+        self.0
     }
 
     /// The start of the chunk, for kernels that write through a pointer (matrix products).

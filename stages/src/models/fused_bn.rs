@@ -82,22 +82,26 @@ impl Planes {
     fn channel_sum(&self, data: &[f32], ch: usize, plane_sum: impl Fn(&[f32]) -> f32) -> f64 {
         (0..self.n).map(|b| plane_sum(&data[(b * self.c + ch) * self.hw..][..self.hw]) as f64).sum()
     }
+}
 
-    /// The same over pairs of planes of two tensors of this shape.
-    fn channel_sum2(
-        &self,
-        a: &[f32],
-        b: &[f32],
-        ch: usize,
-        plane_sum: impl Fn(&[f32], &[f32]) -> f32,
-    ) -> f64 {
-        (0..self.n)
-            .map(|i| {
-                let start = (i * self.c + ch) * self.hw;
-                plane_sum(&a[start..][..self.hw], &b[start..][..self.hw]) as f64
-            })
-            .sum()
+/// Independent partial sums, so that the compiler can vectorise a reduction (a single f32
+/// accumulator is a chain of dependent additions).
+const LANES: usize = 16;
+
+/// Σ f(values at i) over the equally long `planes`, in [`LANES`] partial sums.
+#[inline]
+fn lane_sum<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
+    let len = planes[0].len();
+    let full = len / LANES;
+    let mut acc = [0f32; LANES];
+    for block in 0..full {
+        let blocks: [&[f32]; K] = planes.map(|p| &p[block * LANES..][..LANES]);
+        for (lane, slot) in acc.iter_mut().enumerate() {
+            *slot += f(blocks.map(|b| b[lane]));
+        }
     }
+    let tail: f32 = (full * LANES..len).map(|i| f(planes.map(|p| p[i]))).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Per-channel `mean` and `1/√(var + eps)` used by a forward pass, kept for its backward.
@@ -157,11 +161,10 @@ impl CustomOp3 for BatchNormRelu {
                 let moments: Vec<(f32, f32)> = (0..p.c)
                     .into_par_iter()
                     .map(|ch| {
-                        let mean = p.channel_sum(x, ch, |plane| plane.iter().sum::<f32>()) / m;
+                        let mean = p.channel_sum(x, ch, |plane| lane_sum([plane], |[v]| v)) / m;
                         let mu = mean as f32;
-                        let var = p.channel_sum(x, ch, |plane| {
-                            plane.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>()
-                        }) / m;
+                        let var =
+                            p.channel_sum(x, ch, |plane| lane_sum([plane], |[v]| (v - mu) * (v - mu))) / m;
                         (mu, var as f32)
                     })
                     .collect();
@@ -183,9 +186,9 @@ impl CustomOp3 for BatchNormRelu {
                 let ch = plane % p.c;
                 let (mu, scale, shift) = (mean[ch], inv_std[ch] * gamma[ch], beta[ch]);
                 let source = &x[plane * p.hw..][..p.hw];
-                for (i, &v) in source.iter().enumerate() {
+                for (slot, &v) in chunk.slots().iter_mut().zip(source) {
                     let z = (v - mu) * scale + shift;
-                    chunk.set(i, if relu && z < 0.0 { 0.0 } else { z });
+                    slot.write(if relu && z < 0.0 { 0.0 } else { z });
                 }
             })
         };
@@ -262,21 +265,13 @@ impl CustomOp3 for BatchNormReluBackward {
             .into_par_iter()
             .map(|ch| {
                 let (mu, s) = (mean[ch], inv_std[ch]);
-                let sum_g =
-                    p.channel_sum2(g, y, ch, |gp, yp| gp.iter().zip(yp).map(|(&a, &b)| masked(a, b)).sum());
-                let sum_gx = (0..p.n)
-                    .map(|b| {
-                        let start = (b * p.c + ch) * p.hw;
-                        let (gp, yp, xp) = (&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]);
-                        let total: f32 = gp
-                            .iter()
-                            .zip(yp)
-                            .zip(xp)
-                            .map(|((&gv, &yv), &xv)| masked(gv, yv) * (xv - mu))
-                            .sum();
-                        total as f64 * s as f64
-                    })
-                    .sum::<f64>();
+                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                for b in 0..p.n {
+                    let start = (b * p.c + ch) * p.hw;
+                    let planes = [&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]];
+                    sum_g += lane_sum(planes, |[gv, yv, _]| masked(gv, yv)) as f64;
+                    sum_gx += lane_sum(planes, |[gv, yv, xv]| masked(gv, yv) * (xv - mu)) as f64 * s as f64;
+                }
                 (sum_g, sum_gx)
             })
             .collect();
@@ -292,9 +287,9 @@ impl CustomOp3 for BatchNormReluBackward {
                     if batch { ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32) } else { (0.0, 0.0) };
                 let start = plane * p.hw;
                 let (gp, yp, xp) = (&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]);
-                for (i, ((&gv, &yv), &xv)) in gp.iter().zip(yp).zip(xp).enumerate() {
+                for (((slot, &gv), &yv), &xv) in chunk.slots().iter_mut().zip(gp).zip(yp).zip(xp) {
                     let x_hat = (xv - mu) * s;
-                    chunk.set(i, scale * (masked(gv, yv) - mean_g - x_hat * mean_gx));
+                    slot.write(scale * (masked(gv, yv) - mean_g - x_hat * mean_gx));
                 }
             })
         };
