@@ -177,3 +177,35 @@ fn models_lists_architectures_with_their_weight_counts() {
     assert!(densenet.ends_with("745174"), "{densenet}");
     assert!(text.lines().any(|l| l.starts_with("small-cnn")));
 }
+
+#[test]
+fn fetch_lists_datasets_and_checks_a_local_archive_against_the_published_md5() {
+    let out = pipeline().arg("fetch").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("cifar10 ") && l.contains("cifar-10-binary.tar.gz")),
+        "{text}"
+    );
+    // The fixture archive is not the real CIFAR-10: its MD5 differs from the published one.
+    let data = tempfile::tempdir().unwrap();
+    let archive = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("engine/tests/fixtures/fetch/tiny-cifar10.tar.gz");
+    let out = pipeline()
+        .args(["fetch", "cifar10", "--quiet", "--archive"])
+        .arg(&archive)
+        .arg("--to")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("c32a1d4ab5d03f1284b67883e8d87530") && error.contains("tiny-cifar10.tar.gz"),
+        "{error}"
+    );
+    assert!(!data.path().join("cifar-10-batches-bin").exists());
+    let out = pipeline().args(["fetch", "cifar-11"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known: cifar10"));
+}

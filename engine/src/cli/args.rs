@@ -133,4 +133,19 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Download a public dataset, check its published MD5 and unpack it where the recipes
+    /// expect it; without a name, list the datasets
+    Fetch {
+        /// cifar10, cifar100, svhn, textures, … (omit to list them)
+        name: Option<String>,
+        /// Data directory [default: $PIPELINE_DATA, else ./data]
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Use this already downloaded archive instead of downloading (still checked)
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+        /// No progress bar
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }

@@ -68,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::BenchTrain { net, batch, warmup, steps, seed, device } => {
             bench::bench_train(&net, batch, warmup, steps, seed, &device)
         }
+        Command::Fetch { name, to, archive, quiet } => fetch(name.as_deref(), to, archive.as_deref(), quiet),
         Command::Models { classes } => {
             println!("{:<18} {:<10} {:>12}", "model", "input", format!("weights ({classes} classes)"));
             for (name, [c, h, w], count) in stages::train::model_catalogue(classes) {
@@ -76,4 +77,41 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
             Ok(Status::Success)
         }
     }
+}
+
+/// `pipeline fetch`: one dataset, or the list.
+fn fetch(
+    name: Option<&str>,
+    to: Option<std::path::PathBuf>,
+    archive: Option<&std::path::Path>,
+    quiet: bool,
+) -> anyhow::Result<Status> {
+    use stages::data::catalogue::{catalogue, find, Origin};
+    let data_dir =
+        to.or_else(|| std::env::var_os("PIPELINE_DATA").map(Into::into)).unwrap_or_else(|| "data".into());
+    let Some(name) = name else {
+        println!("{:<14} {:<22} source", "name", "folder");
+        for entry in catalogue() {
+            let source = match entry.origin {
+                Origin::Download { url, .. } => url.to_string(),
+                Origin::Manual(_) => "by hand (see `pipeline fetch NAME`)".into(),
+            };
+            println!("{:<14} {:<22} {source}", entry.name, entry.folder);
+        }
+        return Ok(Status::Success);
+    };
+    let Some(entry) = find(name) else {
+        let names: Vec<&str> = catalogue().iter().map(|e| e.name).collect();
+        eprintln!("error: unknown dataset `{name}` (known: {})", names.join(", "));
+        return Ok(Status::UsageError);
+    };
+    match crate::fetch::fetch(entry, &data_dir, archive, quiet)? {
+        crate::fetch::Fetched::Installed(path) => {
+            println!("{}: unpacked into {}", entry.name, path.display())
+        }
+        crate::fetch::Fetched::AlreadyPresent(path) => {
+            println!("{}: {} already exists; nothing fetched", entry.name, path.display())
+        }
+    }
+    Ok(Status::Success)
 }
