@@ -209,3 +209,39 @@ fn fetch_lists_datasets_and_checks_a_local_archive_against_the_published_md5() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("known: cifar10"));
 }
+
+/// `plan --estimate` measures each model's throughput once, records it in the cache folder, and
+/// estimates each stage as images ÷ throughput: the training stage reads the 512 limited digits
+/// for 2 epochs, the scoring stage its test sets once.
+#[test]
+fn plan_estimates_durations_from_measured_throughput() {
+    let cache = tempfile::tempdir().unwrap();
+    let plan = |extra: &[&str]| {
+        let out = pipeline()
+            .args(["plan"])
+            .arg(smoke_recipe())
+            .arg("--cache")
+            .arg(cache.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = plan(&[]);
+    assert!(
+        before.contains("throughput not measured yet") && !before.contains("estimated duration"),
+        "{before}"
+    );
+    let measured = plan(&["--estimate"]);
+    let line =
+        measured.lines().find(|l| l.starts_with("will run  base (train)")).expect("train stage listed");
+    assert!(line.contains("(1024 images at "), "{line}");
+    let table: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache.path().join("throughput.json")).unwrap()).unwrap();
+    let rates: Vec<f64> = table.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+    assert!(!rates.is_empty() && rates.iter().all(|r| r.is_finite() && *r > 0.0), "{table}");
+    assert!(measured.contains("estimated duration on cpu: ~"), "{measured}");
+    // Without --estimate the recorded throughputs are reused: the same figures, nothing measured.
+    assert_eq!(plan(&[]), measured);
+}

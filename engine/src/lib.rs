@@ -4,6 +4,7 @@
 //! `stages` crate's registry, outputs are stored by the `cache` crate.
 pub mod cli;
 pub mod device;
+pub mod estimate;
 pub mod fetch;
 pub mod graph;
 pub mod plan;

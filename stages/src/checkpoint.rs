@@ -71,6 +71,10 @@ impl StageParams for Checkpoint {
         vec![Input::stage(&["from"], &self.from, Artifact::Checkpoints)]
     }
 
+    fn model_source(&self) -> Option<crate::workload::ModelSource> {
+        Some(crate::workload::ModelSource::Upstream(self.from.clone()))
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let dir = ctx.stage_dir(&self.from)?;
         let index = CheckpointIndex::read(dir)?;

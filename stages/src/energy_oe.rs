@@ -60,6 +60,18 @@ impl StageParams for EnergyOe {
         problems
     }
 
+    fn model_source(&self) -> Option<crate::workload::ModelSource> {
+        Some(crate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn workload(&self) -> Option<crate::workload::Workload> {
+        Some(self.fit_config().workload(
+            crate::workload::ModelSource::Upstream(self.model.clone()),
+            &self.data,
+            self.setup().images_factor(self.batch_size),
+        ))
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let mut choice = RandomOutliers { rng: crate::rng::derive(ctx.seed, "outliers") };
         let term = OutlierTerm::Energy { weight: self.energy_weight, m_in: self.m_in, m_out: self.m_out };

@@ -142,6 +142,28 @@ pub struct FitConfig {
 }
 
 impl FitConfig {
+    /// A training pass over `data`'s train split, `epochs` times, with the model from `model`.
+    pub fn workload(
+        &self,
+        model: crate::workload::ModelSource,
+        data: &str,
+        images_factor: f64,
+    ) -> crate::workload::Workload {
+        crate::workload::Workload {
+            model,
+            reads: vec![(data.to_string(), crate::data::Split::Train)],
+            passes: crate::workload::Passes::Fixed(self.epochs),
+            checkpoints_kept: Some(if self.checkpoint_every == 0 {
+                1
+            } else {
+                self.epochs.div_ceil(self.checkpoint_every)
+            }),
+            images_factor,
+            training: true,
+            batch_size: self.batch_size,
+        }
+    }
+
     /// Range checks of the shared fields.
     pub fn check(&self) -> Vec<ParamError> {
         let mut problems = Vec::new();

@@ -47,6 +47,7 @@ pub mod scores;
 pub mod train;
 pub mod um;
 pub mod umap;
+pub mod workload;
 
 pub use error::{ParamError, StageError};
 pub use fields::struct_fields;
@@ -181,6 +182,14 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
     /// Computes the outputs into `ctx.out_dir`.
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
+    /// Where the model it produces or reads comes from (for duration estimates).
+    fn model_source(&self) -> Option<workload::ModelSource> {
+        None
+    }
+    /// The bulk of its computation, when it is worth estimating.
+    fn workload(&self) -> Option<workload::Workload> {
+        None
+    }
 }
 
 /// A configured stage, ready to run.
@@ -191,6 +200,8 @@ pub trait Stage: Send + Sync {
     fn params(&self) -> serde_json::Value;
     fn inputs(&self) -> Vec<Input>;
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
+    fn model_source(&self) -> Option<workload::ModelSource>;
+    fn workload(&self) -> Option<workload::Workload>;
 }
 
 impl<P: StageParams> Stage for P {
@@ -208,6 +219,12 @@ impl<P: StageParams> Stage for P {
     }
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         StageParams::run(self, ctx)
+    }
+    fn model_source(&self) -> Option<workload::ModelSource> {
+        StageParams::model_source(self)
+    }
+    fn workload(&self) -> Option<workload::Workload> {
+        StageParams::workload(self)
     }
 }
 

@@ -124,6 +124,11 @@ pub struct OutlierSetup<'a> {
 }
 
 impl OutlierSetup<'_> {
+    /// Images per ID image in a step: the ID batch and its auxiliary batch.
+    pub fn images_factor(&self, batch_size: usize) -> f64 {
+        1.0 + self.aux_batch_size.unwrap_or(batch_size) as f64 / batch_size.max(1) as f64
+    }
+
     pub fn inputs(&self) -> Vec<Input> {
         let mut inputs = fine_tuning_inputs(self.model, self.data, self.constraint);
         inputs.push(Input::dataset(&["aux"], self.aux));

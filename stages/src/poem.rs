@@ -78,6 +78,18 @@ impl StageParams for Poem {
         problems
     }
 
+    fn model_source(&self) -> Option<crate::workload::ModelSource> {
+        Some(crate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn workload(&self) -> Option<crate::workload::Workload> {
+        Some(self.fit_config().workload(
+            crate::workload::ModelSource::Upstream(self.model.clone()),
+            &self.data,
+            self.setup().images_factor(self.batch_size),
+        ))
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let mut choice = ThompsonOutliers {
             rng: crate::rng::derive(ctx.seed, "thompson"),

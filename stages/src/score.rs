@@ -209,6 +209,34 @@ impl StageParams for Score {
         problems
     }
 
+    fn model_source(&self) -> Option<crate::workload::ModelSource> {
+        Some(crate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    /// One forward pass over the ID and OOD test sets per scored checkpoint; ODIN costs about
+    /// three more (the input gradient, then the perturbed forward), Mahalanobis one more.
+    fn workload(&self) -> Option<crate::workload::Workload> {
+        let mut reads = vec![(self.id.clone(), Split::Test)];
+        reads.extend(self.ood.iter().map(|o| (o.clone(), Split::Test)));
+        let factor = 1.0
+            + 3.0 * self.methods.contains(&Method::Odin) as u8 as f64
+            + self.methods.contains(&Method::Mahalanobis) as u8 as f64;
+        let passes = match &self.checkpoints {
+            None => crate::workload::Passes::Fixed(1),
+            Some(EpochSelection::Epochs(list)) => crate::workload::Passes::Fixed(list.len()),
+            Some(EpochSelection::All) => crate::workload::Passes::CheckpointsOf(self.model.clone()),
+        };
+        Some(crate::workload::Workload {
+            model: crate::workload::ModelSource::Upstream(self.model.clone()),
+            reads,
+            passes,
+            images_factor: factor,
+            training: false,
+            batch_size: self.batch_size,
+            checkpoints_kept: None,
+        })
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let model_dir = ctx.stage_dir(&self.model)?;
         let saved = SavedModel::in_dir(model_dir)?;

@@ -3,6 +3,7 @@
 use crate::data::Split;
 use crate::fit::{fit, Fit, StepOutput};
 use crate::models::{Architecture, ModelSpec, Network, Parameters};
+use crate::workload::{ModelSource, Workload};
 use crate::{Artifact, Input, ParamError, RunContext, StageError, StageParams};
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +173,14 @@ impl StageParams for Train {
             ));
         }
         problems
+    }
+
+    fn model_source(&self) -> Option<ModelSource> {
+        Some(ModelSource::Architecture(self.model.architecture(&self.widths, &self.strides)))
+    }
+
+    fn workload(&self) -> Option<Workload> {
+        Some(self.fit_config().workload(self.model_source()?, &self.data, 1.0))
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {

@@ -41,6 +41,18 @@ impl StageParams for Um {
         problems
     }
 
+    fn model_source(&self) -> Option<crate::workload::ModelSource> {
+        Some(crate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn workload(&self) -> Option<crate::workload::Workload> {
+        Some(self.fit_config().workload(
+            crate::workload::ModelSource::Upstream(self.model.clone()),
+            &self.data,
+            1.0,
+        ))
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;
         let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;

@@ -50,6 +50,10 @@ pub enum Command {
         only: Vec<String>,
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        /// Measure the throughput of models not measured yet on the recipe's device (a few
+        /// steps each), for the duration estimates
+        #[arg(long)]
+        estimate: bool,
         #[command(flatten)]
         cache: CacheArgs,
     },

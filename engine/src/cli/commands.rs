@@ -2,6 +2,7 @@
 //! library (recipe, plan, run, cache).
 use super::shell::{duration, Shell, Verbosity};
 use super::Status;
+use crate::estimate::{human_duration, Estimate, Estimator, ThroughputTable};
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::did_you_mean;
 use crate::recipe::Recipe;
@@ -141,6 +142,7 @@ pub fn plan(
     force: &[String],
     cache: Option<PathBuf>,
     all: bool,
+    measure: bool,
 ) -> anyhow::Result<Status> {
     let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
     let only = stage_indices(&recipe, only, "--only")?;
@@ -152,6 +154,17 @@ pub fn plan(
         eprintln!("warning: dataset `{name}`: {problem}");
     }
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced);
+    let device = crate::device::select(recipe.device);
+    let mut estimator = match &device {
+        Ok((device, _)) => {
+            Some(Estimator::new(&recipe, device, ThroughputTable::open(store.root()), measure))
+        }
+        Err(message) => {
+            eprintln!("warning: no duration estimates: {message}");
+            None
+        }
+    };
+    let (mut total_seconds, mut estimated, mut unestimated, mut unmeasured) = (0.0, 0usize, 0usize, 0usize);
     let mut to_run = 0;
     for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
         let kind = recipe.stages[instance.stage].kind.name();
@@ -163,7 +176,29 @@ pub fn plan(
             }
             Verdict::Run { reasons, .. } => {
                 to_run += 1;
-                println!("will run  {} ({kind})", instance.label);
+                let estimate = estimator.as_mut().map(|e| e.estimate(instance.stage));
+                let duration = match &estimate {
+                    Some(Estimate::Seconds { seconds, images, images_per_second }) => {
+                        total_seconds += seconds;
+                        estimated += 1;
+                        format!(
+                            "  ~{} ({:.0} images at {:.0}/s)",
+                            human_duration(*seconds),
+                            images,
+                            images_per_second
+                        )
+                    }
+                    Some(Estimate::Unmeasured { .. }) => {
+                        unmeasured += 1;
+                        "  duration: throughput not measured yet".into()
+                    }
+                    Some(Estimate::Unknown(why)) => {
+                        unestimated += 1;
+                        format!("  duration unknown: {why}")
+                    }
+                    Some(Estimate::NotEstimated) | None => String::new(),
+                };
+                println!("will run  {} ({kind}){duration}", instance.label);
                 for reason in reasons {
                     println!("            {reason}");
                 }
@@ -172,6 +207,17 @@ pub fn plan(
     }
     let total = verdicts.len();
     println!("{to_run} of {total} stage(s) will run, {} cached", total - to_run);
+    let device = device.as_ref().map(|(d, _)| crate::device::describe(d)).unwrap_or_default();
+    if estimated > 0 {
+        print!("estimated duration on {device}: ~{} one stage at a time", human_duration(total_seconds));
+        if unmeasured + unestimated > 0 {
+            print!(", not counting {} stage(s) without an estimate", unmeasured + unestimated);
+        }
+        println!();
+    }
+    if to_run > 0 && unmeasured > 0 {
+        println!("(`pipeline plan --estimate` measures the missing throughputs: a few steps per model)");
+    }
     Ok(Status::Success)
 }
 

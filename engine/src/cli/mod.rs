@@ -55,10 +55,10 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Run { recipe, only, force, jobs, quiet, json, cache } => {
             commands::run(&recipe, &only, &force, jobs, quiet, json, cache.cache)
         }
-        Command::Plan { recipe, only, force, cache } => {
-            commands::plan(&recipe, &only, &force, cache.cache, false)
+        Command::Plan { recipe, only, force, estimate, cache } => {
+            commands::plan(&recipe, &only, &force, cache.cache, false, estimate)
         }
-        Command::Status { recipe, cache } => commands::plan(&recipe, &[], &[], cache.cache, true),
+        Command::Status { recipe, cache } => commands::plan(&recipe, &[], &[], cache.cache, true, false),
         Command::Dag { recipe, dot } => commands::dag(&recipe, dot),
         Command::Show { recipe, stage, cache } => commands::show(&recipe, &stage, cache.cache),
         Command::Gc { recipes, dry_run, cache } => commands::gc(&recipes, dry_run, cache.cache),

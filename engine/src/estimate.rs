@@ -1,0 +1,204 @@
+//! Duration estimates for `pipeline plan`: each stage says what it computes (its model, the
+//! datasets it reads, how many passes, training or evaluation: `Stage::workload`); the
+//! throughput of that model on the recipe's device comes from a table kept in the cache folder
+//! (`throughput.json`, images/s per configuration), filled by measuring a few steps when asked
+//! (`pipeline plan --estimate`). The engine only follows stage names and multiplies.
+use stages::data::Split;
+use stages::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::recipe::Recipe;
+
+/// Measured images/s by configuration, stored as JSON in the cache folder.
+pub struct ThroughputTable {
+    path: PathBuf,
+    entries: BTreeMap<String, f64>,
+}
+
+impl ThroughputTable {
+    /// The table of the cache at `cache_root` (empty when there is none or it is unreadable).
+    pub fn open(cache_root: &Path) -> ThroughputTable {
+        let path = cache_root.join("throughput.json");
+        let entries =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        ThroughputTable { path, entries }
+    }
+
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.entries.get(key).copied().filter(|v| v.is_finite() && *v > 0.0)
+    }
+
+    /// Records a measurement and writes the table (through a temporary file and a rename).
+    pub fn insert(&mut self, key: String, images_per_second: f64) -> std::io::Result<()> {
+        self.entries.insert(key, images_per_second);
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.entries).expect("numbers serialise"))?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+type DatasetSize = Result<(usize, [usize; 3]), String>;
+
+/// An estimate for one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Estimate {
+    /// Seconds, and the throughput it rests on.
+    Seconds { seconds: f64, images: f64, images_per_second: f64 },
+    /// No throughput measured yet for this configuration (`--estimate` measures it).
+    Unmeasured { configuration: String },
+    /// The stage's work is not estimated (it is small, or its size is unknown).
+    NotEstimated,
+    /// Something needed for the estimate is missing (a dataset, a stage).
+    Unknown(String),
+}
+
+/// Works out stage durations for one recipe on one device.
+pub struct Estimator<'a> {
+    recipe: &'a Recipe,
+    device: &'a candle_core::Device,
+    device_name: String,
+    pub table: ThroughputTable,
+    /// Measure configurations the table lacks.
+    pub measure: bool,
+    /// Images and shape per (dataset, is the train split).
+    sizes: HashMap<(String, bool), DatasetSize>,
+}
+
+impl<'a> Estimator<'a> {
+    pub fn new(
+        recipe: &'a Recipe,
+        device: &'a candle_core::Device,
+        table: ThroughputTable,
+        measure: bool,
+    ) -> Self {
+        Estimator {
+            recipe,
+            device,
+            device_name: crate::device::describe(device),
+            table,
+            measure,
+            sizes: HashMap::new(),
+        }
+    }
+
+    fn stage(&self, name: &str) -> Result<&dyn stages::Stage, String> {
+        self.recipe
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.stage.as_ref())
+            .ok_or_else(|| format!("no stage `{name}`"))
+    }
+
+    /// The architecture behind a model source, following upstream stages.
+    fn architecture(&self, source: &ModelSource) -> Result<stages::models::Architecture, String> {
+        let mut source = source.clone();
+        for _ in 0..=self.recipe.stages.len() {
+            match source {
+                ModelSource::Architecture(a) => return Ok(a),
+                ModelSource::Upstream(name) => {
+                    source = self
+                        .stage(&name)?
+                        .model_source()
+                        .ok_or_else(|| format!("stage `{name}` has no model"))?
+                }
+            }
+        }
+        Err("model sources form a cycle".into())
+    }
+
+    fn size(&mut self, dataset: &str, split: Split) -> Result<(usize, [usize; 3]), String> {
+        let recipe = self.recipe;
+        self.sizes
+            .entry((dataset.to_string(), matches!(split, Split::Train)))
+            .or_insert_with(|| {
+                let spec = recipe.datasets.get(dataset).ok_or_else(|| format!("no dataset `{dataset}`"))?;
+                dataset_size(spec, split).map_err(|e| format!("dataset `{dataset}`: {e}"))
+            })
+            .clone()
+    }
+
+    /// The estimate for the recipe's stage `index`.
+    pub fn estimate(&mut self, index: usize) -> Estimate {
+        let Some(work) = self.recipe.stages[index].stage.workload() else { return Estimate::NotEstimated };
+        match self.estimate_workload(&work) {
+            Ok(estimate) => estimate,
+            Err(message) => Estimate::Unknown(message),
+        }
+    }
+
+    fn estimate_workload(&mut self, work: &Workload) -> Result<Estimate, String> {
+        let architecture = self.architecture(&work.model)?;
+        let mut images = 0usize;
+        let mut shape = None;
+        for (dataset, split) in &work.reads {
+            let (count, dataset_shape) = self.size(dataset, *split)?;
+            images += count;
+            shape.get_or_insert(dataset_shape);
+        }
+        let shape = shape.ok_or("reads no dataset")?;
+        let passes = match &work.passes {
+            Passes::Fixed(n) => *n,
+            Passes::CheckpointsOf(name) => {
+                let mut source = ModelSource::Upstream(name.clone());
+                // The training stage behind the model keeps the checkpoints.
+                loop {
+                    let ModelSource::Upstream(stage) = source else { break 1 };
+                    let stage = self.stage(&stage)?;
+                    if let Some(kept) = stage.workload().and_then(|w| w.checkpoints_kept) {
+                        break kept;
+                    }
+                    source = stage.model_source().ok_or("no model")?;
+                }
+            }
+        };
+        let total = images as f64 * passes as f64 * work.images_factor;
+        let key = throughput_key(&architecture, shape, work.batch_size, work.training, &self.device_name);
+        let rate = match self.table.get(&key) {
+            Some(rate) => rate,
+            None if self.measure => {
+                let rate =
+                    measure_throughput(&architecture, shape, work.batch_size, work.training, self.device)
+                        .map_err(|e| format!("measuring {key}: {e}"))?;
+                self.table.insert(key, rate).map_err(|e| format!("cannot record the throughput: {e}"))?;
+                rate
+            }
+            None => return Ok(Estimate::Unmeasured { configuration: key }),
+        };
+        Ok(Estimate::Seconds { seconds: total / rate, images: total, images_per_second: rate })
+    }
+}
+
+/// `1h 05m`, `12m 30s`, `45s`.
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.round().max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(4.4), "4s");
+        assert_eq!(human_duration(750.0), "12m 30s");
+        assert_eq!(human_duration(3900.0), "1h 05m");
+    }
+
+    #[test]
+    fn the_table_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = ThroughputTable::open(dir.path());
+        assert_eq!(table.get("x"), None);
+        table.insert("x".into(), 123.5).unwrap();
+        assert_eq!(ThroughputTable::open(dir.path()).get("x"), Some(123.5));
+        std::fs::write(dir.path().join("throughput.json"), b"not json").unwrap();
+        assert_eq!(ThroughputTable::open(dir.path()).get("x"), None, "a damaged table is ignored");
+    }
+}
