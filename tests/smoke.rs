@@ -245,3 +245,27 @@ fn plan_estimates_durations_from_measured_throughput() {
     // Without --estimate the recorded throughputs are reused: the same figures, nothing measured.
     assert_eq!(plan(&[]), measured);
 }
+
+/// A recipe that asks for CUDA in a build without it stops before running anything, naming
+/// the device and how to get CUDA support.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_recipe_without_cuda_support_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(smoke_recipe()).unwrap().replace("device = \"cpu\"", "device = \"cuda:0\"");
+    let recipe = dir.path().join("cuda.toml");
+    std::fs::write(
+        &recipe,
+        text.replace("../data/mnist-10k", &format!("{}/recipes/data/mnist-10k", env!("CARGO_MANIFEST_DIR"))),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let out = pipeline().arg("run").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("cuda:0") && error.contains("--features cuda"), "{error}");
+    let out = pipeline().args(["bench-train", "--net", "small-cnn", "--device", "tpu"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
+}

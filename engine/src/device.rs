@@ -10,9 +10,10 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), String> 
             if cfg!(feature = "cuda") {
                 match Device::new_cuda(0) {
                     Ok(device) => Ok((device, None)),
-                    Err(e) => {
-                        Ok((Device::Cpu, Some(format!("no usable CUDA device ({e}); running on the CPU"))))
-                    }
+                    Err(e) => Ok((
+                        Device::Cpu,
+                        Some(format!("no usable CUDA device ({}); running on the CPU", first_line(&e))),
+                    )),
                 }
             } else {
                 Ok((Device::Cpu, None))
@@ -27,9 +28,15 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), String> 
             }
             Device::new_cuda(ordinal)
                 .map(|d| (d, None))
-                .map_err(|e| format!("cannot open CUDA device {ordinal}: {e}"))
+                .map_err(|e| format!("cannot open CUDA device {ordinal}: {}", first_line(&e)))
         }
     }
+}
+
+/// The message of a candle error without the backtrace candle appends when RUST_BACKTRACE is
+/// set.
+fn first_line(error: &candle_core::Error) -> String {
+    error.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// A short name for manifests and messages.
@@ -38,5 +45,25 @@ pub fn describe(device: &Device) -> String {
         Device::Cpu => "cpu".into(),
         Device::Cuda(_) => "cuda".into(),
         Device::Metal(_) => "metal".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_always_available() {
+        assert!(matches!(select(DeviceChoice::Cpu), Ok((Device::Cpu, None))));
+    }
+
+    /// Without the `cuda` feature, "auto" is the CPU without a notice and a CUDA request is an
+    /// error that says how to get CUDA support.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn without_the_cuda_feature_cuda_requests_fail_clearly() {
+        assert!(matches!(select(DeviceChoice::Auto), Ok((Device::Cpu, None))));
+        let message = select(DeviceChoice::Cuda(1)).unwrap_err();
+        assert!(message.contains("\"cuda:1\"") && message.contains("--features cuda"), "{message}");
     }
 }
