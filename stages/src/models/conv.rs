@@ -102,6 +102,10 @@ impl Geometry {
             let (lo, hi) = self.valid_columns(kj, wo);
             let plane = &image[ch * self.h * self.w..][..self.h * self.w];
             let line = &mut cols[row * columns..][..columns];
+            if self.stride == 1 && ho == self.h && wo == self.w {
+                self.shifted_plane(plane, line, ki, kj);
+                continue;
+            }
             for oy in 0..ho {
                 let target = &mut line[oy * wo..][..wo];
                 match self.source_row(ki, oy).filter(|_| hi > lo) {
@@ -124,15 +128,77 @@ impl Geometry {
         }
     }
 
+    /// One im2col row of a stride-1 "same" convolution: the plane shifted by (ki − p, kj − p)
+    /// with zeros where the shift leaves the image. The rows are contiguous in both, so this is
+    /// one copy, then zeros for the columns that wrapped into the neighbouring row.
+    fn shifted_plane(&self, plane: &[f32], line: &mut [f32], ki: usize, kj: usize) {
+        let (h, w) = (self.h as isize, self.w as isize);
+        let (dy, dx) = (ki as isize - self.padding as isize, kj as isize - self.padding as isize);
+        // Output rows whose source row is inside the image.
+        let (first_row, end_row) = ((-dy).max(0), (h - dy).min(h));
+        if first_row >= end_row || dx.abs() >= w {
+            line.fill(0.0);
+            return;
+        }
+        let start = (first_row * w + (-dx).max(0)) as usize;
+        let end = (end_row * w - dx.max(0)) as usize;
+        let offset = dy * w + dx;
+        line[..start].fill(0.0);
+        line[start..end]
+            .copy_from_slice(&plane[(start as isize + offset) as usize..(end as isize + offset) as usize]);
+        line[end..].fill(0.0);
+        for oy in first_row..end_row {
+            let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
+            if dx < 0 {
+                row[..(-dx) as usize].fill(0.0);
+            } else if dx > 0 {
+                row[(w - dx) as usize..].fill(0.0);
+            }
+        }
+    }
+
+    /// The adjoint of [`Geometry::shifted_plane`]: adds the line, shifted back, into the plane,
+    /// leaving out (after zeroing them in `line`) the entries that read padding.
+    fn add_shifted_plane(&self, line: &mut [f32], plane: &mut [f32], ki: usize, kj: usize) {
+        let (h, w) = (self.h as isize, self.w as isize);
+        let (dy, dx) = (ki as isize - self.padding as isize, kj as isize - self.padding as isize);
+        let (first_row, end_row) = ((-dy).max(0), (h - dy).min(h));
+        if first_row >= end_row || dx.abs() >= w {
+            return;
+        }
+        for oy in first_row..end_row {
+            let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
+            if dx < 0 {
+                row[..(-dx) as usize].fill(0.0);
+            } else if dx > 0 {
+                row[(w - dx) as usize..].fill(0.0);
+            }
+        }
+        let start = (first_row * w + (-dx).max(0)) as usize;
+        let end = (end_row * w - dx.max(0)) as usize;
+        let offset = dy * w + dx;
+        let target = &mut plane[(start as isize + offset) as usize..(end as isize + offset) as usize];
+        for (t, v) in target.iter_mut().zip(&line[start..end]) {
+            *t += v;
+        }
+    }
+
     /// The adjoint of [`Geometry::im2col`]: adds a column matrix into one image (C, H, W).
-    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+    /// `cols` is scratch: a stride-1 "same" convolution zeroes the entries that read padding
+    /// in it, then adds each row as one shifted block.
+    fn col2im(&self, cols: &mut [f32], image: &mut [f32]) {
         let (ho, wo) = self.output();
         let (_, columns) = self.cols_shape();
+        let same = self.stride == 1 && ho == self.h && wo == self.w;
         for ch in 0..self.c {
             let plane = &mut image[ch * self.h * self.w..][..self.h * self.w];
             for ki in 0..self.k {
                 for kj in 0..self.k {
                     let row = (ch * self.k + ki) * self.k + kj;
+                    if same {
+                        self.add_shifted_plane(&mut cols[row * columns..][..columns], plane, ki, kj);
+                        continue;
+                    }
                     let line = &cols[row * columns..][..columns];
                     let (lo, hi) = self.valid_columns(kj, wo);
                     for oy in 0..ho {
@@ -476,6 +542,9 @@ mod tests {
             (1, 3, 8, 7, 2, 3, 2, 0),
             (2, 2, 5, 6, 3, 1, 2, 0),
             (2, 3, 11, 10, 4, 5, 3, 2),
+            // Stride-1 "same" convolutions (the shifted-plane im2col): 5×5, and a one-pixel-wide image.
+            (2, 2, 6, 7, 3, 5, 1, 2),
+            (1, 2, 4, 1, 2, 3, 1, 1),
         ];
         for (seed, &(n, c, h, w, o, k, stride, padding)) in cases.iter().enumerate() {
             let g = Geometry { n, c, h, w, k, stride, padding };
