@@ -421,7 +421,11 @@ impl CustomOp2 for InputGradient {
     }
 }
 
-/// ∂L/∂W from (x, ∂L/∂out): Σ over images of grad · colsᵀ, one partial sum per thread.
+/// Images per partial sum of the weight gradient.
+const IMAGES_PER_PARTIAL_SUM: usize = 8;
+
+/// ∂L/∂W from (x, ∂L/∂out): Σ over images of grad · colsᵀ, in partial sums over fixed groups
+/// of images computed in parallel.
 struct WeightGradient(Geometry, usize);
 
 impl CustomOp2 for WeightGradient {
@@ -441,8 +445,10 @@ impl CustomOp2 for WeightGradient {
         let grad = f32_slice(s2, l2, "conv2d gradient")?;
         let (rows, columns) = g.cols_shape();
         let image_len = g.c * g.h * g.w;
-        let groups = rayon::current_num_threads().clamp(1, g.n.max(1));
-        let per_group = g.n.div_ceil(groups);
+        // Fixed groups of images, summed in a fixed order: the result does not depend on the
+        // number of threads (determinism across machines).
+        let per_group = IMAGES_PER_PARTIAL_SUM;
+        let groups = g.n.div_ceil(per_group).max(1);
         let partial = |group: usize| {
             let mut acc = vec![0f32; o * rows];
             for b in group * per_group..((group + 1) * per_group).min(g.n) {
@@ -605,5 +611,25 @@ mod tests {
             tracked_grads.get(weight.as_tensor()).unwrap(),
         );
         assert_eq!(d, 0.0);
+    }
+
+    /// The weight gradient is bit-identical whatever the number of threads.
+    #[test]
+    fn gradients_do_not_depend_on_the_number_of_threads() {
+        let x = crate::rng::test_images(11, &[19, 3, 9, 7]);
+        let probe = crate::rng::test_images(12, &[19, 4, 9, 7]);
+        let weights = crate::rng::test_images(13, &[4, 3, 3, 3]);
+        let gradient = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let weight = Var::from_tensor(&weights).unwrap();
+                let out = conv2d(&x, weight.as_tensor(), 1, 1).unwrap();
+                let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                values(grads.get(weight.as_tensor()).unwrap())
+            })
+        };
+        let one = gradient(1);
+        assert_eq!(one, gradient(2));
+        assert_eq!(one, gradient(3));
     }
 }
