@@ -124,9 +124,16 @@ pub struct OutlierSetup<'a> {
 }
 
 impl OutlierSetup<'_> {
-    /// Images per ID image in a step: the ID batch and its auxiliary batch.
-    pub fn images_factor(&self, batch_size: usize) -> f64 {
-        1.0 + self.aux_batch_size.unwrap_or(batch_size) as f64 / batch_size.max(1) as f64
+    /// The model is the upstream one being fine-tuned.
+    pub fn model_source(&self) -> crate::workload::ModelSource {
+        crate::workload::ModelSource::Upstream(self.model.to_string())
+    }
+
+    /// Training passes over the ID data; each step also feeds its auxiliary batch.
+    pub fn workload(&self, fit: &crate::fit::FitConfig) -> crate::workload::Workload {
+        let per_id_image =
+            1.0 + self.aux_batch_size.unwrap_or(fit.batch_size) as f64 / fit.batch_size.max(1) as f64;
+        fit.workload(self.model_source(), self.data, per_id_image)
     }
 
     pub fn inputs(&self) -> Vec<Input> {

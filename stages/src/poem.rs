@@ -79,15 +79,11 @@ impl StageParams for Poem {
     }
 
     fn model_source(&self) -> Option<crate::workload::ModelSource> {
-        Some(crate::workload::ModelSource::Upstream(self.model.clone()))
+        Some(self.setup().model_source())
     }
 
     fn workload(&self) -> Option<crate::workload::Workload> {
-        Some(self.fit_config().workload(
-            crate::workload::ModelSource::Upstream(self.model.clone()),
-            &self.data,
-            self.setup().images_factor(self.batch_size),
-        ))
+        Some(self.setup().workload(&self.fit_config()))
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
