@@ -51,7 +51,9 @@ fn second_run_executes_nothing_and_a_change_reruns_exactly_its_dependents() {
 fn an_interrupted_run_leaves_no_complete_looking_entry_and_the_rerun_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let recipe = write_recipe(dir.path(), &tiny_recipe(40, r#"["energy"]"#));
+    // Enough epochs that training cannot finish within the 300 ms before the kill, however fast
+    // the training step gets (40 epochs did, once the CPU kernels were rewritten).
+    let recipe = write_recipe(dir.path(), &tiny_recipe(5000, r#"["energy"]"#));
     let mut child = pipeline()
         .arg("run")
         .arg(&recipe)
