@@ -61,9 +61,11 @@ pub fn fetch(
     local_archive: Option<&Path>,
     quiet: bool,
 ) -> Result<Fetched, FetchError> {
-    let Origin::Download { url, md5, bytes, unpack } = entry.origin else {
-        let Origin::Manual(instructions) = entry.origin else { unreachable!() };
-        return Err(FetchError::Manual { name: entry.name.into(), instructions: instructions.into() });
+    let (url, md5, bytes, unpack) = match entry.origin {
+        Origin::Download { url, md5, bytes, unpack } => (url, md5, bytes, unpack),
+        Origin::Manual(instructions) => {
+            return Err(FetchError::Manual { name: entry.name.into(), instructions: instructions.into() })
+        }
     };
     let target = data_dir.join(entry.folder);
     if target.exists() {

@@ -1,6 +1,7 @@
-//! Output buffers for the CPU kernels, filled in parallel without zero-filling first: the
-//! kernels write every element, and a memset of each large temporary was ~7% of a training
-//! step (perf, ResNet-20, one thread).
+//! Buffers of the CPU kernels: their f32 inputs as slices, and their outputs, filled in
+//! parallel without zero-filling first (the kernels write every element, and a memset of each
+//! large temporary was ~7% of a training step: perf, ResNet-20, one thread).
+use candle_core::{CpuStorage, Layout, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -48,4 +49,13 @@ pub unsafe fn filled_in_chunks(
     // pieces cover exactly `len` elements.
     unsafe { out.set_len(len) };
     out
+}
+
+/// A contiguous f32 input of a custom op as a slice (`what` names it in errors).
+pub fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what}: only f32 is supported") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: the input must be contiguous"),
+    }
 }

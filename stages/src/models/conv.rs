@@ -7,7 +7,7 @@
 //! backward at 2–18 (../shared/CANDLE_NOTES.md); composing im2col with candle's matmul costs a
 //! transposed copy of every output and of every gradient, plus candle's gradient bookkeeping
 //! for each of those nodes. Other devices keep candle's conv2d.
-use super::buffers::filled_in_chunks;
+use super::buffers::{contiguous_f32, filled_in_chunks};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -305,14 +305,6 @@ unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix)
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what}: only f32 is supported") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
-}
-
 /// The convolution: (N, C, H, W) ⊛ (O, C, k, k) → (N, O, Ho, Wo).
 struct Conv2d {
     g: Geometry,
@@ -332,8 +324,8 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, o) = (self.g, self.o);
-        let x = f32_slice(s1, l1, "conv2d input")?;
-        let w = f32_slice(s2, l2, "conv2d weight")?;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
         let (rows, columns) = g.cols_shape();
         let weight = Matrix::row_major(w, o, rows);
         let image_len = g.c * g.h * g.w;
@@ -395,8 +387,8 @@ impl CustomOp2 for InputGradient {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let grad = f32_slice(s1, l1, "conv2d gradient")?;
-        let w = f32_slice(s2, l2, "conv2d weight")?;
+        let grad = contiguous_f32(s1, l1, "conv2d gradient")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
         let (rows, columns) = g.cols_shape();
         let o = w.len() / rows;
         let weight_t = Matrix::row_major(w, o, rows).transposed();
@@ -441,8 +433,8 @@ impl CustomOp2 for WeightGradient {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, o) = (self.0, self.1);
-        let x = f32_slice(s1, l1, "conv2d input")?;
-        let grad = f32_slice(s2, l2, "conv2d gradient")?;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let grad = contiguous_f32(s2, l2, "conv2d gradient")?;
         let (rows, columns) = g.cols_shape();
         let image_len = g.c * g.h * g.w;
         // Fixed groups of images, summed in a fixed order: the result does not depend on the

@@ -8,7 +8,7 @@
 //! needs only the input and the output (the ReLU mask is `y > 0`), reads them twice and writes
 //! the input gradient once. The per-channel statistics are handed back for the running-average
 //! update. Other devices keep the op-by-op version.
-use super::buffers::filled_in_chunks;
+use super::buffers::{contiguous_f32, filled_in_chunks};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,7 @@ pub fn batch_norm_relu(
         batch_out: slot.clone(),
     };
     let y = x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let batch = slot.lock().map_err(|_| candle_core::Error::Msg("batch norm lock poisoned".into()))?.take();
+    let batch = lock(&slot)?.take();
     Ok((y, batch))
 }
 
@@ -119,14 +119,6 @@ struct BatchNormRelu {
     affine_gradients: bool,
     saved: Arc<Mutex<Option<Normaliser>>>,
     batch_out: Arc<Mutex<Option<BatchStatistics>>>,
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else { candle_core::bail!("{what}: only f32 is supported") };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: the input must be contiguous"),
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
