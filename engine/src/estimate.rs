@@ -4,7 +4,7 @@
 //! (`throughput.json`, images/s per configuration), filled by measuring a few steps when asked
 //! (`pipeline plan --estimate`). The engine only follows stage names and multiplies.
 use stages::data::Split;
-use stages::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
+use stages::estimate::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 

@@ -87,7 +87,7 @@ impl Plan {
                     ),
                     None => (decl.name.clone(), decl.name.clone()),
                 };
-                let stage_seed = stages::rng::stage_seed(seed.unwrap_or(0), &decl.name);
+                let stage_seed = stages::math::rng::stage_seed(seed.unwrap_or(0), &decl.name);
                 by_stage.entry(s).or_default().push(instances.len());
                 instances.push(Instance { stage: s, seed, id, label, stage_seed, upstream });
             }

@@ -3,294 +3,42 @@
 //! A stage kind is a parameter struct implementing [`StageParams`]: serde gives its recipe
 //! fields (with defaults), [`StageParams::inputs`] names the stages and datasets it reads, and
 //! [`StageParams::run`] computes its outputs into the folder its [`RunContext`] hands it. The
-//! [`registry`] lists every kind; adding a kind is one file plus one line there.
+//! [`registry`] lists every kind; adding a kind is one file in `kinds/` plus one line there.
 //!
 //! This crate knows nothing of TOML files or of the cache: it receives parameters as JSON
 //! values and resolved paths of its inputs.
 //!
-//! - [`data`]: dataset specifications and loaders (MNIST IDX, synthetic noise), class subsets.
-//! - [`models`]: architectures, parameter stores, checkpoints (safetensors + JSON).
-//! - [`scores`]: OOD scoring functions; [`metrics`]: FPR95, AUROC, AUPR.
-//! - [`fit`]: the training loop the training stages share; [`masks`], [`constraint`]: the
-//!   Unleashing-Mask pieces.
-//! - [`outliers`], [`bayes`]: what the outlier-exposure stages share.
-//! - one module per stage kind: [`train`], [`checkpoint`], [`estimate_loss_constraint`], [`um`],
-//!   [`umap`], [`oe`], [`energy_oe`], [`poem`], [`score`], [`report`].
+//! - [`stage`]: the stage API the engine sees; [`kinds`]: one module per stage kind and the
+//!   registry.
+//! - [`training`]: the fit loop and its configuration, optimiser, schedules, losses, masks, the
+//!   loss constraint, outlier selection.
+//! - [`models`]: architectures, parameters, checkpoints, evaluation over an image set, and
+//!   `kernels/` (the CPU convolution and fused batch norm: all unsafe code lives there).
+//! - [`scores`]: one scorer per OOD score method; [`metrics`]: FPR95, AUROC, AUPR.
+//! - [`data`]: dataset specifications and loaders; [`formats`]: `.npy` and JSON outputs.
+//! - [`estimate`]: workloads of stages and measured throughput, for duration estimates.
+//! - [`math`]: linear algebra and seeded random streams.
+//!
+//! Inside the crate every item is named by its home module (`crate::stage::StageParams`), never
+//! through the re-exports below, which are for other crates: no file imports a file that
+//! imports it back (`tests/module_graph.rs`).
 
-pub mod bayes;
-pub mod bench;
-pub mod checkpoint;
-pub mod constraint;
 pub mod data;
-pub mod energy_oe;
-mod error;
-pub mod estimate_loss_constraint;
-mod fields;
-pub mod fit;
-pub mod linalg;
-pub mod mahalanobis_fit;
-pub mod masks;
+pub mod error;
+pub mod estimate;
+pub mod fields;
+pub mod formats;
+pub mod kinds;
+pub mod math;
 pub mod metrics;
 pub mod models;
-pub mod npy;
-pub mod oe;
-pub mod optim;
-pub mod outliers;
-pub mod poem;
-mod progress;
-pub mod report;
-pub mod report_html;
-pub mod rng;
-pub mod schedule;
-pub mod score;
+pub mod progress;
 pub mod scores;
-pub mod train;
-pub mod um;
-pub mod umap;
-pub mod workload;
+pub mod stage;
+pub mod training;
 
 pub use error::{ParamError, StageError};
 pub use fields::struct_fields;
+pub use kinds::{kind, registry};
 pub use progress::{NoProgress, Progress, ProgressBar};
-
-use candle_core::Device;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use std::collections::BTreeMap;
-use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-
-/// What a stage's outputs can be used as by other stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Artifact {
-    /// A model that can be loaded and run (`model.json` + weights).
-    Model,
-    /// A series of checkpoints of one training run.
-    Checkpoints,
-    /// Scores of an ID test set and OOD sets.
-    Scores,
-    /// A metrics report.
-    Report,
-    /// A loss constraint ζ.
-    Constraint,
-    /// A class-conditional Gaussian of a model's features (for the Mahalanobis score).
-    Gaussian,
-}
-
-impl Artifact {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Artifact::Model => "a model",
-            Artifact::Checkpoints => "training checkpoints",
-            Artifact::Scores => "OOD scores",
-            Artifact::Report => "a report",
-            Artifact::Constraint => "a loss constraint",
-            Artifact::Gaussian => "a fitted Gaussian (mahalanobis-fit)",
-        }
-    }
-}
-
-/// What a reference in a stage's parameters points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// Another stage, whose outputs must be usable as the given artifact.
-    Stage { name: String, expects: Artifact },
-    /// A dataset declared in the recipe.
-    Dataset { name: String },
-}
-
-/// One reference in a stage's parameters: the path of the field (e.g. `["ood", "1"]`) and
-/// what it points at. The engine turns references into graph edges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Input {
-    pub field: Vec<String>,
-    pub target: Target,
-}
-
-impl Input {
-    pub fn stage(field: &[&str], name: &str, expects: Artifact) -> Input {
-        Input {
-            field: field.iter().map(|s| s.to_string()).collect(),
-            target: Target::Stage { name: name.to_string(), expects },
-        }
-    }
-
-    pub fn dataset(field: &[&str], name: &str) -> Input {
-        Input {
-            field: field.iter().map(|s| s.to_string()).collect(),
-            target: Target::Dataset { name: name.to_string() },
-        }
-    }
-}
-
-/// Everything a running stage may read, and the one folder it writes.
-pub struct RunContext<'a> {
-    /// The fresh, empty folder the stage writes its outputs into.
-    pub out_dir: &'a Path,
-    /// The seed of this stage (derived from the recipe seed and the stage's name).
-    pub seed: u64,
-    /// Output folders of upstream stages, by stage name: one folder, or one per seed for a
-    /// stage that aggregates across seeds ([`StageParams::ACROSS_SEEDS`]).
-    pub upstream: &'a BTreeMap<String, Vec<PathBuf>>,
-    /// Datasets declared in the recipe, paths resolved.
-    pub datasets: &'a BTreeMap<String, data::DatasetSpec>,
-    pub device: &'a Device,
-    pub progress: &'a dyn Progress,
-}
-
-impl RunContext<'_> {
-    /// The output folder of the upstream stage `name`.
-    pub fn stage_dir(&self, name: &str) -> Result<&Path, StageError> {
-        match self.stage_dirs(name)? {
-            [one] => Ok(one),
-            many => Err(StageError::Invalid(format!("expected one output of `{name}`, got {}", many.len()))),
-        }
-    }
-
-    /// The output folders of the upstream stage `name`, one per seed, in seed order.
-    pub fn stage_dirs(&self, name: &str) -> Result<&[PathBuf], StageError> {
-        self.upstream
-            .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| StageError::Invalid(format!("upstream stage `{name}` was not provided")))
-    }
-
-    /// The dataset `name` as declared in the recipe.
-    pub fn dataset(&self, name: &str) -> Result<&data::DatasetSpec, StageError> {
-        self.datasets
-            .get(name)
-            .ok_or_else(|| StageError::Invalid(format!("dataset `{name}` was not provided")))
-    }
-}
-
-/// A stage kind's parameters: the type that defines the kind.
-pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
-    /// The name recipes use in `kind = "…"`.
-    const KIND: &'static str;
-    /// Bump when the computation changes, so cached results are not reused.
-    const VERSION: u32;
-    /// What its outputs can be used as.
-    const PRODUCES: &'static [Artifact];
-    /// Whether one instance reads the outputs of every seed (a report), rather than one
-    /// instance running per seed.
-    const ACROSS_SEEDS: bool = false;
-    /// The stages and datasets it reads.
-    fn inputs(&self) -> Vec<Input>;
-    /// Checks beyond types (ranges, consistency); each problem names its field.
-    fn check(&self) -> Vec<ParamError> {
-        Vec::new()
-    }
-    /// Computes the outputs into `ctx.out_dir`.
-    fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
-    /// Where the model it produces or reads comes from (for duration estimates).
-    fn model_source(&self) -> Option<workload::ModelSource> {
-        None
-    }
-    /// The bulk of its computation, when it is worth estimating.
-    fn workload(&self) -> Option<workload::Workload> {
-        None
-    }
-}
-
-/// A configured stage, ready to run.
-pub trait Stage: Send + Sync {
-    fn kind(&self) -> &'static str;
-    fn version(&self) -> u32;
-    /// Parameters with defaults filled in: what the cache key hashes.
-    fn params(&self) -> serde_json::Value;
-    fn inputs(&self) -> Vec<Input>;
-    fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
-    fn model_source(&self) -> Option<workload::ModelSource>;
-    fn workload(&self) -> Option<workload::Workload>;
-}
-
-impl<P: StageParams> Stage for P {
-    fn kind(&self) -> &'static str {
-        P::KIND
-    }
-    fn version(&self) -> u32 {
-        P::VERSION
-    }
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("stage parameters serialise to JSON")
-    }
-    fn inputs(&self) -> Vec<Input> {
-        StageParams::inputs(self)
-    }
-    fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        StageParams::run(self, ctx)
-    }
-    fn model_source(&self) -> Option<workload::ModelSource> {
-        StageParams::model_source(self)
-    }
-    fn workload(&self) -> Option<workload::Workload> {
-        StageParams::workload(self)
-    }
-}
-
-/// A stage kind as the engine sees it: a name, its fields, and a constructor from JSON.
-pub trait StageKind: Sync {
-    fn name(&self) -> &'static str;
-    fn fields(&self) -> &'static [&'static str];
-    fn produces(&self) -> &'static [Artifact];
-    fn across_seeds(&self) -> bool;
-    /// Builds the stage; a type error is reported with the path of the offending field.
-    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError>;
-}
-
-struct KindOf<P>(PhantomData<fn() -> P>);
-
-impl<P: StageParams> StageKind for KindOf<P> {
-    fn name(&self) -> &'static str {
-        P::KIND
-    }
-    fn fields(&self) -> &'static [&'static str] {
-        struct_fields::<P>()
-    }
-    fn produces(&self) -> &'static [Artifact] {
-        P::PRODUCES
-    }
-    fn across_seeds(&self) -> bool {
-        P::ACROSS_SEEDS
-    }
-    fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError> {
-        let parsed: P = ParamError::deserialize(params).map_err(BuildError::Type)?;
-        let problems = parsed.check();
-        if problems.is_empty() {
-            Ok(Box::new(parsed))
-        } else {
-            Err(BuildError::Invalid(problems))
-        }
-    }
-}
-
-/// Why parameters could not become a stage.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BuildError {
-    /// The first field whose value has the wrong type (or a missing required field).
-    Type(ParamError),
-    /// Values of the right types that do not make sense together.
-    Invalid(Vec<ParamError>),
-}
-
-/// Every stage kind, by name.
-pub fn registry() -> &'static [&'static dyn StageKind] {
-    &[
-        &KindOf::<train::Train>(PhantomData),
-        &KindOf::<checkpoint::Checkpoint>(PhantomData),
-        &KindOf::<estimate_loss_constraint::EstimateLossConstraint>(PhantomData),
-        &KindOf::<um::Um>(PhantomData),
-        &KindOf::<umap::Umap>(PhantomData),
-        &KindOf::<oe::Oe>(PhantomData),
-        &KindOf::<energy_oe::EnergyOe>(PhantomData),
-        &KindOf::<poem::Poem>(PhantomData),
-        &KindOf::<mahalanobis_fit::MahalanobisFit>(PhantomData),
-        &KindOf::<score::Score>(PhantomData),
-        &KindOf::<report::Report>(PhantomData),
-    ]
-}
-
-/// The stage kind called `name`, if there is one.
-pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
-    registry().iter().copied().find(|k| k.name() == name)
-}
+pub use stage::{Artifact, BuildError, Input, RunContext, Stage, StageKind, StageParams, Target};

@@ -29,7 +29,7 @@ fn check(name: &str) {
 
     let params = Parameters::trainable(&spec, weights).unwrap();
     let training = Network::new(&spec, &params, &dev).unwrap();
-    let mut rng = stages::rng::derive(0, "parity");
+    let mut rng = stages::math::rng::derive(0, "parity");
     let logits =
         training.forward(&expected["input_train"], &mut Mode::Train { rng: &mut rng }).unwrap().logits;
     let difference = max_difference(&logits, &expected["logits_train"]);

@@ -26,8 +26,8 @@ pub fn bench_train(
     seed: u64,
     device_text: &str,
 ) -> anyhow::Result<Status> {
-    let spec = stages::bench::bench_spec(net).ok_or_else(|| {
-        anyhow!("unknown benchmark net `{net}` (known: {})", stages::bench::BENCH_NETS.join(", "))
+    let spec = stages::estimate::throughput::bench_spec(net).ok_or_else(|| {
+        anyhow!("unknown benchmark net `{net}` (known: {})", stages::estimate::throughput::BENCH_NETS.join(", "))
     })?;
     let choice = DeviceChoice::parse(device_text)
         .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
@@ -37,7 +37,7 @@ pub fn bench_train(
     }
     let mut rss_before = None;
     let mut peak_reset = false;
-    let times = stages::bench::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
+    let times = stages::estimate::throughput::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
         rss_before = proc_status_bytes("VmRSS");
         peak_reset = reset_peak_rss();
     })
@@ -49,7 +49,7 @@ pub fn bench_train(
         "batch": batch,
         "threads": rayon::current_num_threads(),
         "device": device::describe(&device),
-        "learnable_weights": spec.learnable_count(),
+        "learnable_weights": spec.learnable_count()?,
         "step_seconds": times,
         // Peak resident size while the timed steps ran (null where it cannot be read), and
         // the resident size just before them.

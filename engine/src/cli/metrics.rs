@@ -3,12 +3,12 @@
 use super::Status;
 use anyhow::{bail, Context};
 use stages::metrics::{ood_metrics_with, Convention, OodMetrics};
-use stages::report::{fpr_header, ReportFile, Row};
+use stages::kinds::report::model::{fpr_header, ReportFile, Row};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 fn read_scores(path: &Path) -> anyhow::Result<Vec<f64>> {
-    stages::npy::read_f64(path).with_context(|| format!("cannot use `{}` as scores", path.display()))
+    stages::formats::npy::read_f64(path).with_context(|| format!("cannot use `{}` as scores", path.display()))
 }
 
 pub fn metrics(id: &Path, ood: &[PathBuf], convention: &str, json: bool) -> anyhow::Result<Status> {

@@ -71,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Fetch { name, to, archive, quiet } => fetch(name.as_deref(), to, archive.as_deref(), quiet),
         Command::Models { classes } => {
             println!("{:<18} {:<10} {:>12}", "model", "input", format!("weights ({classes} classes)"));
-            for (name, [c, h, w], count) in stages::train::model_catalogue(classes) {
+            for (name, [c, h, w], count) in stages::models::catalogue::model_catalogue(classes)? {
                 println!("{name:<18} {:<10} {count:>12}", format!("{c}x{h}x{w}"));
             }
             Ok(Status::Success)

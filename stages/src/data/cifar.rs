@@ -4,7 +4,8 @@
 //! fine label byte.
 use super::subset::ClassFilter;
 use super::{ImageSet, Split};
-use crate::{ParamError, StageError};
+use crate::error::ParamError;
+use crate::error::StageError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

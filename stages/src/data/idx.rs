@@ -3,7 +3,8 @@
 //! relabelled 0..K−1 in the order given.
 use super::subset::ClassFilter;
 use super::{ImageSet, Split};
-use crate::{ParamError, StageError};
+use crate::error::ParamError;
+use crate::error::StageError;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};

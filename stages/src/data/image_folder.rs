@@ -2,7 +2,8 @@
 //! or auxiliary outliers): every `.png`, `.jpg` and `.jpeg` below it, in sorted path order,
 //! decoded, forced to RGB and resized to `size`×`size`. Unlabelled; both splits are the same set.
 use super::ImageSet;
-use crate::{ParamError, StageError};
+use crate::error::ParamError;
+use crate::error::StageError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -16,7 +16,8 @@ pub use image_folder::ImageFolderSpec;
 pub use svhn::{read_mat, MatArray, SvhnSpec};
 pub use synthetic::{GaussianNoiseSpec, UniformNoiseSpec};
 
-use crate::{ParamError, StageError};
+use crate::error::ParamError;
+use crate::error::StageError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -48,13 +49,13 @@ pub struct DatasetFormat {
 
 /// Every dataset format.
 pub const FORMATS: &[DatasetFormat] = &[
-    DatasetFormat { name: "idx", fields: crate::struct_fields::<IdxSpec> },
-    DatasetFormat { name: "cifar10-bin", fields: crate::struct_fields::<Cifar10Spec> },
-    DatasetFormat { name: "cifar100-bin", fields: crate::struct_fields::<Cifar100Spec> },
-    DatasetFormat { name: "svhn-mat", fields: crate::struct_fields::<SvhnSpec> },
-    DatasetFormat { name: "image-folder", fields: crate::struct_fields::<ImageFolderSpec> },
-    DatasetFormat { name: "gaussian-noise", fields: crate::struct_fields::<GaussianNoiseSpec> },
-    DatasetFormat { name: "uniform-noise", fields: crate::struct_fields::<UniformNoiseSpec> },
+    DatasetFormat { name: "idx", fields: crate::fields::struct_fields::<IdxSpec> },
+    DatasetFormat { name: "cifar10-bin", fields: crate::fields::struct_fields::<Cifar10Spec> },
+    DatasetFormat { name: "cifar100-bin", fields: crate::fields::struct_fields::<Cifar100Spec> },
+    DatasetFormat { name: "svhn-mat", fields: crate::fields::struct_fields::<SvhnSpec> },
+    DatasetFormat { name: "image-folder", fields: crate::fields::struct_fields::<ImageFolderSpec> },
+    DatasetFormat { name: "gaussian-noise", fields: crate::fields::struct_fields::<GaussianNoiseSpec> },
+    DatasetFormat { name: "uniform-noise", fields: crate::fields::struct_fields::<UniformNoiseSpec> },
 ];
 
 /// The format names, for messages.

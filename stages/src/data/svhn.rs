@@ -3,7 +3,8 @@
 //! as plain or zlib-compressed (`miCOMPRESSED`) data elements.
 use super::subset::ClassFilter;
 use super::{ImageSet, Split};
-use crate::{ParamError, StageError};
+use crate::error::ParamError;
+use crate::error::StageError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;

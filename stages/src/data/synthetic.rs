@@ -1,7 +1,7 @@
 //! Seeded synthetic OOD sets: Gaussian noise (clipped to [0,1]) and uniform noise. Their seed
 //! belongs to the dataset, not to the recipe run, so every run is scored on the same images.
 use super::ImageSet;
-use crate::ParamError;
+use crate::error::ParamError;
 use rand::Rng as _;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,7 @@ impl GaussianNoiseSpec {
     }
 
     pub(super) fn generate(&self) -> ImageSet {
-        let mut rng = crate::rng::derive(self.seed, "gaussian-noise");
+        let mut rng = crate::math::rng::derive(self.seed, "gaussian-noise");
         let normal = Normal::new(self.mean, self.std).expect("std checked positive");
         let n = self.count * self.shape.iter().product::<usize>();
         let pixels = (0..n).map(|_| normal.sample(&mut rng).clamp(0.0, 1.0)).collect();
@@ -98,7 +98,7 @@ impl UniformNoiseSpec {
     }
 
     pub(super) fn generate(&self) -> ImageSet {
-        let mut rng = crate::rng::derive(self.seed, "uniform-noise");
+        let mut rng = crate::math::rng::derive(self.seed, "uniform-noise");
         let n = self.count * self.shape.iter().product::<usize>();
         let pixels = (0..n).map(|_| rng.random_range(self.low..self.high)).collect();
         unlabelled(pixels, self.count, self.shape)

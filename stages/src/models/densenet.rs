@@ -4,10 +4,12 @@
 //! Bottleneck on C channels: BN → ReLU → conv1×1 C→4k → dropout → BN → ReLU → conv3×3 4k→k →
 //! dropout, concatenated after its input. Transition: BN → ReLU → conv1×1 C→⌊C·reduction⌋ →
 //! dropout → average pooling 2×2. Batch norm is non-affine unless `affine_bn`.
-use super::conv::conv2d;
+use super::builder::Scope;
+use super::kernels::conv::conv2d;
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
-use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
-use crate::StageError;
+use super::network::Forward;
+use super::spec::ModelSpec;
+use crate::error::StageError;
 use candle_core::{Device, Tensor};
 
 /// Channels after the stem, each block and each transition.
@@ -25,34 +27,6 @@ fn plan(depth: usize, growth: usize, reduction: f64) -> (usize, Vec<(usize, usiz
         blocks.push((input, channels));
     }
     (stem, blocks)
-}
-
-pub(super) fn parameters(spec: &ModelSpec, depth: usize, growth: usize, reduction: f64) -> Vec<ParamDef> {
-    let affine = spec.affine_bn;
-    let layers = (depth - 4) / 6;
-    let (stem, _) = plan(depth, growth, reduction);
-    let mut defs = Vec::new();
-    conv_def(&mut defs, "conv1.weight".into(), stem, spec.input_shape[0], 3);
-    let mut channels = stem;
-    for b in 1..=3 {
-        for l in 0..layers {
-            let p = format!("block{b}.layer{l}");
-            bn_defs(&mut defs, &format!("{p}.bn1"), channels, affine);
-            conv_def(&mut defs, format!("{p}.conv1.weight"), 4 * growth, channels, 1);
-            bn_defs(&mut defs, &format!("{p}.bn2"), 4 * growth, affine);
-            conv_def(&mut defs, format!("{p}.conv2.weight"), growth, 4 * growth, 3);
-            channels += growth;
-        }
-        if b < 3 {
-            let out = (channels as f64 * reduction).floor() as usize;
-            bn_defs(&mut defs, &format!("trans{b}.bn"), channels, affine);
-            conv_def(&mut defs, format!("trans{b}.conv.weight"), out, channels, 1);
-            channels = out;
-        }
-    }
-    bn_defs(&mut defs, "bn", channels, affine);
-    linear_defs(&mut defs, channels, spec.num_classes);
-    defs
 }
 
 struct Bottleneck {
@@ -81,38 +55,47 @@ impl DenseNetBc {
     pub fn new(
         spec: &ModelSpec,
         depth: usize,
-        params: &Parameters,
+        growth: usize,
+        reduction: f64,
+        root: &Scope,
         device: &Device,
     ) -> Result<DenseNetBc, StageError> {
         let layers = (depth - 4) / 6;
         let affine = spec.affine_bn;
+        let (stem_width, _) = plan(depth, growth, reduction);
+        let stem = root.pp("conv1").conv_weight(stem_width, spec.input_shape[0], 3)?;
+        let mut channels = stem_width;
         let mut blocks = Vec::new();
         let mut transitions = Vec::new();
         for b in 1..=3 {
             let mut block = Vec::new();
             for l in 0..layers {
-                let p = format!("block{b}.layer{l}");
+                let layer = root.pp(format!("block{b}")).pp(format!("layer{l}"));
                 block.push(Bottleneck {
-                    bn1: BatchNorm2d::from_parameters(params, &format!("{p}.bn1"), affine)?,
-                    conv1: params.get(&format!("{p}.conv1.weight"))?,
-                    bn2: BatchNorm2d::from_parameters(params, &format!("{p}.bn2"), affine)?,
-                    conv2: params.get(&format!("{p}.conv2.weight"))?,
+                    bn1: BatchNorm2d::new(&layer.pp("bn1"), channels, affine)?,
+                    conv1: layer.pp("conv1").conv_weight(4 * growth, channels, 1)?,
+                    bn2: BatchNorm2d::new(&layer.pp("bn2"), 4 * growth, affine)?,
+                    conv2: layer.pp("conv2").conv_weight(growth, 4 * growth, 3)?,
                 });
+                channels += growth;
             }
             blocks.push(block);
             if b < 3 {
+                let out = (channels as f64 * reduction).floor() as usize;
+                let transition = root.pp(format!("trans{b}"));
                 transitions.push(Transition {
-                    bn: BatchNorm2d::from_parameters(params, &format!("trans{b}.bn"), affine)?,
-                    conv: params.get(&format!("trans{b}.conv.weight"))?,
+                    bn: BatchNorm2d::new(&transition.pp("bn"), channels, affine)?,
+                    conv: transition.pp("conv").conv_weight(out, channels, 1)?,
                 });
+                channels = out;
             }
         }
         Ok(DenseNetBc {
-            stem: params.get("conv1.weight")?,
+            stem,
             blocks,
             transitions,
-            bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
-            ends: Ends::new(spec, params, device)?,
+            bn: BatchNorm2d::new(&root.pp("bn"), channels, affine)?,
+            ends: Ends::new(spec, root, channels, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
@@ -161,9 +144,9 @@ mod tests {
     #[test]
     fn densenet_bc_100_has_the_papers_width_and_weight_count() {
         let spec = spec(100, 10);
-        assert_eq!(spec.learnable_count(), 745_174, "SPEC §2");
+        assert_eq!(spec.learnable_count().unwrap(), 745_174, "SPEC §2");
         assert_eq!(super::plan(100, 12, 0.5), (24, vec![(24, 108), (108, 150), (150, 342)]));
-        let fc = spec.parameters().into_iter().find(|p| p.name == "fc.weight").unwrap();
+        let fc = spec.parameters().unwrap().into_iter().find(|p| p.name == "fc.weight").unwrap();
         assert_eq!(fc.shape, vec![10, 342]);
     }
 
@@ -171,11 +154,11 @@ mod tests {
     fn a_small_densenet_trains_a_step_and_keeps_shapes() {
         let dev = candle_core::Device::Cpu;
         let spec = spec(10, 4); // one bottleneck per block
-        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();
-        let images = crate::rng::test_images(5, &[2, 3, 32, 32]);
-        let mut rng = crate::rng::derive(0, "dropout");
+        let images = crate::math::rng::test_images(5, &[2, 3, 32, 32]);
+        let mut rng = crate::math::rng::derive(0, "dropout");
         let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
         assert_eq!(out.logits.dims(), &[2, 4]);
         // Channels: 24 → +12 = 36 → 18 → +12 = 30 → 15 → +12 = 27 pooled features.

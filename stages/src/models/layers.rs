@@ -1,7 +1,9 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
-use super::fused_bn::{batch_norm_relu, Statistics};
-use crate::rng::Rng;
-use crate::StageError;
+use super::builder::Scope;
+use super::kernels::fused_bn::{batch_norm_relu, Statistics};
+use super::spec::{Init, ModelSpec, Role};
+use crate::math::rng::Rng;
+use crate::error::StageError;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng as _;
 
@@ -31,30 +33,29 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// The batch norm whose parameters are named `{prefix}.running_mean`, `{prefix}.running_var`
-    /// (and `{prefix}.weight`, `{prefix}.bias` when affine) in `params`.
-    pub fn from_parameters(
-        params: &super::Parameters,
-        prefix: &str,
-        affine: bool,
-    ) -> Result<BatchNorm2d, StageError> {
+    /// The batch norm of `scope` over `channels`: `weight` and `bias` (scale and shift, when
+    /// affine), `running_mean` and `running_var`.
+    pub fn new(scope: &Scope, channels: usize, affine: bool) -> Result<BatchNorm2d, StageError> {
         let affine = if affine {
-            Some((params.get(&format!("{prefix}.weight"))?, params.get(&format!("{prefix}.bias"))?))
+            Some((
+                scope.param("weight", &[channels], Init::Const(1.0), Role::NormAffine)?,
+                scope.param("bias", &[channels], Init::Const(0.0), Role::NormAffine)?,
+            ))
         } else {
             None
         };
         Ok(BatchNorm2d {
-            running_mean: params.get(&format!("{prefix}.running_mean"))?,
-            running_var: params.get(&format!("{prefix}.running_var"))?,
-            running_mean_var: params.var(&format!("{prefix}.running_mean")),
-            running_var_var: params.var(&format!("{prefix}.running_var")),
+            running_mean: scope.param("running_mean", &[channels], Init::Const(0.0), Role::NormStatistic)?,
+            running_var: scope.param("running_var", &[channels], Init::Const(1.0), Role::NormStatistic)?,
+            running_mean_var: scope.var("running_mean"),
+            running_var_var: scope.var("running_var"),
             affine,
             eps: 1e-5,
             momentum: 0.1,
         })
     }
 
-    /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::fused_bn`]), op by op elsewhere.
+    /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::kernels::fused_bn`]), op by op elsewhere.
     pub fn forward_relu(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
         if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
             return Ok(self.forward(x, mode)?.relu()?);
@@ -135,17 +136,18 @@ pub struct Ends {
 }
 
 impl Ends {
-    pub fn new(
-        spec: &super::ModelSpec,
-        params: &super::Parameters,
-        device: &Device,
-    ) -> Result<Ends, StageError> {
+    /// The input normalisation of `spec` and the linear head `fc` from `features` to the spec's
+    /// classes (PyTorch's uniform initialisation). Architectures build it last, so `fc` comes
+    /// last in the parameter list.
+    pub fn new(spec: &ModelSpec, root: &Scope, features: usize, device: &Device) -> Result<Ends, StageError> {
         let c = spec.input_shape[0];
+        let fc = root.pp("fc");
+        let init = Init::Uniform { fan_in: features };
         Ok(Ends {
             mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
             std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
-            fc_weight: params.get("fc.weight")?,
-            fc_bias: params.get("fc.bias")?,
+            fc_weight: fc.param("weight", &[spec.num_classes, features], init, Role::Weight)?,
+            fc_bias: fc.param("bias", &[spec.num_classes], init, Role::Bias)?,
         })
     }
 
@@ -199,7 +201,7 @@ mod tests {
             eps: 1e-5,
             momentum: 0.1,
         };
-        let mut rng = crate::rng::derive(0, "t");
+        let mut rng = crate::math::rng::derive(0, "t");
         let y = bn.forward(&x, &Mode::Train { rng: &mut rng }).unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let expected = (-2.0f32) / (3.5f32 + 1e-5).sqrt();
@@ -217,7 +219,7 @@ mod tests {
     #[test]
     fn fused_batch_norm_relu_matches_forward_then_relu() {
         let dev = Device::Cpu;
-        let x = crate::rng::test_images(3, &[4, 2, 3, 5]).affine(2.0, -0.8).unwrap();
+        let x = crate::math::rng::test_images(3, &[4, 2, 3, 5]).affine(2.0, -0.8).unwrap();
         let make = || {
             let rm = Var::new(&[0.1f32, -0.2], &dev).unwrap();
             let rv = Var::new(&[1.5f32, 0.7], &dev).unwrap();
@@ -232,7 +234,7 @@ mod tests {
             }
         };
         let (fused, plain) = (make(), make());
-        let mut rng = crate::rng::derive(0, "t");
+        let mut rng = crate::math::rng::derive(0, "t");
         let a = fused.forward_relu(&x, &Mode::Train { rng: &mut rng }).unwrap();
         let b = plain.forward(&x, &Mode::Train { rng: &mut rng }).unwrap().relu().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -256,8 +258,8 @@ mod tests {
     fn dropout_is_seeded_and_inverted() {
         let dev = Device::Cpu;
         let x = Tensor::ones((1000,), candle_core::DType::F32, &dev).unwrap();
-        let mut a = crate::rng::derive(1, "d");
-        let mut b = crate::rng::derive(1, "d");
+        let mut a = crate::math::rng::derive(1, "d");
+        let mut b = crate::math::rng::derive(1, "d");
         let ya: Vec<f32> =
             dropout(&x, 0.3, &mut Mode::Train { rng: &mut a }, &dev).unwrap().to_vec1().unwrap();
         let yb: Vec<f32> =

@@ -3,22 +3,12 @@
 //! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
 //! 93k-parameter MNIST network SPEC §3 mentions.
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
-use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
-use crate::StageError;
+use super::builder::Scope;
+use super::kernels::conv::conv2d;
+use super::network::Forward;
+use super::spec::ModelSpec;
+use crate::error::StageError;
 use candle_core::{Device, Tensor};
-
-pub(super) fn parameters(spec: &ModelSpec, widths: &[usize]) -> Vec<ParamDef> {
-    let mut defs = Vec::new();
-    let mut channels = spec.input_shape[0];
-    for (i, &width) in widths.iter().enumerate() {
-        let n = i + 1;
-        conv_def(&mut defs, format!("conv{n}.weight"), width, channels, 3);
-        bn_defs(&mut defs, &format!("bn{n}"), width, spec.affine_bn);
-        channels = width;
-    }
-    linear_defs(&mut defs, channels, spec.num_classes);
-    defs
-}
 
 struct Block {
     weight: Tensor,
@@ -38,7 +28,7 @@ impl SmallCnn {
         spec: &ModelSpec,
         widths: &[usize],
         strides: &[usize],
-        params: &Parameters,
+        root: &Scope,
         device: &Device,
     ) -> Result<SmallCnn, StageError> {
         if widths.len() != strides.len() || widths.is_empty() {
@@ -47,17 +37,19 @@ impl SmallCnn {
             )));
         }
         let mut blocks = Vec::new();
-        for (i, &stride) in strides.iter().enumerate() {
+        let mut channels = spec.input_shape[0];
+        for (i, (&width, &stride)) in widths.iter().zip(strides).enumerate() {
             let n = i + 1;
             blocks.push(Block {
-                weight: params.get(&format!("conv{n}.weight"))?,
+                weight: root.pp(format!("conv{n}")).conv_weight(width, channels, 3)?,
                 stride,
-                norm: BatchNorm2d::from_parameters(params, &format!("bn{n}"), spec.affine_bn)?,
+                norm: BatchNorm2d::new(&root.pp(format!("bn{n}")), width, spec.affine_bn)?,
             });
+            channels = width;
         }
         Ok(SmallCnn {
             blocks,
-            ends: Ends::new(spec, params, device)?,
+            ends: Ends::new(spec, root, channels, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
@@ -66,7 +58,7 @@ impl SmallCnn {
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         let mut x = self.ends.normalise(images)?;
         for block in &self.blocks {
-            x = super::conv::conv2d(&x, &block.weight, block.stride, 1)?;
+            x = conv2d(&x, &block.weight, block.stride, 1)?;
             x = block.norm.forward_relu(&x, mode)?;
         }
         let features = global_avg_pool(&x)?;
@@ -97,9 +89,9 @@ mod tests {
     fn parameter_count_and_forward_shapes() {
         let spec = spec();
         // 32·9 + 64·32·9 + 128·64·9 + 6·128 + 6
-        assert_eq!(spec.learnable_count(), 288 + 18432 + 73728 + 768 + 6);
+        assert_eq!(spec.learnable_count().unwrap(), 288 + 18432 + 73728 + 768 + 6);
         let dev = Device::Cpu;
-        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &dev).unwrap();
         let x = Tensor::zeros((3, 1, 28, 28), candle_core::DType::F32, &dev).unwrap();
         let out = net.forward(&x, &mut Mode::Eval).unwrap();
@@ -111,8 +103,8 @@ mod tests {
     fn initialisation_is_seeded_and_has_kaiming_scale() {
         let spec = spec();
         let dev = Device::Cpu;
-        let a = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
-        let b = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let a = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
+        let b = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let w: Vec<f32> = a["conv3.weight"].flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(w, b["conv3.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let var = w.iter().map(|v| v * v).sum::<f32>() / w.len() as f32;
@@ -125,7 +117,7 @@ mod tests {
     fn weights_round_trip_through_safetensors() {
         let spec = spec();
         let dev = Device::Cpu;
-        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         save_weights(&values, &path).unwrap();
@@ -153,14 +145,14 @@ mod tests {
             std: vec![0.25],
             weight_masks: false,
         };
-        let values = spec.initialise(&mut crate::rng::derive(7, "init"), &dev).unwrap();
-        let images = crate::rng::test_images(11, &[5, 1, 6, 6]);
+        let values = spec.initialise(&mut crate::math::rng::derive(7, "init"), &dev).unwrap();
+        let images = crate::math::rng::test_images(11, &[5, 1, 6, 6]);
         let labels = Tensor::new(&[0u32, 1, 2, 1, 0], &dev).unwrap();
         let loss_of = |values: &std::collections::BTreeMap<String, Tensor>| {
             // Buffers are fresh copies each time, so statistics updates do not leak between evaluations.
             let params = Parameters::trainable(&spec, values.clone()).unwrap();
             let net = Network::new(&spec, &params, &dev).unwrap();
-            let mut rng = crate::rng::derive(0, "unused");
+            let mut rng = crate::math::rng::derive(0, "unused");
             let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
             (candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap(), params)
         };

@@ -3,10 +3,12 @@
 //! global average pooling (the penultimate feature) → linear. A block: o = ReLU(BN(x));
 //! y = conv3×3(o) (the block's stride) → BN → ReLU → dropout → conv3×3; plus the shortcut, a
 //! 1×1 conv of the pre-activated o where the width or stride changes, the raw x otherwise.
-use super::conv::conv2d;
+use super::builder::Scope;
+use super::kernels::conv::conv2d;
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
-use super::{bn_defs, conv_def, linear_defs, Forward, ModelSpec, ParamDef, Parameters};
-use crate::StageError;
+use super::network::Forward;
+use super::spec::ModelSpec;
+use crate::error::StageError;
 use candle_core::{Device, Tensor};
 
 /// (input width, output width, stride) of every block.
@@ -26,27 +28,6 @@ fn blocks(depth: usize, widen: usize) -> Vec<(usize, usize, usize)> {
 
 fn needs_projection(input: usize, output: usize, stride: usize) -> bool {
     input != output || stride != 1
-}
-
-pub(super) fn parameters(spec: &ModelSpec, depth: usize, widen: usize) -> Vec<ParamDef> {
-    let affine = spec.affine_bn;
-    let mut defs = Vec::new();
-    conv_def(&mut defs, "conv1.weight".into(), 16, spec.input_shape[0], 3);
-    let mut last = 16;
-    for (i, (input, output, stride)) in blocks(depth, widen).into_iter().enumerate() {
-        let p = format!("block{i}");
-        bn_defs(&mut defs, &format!("{p}.bn1"), input, affine);
-        conv_def(&mut defs, format!("{p}.conv1.weight"), output, input, 3);
-        bn_defs(&mut defs, &format!("{p}.bn2"), output, affine);
-        conv_def(&mut defs, format!("{p}.conv2.weight"), output, output, 3);
-        if needs_projection(input, output, stride) {
-            conv_def(&mut defs, format!("{p}.shortcut.weight"), output, input, 1);
-        }
-        last = output;
-    }
-    bn_defs(&mut defs, "bn", last, affine);
-    linear_defs(&mut defs, last, spec.num_classes);
-    defs
 }
 
 struct Block {
@@ -72,31 +53,34 @@ impl WideResNet {
         spec: &ModelSpec,
         depth: usize,
         widen: usize,
-        params: &Parameters,
+        root: &Scope,
         device: &Device,
     ) -> Result<WideResNet, StageError> {
         let affine = spec.affine_bn;
+        let stem = root.pp("conv1").conv_weight(16, spec.input_shape[0], 3)?;
         let mut list = Vec::new();
+        let mut last = 16;
         for (i, (input, output, stride)) in blocks(depth, widen).into_iter().enumerate() {
-            let p = format!("block{i}");
+            let block = root.pp(format!("block{i}"));
             list.push(Block {
-                bn1: BatchNorm2d::from_parameters(params, &format!("{p}.bn1"), affine)?,
-                conv1: params.get(&format!("{p}.conv1.weight"))?,
-                bn2: BatchNorm2d::from_parameters(params, &format!("{p}.bn2"), affine)?,
-                conv2: params.get(&format!("{p}.conv2.weight"))?,
+                bn1: BatchNorm2d::new(&block.pp("bn1"), input, affine)?,
+                conv1: block.pp("conv1").conv_weight(output, input, 3)?,
+                bn2: BatchNorm2d::new(&block.pp("bn2"), output, affine)?,
+                conv2: block.pp("conv2").conv_weight(output, output, 3)?,
                 shortcut: if needs_projection(input, output, stride) {
-                    Some(params.get(&format!("{p}.shortcut.weight"))?)
+                    Some(block.pp("shortcut").conv_weight(output, input, 1)?)
                 } else {
                     None
                 },
                 stride,
             });
+            last = output;
         }
         Ok(WideResNet {
-            stem: params.get("conv1.weight")?,
+            stem,
             blocks: list,
-            bn: BatchNorm2d::from_parameters(params, "bn", affine)?,
-            ends: Ends::new(spec, params, device)?,
+            bn: BatchNorm2d::new(&root.pp("bn"), last, affine)?,
+            ends: Ends::new(spec, root, last, device)?,
             dropout: spec.dropout,
             device: device.clone(),
         })
@@ -147,18 +131,18 @@ mod tests {
         let group = |i: usize, o: usize| o * i * 9 + o * o * 9 + o * i + 5 * 2 * o * o * 9;
         let expected = 16 * 3 * 9 + group(16, 64) + group(64, 128) + group(128, 256) + 256 * 10 + 10;
         assert_eq!(expected, 8_938_426);
-        assert_eq!(spec(40, 4).learnable_count(), expected);
+        assert_eq!(spec(40, 4).learnable_count().unwrap(), expected);
     }
 
     #[test]
     fn a_small_wide_resnet_runs_forward_and_backward() {
         let dev = candle_core::Device::Cpu;
         let spec = spec(10, 1); // one block per group, widths 16/32/64
-        let values = spec.initialise(&mut crate::rng::derive(0, "init"), &dev).unwrap();
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();
-        let images = crate::rng::test_images(2, &[2, 3, 32, 32]);
-        let mut rng = crate::rng::derive(0, "dropout");
+        let images = crate::math::rng::test_images(2, &[2, 3, 32, 32]);
+        let mut rng = crate::math::rng::derive(0, "dropout");
         let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
         assert_eq!(out.features.dims(), &[2, 64]);
         assert_eq!(out.logits.dims(), &[2, 10]);

@@ -2,7 +2,9 @@
 //! fitted by maximum likelihood (divide by N) on the training set in evaluation mode; the score
 //! of z is max_c −(z − μ_c)ᵀ Σ⁻¹ (z − μ_c), computed with a Cholesky factor (Σ = L·Lᵀ, the
 //! distance is |L⁻¹(z − μ_c)|² by forward substitution), never an explicit inverse.
-use crate::linalg::Matrix;
+use crate::error::StageError;
+use std::path::Path;
+use crate::math::linalg::Matrix;
 use serde::{Deserialize, Serialize};
 
 /// A fitted class-conditional Gaussian with a tied covariance.
@@ -97,6 +99,23 @@ impl GaussianFit {
                 Ok(-closest)
             })
             .collect()
+    }
+}
+
+/// `gaussian.json`: the fit, and the digest of the model it was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GaussianFile {
+    pub model_digest: String,
+    pub fit: GaussianFit,
+}
+
+impl GaussianFile {
+    pub const FILE: &'static str = "gaussian.json";
+
+    pub fn read(dir: &Path) -> Result<GaussianFile, StageError> {
+        let path = dir.join(Self::FILE);
+        let bytes = std::fs::read(&path).map_err(StageError::io("cannot read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StageError::Format { path, message: e.to_string() })
     }
 }
 

@@ -3,7 +3,7 @@
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
 use super::max_softmax;
 use crate::models::{Mode, Network};
-use crate::StageError;
+use crate::error::StageError;
 use candle_core::{Tensor, Var, D};
 
 pub fn default_temperature() -> f64 {
@@ -43,7 +43,8 @@ pub fn scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::{tiny_spec, Parameters};
+    use crate::models::spec::tiny_spec;
+    use crate::models::{Parameters};
     use candle_core::Device;
 
     #[test]
@@ -59,9 +60,9 @@ mod tests {
     fn epsilon_zero_is_temperature_scaled_msp_and_the_step_raises_confidence() {
         let dev = Device::Cpu;
         let spec = tiny_spec();
-        let values = spec.initialise(&mut crate::rng::derive(3, "init"), &dev).unwrap();
+        let values = spec.initialise(&mut crate::math::rng::derive(3, "init"), &dev).unwrap();
         let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &dev).unwrap();
-        let images = crate::rng::test_images(11, &[4, 1, 8, 8]);
+        let images = crate::math::rng::test_images(11, &[4, 1, 8, 8]);
         let plain = scores(&net, &images, 10.0, 0.0).unwrap();
         let logits = net.forward(&images, &mut Mode::Eval).unwrap().logits.to_vec2::<f32>().unwrap();
         for (s, row) in plain.iter().zip(&logits) {

@@ -1,0 +1,115 @@
+//! Training-step benchmark (`pipeline bench-train`): times forward, backward and an SGD update
+//! of a model on one fixed random batch, exactly as a training stage computes them, so that
+//! bench/ can compare the step time with PyTorch's on the same network.
+use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
+use crate::training::optim::{Sgd, SgdConfig};
+use crate::math::rng;
+use crate::error::StageError;
+use candle_core::{Device, Tensor};
+use rand::Rng as _;
+use std::time::Instant;
+
+/// The networks the benchmark knows, by the names bench/ uses for both frameworks.
+pub const BENCH_NETS: [&str; 5] = ["small-cnn", "resnet-20", "densenet-bc-40", "densenet-bc-100", "wrn-40-4"];
+
+/// The model description of a benchmark network (10 classes, no dropout, non-affine batch
+/// norm, identity input normalisation). `resnet-20` is the pre-activation wide ResNet of depth
+/// 22 and width 1: three groups of three basic blocks of widths 16, 32 and 64, i.e. ResNet-20's
+/// 19 weighted 3×3 layers and head, plus the two 1×1 projection shortcuts.
+pub fn bench_spec(name: &str) -> Option<ModelSpec> {
+    let (architecture, input_shape) = match name {
+        "small-cnn" => {
+            (Architecture::SmallCnn { widths: vec![16, 32, 64, 128], strides: vec![1, 2, 2, 2] }, [1, 28, 28])
+        }
+        "resnet-20" => (Architecture::WideResnet { depth: 22, widen: 1 }, [3, 32, 32]),
+        "densenet-bc-40" => (Architecture::DensenetBc { depth: 40, growth: 12, reduction: 0.5 }, [3, 32, 32]),
+        "densenet-bc-100" => {
+            (Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 }, [3, 32, 32])
+        }
+        "wrn-40-4" => (Architecture::WideResnet { depth: 40, widen: 4 }, [3, 32, 32]),
+        _ => return None,
+    };
+    let channels = input_shape[0];
+    Some(ModelSpec {
+        architecture,
+        input_shape,
+        num_classes: 10,
+        dropout: 0.0,
+        affine_bn: false,
+        mean: vec![0.0; channels],
+        std: vec![1.0; channels],
+        weight_masks: false,
+    })
+}
+
+/// Wall-clock seconds of each timed training step (after `warmup` untimed ones).
+pub fn time_training_steps(
+    spec: &ModelSpec,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    seed: u64,
+    device: &Device,
+    mut before_timed: impl FnMut(),
+) -> Result<Vec<f64>, StageError> {
+    let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
+    let params = Parameters::trainable(spec, values)?;
+    let net = Network::new(spec, &params, device)?;
+    let config = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
+    let mut sgd = Sgd::new(params.trainable_vars(), config);
+    let mut data_rng = rng::derive(seed, "bench-data");
+    let [c, h, w] = spec.input_shape;
+    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
+    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
+    let labels: Vec<u32> = (0..batch).map(|_| data_rng.random_range(0..spec.num_classes as u32)).collect();
+    let labels = Tensor::from_vec(labels, batch, device)?;
+    let mut dropout_rng = rng::derive(seed, "bench-dropout");
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        if step == warmup {
+            before_timed();
+        }
+        let start = Instant::now();
+        let forward = net.forward(&images, &mut Mode::Train { rng: &mut dropout_rng })?;
+        let loss = crate::training::losses::cross_entropy(&forward.logits, &labels)?;
+        let grads = loss.backward()?;
+        sgd.step(&grads)?;
+        // Reading the loss waits for the step to finish (asynchronous devices).
+        let value: f32 = loss.to_scalar()?;
+        if !value.is_finite() {
+            return Err(StageError::Invalid(format!("benchmark loss is {value} at step {step}")));
+        }
+        if step >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bench_net_has_a_spec_and_resnet_20_has_resnet_20s_layers() {
+        for name in BENCH_NETS {
+            assert!(bench_spec(name).is_some(), "{name}");
+        }
+        assert!(bench_spec("resnet-56").is_none());
+        // ResNet-20 (He et al.): 16·3·9 stem, 3×3 convs of the three groups, 10-way head;
+        // the pre-activation variant adds two 1×1 projections (16→32, 32→64).
+        let group = |i: usize, o: usize| o * i * 9 + o * o * 9 + 4 * o * o * 9;
+        let expected = 16 * 27 + group(16, 16) + group(16, 32) + group(32, 64) + 32 * 16 + 64 * 32 + 650;
+        assert_eq!(bench_spec("resnet-20").unwrap().learnable_count().unwrap(), expected);
+    }
+
+    #[test]
+    fn training_steps_are_timed_after_the_warmup() {
+        let spec = bench_spec("small-cnn").unwrap();
+        let mut marked = 0;
+        let times = time_training_steps(&spec, 4, 1, 2, 0, &Device::Cpu, || marked += 1).unwrap();
+        assert_eq!(times.len(), 2);
+        assert_eq!(marked, 1);
+        assert!(times.iter().all(|&t| t > 0.0));
+    }
+}

@@ -1,0 +1,68 @@
+//! `mahalanobis-fit`: the class-conditional Gaussian the Mahalanobis score needs, fitted once
+//! per model on its training set (penultimate features, evaluation mode) and cached as its own
+//! artifact. Outputs `gaussian.json` ([`GaussianFit`] and the digest of the model it was fitted
+//! on, so a score stage cannot pair it with another model).
+use crate::training::fit::{load_model_and_data, model_and_data_inputs};
+use crate::formats::json::write_json;
+use crate::models::checkpoints::model_digest;
+use crate::models::{Network, Parameters, SavedModel};
+use crate::scores::mahalanobis::GaussianFile;
+use crate::models::evaluation::forward_all;
+use crate::scores::mahalanobis::GaussianFit;
+use crate::stage::Artifact;
+use crate::stage::Input;
+use crate::error::ParamError;
+use crate::stage::RunContext;
+use crate::error::StageError;
+use crate::stage::StageParams;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+fn default_batch_size() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MahalanobisFit {
+    /// The model whose features to fit.
+    pub model: String,
+    /// Its training data (train split).
+    pub data: String,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl StageParams for MahalanobisFit {
+    const KIND: &'static str = "mahalanobis-fit";
+    const VERSION: u32 = 2;
+    const PRODUCES: &'static [Artifact] = &[Artifact::Gaussian];
+
+    fn inputs(&self) -> Vec<Input> {
+        model_and_data_inputs(&self.model, &self.data)
+    }
+
+    fn check(&self) -> Vec<ParamError> {
+        if self.batch_size == 0 {
+            vec![ParamError::new(&["batch_size"], "must be greater than 0")]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
+        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
+        let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
+        let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, ctx.device)?;
+        let rows = forward_all(ctx, &net, &data, self.batch_size, "features")?.features;
+        let fit = GaussianFit::fit(&rows, &data.labels, data.num_classes).map_err(StageError::Invalid)?;
+        if fit.ridge > 0.0 {
+            ctx.progress
+                .info(&format!("singular feature covariance: added {:.3e} to its diagonal", fit.ridge));
+        }
+        write_json(
+            &ctx.out_dir.join(GaussianFile::FILE),
+            &GaussianFile { model_digest: model_digest(&saved)?, fit },
+        )
+    }
+}

@@ -1,0 +1,38 @@
+//! One file per stage kind, and the registry that lists them. Adding a kind is one file here
+//! plus one line in [`registry`].
+pub mod checkpoint;
+pub mod energy_oe;
+pub mod estimate_loss_constraint;
+pub mod mahalanobis_fit;
+pub mod oe;
+pub mod poem;
+pub mod report;
+pub mod score;
+pub mod train;
+pub mod um;
+pub mod umap;
+
+use crate::stage::{KindOf, StageKind};
+use std::marker::PhantomData;
+
+/// Every stage kind, by name.
+pub fn registry() -> &'static [&'static dyn StageKind] {
+    &[
+        &KindOf::<train::Train>(PhantomData),
+        &KindOf::<checkpoint::Checkpoint>(PhantomData),
+        &KindOf::<estimate_loss_constraint::EstimateLossConstraint>(PhantomData),
+        &KindOf::<um::Um>(PhantomData),
+        &KindOf::<umap::Umap>(PhantomData),
+        &KindOf::<oe::Oe>(PhantomData),
+        &KindOf::<energy_oe::EnergyOe>(PhantomData),
+        &KindOf::<poem::Poem>(PhantomData),
+        &KindOf::<mahalanobis_fit::MahalanobisFit>(PhantomData),
+        &KindOf::<score::Score>(PhantomData),
+        &KindOf::<report::Report>(PhantomData),
+    ]
+}
+
+/// The stage kind called `name`, if there is one.
+pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
+    registry().iter().copied().find(|k| k.name() == name)
+}

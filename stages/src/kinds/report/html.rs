@@ -1,0 +1,342 @@
+//! `report.html`: one self-contained page (inline SVG, no network) with the report's metrics
+//! table, per-OOD-set score histograms ID vs OOD (the paper's Figure 1(b)(c)), ROC curves, and
+//! the backtracking curve (metrics per checkpoint, Figure 1(a)) when there is one. Plots show the
+//! first seed's scores; the table shows mean ± std over seeds.
+use crate::metrics::Convention;
+use super::model::{fpr_header, BacktrackRow, ReportFile, ScoreSample, Summary};
+use std::fmt::Write as _;
+
+const COLOURS: [&str; 8] =
+    ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const ID_COLOUR: &str = "#444444";
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The whole page.
+pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
+    let mut page = String::new();
+    let title = escape(&report.title);
+    let _ = write!(
+        page,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;font-size:14px}}\
+         td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:nth-child(-n+3),th{{text-align:left}}\
+         tr.mean td{{font-weight:bold;background:#f4f4f4}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}\
+         figure{{margin:0}} figcaption{{font-size:13px;text-align:center}} svg text{{font-size:11px;fill:#333}}\
+         </style></head><body>\n<h1>{title}</h1>\n<p>Percentages, {}. {}.</p>\n",
+        if report.seeds > 1 { format!("mean ± std over {} seeds", report.seeds) } else { "1 seed".into() },
+        escape(&report.convention_text)
+    );
+    page.push_str(&table(report));
+    if !report.backtracking.is_empty() {
+        page.push_str(
+            "<h2>Backtracking: metrics per checkpoint (mean over OOD sets)</h2>\n<div class=\"grid\">\n",
+        );
+        page.push_str(&backtracking(&report.backtracking, report.convention));
+        page.push_str("</div>\n");
+    }
+    page.push_str("<h2>ROC curves (first seed; OOD positive on the x axis: FPR is ID samples flagged)</h2>\n<div class=\"grid\">\n");
+    for sample in samples {
+        page.push_str(&roc(sample));
+    }
+    page.push_str("</div>\n<h2>Score histograms, ID vs OOD (first seed)</h2>\n<div class=\"grid\">\n");
+    for sample in samples {
+        for (name, ood) in &sample.ood {
+            page.push_str(&histogram(sample, name, ood));
+        }
+    }
+    page.push_str("</div>\n<script>console.log('plots: ' + document.querySelectorAll('svg').length);</script>\n</body></html>\n");
+    page
+}
+
+fn cell(s: &Summary) -> String {
+    if s.values.len() > 1 {
+        format!("{:.2} ± {:.2}", 100.0 * s.mean, 100.0 * s.std)
+    } else {
+        format!("{:.2}", 100.0 * s.mean)
+    }
+}
+
+fn table(report: &ReportFile) -> String {
+    let mut out = format!(
+        "<table>\n<tr><th>Scores</th><th>Method</th><th>OOD set</th><th>{} ↓</th><th>AUROC ↑</th><th>AUPR-In ↑</th>\
+         <th>AUPR-Out ↑</th><th>ID-ACC ↑</th></tr>\n",
+        fpr_header(report.convention)
+    );
+    for r in &report.rows {
+        let class = if r.ood == "mean" { " class=\"mean\"" } else { "" };
+        let _ = writeln!(
+            out,
+            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.scores),
+            escape(&r.method),
+            escape(&r.ood),
+            cell(&r.fpr95),
+            cell(&r.auroc),
+            cell(&r.aupr_in),
+            cell(&r.aupr_out),
+            cell(&r.id_accuracy)
+        );
+    }
+    out.push_str("</table>\n");
+    out
+}
+
+/// A plotting frame: maps data coordinates into a `w`×`h` panel with margins.
+struct Frame {
+    w: f64,
+    h: f64,
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+impl Frame {
+    const LEFT: f64 = 42.0;
+    const BOTTOM: f64 = 30.0;
+    const TOP: f64 = 10.0;
+    const RIGHT: f64 = 10.0;
+
+    fn px(&self, x: f64) -> f64 {
+        let span = (self.x.1 - self.x.0).max(1e-12);
+        Self::LEFT + (x - self.x.0) / span * (self.w - Self::LEFT - Self::RIGHT)
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        let span = (self.y.1 - self.y.0).max(1e-12);
+        self.h - Self::BOTTOM - (y - self.y.0) / span * (self.h - Self::BOTTOM - Self::TOP)
+    }
+
+    /// Axes, four ticks on each, and axis labels.
+    fn axes(&self, x_label: &str, y_label: &str) -> String {
+        let mut out = String::new();
+        let (x0, y0) = (self.px(self.x.0), self.py(self.y.0));
+        let _ = write!(
+            out,
+            "<line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{:.1}\" y2=\"{y0:.1}\" stroke=\"#333\"/>\
+             <line x1=\"{x0:.1}\" y1=\"{y0:.1}\" x2=\"{x0:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>",
+            self.px(self.x.1),
+            self.py(self.y.1)
+        );
+        for k in 0..=4 {
+            let t = k as f64 / 4.0;
+            let (xv, yv) = (self.x.0 + t * (self.x.1 - self.x.0), self.y.0 + t * (self.y.1 - self.y.0));
+            let _ = write!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                self.px(xv),
+                y0 + 13.0,
+                short(xv),
+                x0 - 4.0,
+                self.py(yv) + 4.0,
+                short(yv)
+            );
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+             <text x=\"10\" y=\"{:.1}\" transform=\"rotate(-90 10 {:.1})\" text-anchor=\"middle\">{}</text>",
+            (x0 + self.px(self.x.1)) / 2.0,
+            self.h - 3.0,
+            escape(x_label),
+            (y0 + self.py(self.y.1)) / 2.0,
+            (y0 + self.py(self.y.1)) / 2.0,
+            escape(y_label)
+        );
+        out
+    }
+
+    fn polyline(&self, points: &[(f64, f64)], colour: &str) -> String {
+        let coords: Vec<String> =
+            points.iter().map(|&(x, y)| format!("{:.1},{:.1}", self.px(x), self.py(y))).collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.6\" points=\"{}\"/>",
+            coords.join(" ")
+        )
+    }
+}
+
+fn short(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
+        format!("{v:.1e}")
+    } else {
+        format!("{}", (v * 100.0).round() / 100.0)
+    }
+}
+
+fn legend(entries: &[(&str, &str)], x: f64, top: f64) -> String {
+    let mut out = String::new();
+    for (k, (name, colour)) in entries.iter().enumerate() {
+        let y = top + 14.0 * k as f64;
+        let _ = write!(
+            out,
+            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            y - 9.0,
+            x + 14.0,
+            y,
+            escape(name)
+        );
+    }
+    out
+}
+
+/// An SVG figure of `w`×`h` pixels with a caption.
+fn figure(caption: &str, w: f64, h: f64, body: &str) -> String {
+    format!(
+        "<figure><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">{body}</svg>\
+         <figcaption>{}</figcaption></figure>\n",
+        escape(caption)
+    )
+}
+
+/// ROC points (FPR on ID, TPR on OOD: OOD is flagged when its score is low), threshold by
+/// threshold from the lowest score up.
+pub fn roc_points(id: &[f64], ood: &[f64]) -> Vec<(f64, f64)> {
+    let mut all: Vec<(f64, bool)> =
+        id.iter().map(|&s| (s, false)).chain(ood.iter().map(|&s| (s, true))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut points = vec![(0.0, 0.0)];
+    for (i, &(score, is_ood)) in all.iter().enumerate() {
+        if is_ood {
+            tp += 1.0;
+        } else {
+            fp += 1.0;
+        }
+        if i + 1 == all.len() || all[i + 1].0 != score {
+            points.push((fp / id.len().max(1) as f64, tp / ood.len().max(1) as f64));
+        }
+    }
+    points
+}
+
+/// At most `n` points, evenly spaced along the list (the first and last kept), to keep pages small.
+fn thin(points: Vec<(f64, f64)>, n: usize) -> Vec<(f64, f64)> {
+    if points.len() <= n {
+        return points;
+    }
+    let step = (points.len() - 1) as f64 / (n - 1) as f64;
+    (0..n).map(|k| points[((k as f64 * step).round() as usize).min(points.len() - 1)]).collect()
+}
+
+fn roc(sample: &ScoreSample) -> String {
+    let frame = Frame { w: 300.0, h: 260.0, x: (0.0, 1.0), y: (0.0, 1.0) };
+    let mut body = frame.axes("FPR (ID flagged as OOD)", "TPR (OOD flagged)");
+    body.push_str(&frame.polyline(&[(0.0, 0.0), (1.0, 1.0)], "#bbbbbb"));
+    let mut entries = Vec::new();
+    for (k, (name, ood)) in sample.ood.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        body.push_str(&frame.polyline(&thin(roc_points(&sample.id, ood), 400), colour));
+        entries.push((name.as_str(), colour));
+    }
+    // Bottom right: where a useful detector's curves are not.
+    let top = frame.h - Frame::BOTTOM - 8.0 - 14.0 * (entries.len() as f64 - 1.0);
+    body.push_str(&legend(&entries, 190.0, top));
+    figure(&format!("{} / {}", sample.scores, sample.method), frame.w, frame.h, &body)
+}
+
+fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
+    const BINS: usize = 40;
+    let finite = |v: &&f64| v.is_finite();
+    let lo = sample.id.iter().chain(ood).filter(finite).copied().fold(f64::INFINITY, f64::min);
+    let hi = sample.id.iter().chain(ood).filter(finite).copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
+    let density = |values: &[f64]| -> Vec<f64> {
+        let mut counts = vec![0.0; BINS];
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            let bin = (((v - lo) / (hi - lo)) * BINS as f64).floor().clamp(0.0, (BINS - 1) as f64) as usize;
+            counts[bin] += 1.0;
+        }
+        let total = values.len().max(1) as f64;
+        counts.into_iter().map(|c| c / total).collect()
+    };
+    let (id_density, ood_density) = (density(&sample.id), density(ood));
+    let top = id_density.iter().chain(&ood_density).copied().fold(0.0, f64::max).max(1e-9);
+    let frame = Frame { w: 300.0, h: 200.0, x: (lo, hi), y: (0.0, top) };
+    let mut body = frame.axes(&format!("{} score", sample.method), "fraction");
+    let width = (hi - lo) / BINS as f64;
+    for (values, colour) in [(&id_density, ID_COLOUR), (&ood_density, COLOURS[0])] {
+        for (k, &d) in values.iter().enumerate() {
+            if d == 0.0 {
+                continue;
+            }
+            let (x0, x1) = (frame.px(lo + k as f64 * width), frame.px(lo + (k + 1) as f64 * width));
+            let (y0, y1) = (frame.py(d), frame.py(0.0));
+            let _ = write!(
+                body,
+                "<rect x=\"{x0:.1}\" y=\"{y0:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{colour}\" fill-opacity=\"0.45\"/>",
+                (x1 - x0).max(0.5),
+                y1 - y0
+            );
+        }
+    }
+    body.push_str(&legend(&[("ID", ID_COLOUR), (name, COLOURS[0])], 200.0, 18.0));
+    figure(&format!("{} / {} — ID vs {name}", sample.scores, sample.method), frame.w, frame.h, &body)
+}
+
+/// A line of the backtracking plot: its name, the value it draws, its colour.
+type Series = (&'static str, fn(&BacktrackRow) -> f64, &'static str);
+
+fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
+    let mut out = String::new();
+    let mut groups: Vec<(String, String)> = Vec::new();
+    for b in curve {
+        let key = (b.row.scores.clone(), b.row.method.clone());
+        if !groups.contains(&key) {
+            groups.push(key);
+        }
+    }
+    for (scores, method) in groups {
+        let points: Vec<&BacktrackRow> =
+            curve.iter().filter(|b| b.row.scores == scores && b.row.method == method).collect();
+        let first = points.first().map_or(0.0, |b| b.epoch as f64);
+        let last = points.last().map_or(1.0, |b| b.epoch as f64);
+        let frame = Frame { w: 360.0, h: 240.0, x: (first, last.max(first + 1.0)), y: (0.0, 100.0) };
+        let mut body = frame.axes("epoch", "percent");
+        let series: [Series; 3] = [
+            (fpr_header(convention), |b| b.row.fpr95.mean, COLOURS[0]),
+            ("AUROC", |b| b.row.auroc.mean, COLOURS[1]),
+            ("ID-ACC", |b| b.row.id_accuracy.mean, COLOURS[2]),
+        ];
+        let mut entries = Vec::new();
+        for (name, value, colour) in series {
+            let line: Vec<(f64, f64)> = points.iter().map(|b| (b.epoch as f64, 100.0 * value(b))).collect();
+            body.push_str(&frame.polyline(&line, colour));
+            for &(x, y) in &line {
+                let _ = write!(
+                    body,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
+                    frame.px(x),
+                    frame.py(y)
+                );
+            }
+            entries.push((name, colour));
+        }
+        // The legend sits right of the plot area, clear of the lines.
+        body.push_str(&legend(&entries, frame.w + 4.0, 18.0));
+        out.push_str(&figure(&format!("{scores} / {method}"), frame.w + 150.0, frame.h, &body));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roc_points_run_from_origin_to_one_one() {
+        let points = roc_points(&[0.9, 0.8, 0.3], &[0.1, 0.5]);
+        assert_eq!(points.first(), Some(&(0.0, 0.0)));
+        assert_eq!(points.last(), Some(&(1.0, 1.0)));
+        // Lowest score first: OOD 0.1 → (0, 0.5); ID 0.3 → (1/3, 0.5); OOD 0.5 → (1/3, 1).
+        assert_eq!(points[1], (0.0, 0.5));
+        assert_eq!(points[3], (1.0 / 3.0, 1.0));
+    }
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+}

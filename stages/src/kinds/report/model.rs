@@ -1,0 +1,108 @@
+//! What a report holds ([`ReportFile`], written as `report.json`): rows of metrics summarised
+//! over seeds, the backtracking curve, and the score samples the plots draw.
+use crate::metrics::{mean_std, Convention};
+use serde::{Deserialize, Serialize};
+
+/// Mean, sample standard deviation and the per-seed values of one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub mean: f64,
+    pub std: f64,
+    pub values: Vec<f64>,
+}
+
+impl Summary {
+    pub fn of(values: Vec<f64>) -> Summary {
+        let (mean, std) = mean_std(&values);
+        Summary { mean, std, values }
+    }
+
+    /// As a percentage, with "± std" when there are several seeds.
+    pub fn percent(&self) -> String {
+        if self.values.len() > 1 {
+            format!("{:.2} ± {:.2}", 100.0 * self.mean, 100.0 * self.std)
+        } else {
+            format!("{:.2}", 100.0 * self.mean)
+        }
+    }
+}
+
+/// One row of the report: a score stage, a method, an OOD set (or `mean`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub scores: String,
+    pub method: String,
+    pub ood: String,
+    pub fpr95: Summary,
+    pub auroc: Summary,
+    pub aupr_in: Summary,
+    pub aupr_out: Summary,
+    pub id_accuracy: Summary,
+}
+
+/// One point of a backtracking curve: the mean over OOD sets at one checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BacktrackRow {
+    pub epoch: usize,
+    #[serde(flatten)]
+    pub row: Row,
+}
+
+/// `report.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportFile {
+    pub title: String,
+    pub convention: Convention,
+    pub convention_text: String,
+    pub seeds: usize,
+    pub rows: Vec<Row>,
+    /// Metrics per scored checkpoint (empty unless a score stage scored checkpoints).
+    pub backtracking: Vec<BacktrackRow>,
+}
+
+/// The scores one plot needs: a score stage, a method, the ID scores and each OOD set's scores.
+pub struct ScoreSample {
+    pub scores: String,
+    pub method: String,
+    pub id: Vec<f64>,
+    pub ood: Vec<(String, Vec<f64>)>,
+}
+
+/// The FPR95 column header, naming the positive class.
+pub fn fpr_header(convention: Convention) -> &'static str {
+    match convention {
+        Convention::IdPositive => "FPR95 (ID+)",
+        Convention::OpenOod => "FPR95 (OOD+, OpenOOD)",
+    }
+}
+
+/// For each (score stage, method) curve: the checkpoint with the lowest mean FPR95 (the first on
+/// ties) and the last checkpoint.
+pub fn best_epochs(curve: &[BacktrackRow]) -> Vec<(String, String, &BacktrackRow, &BacktrackRow)> {
+    let mut out: Vec<(String, String, &BacktrackRow, &BacktrackRow)> = Vec::new();
+    for b in curve {
+        match out.iter_mut().find(|(s, m, _, _)| *s == b.row.scores && *m == b.row.method) {
+            Some(entry) => {
+                if b.row.fpr95.mean < entry.2.row.fpr95.mean {
+                    entry.2 = b;
+                }
+                if b.epoch > entry.3.epoch {
+                    entry.3 = b;
+                }
+            }
+            None => out.push((b.row.scores.clone(), b.row.method.clone(), b, b)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_formats_percent_with_std_only_for_several_seeds() {
+        assert_eq!(Summary::of(vec![0.5]).percent(), "50.00");
+        assert_eq!(Summary::of(vec![0.5, 0.7]).percent(), "60.00 ± 14.14");
+    }
+}

@@ -1,0 +1,268 @@
+//! `umap`: Unleashing-Mask Adopted Pruning (SPEC §5). The model's weights stay frozen; each
+//! masked layer gets learnable scores s (seeded, uniform ±1/√fan_in), and every forward keeps
+//! the top fraction `keep` of |s| per layer, computing with W ⊙ m. The scores learn through the
+//! straight-through estimator m + |s| − detach(|s|) under the UM loss; batch-norm statistics
+//! update as in training. Outputs as `train`, with `model.json` marking weight masks and each
+//! checkpoint holding the untouched weights, the statistics and the binary masks
+//! (`mask.<layer>`); `scores.safetensors` holds the final scores and `masks.json` the kept
+//! fraction per layer.
+use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
+use crate::training::losses::um_loss;
+use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::formats::json::write_json;
+use crate::training::masks::{keep_top_fraction, masked_layers};
+use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
+use crate::training::losses::cross_entropy;
+use crate::stage::Artifact;
+use crate::stage::Input;
+use crate::error::ParamError;
+use crate::stage::RunContext;
+use crate::error::StageError;
+use crate::stage::StageParams;
+use candle_core::{Device, Tensor, Var};
+use rand_distr::{Distribution, Uniform};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn default_keep() -> f64 {
+    0.8
+}
+
+crate::training::fit::training_stage! {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Umap {
+        /// The trained model to mask.
+        pub model: String,
+        /// The training data (its train split).
+        pub data: String,
+        #[serde(default)]
+        pub constraint: Option<String>,
+        #[serde(default)]
+        pub zeta: Option<f64>,
+        /// Fraction p of each layer's weights kept (by largest |score|).
+        #[serde(default = "default_keep")]
+        pub keep: f64,
+    }
+}
+
+impl StageParams for Umap {
+    const KIND: &'static str = "umap";
+    const VERSION: u32 = 2;
+    const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
+
+    fn inputs(&self) -> Vec<Input> {
+        fine_tuning_inputs(&self.model, &self.data, &self.constraint)
+    }
+
+    fn check(&self) -> Vec<ParamError> {
+        let mut problems = self.fit_config().check();
+        problems.extend(check_zeta_source(&self.constraint, self.zeta));
+        if !(self.keep > 0.0 && self.keep <= 1.0) {
+            problems.push(ParamError::new(&["keep"], "must be in (0, 1]"));
+        }
+        problems
+    }
+
+    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
+        Some(crate::estimate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn workload(&self) -> Option<crate::estimate::workload::Workload> {
+        Some(self.fit_config().workload(
+            crate::estimate::workload::ModelSource::Upstream(self.model.clone()),
+            &self.data,
+            1.0,
+        ))
+    }
+
+    fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
+        let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;
+        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
+        ctx.progress.info(&format!(
+            "learning masks keeping {:.0}% of each layer with ζ = {zeta:.4}",
+            100.0 * self.keep
+        ));
+        let masked = MaskedModel::new(
+            &spec,
+            values,
+            self.keep,
+            &mut crate::math::rng::derive(ctx.seed, "scores"),
+            ctx.device,
+        )?;
+        let saved_spec = ModelSpec { weight_masks: true, ..spec.clone() };
+        fit(
+            ctx,
+            &data,
+            &self.fit_config(),
+            Fit {
+                spec: &saved_spec,
+                vars: masked.scores.values().cloned().collect(),
+                before_epoch: &mut |_| Ok(()),
+                step: &mut |images, labels, mode| {
+                    StepOutput::from_forward(masked.forward(images, mode)?, labels, |logits, labels| {
+                        um_loss(&cross_entropy(logits, labels)?, zeta)
+                    })
+                },
+                snapshot: &|| masked.snapshot(),
+                label: "umap",
+            },
+        )?;
+        let scores: BTreeMap<String, Tensor> =
+            masked.scores.iter().map(|(name, s)| (format!("score.{name}"), s.as_tensor().detach())).collect();
+        crate::models::save_weights(&scores, &ctx.out_dir.join("scores.safetensors"))?;
+        write_json(&ctx.out_dir.join("masks.json"), &masked.kept_fractions()?)
+    }
+}
+
+/// A model whose masked layers compute with W ⊙ m, m the top fraction of learnable scores.
+pub struct MaskedModel {
+    spec: ModelSpec,
+    params: Parameters,
+    layers: Vec<ParamDef>,
+    pub scores: BTreeMap<String, Var>,
+    keep: f64,
+    device: Device,
+}
+
+impl MaskedModel {
+    /// Freezes `values` (batch-norm statistics stay updatable) and draws the scores.
+    pub fn new(
+        spec: &ModelSpec,
+        values: BTreeMap<String, Tensor>,
+        keep: f64,
+        rng: &mut crate::math::rng::Rng,
+        device: &Device,
+    ) -> Result<MaskedModel, StageError> {
+        let params = Parameters::new(spec, values, |def| {
+            if def.role == Role::NormStatistic {
+                Hold::Buffer
+            } else {
+                Hold::Freeze
+            }
+        })?;
+        let layers = masked_layers(spec)?;
+        let mut scores = BTreeMap::new();
+        for layer in &layers {
+            let fan_in: usize = layer.shape[1..].iter().product();
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let uniform = Uniform::new(-bound, bound).expect("non-empty range");
+            let n: usize = layer.shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| uniform.sample(rng)).collect();
+            scores.insert(
+                layer.name.clone(),
+                Var::from_tensor(&Tensor::from_vec(data, layer.shape.as_slice(), device)?)?,
+            );
+        }
+        Ok(MaskedModel { spec: spec.clone(), params, layers, scores, keep, device: device.clone() })
+    }
+
+    /// The binary mask of one layer from its current scores.
+    fn mask(&self, name: &str) -> Result<Tensor, StageError> {
+        let score = &self.scores[name];
+        let values: Vec<f32> = score.as_tensor().flatten_all()?.to_vec1()?;
+        Ok(Tensor::from_vec(keep_top_fraction(&values, self.keep), score.shape(), &self.device)?)
+    }
+
+    /// The forward pass with masked weights; gradients reach the scores straight through.
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
+        let mut derived = BTreeMap::new();
+        for layer in &self.layers {
+            let magnitude = self.scores[&layer.name].as_tensor().abs()?;
+            let straight_through = (self.mask(&layer.name)? + (&magnitude - magnitude.detach())?)?;
+            derived.insert(layer.name.clone(), self.params.get(&layer.name)?.mul(&straight_through)?);
+        }
+        let params = self.params.with_derived(derived)?;
+        Network::new(&self.spec, &params, &self.device)?.forward(images, mode)
+    }
+
+    /// Untouched weights, current statistics, and the binary masks as `mask.<layer>`.
+    pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
+        let mut values = self.params.values();
+        for layer in &self.layers {
+            values.insert(format!("mask.{}", layer.name), self.mask(&layer.name)?);
+        }
+        Ok(values)
+    }
+
+    /// Fraction of each layer's weights the current masks keep.
+    pub fn kept_fractions(&self) -> Result<BTreeMap<String, f64>, StageError> {
+        self.layers
+            .iter()
+            .map(|layer| {
+                let mask = self.mask(&layer.name)?;
+                let kept = mask.sum_all()?.to_scalar::<f32>()? as f64;
+                Ok((layer.name.clone(), kept / mask.elem_count() as f64))
+            })
+            .collect()
+    }
+
+    pub fn parameters(&self) -> &Parameters {
+        &self.params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::training::optim::{Sgd, SgdConfig};
+
+    #[test]
+    fn weights_stay_bit_identical_scores_learn_and_keep_p() {
+        let dev = Device::Cpu;
+        let spec = crate::models::spec::tiny_spec();
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
+        let masked =
+            MaskedModel::new(&spec, values.clone(), 0.8, &mut crate::math::rng::derive(0, "s"), &dev).unwrap();
+        let images = crate::math::rng::test_images(11, &[6, 1, 8, 8]);
+        let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
+        let mut rng = crate::math::rng::derive(0, "d");
+        let vars: Vec<Var> = masked.scores.values().cloned().collect();
+        let before: Vec<Vec<f32>> =
+            vars.iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let mut sgd =
+            Sgd::new(vars.clone(), SgdConfig { lr: 0.5, momentum: 0.9, weight_decay: 1e-4, nesterov: true });
+        for _ in 0..3 {
+            let out = masked.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+            let loss = um_loss(&cross_entropy(&out.logits, &labels).unwrap(), 0.1).unwrap();
+            let grads = loss.backward().unwrap();
+            for var in &vars {
+                let g = grads.get(var.as_tensor()).expect("every score gets a gradient");
+                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(norm > 0.0, "zero gradient on a score tensor");
+            }
+            sgd.step(&grads).unwrap();
+        }
+        // Scores moved; every weight (and the linear bias) is bit-identical; statistics moved.
+        let after: Vec<Vec<f32>> =
+            vars.iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+        assert_ne!(before, after);
+        let now = masked.parameters().values();
+        for def in spec.parameters().unwrap() {
+            let a: Vec<f32> = values[&def.name].flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = now[&def.name].flatten_all().unwrap().to_vec1().unwrap();
+            if def.role == Role::NormStatistic {
+                assert_ne!(a, b, "{} should update in training mode", def.name);
+            } else {
+                assert_eq!(a, b, "{} must stay untouched", def.name);
+            }
+        }
+        // Each layer keeps n − ⌊0.2 n⌋ weights.
+        for (name, fraction) in masked.kept_fractions().unwrap() {
+            let n = values[&name].elem_count();
+            let expected = (n - crate::training::masks::zeroed_count(n, 0.8)) as f64 / n as f64;
+            assert_eq!(fraction, expected, "{name}");
+        }
+        // The saved snapshot reloads as the masked model.
+        let dir = tempfile::tempdir().unwrap();
+        crate::models::save_weights(&masked.snapshot().unwrap(), &dir.path().join("model.safetensors"))
+            .unwrap();
+        ModelSpec { weight_masks: true, ..spec.clone() }.write(&dir.path().join("model.json")).unwrap();
+        let saved = crate::models::SavedModel::in_dir(dir.path()).unwrap();
+        let (loaded_spec, effective) = saved.load_effective(&dev).unwrap();
+        assert!(!loaded_spec.weight_masks);
+        let w: Vec<f32> = effective["conv1.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        let zeros = w.iter().filter(|v| **v == 0.0).count();
+        assert_eq!(zeros, crate::training::masks::zeroed_count(w.len(), 0.8));
+    }
+}

@@ -1,0 +1,627 @@
+//! A CPU 2-D convolution as a candle custom op: per image, im2col into a reused scratch buffer
+//! and one matrix product through the `gemm` crate straight into the (N, O, Ho, Wo) output;
+//! the weight gradient is Σ over images of grad·colsᵀ (per-thread partial sums), the input
+//! gradient Wᵀ·grad followed by col2im, the adjoint of im2col. 1×1 convolutions with stride 1
+//! skip im2col (the image already is the column matrix). Images are processed in parallel with
+//! rayon, each product single-threaded. candle's own CPU conv2d runs at 5–30 GFLOP/s and its
+//! backward at 2–18 (../shared/CANDLE_NOTES.md); composing im2col with candle's matmul costs a
+//! transposed copy of every output and of every gradient, plus candle's gradient bookkeeping
+//! for each of those nodes. Other devices keep candle's conv2d.
+use super::buffers::{contiguous_f32, filled_in_chunks};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Convolution without bias, square kernel, equal stride and padding on both axes.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        return x.conv2d(weight, padding, stride, 1, 1);
+    }
+    let (n, c, h, w) = x.dims4()?;
+    let (o, c_w, k, k2) = weight.dims4()?;
+    if c != c_w || k != k2 {
+        candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", x.dims(), weight.dims());
+    }
+    if h + 2 * padding < k || w + 2 * padding < k || stride == 0 {
+        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{w} input with padding {padding}");
+    }
+    let geometry = Geometry { n, c, h, w, k, stride, padding };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g: geometry, o })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn output(&self) -> (usize, usize) {
+        (
+            (self.h + 2 * self.padding - self.k) / self.stride + 1,
+            (self.w + 2 * self.padding - self.k) / self.stride + 1,
+        )
+    }
+
+    /// The input row that kernel row `ki` reads at output row `oy`, if inside the image.
+    #[inline]
+    fn source_row(&self, ki: usize, oy: usize) -> Option<usize> {
+        let y = (oy * self.stride + ki).checked_sub(self.padding)?;
+        (y < self.h).then_some(y)
+    }
+
+    /// The output columns `lo..hi` at which kernel column `kj` reads inside the image (the
+    /// others read padding).
+    #[inline]
+    fn valid_columns(&self, kj: usize, wo: usize) -> (usize, usize) {
+        // ox·stride + kj − padding ∈ [0, w)
+        let lo = self.padding.saturating_sub(kj).div_ceil(self.stride).min(wo);
+        let hi = if self.w + self.padding > kj {
+            ((self.w + self.padding - kj - 1) / self.stride + 1).min(wo)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+
+    /// For row (channel, ki, kj) and output position (oy, ox): the input pixel, if inside
+    /// (the tests' direct convolution).
+    #[cfg(test)]
+    fn source(&self, ki: usize, kj: usize, oy: usize, ox: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + ki) as isize - self.padding as isize;
+        let x = (ox * self.stride + kj) as isize - self.padding as isize;
+        (y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w)
+            .then_some((y as usize, x as usize))
+    }
+}
+
+impl Geometry {
+    /// Rows of the column matrix (C·k·k) and its columns per image (Ho·Wo).
+    fn cols_shape(&self) -> (usize, usize) {
+        let (ho, wo) = self.output();
+        (self.c * self.k * self.k, ho * wo)
+    }
+
+    /// A 1×1 convolution with stride 1 and no padding: the image is its own column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// One image (C, H, W) → its column matrix (C·k·k, Ho·Wo); writes every element.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        let (ho, wo) = self.output();
+        let (rows, columns) = self.cols_shape();
+        for row in 0..rows {
+            let (ch, ki, kj) = (row / (self.k * self.k), (row / self.k) % self.k, row % self.k);
+            let (lo, hi) = self.valid_columns(kj, wo);
+            let plane = &image[ch * self.h * self.w..][..self.h * self.w];
+            let line = &mut cols[row * columns..][..columns];
+            if self.stride == 1 && ho == self.h && wo == self.w {
+                self.shifted_plane(plane, line, ki, kj);
+                continue;
+            }
+            for oy in 0..ho {
+                let target = &mut line[oy * wo..][..wo];
+                match self.source_row(ki, oy).filter(|_| hi > lo) {
+                    None => target.fill(0.0),
+                    Some(y) => {
+                        target[..lo].fill(0.0);
+                        target[hi..].fill(0.0);
+                        let first = lo * self.stride + kj - self.padding;
+                        let pixels = &plane[y * self.w..][..self.w];
+                        if self.stride == 1 {
+                            target[lo..hi].copy_from_slice(&pixels[first..first + (hi - lo)]);
+                        } else {
+                            for (j, t) in target[lo..hi].iter_mut().enumerate() {
+                                *t = pixels[first + j * self.stride];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One im2col row of a stride-1 "same" convolution: the plane shifted by (ki − p, kj − p)
+    /// with zeros where the shift leaves the image. The rows are contiguous in both, so this is
+    /// one copy, then zeros for the columns that wrapped into the neighbouring row.
+    fn shifted_plane(&self, plane: &[f32], line: &mut [f32], ki: usize, kj: usize) {
+        let (h, w) = (self.h as isize, self.w as isize);
+        let (dy, dx) = (ki as isize - self.padding as isize, kj as isize - self.padding as isize);
+        // Output rows whose source row is inside the image.
+        let (first_row, end_row) = ((-dy).max(0), (h - dy).min(h));
+        if first_row >= end_row || dx.abs() >= w {
+            line.fill(0.0);
+            return;
+        }
+        let start = (first_row * w + (-dx).max(0)) as usize;
+        let end = (end_row * w - dx.max(0)) as usize;
+        let offset = dy * w + dx;
+        line[..start].fill(0.0);
+        line[start..end]
+            .copy_from_slice(&plane[(start as isize + offset) as usize..(end as isize + offset) as usize]);
+        line[end..].fill(0.0);
+        for oy in first_row..end_row {
+            let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
+            if dx < 0 {
+                row[..(-dx) as usize].fill(0.0);
+            } else if dx > 0 {
+                row[(w - dx) as usize..].fill(0.0);
+            }
+        }
+    }
+
+    /// The adjoint of [`Geometry::shifted_plane`]: adds the line, shifted back, into the plane,
+    /// leaving out (after zeroing them in `line`) the entries that read padding.
+    fn add_shifted_plane(&self, line: &mut [f32], plane: &mut [f32], ki: usize, kj: usize) {
+        let (h, w) = (self.h as isize, self.w as isize);
+        let (dy, dx) = (ki as isize - self.padding as isize, kj as isize - self.padding as isize);
+        let (first_row, end_row) = ((-dy).max(0), (h - dy).min(h));
+        if first_row >= end_row || dx.abs() >= w {
+            return;
+        }
+        for oy in first_row..end_row {
+            let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
+            if dx < 0 {
+                row[..(-dx) as usize].fill(0.0);
+            } else if dx > 0 {
+                row[(w - dx) as usize..].fill(0.0);
+            }
+        }
+        let start = (first_row * w + (-dx).max(0)) as usize;
+        let end = (end_row * w - dx.max(0)) as usize;
+        let offset = dy * w + dx;
+        let target = &mut plane[(start as isize + offset) as usize..(end as isize + offset) as usize];
+        for (t, v) in target.iter_mut().zip(&line[start..end]) {
+            *t += v;
+        }
+    }
+
+    /// The adjoint of [`Geometry::im2col`]: adds a column matrix into one image (C, H, W).
+    /// `cols` is scratch: a stride-1 "same" convolution zeroes the entries that read padding
+    /// in it, then adds each row as one shifted block.
+    fn col2im(&self, cols: &mut [f32], image: &mut [f32]) {
+        let (ho, wo) = self.output();
+        let (_, columns) = self.cols_shape();
+        let same = self.stride == 1 && ho == self.h && wo == self.w;
+        for ch in 0..self.c {
+            let plane = &mut image[ch * self.h * self.w..][..self.h * self.w];
+            for ki in 0..self.k {
+                for kj in 0..self.k {
+                    let row = (ch * self.k + ki) * self.k + kj;
+                    if same {
+                        self.add_shifted_plane(&mut cols[row * columns..][..columns], plane, ki, kj);
+                        continue;
+                    }
+                    let line = &cols[row * columns..][..columns];
+                    let (lo, hi) = self.valid_columns(kj, wo);
+                    for oy in 0..ho {
+                        let Some(y) = self.source_row(ki, oy).filter(|_| hi > lo) else { continue };
+                        let first = lo * self.stride + kj - self.padding;
+                        let target = &mut plane[y * self.w..][..self.w];
+                        let values = &line[oy * wo + lo..oy * wo + hi];
+                        if self.stride == 1 {
+                            for (t, v) in target[first..first + values.len()].iter_mut().zip(values) {
+                                *t += v;
+                            }
+                        } else {
+                            for (j, v) in values.iter().enumerate() {
+                                target[first + j * self.stride] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's column matrix, reused across images and steps.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` values (contents arbitrary).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buffer = cell.borrow_mut();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
+
+/// A row-major or transposed view of a matrix held in a slice: element (i, j) is at
+/// `i·row_stride + j·col_stride`.
+#[derive(Clone, Copy)]
+struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Matrix { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    fn transposed(self) -> Self {
+        Matrix {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs`) for a row-major `dst` of lhs.rows × rhs.cols values
+/// starting at `dst`, single-threaded.
+///
+/// # Safety
+/// `dst` must be valid for writes (and for reads when `accumulate`) of lhs.rows·rhs.cols values
+/// that nothing else accesses during the call; when not accumulating they may be uninitialised.
+unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix) {
+    assert!(lhs.cols == rhs.rows && lhs.fits() && rhs.fits(), "matmul_into: operands do not fit");
+    // SAFETY: the operands' extents were checked above; the caller guarantees `dst`.
+    unsafe {
+        gemm::gemm(
+            lhs.rows,
+            rhs.cols,
+            lhs.cols,
+            dst,
+            1,
+            rhs.cols as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// The convolution: (N, C, H, W) ⊛ (O, C, k, k) → (N, O, Ho, Wo).
+struct Conv2d {
+    g: Geometry,
+    o: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.g, self.o);
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (rows, columns) = g.cols_shape();
+        let weight = Matrix::row_major(w, o, rows);
+        let image_len = g.c * g.h * g.w;
+        // SAFETY: each image's product writes all of its O·Ho·Wo outputs (no accumulation).
+        let out = unsafe {
+            filled_in_chunks(g.n * o * columns, o * columns, |b, chunk| {
+                let image = &x[b * image_len..][..image_len];
+                if g.is_pointwise() {
+                    matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(image, rows, columns));
+                } else {
+                    with_scratch(rows * columns, |cols| {
+                        g.im2col(image, cols);
+                        matmul_into(
+                            chunk.as_mut_ptr(),
+                            false,
+                            weight,
+                            Matrix::row_major(cols, rows, columns),
+                        );
+                    });
+                }
+            })
+        };
+        let (ho, wo) = g.output();
+        Ok((CpuStorage::F32(out), Shape::from((g.n, o, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The first layer's input (the images) needs no gradient, unless asked for (ODIN).
+        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGradient(self.g))?) } else { None };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&grad, &WeightGradient(self.g, self.o))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// ∂L/∂x from (∂L/∂out, weight): per image col2im(Wᵀ · grad).
+struct InputGradient(Geometry);
+
+impl CustomOp2 for InputGradient {
+    fn name(&self) -> &'static str {
+        "conv2d-input-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let grad = contiguous_f32(s1, l1, "conv2d gradient")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let (rows, columns) = g.cols_shape();
+        let o = w.len() / rows;
+        let weight_t = Matrix::row_major(w, o, rows).transposed();
+        let image_len = g.c * g.h * g.w;
+        // SAFETY: a pointwise product writes the whole image; otherwise the image is zeroed
+        // before col2im adds into it.
+        let dx = unsafe {
+            filled_in_chunks(g.n * image_len, image_len, |b, chunk| {
+                let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
+                if g.is_pointwise() {
+                    matmul_into(chunk.as_mut_ptr(), false, weight_t, grad_b);
+                } else {
+                    let image = chunk.fill_zero();
+                    with_scratch(rows * columns, |cols| {
+                        matmul_into(cols.as_mut_ptr(), false, weight_t, grad_b);
+                        g.col2im(cols, image);
+                    });
+                }
+            })
+        };
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+/// Images per partial sum of the weight gradient.
+const IMAGES_PER_PARTIAL_SUM: usize = 8;
+
+/// ∂L/∂W from (x, ∂L/∂out): Σ over images of grad · colsᵀ, in partial sums over fixed groups
+/// of images computed in parallel.
+struct WeightGradient(Geometry, usize);
+
+impl CustomOp2 for WeightGradient {
+    fn name(&self) -> &'static str {
+        "conv2d-weight-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.0, self.1);
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let grad = contiguous_f32(s2, l2, "conv2d gradient")?;
+        let (rows, columns) = g.cols_shape();
+        let image_len = g.c * g.h * g.w;
+        // Fixed groups of images, summed in a fixed order: the result does not depend on the
+        // number of threads (determinism across machines).
+        let per_group = IMAGES_PER_PARTIAL_SUM;
+        let groups = g.n.div_ceil(per_group).max(1);
+        let partial = |group: usize| {
+            let mut acc = vec![0f32; o * rows];
+            for b in group * per_group..((group + 1) * per_group).min(g.n) {
+                let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
+                let image = &x[b * image_len..][..image_len];
+                // SAFETY: `acc` holds o·rows initialised values owned by this closure.
+                if g.is_pointwise() {
+                    let cols_t = Matrix::row_major(image, rows, columns).transposed();
+                    unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                } else {
+                    with_scratch(rows * columns, |cols| {
+                        g.im2col(image, cols);
+                        let cols_t = Matrix::row_major(cols, rows, columns).transposed();
+                        unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                    });
+                }
+            }
+            acc
+        };
+        let mut sums: Vec<Vec<f32>> = (0..groups).into_par_iter().map(partial).collect();
+        let mut total = sums.swap_remove(0);
+        for other in sums {
+            total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
+        }
+        Ok((CpuStorage::F32(total), Shape::from((o, g.c, g.k, g.k))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+    }
+
+    /// Direct loops in f64: the output, and the input and weight gradients of Σ probe·output.
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        probe: &Tensor,
+        g: Geometry,
+        o: usize,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (xv, wv, pv) = (values(x), values(w), values(probe));
+        let (ho, wo) = g.output();
+        let (k, c) = (g.k, g.c);
+        let mut out = vec![0.0; g.n * o * ho * wo];
+        let mut dx = vec![0.0; xv.len()];
+        let mut dw = vec![0.0; wv.len()];
+        for b in 0..g.n {
+            for oc in 0..o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let oi = ((b * o + oc) * ho + oy) * wo + ox;
+                        for ch in 0..c {
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    if let Some((y, xx)) = g.source(ki, kj, oy, ox) {
+                                        let xi = ((b * c + ch) * g.h + y) * g.w + xx;
+                                        let wi = ((oc * c + ch) * k + ki) * k + kj;
+                                        out[oi] += xv[xi] * wv[wi];
+                                        dx[xi] += pv[oi] * wv[wi];
+                                        dw[wi] += pv[oi] * xv[xi];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, dx, dw)
+    }
+
+    fn close(a: &[f64], b: &[f64], tolerance: f64, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(worst < tolerance, "{what}: differs by {worst}");
+    }
+
+    /// Outputs and both gradients against direct loops, for strides, paddings, 1×1 kernels and
+    /// odd sizes; and against candle's own conv2d where its backward works (candle's input
+    /// gradient has the wrong shape when the kernel does not tile the padded input exactly).
+    #[test]
+    fn matches_direct_convolution_and_candle_with_gradients() {
+        let cases = [
+            // (n, c, h, w, o, k, stride, padding)
+            (2, 3, 7, 5, 4, 3, 1, 1),
+            (3, 2, 9, 9, 5, 3, 2, 1),
+            (2, 4, 6, 6, 3, 1, 1, 0),
+            (1, 3, 8, 7, 2, 3, 2, 0),
+            (2, 2, 5, 6, 3, 1, 2, 0),
+            (2, 3, 11, 10, 4, 5, 3, 2),
+            // Stride-1 "same" convolutions (the shifted-plane im2col): 5×5, and a one-pixel-wide image.
+            (2, 2, 6, 7, 3, 5, 1, 2),
+            (1, 2, 4, 1, 2, 3, 1, 1),
+        ];
+        for (seed, &(n, c, h, w, o, k, stride, padding)) in cases.iter().enumerate() {
+            let g = Geometry { n, c, h, w, k, stride, padding };
+            let x = Var::from_tensor(&crate::math::rng::test_images(seed as u64, &[n, c, h, w])).unwrap();
+            let weight =
+                Var::from_tensor(&(crate::math::rng::test_images(100 + seed as u64, &[o, c, k, k]) - 0.5).unwrap())
+                    .unwrap();
+            let ours = conv2d(x.as_tensor(), weight.as_tensor(), stride, padding).unwrap();
+            let probe = crate::math::rng::test_images(300 + seed as u64, ours.dims());
+            let (out, dx, dw) = reference(x.as_tensor(), weight.as_tensor(), &probe, g, o);
+            close(&values(&ours), &out, 1e-5, &format!("case {seed} output"));
+            let grads = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            close(
+                &values(grads.get(x.as_tensor()).unwrap()),
+                &dx,
+                1e-5,
+                &format!("case {seed} input gradient"),
+            );
+            close(
+                &values(grads.get(weight.as_tensor()).unwrap()),
+                &dw,
+                1e-5,
+                &format!("case {seed} weight gradient"),
+            );
+
+            let tiles = (h + 2 * padding - k) % stride == 0 && (w + 2 * padding - k) % stride == 0;
+            if tiles {
+                let theirs = x.as_tensor().conv2d(weight.as_tensor(), padding, stride, 1, 1).unwrap();
+                assert!(max_difference(&ours, &theirs) < 1e-5, "case {seed}: differs from candle");
+                let theirs_grads = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for var in [&x, &weight] {
+                    let d = max_difference(
+                        grads.get(var.as_tensor()).unwrap(),
+                        theirs_grads.get(var.as_tensor()).unwrap(),
+                    );
+                    assert!(d < 1e-5, "case {seed}: gradient differs from candle's by {d}");
+                }
+            }
+        }
+    }
+
+    /// An input that needs no gradient (the images) gets none, and the weight gradient is the
+    /// same as when the input is a variable.
+    #[test]
+    fn the_input_gradient_is_skipped_when_nothing_needs_it() {
+        let x = crate::math::rng::test_images(7, &[3, 2, 6, 5]);
+        let weight = Var::from_tensor(&crate::math::rng::test_images(8, &[4, 2, 3, 3])).unwrap();
+        let probe = crate::math::rng::test_images(9, &[3, 4, 6, 5]);
+        let plain = conv2d(&x, weight.as_tensor(), 1, 1).unwrap();
+        let grads = (&plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        let x_var = Var::from_tensor(&x).unwrap();
+        let tracked = conv2d(x_var.as_tensor(), weight.as_tensor(), 1, 1).unwrap();
+        let tracked_grads = (&tracked * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(tracked_grads.get(x_var.as_tensor()).is_some());
+        let d = max_difference(
+            grads.get(weight.as_tensor()).unwrap(),
+            tracked_grads.get(weight.as_tensor()).unwrap(),
+        );
+        assert_eq!(d, 0.0);
+    }
+
+    /// The weight gradient is bit-identical whatever the number of threads.
+    #[test]
+    fn gradients_do_not_depend_on_the_number_of_threads() {
+        let x = crate::math::rng::test_images(11, &[19, 3, 9, 7]);
+        let probe = crate::math::rng::test_images(12, &[19, 4, 9, 7]);
+        let weights = crate::math::rng::test_images(13, &[4, 3, 3, 3]);
+        let gradient = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let weight = Var::from_tensor(&weights).unwrap();
+                let out = conv2d(&x, weight.as_tensor(), 1, 1).unwrap();
+                let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                values(grads.get(weight.as_tensor()).unwrap())
+            })
+        };
+        let one = gradient(1);
+        assert_eq!(one, gradient(2));
+        assert_eq!(one, gradient(3));
+    }
+}

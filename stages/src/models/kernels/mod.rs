@@ -1,0 +1,6 @@
+//! CPU kernels written by hand for speed: the convolution as im2col + gemm ([`conv`]), batch
+//! norm + ReLU in one pass ([`fused_bn`]), and the buffers they share ([`buffers`]). All the
+//! crate's `unsafe` code lives here.
+pub(crate) mod buffers;
+pub mod conv;
+pub mod fused_bn;

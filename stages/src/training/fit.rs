@@ -1,0 +1,360 @@
+//! What every training stage shares (`train`, `um`, `umap`): the optimisation fields of their
+//! parameters (SPEC §1 defaults), and [`fit`], the epoch loop that shuffles, augments, steps the
+//! optimiser, stops on a non-finite loss, and writes checkpoints and history.
+//!
+//! Outputs of [`fit`]: `model.json`, `checkpoints/epoch-NNNN.safetensors` every
+//! `checkpoint_every` epochs and at the end, `checkpoints.json` (the kept epochs) and
+//! `history.json` (learning rate, loss and accuracy per epoch; no timings, so identical runs give
+//! identical bytes).
+use crate::data::{ImageSet, Split};
+use crate::formats::json::write_json;
+use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, CHECKPOINT_INDEX};
+use crate::models::{Forward, Mode, ModelSpec, SavedModel};
+use crate::training::optim::{Sgd, SgdConfig};
+use crate::training::schedule::Schedule;
+use crate::stage::Artifact;
+use crate::stage::Input;
+use crate::error::ParamError;
+use crate::stage::RunContext;
+use crate::error::StageError;
+use candle_core::{Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One epoch's record in `history.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+pub fn default_epochs() -> usize {
+    100
+}
+pub fn default_batch_size() -> usize {
+    64
+}
+pub fn default_lr() -> f64 {
+    0.1
+}
+pub fn default_momentum() -> f64 {
+    0.9
+}
+pub fn default_weight_decay() -> f64 {
+    1e-4
+}
+pub fn default_true() -> bool {
+    true
+}
+pub fn default_schedule() -> Schedule {
+    Schedule::Cosine
+}
+
+/// Declares a stage's parameter struct with the optimisation fields every training stage has
+/// (`epochs`, `batch_size`, `lr`, `momentum`, `weight_decay`, `nesterov`, `schedule`,
+/// `crop_padding`, `checkpoint_every`, with SPEC §1's defaults, or other defaults for `epochs`
+/// and `lr` given as `defaults(epochs = "path", lr = "path");`) after its own fields, and a
+/// `fit_config()` method that collects them.
+macro_rules! training_stage {
+    ($(#[$meta:meta])* pub struct $($rest:tt)*) => {
+        $crate::training::fit::training_stage! {
+            defaults(epochs = "crate::training::fit::default_epochs", lr = "crate::training::fit::default_lr");
+            $(#[$meta])* pub struct $($rest)*
+        }
+    };
+    (defaults(epochs = $epochs:literal, lr = $lr:literal);
+     $(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            #[serde(default = $epochs)]
+            pub epochs: usize,
+            #[serde(default = "crate::training::fit::default_batch_size")]
+            pub batch_size: usize,
+            #[serde(default = $lr)]
+            pub lr: f64,
+            #[serde(default = "crate::training::fit::default_momentum")]
+            pub momentum: f64,
+            #[serde(default = "crate::training::fit::default_weight_decay")]
+            pub weight_decay: f64,
+            #[serde(default = "crate::training::fit::default_true")]
+            pub nesterov: bool,
+            #[serde(default = "crate::training::fit::default_schedule")]
+            pub schedule: $crate::training::schedule::Schedule,
+            /// Random crop with this much zero padding (0: no augmentation).
+            #[serde(default)]
+            pub crop_padding: usize,
+            /// Keep a checkpoint every this many epochs (0: only the last).
+            #[serde(default)]
+            pub checkpoint_every: usize,
+        }
+
+        impl $name {
+            pub fn fit_config(&self) -> $crate::training::fit::FitConfig {
+                $crate::training::fit::FitConfig {
+                    epochs: self.epochs,
+                    batch_size: self.batch_size,
+                    sgd: $crate::training::optim::SgdConfig {
+                        lr: self.lr,
+                        momentum: self.momentum,
+                        weight_decay: self.weight_decay,
+                        nesterov: self.nesterov,
+                    },
+                    schedule: self.schedule,
+                    crop_padding: self.crop_padding,
+                    checkpoint_every: self.checkpoint_every,
+                }
+            }
+        }
+    };
+}
+pub(crate) use training_stage;
+
+/// The optimisation settings of a training stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub sgd: SgdConfig,
+    pub schedule: Schedule,
+    pub crop_padding: usize,
+    pub checkpoint_every: usize,
+}
+
+impl FitConfig {
+    /// A training pass over `data`'s train split, `epochs` times, with the model from `model`.
+    pub fn workload(
+        &self,
+        model: crate::estimate::workload::ModelSource,
+        data: &str,
+        images_factor: f64,
+    ) -> crate::estimate::workload::Workload {
+        crate::estimate::workload::Workload {
+            model,
+            reads: vec![(data.to_string(), crate::data::Split::Train)],
+            passes: crate::estimate::workload::Passes::Fixed(self.epochs),
+            checkpoints_kept: Some(if self.checkpoint_every == 0 {
+                1
+            } else {
+                self.epochs.div_ceil(self.checkpoint_every)
+            }),
+            images_factor,
+            training: true,
+            batch_size: self.batch_size,
+        }
+    }
+
+    /// Range checks of the shared fields.
+    pub fn check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
+        for (field, ok) in
+            [("epochs", self.epochs > 0), ("batch_size", self.batch_size > 0), ("lr", self.sgd.lr > 0.0)]
+        {
+            if !ok {
+                problems.push(ParamError::new(&[field], "must be greater than 0"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.sgd.momentum) {
+            problems.push(ParamError::new(&["momentum"], "must be in [0, 1)"));
+        }
+        if self.sgd.weight_decay < 0.0 {
+            problems.push(ParamError::new(&["weight_decay"], "must not be negative"));
+        }
+        problems
+    }
+}
+
+/// What one training step computed.
+pub struct StepOutput {
+    pub loss: Tensor,
+    /// Logits of the ID batch (for the training accuracy).
+    pub logits: Tensor,
+}
+
+impl StepOutput {
+    /// A step whose loss is computed from the ID logits alone.
+    pub fn from_forward(
+        out: Forward,
+        labels: &Tensor,
+        loss: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor, StageError>,
+    ) -> Result<StepOutput, StageError> {
+        Ok(StepOutput { loss: loss(&out.logits, labels)?, logits: out.logits })
+    }
+}
+
+/// What [`fit`] trains and how.
+pub struct Fit<'a> {
+    /// Written as `model.json`.
+    pub spec: &'a ModelSpec,
+    /// What the optimiser updates.
+    pub vars: Vec<Var>,
+    /// Called before each epoch with its 0-based index (e.g. to choose its outliers).
+    pub before_epoch: &'a mut dyn FnMut(usize) -> Result<(), StageError>,
+    /// One step: from a batch of ID images and labels, the loss to minimise and the ID logits.
+    pub step: &'a mut dyn FnMut(&Tensor, &Tensor, &mut Mode) -> Result<StepOutput, StageError>,
+    /// The tensors a checkpoint holds.
+    pub snapshot: &'a dyn Fn() -> Result<BTreeMap<String, Tensor>, StageError>,
+    /// Prefix of progress lines (`train`, `um`, `umap`).
+    pub label: &'static str,
+}
+
+/// Trains for `config.epochs` epochs on `data`, writing checkpoints and history to the stage's
+/// output folder.
+pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> Result<(), StageError> {
+    job.spec.write(&ctx.out_dir.join("model.json"))?;
+    let checkpoints = ctx.out_dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).map_err(StageError::io("cannot create", &checkpoints))?;
+    let mut sgd = Sgd::new(job.vars, config.sgd);
+    let mut shuffle_rng = crate::math::rng::derive(ctx.seed, "shuffle");
+    let mut dropout_rng = crate::math::rng::derive(ctx.seed, "dropout");
+    let (mut history, mut kept) = (Vec::new(), Vec::new());
+    for epoch in 0..config.epochs {
+        (job.before_epoch)(epoch)?;
+        let lr = config.schedule.lr(config.sgd.lr, epoch, config.epochs);
+        sgd.set_lr(lr);
+        let started = std::time::Instant::now();
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.shuffle(&mut shuffle_rng);
+        let batches = order.len().div_ceil(config.batch_size);
+        let bar =
+            ctx.progress.bar(&format!("epoch {}/{}", epoch + 1, config.epochs), batches as u64, "batches");
+        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            let (images, labels) = batch(data, chunk, config.crop_padding, &mut shuffle_rng, ctx.device)?;
+            let out = (job.step)(&images, &labels, &mut Mode::Train { rng: &mut dropout_rng })?;
+            let loss = out.loss;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(StageError::NonFinite { value, epoch: epoch + 1, batch: b + 1 });
+            }
+            sgd.step(&loss.backward()?)?;
+            let predicted: Vec<u32> = out.logits.argmax(D::Minus1)?.to_vec1()?;
+            let truth: Vec<u32> = labels.to_vec1()?;
+            correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
+            loss_sum += value * chunk.len() as f64;
+            bar.inc(1);
+            if b % 10 == 0 {
+                let seen = (b + 1) * config.batch_size;
+                let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(&format!(
+                    "loss {:.4} · {rate:.0} img/s",
+                    loss_sum / seen.min(data.len()) as f64
+                ));
+            }
+        }
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            loss: loss_sum / data.len() as f64,
+            accuracy: correct as f64 / data.len() as f64,
+        };
+        bar.finish(&format!(
+            "{} epoch {}/{}: lr {lr:.4} · loss {:.4} · acc {:.2}% · {:.0} img/s",
+            job.label,
+            epoch + 1,
+            config.epochs,
+            record.loss,
+            100.0 * record.accuracy,
+            data.len() as f64 / started.elapsed().as_secs_f64().max(1e-9)
+        ));
+        history.push(record);
+        let done = epoch + 1;
+        if done == config.epochs || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) {
+            crate::models::save_weights(&(job.snapshot)()?, &ctx.out_dir.join(checkpoint_file(done)))?;
+            kept.push(done);
+        }
+    }
+    write_json(&ctx.out_dir.join(CHECKPOINT_INDEX), &CheckpointIndex { epochs: kept })?;
+    write_json(&ctx.out_dir.join("history.json"), &history)
+}
+
+/// The references of a stage that starts from the model of stage `model` and its training
+/// data `data`.
+pub fn model_and_data_inputs(model: &str, data: &str) -> Vec<Input> {
+    vec![Input::stage(&["model"], model, Artifact::Model), Input::dataset(&["data"], data)]
+}
+
+/// What a stage that starts from a trained model loads: the model's description, the weights
+/// it computes with, and the train split of `data`, checked to fit the model.
+pub fn load_model_and_data(
+    ctx: &RunContext,
+    model: &str,
+    data: &str,
+) -> Result<(ModelSpec, BTreeMap<String, Tensor>, ImageSet), StageError> {
+    let (spec, values) = SavedModel::in_dir(ctx.stage_dir(model)?)?.load_effective(ctx.device)?;
+    let set = ctx.dataset(data)?.load(Split::Train)?;
+    if set.num_classes != spec.num_classes || set.shape != spec.input_shape {
+        return Err(StageError::Invalid(format!(
+            "dataset `{data}` ({} classes, images {:?}) does not fit the model of `{model}` ({} classes, images {:?})",
+            set.num_classes, set.shape, spec.num_classes, spec.input_shape
+        )));
+    }
+    Ok((spec, values, set))
+}
+
+/// Gathers the images `indices` into a batch tensor, with an optional random crop of the
+/// zero-padded image (a shift by up to `padding` pixels in each direction).
+pub fn batch(
+    data: &ImageSet,
+    indices: &[usize],
+    padding: usize,
+    rng: &mut crate::math::rng::Rng,
+    device: &Device,
+) -> Result<(Tensor, Tensor), StageError> {
+    let [c, h, w] = data.shape;
+    let mut pixels = Vec::with_capacity(indices.len() * data.image_size());
+    for &i in indices {
+        let image = data.image(i);
+        if padding == 0 {
+            pixels.extend_from_slice(image);
+            continue;
+        }
+        let p = padding as i64;
+        let dy = rng.random_range(-p..=p) as isize;
+        let dx = rng.random_range(-p..=p) as isize;
+        for ch in 0..c {
+            for y in 0..h as isize {
+                for x in 0..w as isize {
+                    let (sy, sx) = (y + dy, x + dx);
+                    let inside = sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize;
+                    pixels.push(if inside { image[ch * h * w + sy as usize * w + sx as usize] } else { 0.0 });
+                }
+            }
+        }
+    }
+    let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
+    Ok((
+        Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?,
+        Tensor::from_vec(labels, indices.len(), device)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_shifts_within_padding_and_keeps_pixels() {
+        let data = ImageSet {
+            pixels: (1..=9).map(|v| v as f32).collect(),
+            labels: vec![0],
+            shape: [1, 3, 3],
+            num_classes: 1,
+        };
+        let mut rng = crate::math::rng::derive(0, "crop");
+        for _ in 0..20 {
+            let (x, _) = batch(&data, &[0], 1, &mut rng, &Device::Cpu).unwrap();
+            let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            // A shift by at most one pixel keeps the centre value 5 somewhere and zero-fills.
+            assert!(v.contains(&5.0));
+            assert!(v.iter().all(|&p| p == 0.0 || (1.0..=9.0).contains(&p)));
+        }
+        let (x, _) = batch(&data, &[0], 0, &mut rng, &Device::Cpu).unwrap();
+        assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), data.pixels);
+    }
+}

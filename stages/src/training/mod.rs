@@ -1,0 +1,12 @@
+//! Training: the epoch loop and its configuration ([`fit`]), the optimiser ([`optim`]) and
+//! learning-rate schedules ([`schedule`]), the losses ([`losses`]), the Unleashing-Mask pieces
+//! ([`masks`], [`constraint`]), and what the outlier-exposure stages share ([`outliers`],
+//! [`bayes`] for POEM's outlier selection).
+pub mod bayes;
+pub mod constraint;
+pub mod fit;
+pub mod losses;
+pub mod masks;
+pub mod optim;
+pub mod outliers;
+pub mod schedule;
