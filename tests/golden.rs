@@ -44,7 +44,8 @@ fn check_golden(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e} (PIPELINE_BLESS=1 writes it)", path.display()));
-    let (expected_lines, actual_lines): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
+    let (expected_lines, actual_lines): (Vec<&str>, Vec<&str>) =
+        (expected.lines().collect(), actual.lines().collect());
     let differing: Vec<String> = expected_lines
         .iter()
         .zip(&actual_lines)
@@ -93,7 +94,8 @@ fn smoke_recipes_give_the_same_keys_and_output_bytes() {
     for path in recipes_in(&root().join("recipes/smoke")) {
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("cache");
-        let run = pipeline().arg("run").arg(&path).arg("--quiet").arg("--cache").arg(&cache_dir).output().unwrap();
+        let run =
+            pipeline().arg("run").arg(&path).arg("--quiet").arg("--cache").arg(&cache_dir).output().unwrap();
         assert!(run.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&run.stderr));
         let recipe = Recipe::load(&path).unwrap();
         let refs = cache_dir.join("refs").join(&recipe.name);

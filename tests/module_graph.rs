@@ -7,7 +7,7 @@
 //! edge to `models/mod.rs` (where `Network` is re-exported), `crate::models::network::Network`
 //! an edge to `models/network.rs`. So inside a crate, a file names an item by its home, and a
 //! `mod.rs` or `lib.rs` only declares modules and re-exports them for other crates.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use syn::visit::Visit;
 
@@ -108,11 +108,7 @@ impl<'ast> Visit<'ast> for PathCollector {
 }
 
 /// The file a path reaches, named in module `module` of the file at `file_module`.
-fn resolve(
-    files: &BTreeMap<ModPath, PathBuf>,
-    module: &[String],
-    segments: &[String],
-) -> Option<ModPath> {
+fn resolve(files: &BTreeMap<ModPath, PathBuf>, module: &[String], segments: &[String]) -> Option<ModPath> {
     let mut absolute: ModPath = Vec::new();
     let mut rest = segments;
     match segments[0].as_str() {
@@ -152,7 +148,8 @@ fn cycles_in(src: &Path) -> Vec<Vec<String>> {
     let files = modules(src);
     let mut graph = petgraph::graphmap::DiGraphMap::<usize, ()>::new();
     let index: BTreeMap<&ModPath, usize> = files.keys().enumerate().map(|(i, m)| (m, i)).collect();
-    let names: Vec<String> = files.values().map(|p| p.strip_prefix(src).unwrap().display().to_string()).collect();
+    let names: Vec<String> =
+        files.values().map(|p| p.strip_prefix(src).unwrap().display().to_string()).collect();
     for (module, path) in &files {
         let text = std::fs::read_to_string(path).unwrap();
         let parsed = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -190,7 +187,11 @@ fn no_crate_has_an_import_cycle_between_files() {
             report.push(format!("{krate}: {}", cycle.join(" ↔ ")));
         }
     }
-    assert!(report.is_empty(), "files that import each other (directly or around a loop):\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "files that import each other (directly or around a loop):\n{}",
+        report.join("\n")
+    );
 }
 
 /// The checker itself finds a cycle and ignores test modules.
@@ -202,11 +203,8 @@ fn the_checker_sees_a_cycle_and_ignores_tests() {
     std::fs::write(src.join("lib.rs"), "pub mod a;\npub mod b;\n").unwrap();
     std::fs::write(src.join("a/mod.rs"), "pub mod x;\n").unwrap();
     std::fs::write(src.join("a/x.rs"), "use crate::b::thing;\npub fn f() { thing() }\n").unwrap();
-    std::fs::write(
-        src.join("b.rs"),
-        "pub fn thing() {}\n#[cfg(test)]\nmod tests { use crate::a::x::f; }\n",
-    )
-    .unwrap();
+    std::fs::write(src.join("b.rs"), "pub fn thing() {}\n#[cfg(test)]\nmod tests { use crate::a::x::f; }\n")
+        .unwrap();
     assert!(cycles_in(src).is_empty());
     std::fs::write(src.join("b.rs"), "pub fn thing() { super::a::x::f() }\n").unwrap();
     assert_eq!(cycles_in(src), vec![vec!["a/x.rs".to_string(), "b.rs".to_string()]]);

@@ -198,7 +198,7 @@ fn fetch_lists_datasets_and_checks_a_local_archive_against_the_published_md5() {
         .arg(data.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "a data error");
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(
         error.contains("c32a1d4ab5d03f1284b67883e8d87530") && error.contains("tiny-cifar10.tar.gz"),
@@ -262,9 +262,10 @@ fn a_cuda_recipe_without_cuda_support_is_a_clear_error() {
     .unwrap();
     let cache = dir.path().join("cache");
     let out = pipeline().arg("run").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(4), "a device error");
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("cuda:0") && error.contains("--features cuda"), "{error}");
+    assert!(!cache.exists(), "nothing ran, not even the cache was created");
     let out = pipeline().args(["bench-train", "--net", "small-cnn", "--device", "tpu"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));

@@ -12,8 +12,18 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
+    #[error("cannot use `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}` is not a readable .tar.gz archive", path.display())]
+    Archive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot download {url}: {message}")]
     Download { url: String, message: String },
     #[error("{path}: MD5 is {actual}, but the published checksum of {name} is {expected} (a corrupt or different file; nothing was unpacked)")]
@@ -27,7 +37,7 @@ pub enum FetchError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |e| FetchError::Io { path: path.to_path_buf(), message: e.to_string() }
+    move |source| FetchError::Io { path: path.to_path_buf(), source }
 }
 
 /// What `fetch` did.
@@ -162,10 +172,7 @@ fn download(url: &str, part: &Path, done: &Path, expected_bytes: u64, quiet: boo
 pub fn unpack_tar_gz(archive_path: &Path, into: &Path) -> Result<(), FetchError> {
     let file = File::open(archive_path).map_err(io(archive_path))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(BufReader::new(file)));
-    let broken = |e: std::io::Error| FetchError::Io {
-        path: archive_path.to_path_buf(),
-        message: format!("not a readable .tar.gz archive: {e}"),
-    };
+    let broken = |source: std::io::Error| FetchError::Archive { path: archive_path.to_path_buf(), source };
     for item in archive.entries().map_err(broken)? {
         let mut item = item.map_err(broken)?;
         let path = item.path().map_err(broken)?.into_owned();

@@ -1,6 +1,5 @@
 //! The stage graph: an edge from every stage to each stage that reads it. Built once, checked
 //! for cycles (reported as a path), then read only.
-use crate::recipe::StageDecl;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 use std::collections::{BTreeSet, VecDeque};
@@ -12,17 +11,15 @@ pub struct StageGraph {
 }
 
 impl StageGraph {
-    /// Builds the graph of `stages` (indices into the slice). References to stages not in the
-    /// slice are ignored (they are reported elsewhere). A cycle comes back as the indices along
-    /// it, each stage followed by one it reads.
-    pub fn new(stages: &[StageDecl]) -> Result<StageGraph, Vec<usize>> {
+    /// Builds the graph of stages `0..upstream.len()`, where `upstream[i]` lists the stages
+    /// that stage `i` reads. A cycle comes back as the indices along it, each stage followed by
+    /// one it reads.
+    pub fn new(upstream: &[Vec<usize>]) -> Result<StageGraph, Vec<usize>> {
         let mut graph = DiGraph::new();
-        let nodes: Vec<NodeIndex> = (0..stages.len()).map(|i| graph.add_node(i)).collect();
-        for (i, decl) in stages.iter().enumerate() {
-            for name in decl.upstream() {
-                if let Some(j) = stages.iter().position(|s| s.name == name) {
-                    graph.update_edge(nodes[j], nodes[i], ());
-                }
+        let nodes: Vec<NodeIndex> = (0..upstream.len()).map(|i| graph.add_node(i)).collect();
+        for (i, reads) in upstream.iter().enumerate() {
+            for &j in reads {
+                graph.update_edge(nodes[j], nodes[i], ());
             }
         }
         if let Some(cycle) = find_cycle(&graph) {
@@ -31,8 +28,8 @@ impl StageGraph {
         // Kahn's algorithm, taking the earliest-declared ready stage first: a stable order.
         let mut indegree: Vec<usize> =
             nodes.iter().map(|&n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
-        let mut ready: BTreeSet<usize> = (0..stages.len()).filter(|&i| indegree[i] == 0).collect();
-        let mut order = Vec::with_capacity(stages.len());
+        let mut ready: BTreeSet<usize> = (0..upstream.len()).filter(|&i| indegree[i] == 0).collect();
+        let mut order = Vec::with_capacity(upstream.len());
         while let Some(i) = ready.pop_first() {
             order.push(i);
             for next in graph.neighbors_directed(nodes[i], Direction::Outgoing) {

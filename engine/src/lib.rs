@@ -3,8 +3,7 @@
 //! and the command line ([`cli`]). It knows nothing of machine learning: stages come from the
 //! `stages` crate's registry, outputs are stored by the `cache` crate.
 pub mod cli;
-pub mod device;
-pub mod estimate;
+pub mod error;
 pub mod fetch;
 pub mod graph;
 pub mod plan;

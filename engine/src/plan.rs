@@ -174,17 +174,28 @@ impl Plan {
     }
 }
 
+/// Why a dataset has no fingerprint.
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    /// Its files cannot be listed (a missing folder, a bad declaration).
+    #[error(transparent)]
+    Files(#[from] stages::StageError),
+    /// A file cannot be read to digest it.
+    #[error(transparent)]
+    Digest(#[from] cache::CacheError),
+}
+
 /// The fingerprint of a dataset: its declaration (paths left out, so moving a project keeps its
 /// keys) and the content digests of the files it reads, memoised by the store.
-pub fn fingerprint_dataset(store: &Store, spec: &DatasetSpec) -> Result<String, String> {
+pub fn fingerprint_dataset(store: &Store, spec: &DatasetSpec) -> Result<String, FingerprintError> {
     let mut declaration = serde_json::to_value(spec).expect("dataset specs serialise");
     if let Some(object) = declaration.as_object_mut() {
         object.remove("root");
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update(declaration.to_string().as_bytes());
-    for file in spec.files().map_err(|e| e.to_string())? {
-        let digest = store.memo().digest(&file).map_err(|e| e.to_string())?;
+    for file in spec.files()? {
+        let digest = store.memo().digest(&file)?;
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         hasher.update(format!("\n{name}:{digest}").as_bytes());
     }
@@ -207,7 +218,7 @@ pub fn fingerprint_datasets(
             Ok(fp) => {
                 fingerprints.insert(name.to_string(), fp);
             }
-            Err(e) => problems.push((name.to_string(), e)),
+            Err(e) => problems.push((name.to_string(), e.to_string())),
         }
     }
     let _ = store.memo().save();

@@ -4,7 +4,7 @@
 use crate::plan::{Instance, Plan};
 use crate::recipe::Recipe;
 use cache::{CacheError, CacheKey, Entry, Store};
-use candle_core::Device;
+use stages::device::Device;
 use stages::{Progress, RunContext};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -254,7 +254,7 @@ fn run_instance(
         "instance": instance.id,
         "recipe": recipe.name,
         "seconds": seconds,
-        "device": crate::device::describe(&options.device),
+        "device": stages::device::describe(&options.device),
         "pipeline_version": env!("CARGO_PKG_VERSION"),
     });
     match store.commit(staging, &lock, &inputs, meta) {

@@ -56,12 +56,38 @@ pub enum StageError {
     /// Training diverged: the loss stopped being a finite number.
     #[error("loss is {value} at epoch {epoch}, batch {batch}: training diverged (try a lower lr)")]
     NonFinite { value: f64, epoch: usize, batch: usize },
-    /// Inputs that do not fit together.
+    /// Inputs or parameters that do not fit together (a dataset of the wrong shape for the
+    /// model, an epoch the training stage did not keep): the user can fix the recipe.
     #[error("{0}")]
-    Invalid(String),
+    Unsuitable(String),
+    /// A broken invariant that the recipe checks should have prevented: a bug in pipeline.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Who can fix a [`StageError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The recipe, its data or its files: a bad parameter, missing or malformed data,
+    /// diverged training.
+    User,
+    /// pipeline itself (or the system under it: a failed tensor operation).
+    Internal,
 }
 
 impl StageError {
+    /// Whether the user can fix this (bad parameter, missing or malformed data) or it is
+    /// internal.
+    pub fn fault(&self) -> Fault {
+        match self {
+            StageError::Io { .. }
+            | StageError::Format { .. }
+            | StageError::NonFinite { .. }
+            | StageError::Unsuitable(_) => Fault::User,
+            StageError::Tensor { .. } | StageError::Internal(_) => Fault::Internal,
+        }
+    }
+
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| StageError::Io { action, path, source }

@@ -17,13 +17,14 @@
 //! - [`scores`]: one scorer per OOD score method; [`metrics`]: FPR95, AUROC, AUPR.
 //! - [`data`]: dataset specifications and loaders; [`formats`]: `.npy` and JSON outputs.
 //! - [`estimate`]: workloads of stages and measured throughput, for duration estimates.
-//! - [`math`]: linear algebra and seeded random streams.
+//! - [`math`]: linear algebra and seeded random streams; [`device`]: choosing CPU or CUDA.
 //!
 //! Inside the crate every item is named by its home module (`crate::stage::StageParams`), never
 //! through the re-exports below, which are for other crates: no file imports a file that
 //! imports it back (`tests/module_graph.rs`).
 
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod estimate;
 pub mod fields;
@@ -37,7 +38,7 @@ pub mod scores;
 pub mod stage;
 pub mod training;
 
-pub use error::{ParamError, StageError};
+pub use error::{Fault, ParamError, StageError};
 pub use fields::struct_fields;
 pub use kinds::{kind, registry};
 pub use progress::{NoProgress, Progress, ProgressBar};

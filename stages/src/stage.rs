@@ -1,16 +1,16 @@
 //! What a stage kind is to the engine: parameters ([`StageParams`]) that name their inputs and
 //! compute their outputs into the folder a [`RunContext`] hands them, the object-safe [`Stage`]
 //! and [`StageKind`] the engine holds, and the [`Artifact`]s that stages pass to each other.
+use crate::error::{ParamError, StageError};
+use crate::fields::struct_fields;
+use crate::progress::Progress;
+use crate::{data, estimate::workload};
 use candle_core::Device;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use crate::error::{ParamError, StageError};
-use crate::fields::struct_fields;
-use crate::progress::Progress;
-use crate::{data, estimate::workload};
 
 /// What a stage's outputs can be used as by other stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl RunContext<'_> {
     pub fn stage_dir(&self, name: &str) -> Result<&Path, StageError> {
         match self.stage_dirs(name)? {
             [one] => Ok(one),
-            many => Err(StageError::Invalid(format!("expected one output of `{name}`, got {}", many.len()))),
+            many => Err(StageError::Internal(format!("expected one output of `{name}`, got {}", many.len()))),
         }
     }
 
@@ -104,14 +104,14 @@ impl RunContext<'_> {
         self.upstream
             .get(name)
             .map(Vec::as_slice)
-            .ok_or_else(|| StageError::Invalid(format!("upstream stage `{name}` was not provided")))
+            .ok_or_else(|| StageError::Internal(format!("upstream stage `{name}` was not provided")))
     }
 
     /// The dataset `name` as declared in the recipe.
     pub fn dataset(&self, name: &str) -> Result<&data::DatasetSpec, StageError> {
         self.datasets
             .get(name)
-            .ok_or_else(|| StageError::Invalid(format!("dataset `{name}` was not provided")))
+            .ok_or_else(|| StageError::Internal(format!("dataset `{name}` was not provided")))
     }
 }
 
@@ -224,4 +224,3 @@ pub enum BuildError {
     /// Values of the right types that do not make sense together.
     Invalid(Vec<ParamError>),
 }
-

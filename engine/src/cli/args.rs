@@ -1,4 +1,5 @@
 //! What the user typed: clap's view of the command line, kept apart from what is built from it.
+use super::shell::ColorChoice;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -11,6 +12,19 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Print only warnings and errors on stderr
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Colour on stderr
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true, value_name = "WHEN")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -34,9 +48,6 @@ pub enum Command {
         /// Stages to run at once
         #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
         jobs: usize,
-        /// Print only errors
-        #[arg(long, short)]
-        quiet: bool,
         /// Print one JSON object per event on stdout (for CI logs)
         #[arg(long)]
         json: bool,
@@ -55,11 +66,15 @@ pub enum Command {
         #[arg(long)]
         estimate: bool,
         #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
         cache: CacheArgs,
     },
     /// Say for every stage whether it is cached or will run, and why
     Status {
         recipe: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -67,13 +82,17 @@ pub enum Command {
     Dag {
         recipe: PathBuf,
         /// Graphviz output
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         dot: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Say where a stage's outputs are
     Show {
         recipe: PathBuf,
         stage: String,
+        #[command(flatten)]
+        json: JsonArg,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -85,6 +104,8 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
         cache: CacheArgs,
     },
     /// OOD metrics of score files from any source (.npy, float32 or float64, higher = more ID)
@@ -95,8 +116,8 @@ pub enum Command {
         #[arg(required = true)]
         ood: Vec<PathBuf>,
         /// idpos (SPEC §8, the paper's) or openood (OpenOOD v1.5's)
-        #[arg(long, default_value = "idpos", value_parser = ["idpos", "openood"])]
-        convention: String,
+        #[arg(long, value_enum, default_value_t = ConventionArg::Idpos)]
+        convention: ConventionArg,
         /// Print one JSON object
         #[arg(long)]
         json: bool,
@@ -106,9 +127,16 @@ pub enum Command {
         /// Number of classes of the linear head
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        #[command(flatten)]
+        json: JsonArg,
     },
     /// Print the metric differences between two reports (report.json files or their folders)
-    Compare { before: PathBuf, after: PathBuf },
+    Compare {
+        before: PathBuf,
+        after: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Validate recipes (exit status 0 when valid, 1 when not)
     Check {
         #[arg(required = true)]
@@ -148,8 +176,14 @@ pub enum Command {
         /// Use this already downloaded archive instead of downloading (still checked)
         #[arg(long, value_name = "FILE")]
         archive: Option<PathBuf>,
-        /// No progress bar
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        json: JsonArg,
     },
+}
+
+/// `--convention` of `pipeline metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConventionArg {
+    Idpos,
+    Openood,
 }

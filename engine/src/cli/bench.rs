@@ -1,9 +1,10 @@
 //! `pipeline bench-train`: times training steps of a benchmark network and prints one JSON line
 //! with the step times and the process's memory, for bench/train_vs_pytorch.py.
-use super::Status;
-use crate::device;
-use crate::recipe::DeviceChoice;
+use super::exit::Status;
+use super::shell::Shell;
 use anyhow::{anyhow, Context};
+use stages::device;
+use stages::device::DeviceChoice;
 
 /// A line of /proc/self/status in bytes (`VmRSS`, `VmHWM`), where the system has one.
 fn proc_status_bytes(field: &str) -> Option<u64> {
@@ -25,23 +26,28 @@ pub fn bench_train(
     steps: usize,
     seed: u64,
     device_text: &str,
+    shell: &Shell,
 ) -> anyhow::Result<Status> {
     let spec = stages::estimate::throughput::bench_spec(net).ok_or_else(|| {
-        anyhow!("unknown benchmark net `{net}` (known: {})", stages::estimate::throughput::BENCH_NETS.join(", "))
+        anyhow!(
+            "unknown benchmark net `{net}` (known: {})",
+            stages::estimate::throughput::BENCH_NETS.join(", ")
+        )
     })?;
     let choice = DeviceChoice::parse(device_text)
         .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
-    let (device, notice) = device::select(choice).map_err(|e| anyhow!(e))?;
+    let (device, notice) = device::select(choice).map_err(crate::error::EngineError::Device)?;
     if let Some(notice) = notice {
-        eprintln!("notice: {notice}");
+        shell.warn(&notice);
     }
     let mut rss_before = None;
     let mut peak_reset = false;
-    let times = stages::estimate::throughput::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
-        rss_before = proc_status_bytes("VmRSS");
-        peak_reset = reset_peak_rss();
-    })
-    .with_context(|| format!("benchmarking {net}"))?;
+    let times =
+        stages::estimate::throughput::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
+            rss_before = proc_status_bytes("VmRSS");
+            peak_reset = reset_peak_rss();
+        })
+        .with_context(|| format!("benchmarking {net}"))?;
     let peak = proc_status_bytes("VmHWM");
     let line = serde_json::json!({
         "framework": "pipeline",
@@ -56,6 +62,6 @@ pub fn bench_train(
         "peak_rss_bytes": if peak_reset { peak } else { None },
         "rss_before_bytes": rss_before,
     });
-    println!("{line}");
+    shell.emit(line);
     Ok(Status::Success)
 }

@@ -1,42 +1,39 @@
-//! One function per command: each builds what it needs from the arguments and calls the
-//! library (recipe, plan, run, cache).
-use super::shell::{duration, Shell, Verbosity};
-use super::Status;
-use crate::estimate::{human_duration, Estimate, Estimator, ThroughputTable};
+//! One function per command: each builds what it needs from the arguments, calls the library
+//! (recipe, plan, run, cache) and prints through the [`Shell`]: results on stdout as text or
+//! JSON, status lines and diagnostics on stderr.
+use super::exit::Status;
+use super::shell::{duration, Shell};
+use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::did_you_mean;
 use crate::recipe::Recipe;
 use crate::run::{execute, Outcome, RunOptions};
 use anyhow::Context;
 use cache::Store;
+use stages::estimate::duration::{human_duration, Estimate, Estimator, ThroughputTable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Loads a recipe, printing its diagnostics; `None` when it is invalid.
-fn load(path: &Path) -> Option<Recipe> {
-    match Recipe::load(path) {
-        Ok(recipe) => Some(recipe),
-        Err(diagnostics) => {
-            for d in &diagnostics {
-                eprintln!("{}\n", d.render());
-            }
-            let n = diagnostics.len();
-            eprintln!("error: {} has {n} error{}", path.display(), if n == 1 { "" } else { "s" });
-            None
+/// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error.
+fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
+    Recipe::load(path).map_err(|diagnostics| {
+        for d in &diagnostics {
+            shell.diagnostic(&d.render());
         }
-    }
+        EngineError::Recipe { path: path.to_path_buf(), count: diagnostics.len() }
+    })
 }
 
-fn open_store(cache: Option<PathBuf>) -> anyhow::Result<Store> {
-    let dir = cache
+fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
+    let path = cache
         .or_else(|| std::env::var_os("PIPELINE_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(".pipeline-cache"));
-    Store::open(&dir).with_context(|| format!("cannot open the cache at `{}`", dir.display()))
+    Store::open(&path).map_err(|source| EngineError::Cache { path, source })
 }
 
 /// Stage names to recipe indices; unknown names are a usage error with a suggestion.
-fn stage_indices(recipe: &Recipe, names: &[String], flag: &str) -> anyhow::Result<BTreeSet<usize>> {
+fn stage_indices(recipe: &Recipe, names: &[String], flag: &str) -> Result<BTreeSet<usize>, EngineError> {
     names
         .iter()
         .map(|name| {
@@ -44,71 +41,70 @@ fn stage_indices(recipe: &Recipe, names: &[String], flag: &str) -> anyhow::Resul
                 let hint = did_you_mean(name, recipe.stages.iter().map(|s| s.name.as_str()))
                     .map(|h| format!(" ({h})"))
                     .unwrap_or_default();
-                anyhow::anyhow!("{flag} {name}: the recipe has no stage `{name}`{hint}")
+                EngineError::Usage(format!("{flag} {name}: the recipe has no stage `{name}`{hint}"))
             })
         })
         .collect()
 }
 
-pub fn check(paths: &[PathBuf], json: bool) -> anyhow::Result<Status> {
+/// The stages to build the plan for: all, or those named and what they need.
+fn selection(only: &BTreeSet<usize>) -> Option<&BTreeSet<usize>> {
+    if only.is_empty() {
+        None
+    } else {
+        Some(only)
+    }
+}
+
+pub fn check(paths: &[PathBuf], shell: &Shell) -> anyhow::Result<Status> {
     let mut all = Vec::new();
     for path in paths {
         match Recipe::load(path) {
             Ok(recipe) => {
-                if !json {
-                    eprintln!("{:>12} {} ({} stages)", "Valid", path.display(), recipe.stages.len());
-                }
+                shell.status("Valid", &format!("{} ({} stages)", path.display(), recipe.stages.len()))
             }
             Err(diagnostics) => {
-                if !json {
+                if !shell.json() {
                     for d in &diagnostics {
-                        eprintln!("{}\n", d.render());
+                        shell.diagnostic(&d.render());
                     }
                 }
                 all.extend(diagnostics);
             }
         }
     }
-    if json {
-        println!("{}", serde_json::json!({ "valid": all.is_empty(), "errors": all }));
-    } else if !all.is_empty() {
+    shell.emit(serde_json::json!({ "valid": all.is_empty(), "errors": all }));
+    if !all.is_empty() && !shell.json() {
         let n = all.len();
-        eprintln!("error: {n} error{} found", if n == 1 { "" } else { "s" });
+        shell.error(&format!("{n} error{} found", if n == 1 { "" } else { "s" }));
     }
     Ok(if all.is_empty() { Status::Success } else { Status::Failure })
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    path: &Path,
-    only: &[String],
-    force: &[String],
-    jobs: usize,
-    quiet: bool,
-    json: bool,
-    cache: Option<PathBuf>,
-) -> anyhow::Result<Status> {
+/// What `pipeline run` was asked to do.
+pub struct RunRequest<'a> {
+    pub recipe: &'a Path,
+    pub only: &'a [String],
+    pub force: &'a [String],
+    pub jobs: usize,
+    pub cache: Option<PathBuf>,
+}
+
+pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let started = Instant::now();
-    let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
-    let only = stage_indices(&recipe, only, "--only")?;
-    let forced = stage_indices(&recipe, force, "--force")?;
-    let shell = Shell::new(if quiet { Verbosity::Quiet } else { Verbosity::Normal }, json);
-    let (device, notice) = match crate::device::select(recipe.device) {
-        Ok(found) => found,
-        Err(message) => {
-            shell.error(&message);
-            return Ok(Status::UsageError);
-        }
-    };
+    let recipe = load(request.recipe, shell)?;
+    let only = stage_indices(&recipe, request.only, "--only")?;
+    let forced = stage_indices(&recipe, request.force, "--force")?;
+    let (device, notice) = stages::device::select(recipe.device).map_err(EngineError::Device)?;
     if let Some(notice) = notice {
         shell.warn(&notice);
     }
-    let store = open_store(cache)?;
-    let plan = Plan::new(&recipe, if only.is_empty() { None } else { Some(&only) });
+    let store = open_store(request.cache.clone())?;
+    let plan = Plan::new(&recipe, selection(&only));
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
-    let options = RunOptions { jobs, forced, device };
-    let outcomes = execute(&recipe, &plan, &store, &fingerprints, &problems, &options, &shell);
+    let options = RunOptions { jobs: request.jobs, forced, device };
+    let outcomes = execute(&recipe, &plan, &store, &fingerprints, &problems, &options, shell);
 
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let computed = count(|o| matches!(o, Outcome::Computed { .. }));
@@ -136,54 +132,80 @@ pub fn run(
     Ok(Status::Success)
 }
 
+/// Which instances `plan` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanView {
+    /// `pipeline plan`: what will run, with duration estimates; `measure` measures the
+    /// throughputs not measured yet.
+    WhatWillRun { measure: bool },
+    /// `pipeline status`: every instance, cached or not.
+    EveryStage,
+}
+
 pub fn plan(
     path: &Path,
     only: &[String],
     force: &[String],
     cache: Option<PathBuf>,
-    all: bool,
-    measure: bool,
+    view: PlanView,
+    shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
+    let recipe = load(path, shell)?;
     let only = stage_indices(&recipe, only, "--only")?;
     let forced = stage_indices(&recipe, force, "--force")?;
     let store = open_store(cache)?;
-    let plan = Plan::new(&recipe, if only.is_empty() { None } else { Some(&only) });
+    let plan = Plan::new(&recipe, selection(&only));
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     for (name, problem) in &problems {
-        eprintln!("warning: dataset `{name}`: {problem}");
+        shell.warn(&format!("dataset `{name}`: {problem}"));
     }
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced);
-    let device = crate::device::select(recipe.device);
+    let measure = matches!(view, PlanView::WhatWillRun { measure: true });
+    let device = stages::device::select(recipe.device);
+    let stage_map: BTreeMap<&str, &dyn stages::Stage> =
+        recipe.stages.iter().map(|s| (s.name.as_str(), s.stage.as_ref())).collect();
     let mut estimator = match &device {
-        Ok((device, _)) => {
-            Some(Estimator::new(&recipe, device, ThroughputTable::open(store.root()), measure))
-        }
-        Err(message) => {
-            eprintln!("warning: no duration estimates: {message}");
+        Ok((device, _)) => Some(Estimator::new(
+            stage_map,
+            &recipe.datasets,
+            device,
+            ThroughputTable::open(store.root().join("throughput.json")),
+            measure,
+        )),
+        Err(error) => {
+            shell.warn(&format!("no duration estimates: {error}"));
             None
         }
     };
     let (mut total_seconds, mut estimated, mut unestimated, mut unmeasured) = (0.0, 0usize, 0usize, 0usize);
     let mut to_run = 0;
+    let mut rows = Vec::new();
     for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
         let kind = recipe.stages[instance.stage].kind.name();
         match verdict {
             Verdict::Cached { key, .. } => {
-                if all {
-                    println!("cached    {} ({kind}) {}", instance.label, key.short());
+                rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str()}));
+                if view == PlanView::EveryStage {
+                    shell.out(&format!("cached    {} ({kind}) {}", instance.label, key.short()));
                 }
             }
-            Verdict::Run { reasons, .. } => {
+            Verdict::Run { key, reasons } => {
                 to_run += 1;
-                let estimate = estimator.as_mut().map(|e| e.estimate(instance.stage));
+                let estimate = match view {
+                    PlanView::WhatWillRun { .. } => {
+                        estimator.as_mut().map(|e| e.estimate(recipe.stages[instance.stage].stage.as_ref()))
+                    }
+                    PlanView::EveryStage => None,
+                };
+                let mut seconds = None;
                 let duration = match &estimate {
-                    Some(Estimate::Seconds { seconds, images, images_per_second }) => {
-                        total_seconds += seconds;
+                    Some(Estimate::Seconds { seconds: s, images, images_per_second }) => {
+                        total_seconds += s;
                         estimated += 1;
+                        seconds = Some(*s);
                         format!(
                             "  ~{} ({:.0} images at {:.0}/s)",
-                            human_duration(*seconds),
+                            human_duration(*s),
                             images,
                             images_per_second
                         )
@@ -198,68 +220,93 @@ pub fn plan(
                     }
                     Some(Estimate::NotEstimated) | None => String::new(),
                 };
-                println!("will run  {} ({kind}){duration}", instance.label);
+                rows.push(serde_json::json!({
+                    "stage": instance.id, "label": instance.label, "kind": kind, "cached": false,
+                    "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
+                }));
+                shell.out(&format!("will run  {} ({kind}){duration}", instance.label));
                 for reason in reasons {
-                    println!("            {reason}");
+                    shell.out(&format!("            {reason}"));
                 }
             }
         }
     }
     let total = verdicts.len();
-    println!("{to_run} of {total} stage(s) will run, {} cached", total - to_run);
-    let device = device.as_ref().map(|(d, _)| crate::device::describe(d)).unwrap_or_default();
+    shell.out(&format!("{to_run} of {total} stage(s) will run, {} cached", total - to_run));
+    let device_name = device.as_ref().map(|(d, _)| stages::device::describe(d)).unwrap_or_default();
     if estimated > 0 {
-        print!("estimated duration on {device}: ~{} one stage at a time", human_duration(total_seconds));
+        let mut line = format!(
+            "estimated duration on {device_name}: ~{} one stage at a time",
+            human_duration(total_seconds)
+        );
         if unmeasured + unestimated > 0 {
-            print!(", not counting {} stage(s) without an estimate", unmeasured + unestimated);
+            line.push_str(&format!(
+                ", not counting {} stage(s) without an estimate",
+                unmeasured + unestimated
+            ));
         }
-        println!();
+        shell.out(&line);
     }
     if to_run > 0 && unmeasured > 0 {
-        println!("(`pipeline plan --estimate` measures the missing throughputs: a few steps per model)");
+        shell.out("(`pipeline plan --estimate` measures the missing throughputs: a few steps per model)");
     }
+    shell.emit(serde_json::json!({
+        "recipe": recipe.name, "instances": rows, "will_run": to_run, "cached": total - to_run,
+        "device": device_name, "estimated_seconds": if estimated > 0 { Some(total_seconds) } else { None },
+    }));
     Ok(Status::Success)
 }
 
-pub fn dag(path: &Path, dot: bool) -> anyhow::Result<Status> {
-    let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
+pub fn dag(path: &Path, dot: bool, shell: &Shell) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
     if dot {
-        println!("digraph \"{}\" {{", recipe.name);
-        println!("  rankdir=LR;");
+        shell.out(&format!("digraph \"{}\" {{", recipe.name));
+        shell.out("  rankdir=LR;");
         for decl in &recipe.stages {
-            println!("  \"{}\" [label=\"{}\\n({})\", shape=box];", decl.name, decl.name, decl.kind.name());
+            shell.out(&format!(
+                "  \"{}\" [label=\"{}\\n({})\", shape=box];",
+                decl.name,
+                decl.name,
+                decl.kind.name()
+            ));
             for dataset in decl.datasets() {
-                println!("  \"dataset:{dataset}\" [label=\"{dataset}\", shape=cylinder];");
-                println!("  \"dataset:{dataset}\" -> \"{}\";", decl.name);
+                shell.out(&format!("  \"dataset:{dataset}\" [label=\"{dataset}\", shape=cylinder];"));
+                shell.out(&format!("  \"dataset:{dataset}\" -> \"{}\";", decl.name));
             }
         }
         for &i in recipe.graph.order() {
             for u in recipe.graph.upstream(i) {
-                println!("  \"{}\" -> \"{}\";", recipe.stages[u].name, recipe.stages[i].name);
+                shell.out(&format!("  \"{}\" -> \"{}\";", recipe.stages[u].name, recipe.stages[i].name));
             }
         }
-        println!("}}");
-    } else {
-        for &i in recipe.graph.order() {
-            let decl = &recipe.stages[i];
-            let mut reads: Vec<String> =
-                recipe.graph.upstream(i).iter().map(|&u| recipe.stages[u].name.clone()).collect();
-            reads.extend(decl.datasets().iter().map(|d| format!("dataset {d}")));
-            let reads = if reads.is_empty() { String::new() } else { format!(" ← {}", reads.join(", ")) };
-            println!("{} ({}){reads}", decl.name, decl.kind.name());
-        }
+        shell.out("}");
+        return Ok(Status::Success);
     }
+    let mut nodes = Vec::new();
+    for &i in recipe.graph.order() {
+        let decl = &recipe.stages[i];
+        let upstream: Vec<&str> =
+            recipe.graph.upstream(i).iter().map(|&u| recipe.stages[u].name.as_str()).collect();
+        let datasets = decl.datasets();
+        let mut reads: Vec<String> = upstream.iter().map(|s| s.to_string()).collect();
+        reads.extend(datasets.iter().map(|d| format!("dataset {d}")));
+        let reads = if reads.is_empty() { String::new() } else { format!(" ← {}", reads.join(", ")) };
+        shell.out(&format!("{} ({}){reads}", decl.name, decl.kind.name()));
+        nodes.push(serde_json::json!({"stage": decl.name, "kind": decl.kind.name(), "reads": upstream, "datasets": datasets}));
+    }
+    shell.emit(serde_json::json!({"recipe": recipe.name, "stages": nodes}));
     Ok(Status::Success)
 }
 
-pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>) -> anyhow::Result<Status> {
-    let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
+pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
     let target = stage_indices(&recipe, &[stage.to_string()], "show")?;
     let store = open_store(cache)?;
     let plan = Plan::new(&recipe, Some(&target));
     let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new());
     let mut missing = false;
+    let mut shown = Vec::new();
     for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
         if !target.contains(&instance.stage) {
             continue;
@@ -267,27 +314,40 @@ pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>) -> anyhow::Result<
         match verdict {
             Verdict::Cached { key, .. } => {
                 let dir = store.entry_dir(key).join("out");
-                println!("{}: {}", instance.label, dir.display());
+                shell.out(&format!("{}: {}", instance.label, dir.display()));
+                let mut files = serde_json::Map::new();
                 if let Ok(Some(manifest)) = store.peek(key) {
                     for (name, record) in &manifest.files {
-                        println!("  {name} ({} bytes)", record.size);
+                        shell.out(&format!("  {name} ({} bytes)", record.size));
+                        files.insert(name.clone(), serde_json::json!(record.size));
                     }
                 }
+                shown.push(serde_json::json!({"stage": instance.id, "key": key.as_str(), "outputs": dir, "files": files}));
             }
             Verdict::Run { reasons, .. } => {
                 missing = true;
-                println!("{}: not computed ({})", instance.label, reasons.join("; "));
+                shell.out(&format!("{}: not computed ({})", instance.label, reasons.join("; ")));
+                shown.push(serde_json::json!({"stage": instance.id, "outputs": null, "reasons": reasons}));
             }
         }
     }
+    shell.emit(serde_json::json!({"instances": shown}));
     Ok(if missing { Status::Failure } else { Status::Success })
 }
 
-pub fn gc(paths: &[PathBuf], dry_run: bool, cache: Option<PathBuf>) -> anyhow::Result<Status> {
+/// Whether `gc` deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GcMode {
+    Delete,
+    /// List what would be deleted.
+    DryRun,
+}
+
+pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
     let store = open_store(cache)?;
     let mut keep = BTreeSet::new();
     for path in paths {
-        let Some(recipe) = load(path) else { return Ok(Status::UsageError) };
+        let recipe = load(path, shell)?;
         let plan = Plan::new(&recipe, None);
         let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
         for verdict in plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new()) {
@@ -296,32 +356,102 @@ pub fn gc(paths: &[PathBuf], dry_run: bool, cache: Option<PathBuf>) -> anyhow::R
             }
         }
     }
-    let (mut removed, mut bytes) = (0, 0u64);
-    for key in store.keys()? {
+    let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
+    let (mut removed, mut bytes) = (Vec::new(), 0u64);
+    for key in store.keys().map_err(cache_error)? {
         if keep.contains(&key) {
             continue;
         }
         let size = store.entry_size(&key);
-        if dry_run {
-            println!("would delete {key} ({size} bytes)");
-        } else {
-            let Some(lock) = store.try_lock(&key)? else {
-                eprintln!("warning: {key} is in use by a running pipeline; kept");
-                continue;
-            };
-            store.remove(&lock)?;
+        match mode {
+            GcMode::DryRun => shell.out(&format!("would delete {key} ({size} bytes)")),
+            GcMode::Delete => {
+                let Some(lock) = store.try_lock(&key).map_err(cache_error)? else {
+                    shell.warn(&format!("{key} is in use by a running pipeline; kept"));
+                    continue;
+                };
+                store.remove(&lock).map_err(cache_error)?;
+            }
         }
-        removed += 1;
+        removed.push(key.as_str().to_string());
         bytes += size;
     }
-    let swept = if dry_run { 0 } else { store.sweep_stale_staging()? };
-    let verb = if dry_run { "would free" } else { "freed" };
-    println!(
-        "{removed} entr{} {verb} {:.1} MB; {} kept{}",
-        if removed == 1 { "y" } else { "ies" },
+    let swept = match mode {
+        GcMode::DryRun => 0,
+        GcMode::Delete => store.sweep_stale_staging().map_err(cache_error)?,
+    };
+    let verb = if mode == GcMode::DryRun { "would free" } else { "freed" };
+    let n = removed.len();
+    shell.out(&format!(
+        "{n} entr{} {verb} {:.1} MB; {} kept{}",
+        if n == 1 { "y" } else { "ies" },
         bytes as f64 / 1e6,
         keep.len(),
         if swept > 0 { format!("; {swept} interrupted staging folder(s) removed") } else { String::new() }
-    );
+    ));
+    shell.emit(serde_json::json!({
+        "dry_run": mode == GcMode::DryRun, "deleted": removed, "bytes": bytes, "kept": keep.len(), "staging_removed": swept,
+    }));
+    Ok(Status::Success)
+}
+
+/// `pipeline models`: the architectures with their weight counts.
+pub fn models(classes: usize, shell: &Shell) -> anyhow::Result<Status> {
+    let catalogue = stages::models::catalogue::model_catalogue(classes).map_err(EngineError::Stage)?;
+    shell.out(&format!("{:<18} {:<10} {:>12}", "model", "input", format!("weights ({classes} classes)")));
+    let mut rows = Vec::new();
+    for entry in catalogue {
+        let [c, h, w] = entry.input;
+        shell.out(&format!("{:<18} {:<10} {:>12}", entry.name, format!("{c}x{h}x{w}"), entry.weights));
+        rows.push(serde_json::json!({"model": entry.name, "input": entry.input, "weights": entry.weights}));
+    }
+    shell.emit(serde_json::json!({"classes": classes, "models": rows}));
+    Ok(Status::Success)
+}
+
+/// `pipeline fetch`: one dataset, or the list.
+pub fn fetch(
+    name: Option<&str>,
+    to: Option<PathBuf>,
+    archive: Option<&Path>,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
+    use stages::data::catalogue::{catalogue, find, Origin};
+    let data_dir =
+        to.or_else(|| std::env::var_os("PIPELINE_DATA").map(Into::into)).unwrap_or_else(|| "data".into());
+    let Some(name) = name else {
+        shell.out(&format!("{:<14} {:<22} source", "name", "folder"));
+        let mut rows = Vec::new();
+        for entry in catalogue() {
+            let source = match entry.origin {
+                Origin::Download { url, .. } => url.to_string(),
+                Origin::Manual(_) => "by hand (see `pipeline fetch NAME`)".into(),
+            };
+            shell.out(&format!("{:<14} {:<22} {source}", entry.name, entry.folder));
+            rows.push(serde_json::json!({"name": entry.name, "folder": entry.folder, "source": source}));
+        }
+        shell.emit(serde_json::json!({"datasets": rows}));
+        return Ok(Status::Success);
+    };
+    let Some(entry) = find(name) else {
+        let names: Vec<&str> = catalogue().iter().map(|e| e.name).collect();
+        return Err(
+            EngineError::Usage(format!("unknown dataset `{name}` (known: {})", names.join(", "))).into()
+        );
+    };
+    let fetched = crate::fetch::fetch(entry, &data_dir, archive, shell.quiet())
+        .map_err(EngineError::Fetch)
+        .with_context(|| format!("fetching {}", entry.name))?;
+    let (path, installed) = match fetched {
+        crate::fetch::Fetched::Installed(path) => {
+            shell.out(&format!("{}: unpacked into {}", entry.name, path.display()));
+            (path, true)
+        }
+        crate::fetch::Fetched::AlreadyPresent(path) => {
+            shell.out(&format!("{}: {} already exists; nothing fetched", entry.name, path.display()));
+            (path, false)
+        }
+    };
+    shell.emit(serde_json::json!({"dataset": entry.name, "path": path, "installed": installed}));
     Ok(Status::Success)
 }

@@ -1,9 +1,10 @@
 //! `pipeline metrics` (metrics of score files from any tool) and `pipeline compare` (the
 //! differences between two reports).
-use super::Status;
+use super::exit::Status;
+use super::shell::Shell;
 use anyhow::{bail, Context};
-use stages::metrics::{ood_metrics_with, Convention, OodMetrics};
 use stages::kinds::report::model::{fpr_header, ReportFile, Row};
+use stages::metrics::{ood_metrics_with, Convention, OodMetrics};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -11,11 +12,7 @@ fn read_scores(path: &Path) -> anyhow::Result<Vec<f64>> {
     stages::formats::npy::read_f64(path).with_context(|| format!("cannot use `{}` as scores", path.display()))
 }
 
-pub fn metrics(id: &Path, ood: &[PathBuf], convention: &str, json: bool) -> anyhow::Result<Status> {
-    let convention = match convention {
-        "openood" => Convention::OpenOod,
-        _ => Convention::IdPositive,
-    };
+pub fn metrics(id: &Path, ood: &[PathBuf], convention: Convention, shell: &Shell) -> anyhow::Result<Status> {
     let id_scores = read_scores(id)?;
     let mut per_file: Vec<(String, OodMetrics)> = Vec::new();
     for path in ood {
@@ -37,7 +34,7 @@ pub fn metrics(id: &Path, ood: &[PathBuf], convention: &str, json: bool) -> anyh
             format!("fpr95_{tag}"): m.fpr95, "auroc": m.auroc, "aupr_in": m.aupr_in, "aupr_out": m.aupr_out
         })
     };
-    if json {
+    if shell.json() {
         let ood: Vec<serde_json::Value> = per_file
             .iter()
             .map(|(file, m)| {
@@ -54,25 +51,25 @@ pub fn metrics(id: &Path, ood: &[PathBuf], convention: &str, json: bool) -> anyh
             "ood": ood,
             "mean": object(&mean),
         });
-        println!("{document}");
+        shell.emit(document);
     } else {
-        println!("{} ({} ID scores). {}.", id.display(), id_scores.len(), convention.describe());
-        println!(
+        shell.out(&format!("{} ({} ID scores). {}.", id.display(), id_scores.len(), convention.describe()));
+        shell.out(&format!(
             "{:<40} {:>22} {:>8} {:>10} {:>10}",
             "OOD scores",
             fpr_header(convention),
             "AUROC",
             "AUPR-In",
             "AUPR-Out"
-        );
+        ));
         let line = |name: &str, m: &OodMetrics| {
-            println!(
+            shell.out(&format!(
                 "{name:<40} {:>22.2} {:>8.2} {:>10.2} {:>10.2}",
                 100.0 * m.fpr95,
                 100.0 * m.auroc,
                 100.0 * m.aupr_in,
                 100.0 * m.aupr_out
-            )
+            ))
         };
         for (path, (_, m)) in ood.iter().zip(&per_file) {
             let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -103,7 +100,7 @@ fn keyed(rows: &[Row], with_stage: bool) -> BTreeMap<(String, String, String), &
         .collect()
 }
 
-pub fn compare(before: &Path, after: &Path) -> anyhow::Result<Status> {
+pub fn compare(before: &Path, after: &Path, shell: &Shell) -> anyhow::Result<Status> {
     let (a, b) = (read_report(before)?, read_report(after)?);
     if a.convention != b.convention {
         bail!(
@@ -120,13 +117,13 @@ pub fn compare(before: &Path, after: &Path) -> anyhow::Result<Status> {
             bail!("the reports share no score stage, and each holds several: nothing to match rows by");
         }
     }
-    println!(
+    shell.out(&format!(
         "{} → {} ({}; percentages, means over seeds)",
         before.display(),
         after.display(),
         a.convention_text
-    );
-    println!(
+    ));
+    shell.out(&format!(
         "{:<28} {:<8} {:<14} {:>24} {:>24} {:>24}",
         "scores",
         "method",
@@ -134,8 +131,9 @@ pub fn compare(before: &Path, after: &Path) -> anyhow::Result<Status> {
         fpr_header(a.convention),
         "AUROC",
         "ID-ACC"
-    );
+    ));
     let mut matched = 0;
+    let mut pairs = Vec::new();
     let with_stage = ka.keys().next().is_some_and(|k| !k.0.is_empty());
     for row in &a.rows {
         let key = (
@@ -151,17 +149,24 @@ pub fn compare(before: &Path, after: &Path) -> anyhow::Result<Status> {
         } else {
             format!("{} → {}", ra.scores, rb.scores)
         };
-        println!(
+        shell.out(&format!(
             "{stage:<28} {:<8} {:<14} {:>24} {:>24} {:>24}",
             ra.method,
             ra.ood,
             cell(ra.fpr95.mean, rb.fpr95.mean),
             cell(ra.auroc.mean, rb.auroc.mean),
             cell(ra.id_accuracy.mean, rb.id_accuracy.mean)
-        );
+        ));
+        let metric = |x: f64, y: f64| serde_json::json!({"before": x, "after": y, "change": y - x});
+        pairs.push(serde_json::json!({
+            "scores_before": ra.scores, "scores_after": rb.scores, "method": ra.method, "ood": ra.ood,
+            "fpr95": metric(ra.fpr95.mean, rb.fpr95.mean), "auroc": metric(ra.auroc.mean, rb.auroc.mean),
+            "id_accuracy": metric(ra.id_accuracy.mean, rb.id_accuracy.mean),
+        }));
     }
     if matched == 0 {
         bail!("the reports have no (method, OOD set) row in common");
     }
+    shell.emit(serde_json::json!({"convention": a.convention.name(), "rows": pairs}));
     Ok(Status::Success)
 }

@@ -1,6 +1,7 @@
-//! The one place that prints: status lines on stderr (verb right-aligned in 12 columns, as
-//! cargo does), progress bars when stderr is a terminal, plain lines otherwise, JSON events on
-//! stdout with `--json`.
+//! The one place that prints, for every command: status lines on stderr (verb right-aligned in
+//! 12 columns, as cargo does; silenced by `--quiet`), warnings and errors, progress bars when
+//! stderr is a terminal, a command's results on stdout as text, or as JSON with `--json`, and
+//! colour as `--color` says.
 use crate::plan::Instance;
 use crate::run::{Outcome, Reporter};
 use cache::CacheKey;
@@ -9,47 +10,109 @@ use stages::Progress;
 use std::io::IsTerminal;
 use std::time::Duration;
 
+/// How much goes to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {
     Normal,
+    /// Only warnings and errors.
     Quiet,
+}
+
+/// Whether stderr gets ANSI colours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// When stderr is a terminal and `NO_COLOR` is unset.
+    Auto,
+    Always,
+    Never,
+}
+
+/// What a command prints its results as on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    /// One JSON value per result or event, nothing else on stdout.
+    Json,
 }
 
 pub struct Shell {
     verbosity: Verbosity,
-    json: bool,
+    format: Format,
+    /// Progress bars are drawn (stderr is a terminal and not quiet).
     terminal: bool,
+    color: bool,
     bars: MultiProgress,
 }
 
 impl Shell {
-    pub fn new(verbosity: Verbosity, json: bool) -> Shell {
-        let terminal = std::io::stderr().is_terminal() && verbosity == Verbosity::Normal;
+    pub fn new(verbosity: Verbosity, color: ColorChoice, format: Format) -> Shell {
+        let stderr_terminal = std::io::stderr().is_terminal();
+        let terminal = stderr_terminal && verbosity == Verbosity::Normal;
+        let color = match color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stderr_terminal && std::env::var_os("NO_COLOR").is_none(),
+        };
         let bars = MultiProgress::with_draw_target(if terminal {
             ProgressDrawTarget::stderr_with_hz(8)
         } else {
             ProgressDrawTarget::hidden()
         });
-        Shell { verbosity, json, terminal, bars }
+        Shell { verbosity, format, terminal, color, bars }
     }
 
-    /// `{verb:>12} {message}` on stderr, the verb in bold green on a terminal.
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// `{verb:>12} {message}` on stderr, the verb in bold green with colour.
     pub fn status(&self, verb: &str, message: &str) {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
-        let verb = if self.terminal { format!("\x1b[1;32m{verb:>12}\x1b[0m") } else { format!("{verb:>12}") };
+        let verb = self.paint("1;32", &format!("{verb:>12}"));
         self.line(&format!("{verb} {message}"));
     }
 
     pub fn warn(&self, message: &str) {
-        let label = if self.terminal { "\x1b[1;33mwarning\x1b[0m" } else { "warning" };
-        self.line(&format!("{label}: {message}"));
+        self.line(&format!("{}: {message}", self.paint("1;33", "warning")));
     }
 
     pub fn error(&self, message: &str) {
-        let label = if std::io::stderr().is_terminal() { "\x1b[1;31merror\x1b[0m" } else { "error" };
-        self.line(&format!("{label}: {message}"));
+        self.line(&format!("{}: {message}", self.paint("1;31", "error")));
+    }
+
+    /// A rendered recipe diagnostic (already labelled `error:`) and a blank line, on stderr.
+    pub fn diagnostic(&self, rendered: &str) {
+        self.line(&format!("{rendered}\n"));
+    }
+
+    /// Whether only warnings and errors go to stderr (no progress either).
+    pub fn quiet(&self) -> bool {
+        self.verbosity == Verbosity::Quiet
+    }
+
+    /// Whether results go out as JSON.
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// A line of a command's text result on stdout (nothing in JSON mode).
+    pub fn out(&self, text: &str) {
+        if self.format == Format::Text {
+            println!("{text}");
+        }
+    }
+
+    /// A command's JSON result on stdout (nothing in text mode).
+    pub fn emit(&self, value: serde_json::Value) {
+        if self.format == Format::Json {
+            println!("{value}");
+        }
     }
 
     /// A line on stderr that does not tear the progress bars.
@@ -63,9 +126,7 @@ impl Shell {
 
     /// One JSON event on stdout (with `--json`).
     pub fn event(&self, value: serde_json::Value) {
-        if self.json {
-            println!("{value}");
-        }
+        self.emit(value);
     }
 }
 

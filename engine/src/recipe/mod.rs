@@ -11,20 +11,12 @@ pub mod tree;
 use crate::graph::StageGraph;
 use diagnostic::{did_you_mean, Diagnostic, Source};
 use stages::data::{DatasetSpec, FORMATS};
+use stages::device::DeviceChoice;
 use stages::{BuildError, Input, ParamError, Stage, StageKind, Target};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use tree::{Entry, Node, NodeValue};
-
-/// Where stages run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// CUDA when built with it and a GPU is present, else CPU.
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
 
 /// One stage as declared: its name, kind, parsed parameters and references.
 pub struct StageDecl {
@@ -216,7 +208,17 @@ impl Validator<'_> {
         for decl in &stages {
             self.references(decl, &stages, &declared, &all_stage_names, &all_dataset_names);
         }
-        let graph = match StageGraph::new(&stages) {
+        // References to stages that do not exist were reported above; they add no edge.
+        let upstream: Vec<Vec<usize>> = stages
+            .iter()
+            .map(|decl| {
+                decl.upstream()
+                    .iter()
+                    .filter_map(|name| stages.iter().position(|s| s.name == *name))
+                    .collect()
+            })
+            .collect();
+        let graph = match StageGraph::new(&upstream) {
             Ok(graph) => Some(graph),
             Err(cycle) => {
                 let decl = &stages[cycle[0]];
@@ -278,7 +280,7 @@ impl Validator<'_> {
                         "`seeds` must be an array of non-negative integers, e.g. [0, 1, 2]",
                     ),
                 },
-                "device" => match node.as_str().map(parse_device) {
+                "device" => match node.as_str().map(DeviceChoice::parse) {
                     Some(Some(choice)) => device = choice,
                     _ => self.error_help(
                         node.span.clone(),
@@ -504,21 +506,5 @@ impl Validator<'_> {
                 Target::Dataset { .. } => {}
             }
         }
-    }
-}
-
-impl DeviceChoice {
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub fn parse(text: &str) -> Option<DeviceChoice> {
-        parse_device(text)
-    }
-}
-
-fn parse_device(text: &str) -> Option<DeviceChoice> {
-    match text {
-        "auto" => Some(DeviceChoice::Auto),
-        "cpu" => Some(DeviceChoice::Cpu),
-        "cuda" => Some(DeviceChoice::Cuda(0)),
-        other => other.strip_prefix("cuda:")?.parse().ok().map(DeviceChoice::Cuda),
     }
 }

@@ -2,8 +2,8 @@
 //! bytes, the R, G and B planes of a 32×32 image. CIFAR-10: `data_batch_1.bin` … `data_batch_5.bin`
 //! and `test_batch.bin`, one label byte. CIFAR-100: `train.bin` and `test.bin`, a coarse then a
 //! fine label byte.
+use super::image_set::{ImageSet, Split};
 use super::subset::ClassFilter;
-use super::{ImageSet, Split};
 use crate::error::ParamError;
 use crate::error::StageError;
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ impl Cifar10Spec {
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         let files = read_records(&self.split_files(split)?, 1)?;
         let filter =
-            ClassFilter::new(self.classes.as_deref(), 10, self.limit).map_err(StageError::Invalid)?;
+            ClassFilter::new(self.classes.as_deref(), 10, self.limit).map_err(StageError::Unsuitable)?;
         let records = files
             .iter()
             .flat_map(|(bytes, _)| bytes.chunks_exact(1 + IMAGE_BYTES).map(|r| (r[0] as u32, &r[1..])));
@@ -153,7 +153,7 @@ impl Cifar100Spec {
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         let files = read_records(&[self.split_file(split)?], 2)?;
         let filter = ClassFilter::new(self.classes.as_deref(), self.total(), self.limit)
-            .map_err(StageError::Invalid)?;
+            .map_err(StageError::Unsuitable)?;
         let which = usize::from(self.labels == Cifar100Labels::Fine);
         let records = files.iter().flat_map(|(bytes, _)| {
             bytes.chunks_exact(2 + IMAGE_BYTES).map(move |r| (r[which] as u32, &r[2..]))

@@ -1,8 +1,8 @@
 //! MNIST's IDX format (`train-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`, …):
 //! a big-endian header (magic, dimensions) followed by unsigned bytes. Class subsets are
 //! relabelled 0..K−1 in the order given.
+use super::image_set::{ImageSet, Split};
 use super::subset::ClassFilter;
-use super::{ImageSet, Split};
 use crate::error::ParamError;
 use crate::error::StageError;
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,7 @@ impl IdxSpec {
             .map_or(0, |m| m as usize + 1)
             .max(256 * usize::from(self.classes.is_some()));
         let filter =
-            ClassFilter::new(self.classes.as_deref(), total, self.limit).map_err(StageError::Invalid)?;
+            ClassFilter::new(self.classes.as_deref(), total, self.limit).map_err(StageError::Unsuitable)?;
         let records =
             raw_labels.iter().zip(pixels.chunks_exact(h * w)).map(|(&label, image)| (label as u32, image));
         let set = filter.collect(records, [1, h, w], &labels_path)?;

@@ -1,7 +1,7 @@
 //! A folder of images (Textures/DTD, Places365, LSUN, iSUN, iNaturalist, TinyImageNet subsets,
 //! or auxiliary outliers): every `.png`, `.jpg` and `.jpeg` below it, in sorted path order,
 //! decoded, forced to RGB and resized to `size`×`size`. Unlabelled; both splits are the same set.
-use super::ImageSet;
+use super::image_set::ImageSet;
 use crate::error::ParamError;
 use crate::error::StageError;
 use serde::{Deserialize, Serialize};

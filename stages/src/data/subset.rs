@@ -1,6 +1,6 @@
 //! Class subsets shared by the labelled formats: keep the samples whose label is listed,
 //! relabelled 0..K−1 in the order given, at most `limit` of them.
-use super::ImageSet;
+use super::image_set::ImageSet;
 use crate::error::StageError;
 use std::path::Path;
 

@@ -1,8 +1,8 @@
 //! SVHN's `test_32x32.mat` / `train_32x32.mat` (MATLAB level-5 MAT files): variables `X`
 //! (32×32×3×N uint8, column-major) and `y` (N×1, labels 1–10 where 10 is the digit 0), stored
 //! as plain or zlib-compressed (`miCOMPRESSED`) data elements.
+use super::image_set::{ImageSet, Split};
 use super::subset::ClassFilter;
-use super::{ImageSet, Split};
 use crate::error::ParamError;
 use crate::error::StageError;
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ impl SvhnSpec {
             }
         }
         let filter =
-            ClassFilter::new(self.classes.as_deref(), 10, self.limit).map_err(StageError::Invalid)?;
+            ClassFilter::new(self.classes.as_deref(), 10, self.limit).map_err(StageError::Unsuitable)?;
         filter.collect(labels.iter().copied().zip(images.chunks_exact(3072)), [3, 32, 32], &path)
     }
 }

@@ -1,6 +1,6 @@
 //! Seeded synthetic OOD sets: Gaussian noise (clipped to [0,1]) and uniform noise. Their seed
 //! belongs to the dataset, not to the recipe run, so every run is scored on the same images.
-use super::ImageSet;
+use super::image_set::ImageSet;
 use crate::error::ParamError;
 use rand::Rng as _;
 use rand_distr::{Distribution, Normal};

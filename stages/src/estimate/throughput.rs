@@ -1,10 +1,10 @@
 //! Training-step benchmark (`pipeline bench-train`): times forward, backward and an SGD update
 //! of a model on one fixed random batch, exactly as a training stage computes them, so that
 //! bench/ can compare the step time with PyTorch's on the same network.
+use crate::error::StageError;
+use crate::math::rng;
 use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
 use crate::training::optim::{Sgd, SgdConfig};
-use crate::math::rng;
-use crate::error::StageError;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
 use std::time::Instant;
@@ -77,7 +77,7 @@ pub fn time_training_steps(
         // Reading the loss waits for the step to finish (asynchronous devices).
         let value: f32 = loss.to_scalar()?;
         if !value.is_finite() {
-            return Err(StageError::Invalid(format!("benchmark loss is {value} at step {step}")));
+            return Err(StageError::Unsuitable(format!("benchmark loss is {value} at step {step}")));
         }
         if step >= warmup {
             times.push(start.elapsed().as_secs_f64());

@@ -1,10 +1,10 @@
 //! What a stage computes, for duration estimates (`pipeline plan`): which model, over which
 //! datasets, how many passes, training or evaluation; and the measured throughput of a model on
 //! a device (a few training or evaluation steps on a random batch), in images per second.
-use crate::estimate::throughput::time_training_steps;
 use crate::data::{DatasetSpec, Split};
-use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
 use crate::error::StageError;
+use crate::estimate::throughput::time_training_steps;
+use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 

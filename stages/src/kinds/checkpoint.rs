@@ -1,12 +1,12 @@
 //! `checkpoint`: selects one kept epoch of a `train` stage as a model of its own.
 //!
 //! Outputs: `model.json`, `model.safetensors`, `selected.json` (`{"epoch": N}`).
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
+use crate::error::StageError;
 use crate::formats::json::write_json;
+use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -85,11 +85,11 @@ impl StageParams for Checkpoint {
         let index = CheckpointIndex::read(dir)?;
         let epoch = match self.epoch {
             Epoch::Last => *index.epochs.last().ok_or_else(|| {
-                StageError::Invalid(format!("training stage `{}` kept no checkpoint", self.from))
+                StageError::Unsuitable(format!("training stage `{}` kept no checkpoint", self.from))
             })?,
             Epoch::Number(n) if index.epochs.contains(&n) => n,
             Epoch::Number(n) => {
-                return Err(StageError::Invalid(format!(
+                return Err(StageError::Unsuitable(format!(
                     "`{}` kept no checkpoint of epoch {n}; it kept epochs {:?} (set its checkpoint_every)",
                     self.from, index.epochs
                 )))

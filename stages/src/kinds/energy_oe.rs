@@ -2,14 +2,14 @@
 //! CE_in + w·(mean_in relu(E − m_in)² + mean_out relu(m_out − E)²), E = −logsumexp f, outliers
 //! drawn at random every epoch. With `constraint` or `zeta` the ID term is the UM loss.
 //! Outputs as `train`.
-use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
-use crate::training::losses::OutlierTerm;
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::losses::OutlierTerm;
+use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
 use serde::{Deserialize, Serialize};
 
 pub fn default_m_in() -> f64 {

@@ -2,20 +2,20 @@
 //! random mask that keeps the fraction δ of each masked layer's weights (SPEC §3). The model runs
 //! in evaluation mode on the training set, augmented as in training; `draws` averages over
 //! independent masks. Outputs `constraint.json` ([`ConstraintFile`]).
-use crate::training::constraint::{AtypicalSample, ConstraintFile};
 use crate::data::ImageSet;
-use crate::training::fit::{batch, load_model_and_data, model_and_data_inputs};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
-use crate::training::masks::{masked_layers, random_mask};
 use crate::metrics::mean_std;
 use crate::models::{Mode, ModelSpec, Network, Parameters};
 use crate::scores::logsumexp;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::constraint::{AtypicalSample, ConstraintFile};
+use crate::training::fit::{batch, load_model_and_data, model_and_data_inputs};
+use crate::training::masks::{masked_layers, random_mask};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

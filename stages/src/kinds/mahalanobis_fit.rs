@@ -2,21 +2,20 @@
 //! per model on its training set (penultimate features, evaluation mode) and cached as its own
 //! artifact. Outputs `gaussian.json` ([`GaussianFit`] and the digest of the model it was fitted
 //! on, so a score stage cannot pair it with another model).
-use crate::training::fit::{load_model_and_data, model_and_data_inputs};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::models::checkpoints::model_digest;
+use crate::models::evaluation::forward_all;
 use crate::models::{Network, Parameters, SavedModel};
 use crate::scores::mahalanobis::GaussianFile;
-use crate::models::evaluation::forward_all;
 use crate::scores::mahalanobis::GaussianFit;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::fit::{load_model_and_data, model_and_data_inputs};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 fn default_batch_size() -> usize {
     256
@@ -55,7 +54,7 @@ impl StageParams for MahalanobisFit {
         let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
         let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, ctx.device)?;
         let rows = forward_all(ctx, &net, &data, self.batch_size, "features")?.features;
-        let fit = GaussianFit::fit(&rows, &data.labels, data.num_classes).map_err(StageError::Invalid)?;
+        let fit = GaussianFit::fit(&rows, &data.labels, data.num_classes).map_err(StageError::Unsuitable)?;
         if fit.ridge > 0.0 {
             ctx.progress
                 .info(&format!("singular feature covariance: added {:.3e} to its diagonal", fit.ridge));

@@ -2,14 +2,14 @@
 //! CE_in + λ·(cross-entropy of the outlier logits to the uniform distribution), outliers drawn
 //! at random from the auxiliary set every epoch. With `constraint` or `zeta` the ID term is the
 //! UM loss ("OE+UM"). Outputs as `train`.
-use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
-use crate::training::losses::OutlierTerm;
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::losses::OutlierTerm;
+use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
 use serde::{Deserialize, Serialize};
 
 fn default_lambda() -> f64 {

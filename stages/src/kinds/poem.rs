@@ -4,19 +4,19 @@
 //! regression sees the ID training features and the outliers chosen in the last four epochs (a
 //! ring buffer that rotates). Outputs as `train`, plus `selection.json` (per epoch, how many
 //! outliers the regression saw and the chosen candidates' mean |βᵀz|).
-use crate::training::bayes::{closest_to_boundary, posterior, RingBuffer};
 use crate::data::ImageSet;
-use crate::kinds::energy_oe::{check_energy, default_energy_weight, default_m_in, default_m_out};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
+use crate::kinds::energy_oe::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::models::{Mode, Network};
-use crate::training::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice};
-use crate::training::losses::OutlierTerm;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::bayes::{closest_to_boundary, posterior, RingBuffer};
+use crate::training::losses::OutlierTerm;
+use crate::training::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +155,7 @@ impl OutlierChoice for ThompsonOutliers {
     ) -> Result<Vec<usize>, StageError> {
         let Candidates { pool, net, id, aux } = *candidates;
         if pool.len() < count {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "POEM chooses {count} outliers per epoch but the pool holds {} (raise pool_size or lower aux_batch_size)",
                 pool.len()
             )));
@@ -166,7 +166,7 @@ impl OutlierChoice for ThompsonOutliers {
         let mut y = vec![-self.target; z.len()];
         z.extend(features(net, aux, &remembered, ctx)?);
         y.resize(z.len(), self.target);
-        let posterior = posterior(&z, &y, self.noise, self.prior_variance).map_err(StageError::Invalid)?;
+        let posterior = posterior(&z, &y, self.noise, self.prior_variance).map_err(StageError::Unsuitable)?;
         let beta = posterior.sample(&mut self.rng);
         let candidates = features(net, aux, pool, ctx)?;
         let picked = closest_to_boundary(&beta, &candidates, count);

@@ -9,20 +9,20 @@
 //! checkpoint is scored too, into `epochs/NNNN/<method>/<set>.npy`: the backtracking curve of
 //! the paper's Figure 1(a).
 use crate::data::{ImageSet, Split};
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
+use crate::formats::npy;
 use crate::models::checkpoints::model_digest;
-use crate::scores::mahalanobis::GaussianFile;
+use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
 use crate::models::evaluation::{argmax, forward_all};
-use crate::models::{Mode, Network, SavedModel};
+use crate::models::{Network, SavedModel};
+use crate::scores::mahalanobis::GaussianFile;
 use crate::scores::mahalanobis::GaussianFit;
 use crate::scores::{odin, Method};
-use crate::formats::npy;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -254,7 +254,7 @@ impl StageParams for Score {
             Some(stage) => {
                 let file = GaussianFile::read(ctx.stage_dir(stage)?)?;
                 if file.model_digest != model_digest(&saved)? {
-                    return Err(StageError::Invalid(format!(
+                    return Err(StageError::Unsuitable(format!(
                         "`{stage}` was fitted on another model than `{}`'s: point its `model` at `{}`",
                         self.model, self.model
                     )));
@@ -265,7 +265,7 @@ impl StageParams for Score {
         };
         let id = self.load(ctx, &net, &self.id)?;
         if id.num_classes != net.spec.num_classes {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "ID set `{}` has {} classes but the model predicts {}",
                 self.id, id.num_classes, net.spec.num_classes
             )));
@@ -287,7 +287,7 @@ impl StageParams for Score {
             };
             for epoch in epochs {
                 if !kept.contains(&epoch) {
-                    return Err(StageError::Invalid(format!(
+                    return Err(StageError::Unsuitable(format!(
                         "`{}` kept no checkpoint of epoch {epoch} (it kept {kept:?})",
                         self.model
                     )));
@@ -326,7 +326,7 @@ impl Score {
     fn load(&self, ctx: &RunContext, net: &Network, name: &str) -> Result<ImageSet, StageError> {
         let set = ctx.dataset(name)?.load(Split::Test)?;
         if set.shape != net.spec.input_shape {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "dataset `{name}` has images of shape {:?}, the model takes {:?}",
                 set.shape, net.spec.input_shape
             )));
@@ -358,10 +358,10 @@ impl Score {
                     Method::Msp | Method::Energy => pass.logits.iter().map(|row| method.score(row)).collect(),
                     Method::Mahalanobis => gaussian
                         .ok_or_else(|| {
-                            StageError::Invalid("the mahalanobis method needs a fitted Gaussian".into())
+                            StageError::Internal("the mahalanobis method needs a fitted Gaussian".into())
                         })?
                         .scores(&pass.features)
-                        .map_err(StageError::Invalid)?,
+                        .map_err(StageError::Unsuitable)?,
                     Method::Odin => self.odin(ctx, net, set, &format!("odin {name}{note}"))?,
                 };
                 let path = dir.join(ScoreIndex::file(method, name));

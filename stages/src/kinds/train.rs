@@ -1,17 +1,17 @@
 //! `train`: trains a classifier from scratch (SPEC §1) and keeps checkpoints (see [`crate::fit`]
 //! for the outputs).
 use crate::data::Split;
-use crate::training::losses::cross_entropy;
-use crate::training::fit::{fit, Fit, StepOutput};
-use crate::models::catalogue::{default_dropout, default_strides, default_widths, ModelName};
-use crate::models::{Architecture, ModelSpec, Network, Parameters};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::estimate::workload::{ModelSource, Workload};
+use crate::models::catalogue::{default_dropout, default_strides, default_widths, ModelName};
+use crate::models::{ModelSpec, Network, Parameters};
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::fit::{fit, Fit, StepOutput};
+use crate::training::losses::cross_entropy;
 use serde::{Deserialize, Serialize};
 
 /// Where the per-channel input normalisation comes from.
@@ -42,7 +42,7 @@ impl Normalization {
             Normalization::Auto if data.shape == [3, 32, 32] => Ok(cifar()),
             Normalization::Auto | Normalization::Dataset => Ok(data.channel_stats()),
             Normalization::Cifar if data.shape[0] == 3 => Ok(cifar()),
-            Normalization::Cifar => Err(StageError::Invalid(format!(
+            Normalization::Cifar => Err(StageError::Unsuitable(format!(
                 "CIFAR normalisation needs 3 channels, the data has {}",
                 data.shape[0]
             ))),
@@ -118,7 +118,10 @@ impl StageParams for Train {
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let data = ctx.dataset(&self.data)?.load(Split::Train)?;
         if data.num_classes < 2 {
-            return Err(StageError::Invalid(format!("dataset `{}` has fewer than two classes", self.data)));
+            return Err(StageError::Unsuitable(format!(
+                "dataset `{}` has fewer than two classes",
+                self.data
+            )));
         }
         let (mean, std) = self.normalization.statistics(&data)?;
         let spec = ModelSpec {

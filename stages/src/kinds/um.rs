@@ -2,17 +2,17 @@
 //! weight with the per-batch loss |CE − ζ| + ζ: descent while the batch loss is above ζ, ascent
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
-use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
-use crate::training::losses::um_loss;
-use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::models::{Network, Parameters};
-use crate::training::losses::cross_entropy;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
+use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::training::losses::cross_entropy;
+use crate::training::losses::um_loss;
 use serde::{Deserialize, Serialize};
 
 crate::training::fit::training_stage! {
@@ -87,11 +87,11 @@ impl StageParams for Um {
 
 #[cfg(test)]
 mod tests {
-    use crate::training::losses::um_loss;
     use crate::models::spec::tiny_spec;
     use crate::models::{Mode, Network, Parameters};
-    use crate::training::optim::{Sgd, SgdConfig};
     use crate::training::losses::cross_entropy;
+    use crate::training::losses::um_loss;
+    use crate::training::optim::{Sgd, SgdConfig};
     use candle_core::{Device, Tensor};
 
     /// CE of a fixed batch after one SGD step on the UM loss with the given ζ.

@@ -6,19 +6,19 @@
 //! checkpoint holding the untouched weights, the statistics and the binary masks
 //! (`mask.<layer>`); `scores.safetensors` holds the final scores and `masks.json` the kept
 //! fraction per layer.
-use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
-use crate::training::losses::um_loss;
-use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
-use crate::training::masks::{keep_top_fraction, masked_layers};
 use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
-use crate::training::losses::cross_entropy;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
+use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::training::losses::cross_entropy;
+use crate::training::losses::um_loss;
+use crate::training::masks::{keep_top_fraction, masked_layers};
 use candle_core::{Device, Tensor, Var};
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
@@ -213,7 +213,8 @@ mod tests {
         let spec = crate::models::spec::tiny_spec();
         let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let masked =
-            MaskedModel::new(&spec, values.clone(), 0.8, &mut crate::math::rng::derive(0, "s"), &dev).unwrap();
+            MaskedModel::new(&spec, values.clone(), 0.8, &mut crate::math::rng::derive(0, "s"), &dev)
+                .unwrap();
         let images = crate::math::rng::test_images(11, &[6, 1, 8, 8]);
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
         let mut rng = crate::math::rng::derive(0, "d");

@@ -56,7 +56,8 @@ pub struct Scope<'a> {
 impl<'a> Scope<'a> {
     /// The sub-scope `name` (`scope.pp("bn1")` names `….bn1.*`).
     pub fn pp(&self, name: impl Display) -> Scope<'a> {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        let prefix =
+            if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
         Scope { builder: self.builder, prefix }
     }
 

@@ -60,9 +60,19 @@ pub fn default_dropout() -> f64 {
     0.3
 }
 
-/// Every architecture `train` builds with its defaults: name, input shape and the number of
-/// learnable values for `num_classes` classes.
-pub fn model_catalogue(num_classes: usize) -> Result<Vec<(&'static str, [usize; 3], usize)>, StageError> {
+/// One line of `pipeline models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueEntry {
+    pub name: &'static str,
+    /// The input the architecture is usually trained on (channels, height, width).
+    pub input: [usize; 3],
+    /// Learnable values (weights, biases, affine batch norm).
+    pub weights: usize,
+}
+
+/// Every architecture `train` builds with its defaults, with its number of learnable values for
+/// `num_classes` classes.
+pub fn model_catalogue(num_classes: usize) -> Result<Vec<CatalogueEntry>, StageError> {
     ModelName::ALL
         .iter()
         .map(|&name| {
@@ -77,7 +87,7 @@ pub fn model_catalogue(num_classes: usize) -> Result<Vec<(&'static str, [usize; 
                 std: vec![1.0; input[0]],
                 weight_masks: false,
             };
-            Ok((name.name(), input, spec.learnable_count()?))
+            Ok(CatalogueEntry { name: name.name(), input, weights: spec.learnable_count()? })
         })
         .collect()
 }
@@ -90,10 +100,10 @@ mod tests {
     fn catalogue_lists_every_model_with_its_weight_count() {
         let catalogue = model_catalogue(10).unwrap();
         assert_eq!(catalogue.len(), ModelName::ALL.len());
-        assert_eq!(catalogue[1], ("densenet-bc-100", [3, 32, 32], 745_174));
-        assert_eq!(catalogue[2], ("wrn-40-4", [3, 32, 32], 8_938_426));
+        let row = |e: &CatalogueEntry| (e.name, e.input, e.weights);
+        assert_eq!(row(&catalogue[1]), ("densenet-bc-100", [3, 32, 32], 745_174));
+        assert_eq!(row(&catalogue[2]), ("wrn-40-4", [3, 32, 32], 8_938_426));
         // 16·9 + 32·16·9 + 64·32·9 + 128·64·9 + 10·128 + 10
-        assert_eq!(catalogue[0].2, 144 + 4608 + 18432 + 73728 + 1280 + 10);
+        assert_eq!(catalogue[0].weights, 144 + 4608 + 18432 + 73728 + 1280 + 10);
     }
-
 }

@@ -6,8 +6,7 @@
 //! dropout → average pooling 2×2. Batch norm is non-affine unless `affine_bn`.
 use super::builder::Scope;
 use super::kernels::conv::conv2d;
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
-use super::network::Forward;
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Forward, Mode};
 use super::spec::ModelSpec;
 use crate::error::StageError;
 use candle_core::{Device, Tensor};

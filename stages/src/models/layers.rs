@@ -2,8 +2,8 @@
 use super::builder::Scope;
 use super::kernels::fused_bn::{batch_norm_relu, Statistics};
 use super::spec::{Init, ModelSpec, Role};
-use crate::math::rng::Rng;
 use crate::error::StageError;
+use crate::math::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::Rng as _;
 
@@ -74,7 +74,7 @@ impl BatchNorm2d {
             batch_norm_relu(x, &gamma, &beta, statistics, self.eps, true, self.affine.is_some())?;
         if let Some(batch) = batch {
             let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
-                return Err(StageError::Invalid(
+                return Err(StageError::Internal(
                     "batch norm in training mode needs updatable statistics".into(),
                 ));
             };
@@ -102,7 +102,7 @@ impl BatchNorm2d {
             let centred = x.broadcast_sub(&mean)?;
             let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
             let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
-                return Err(StageError::Invalid(
+                return Err(StageError::Internal(
                     "batch norm in training mode needs updatable statistics".into(),
                 ));
             };
@@ -179,6 +179,12 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode, device: &Device) -> Result<T
 /// Mean over the spatial dimensions: `(n, c, h, w)` → `(n, c)`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor, StageError> {
     Ok(x.flatten_from(2)?.mean(D::Minus1)?)
+}
+
+/// What a forward pass gives: penultimate features and logits.
+pub struct Forward {
+    pub features: Tensor,
+    pub logits: Tensor,
 }
 
 #[cfg(test)]

@@ -20,18 +20,9 @@ mod wide_resnet;
 
 pub use checkpoints::{checkpoint_file, CheckpointIndex, SavedModel, CHECKPOINT_INDEX};
 pub use densenet::DenseNetBc;
-pub use layers::{Ends, Mode};
-pub use network::{Forward, Network};
+pub use layers::{Ends, Forward, Mode};
+pub use network::Network;
 pub use parameters::{load_weights, save_weights, Hold, Parameters};
 pub use small_cnn::SmallCnn;
 pub use spec::{Architecture, Init, ModelSpec, ParamDef, Role};
 pub use wide_resnet::WideResNet;
-
-use crate::math::rng::Rng;
-use crate::error::StageError;
-use candle_core::{DType, Device, Tensor, Var};
-use rand_distr::{Distribution, Normal, Uniform};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-

@@ -3,7 +3,7 @@
 //! [`ModelSpec::parameters`], run on a loading one it binds a [`Parameters`].
 use super::builder::{Builder, Scope};
 use super::densenet::DenseNetBc;
-use super::layers::Mode;
+use super::layers::{Forward, Mode};
 use super::parameters::{Hold, Parameters};
 use super::small_cnn::SmallCnn;
 use super::spec::{Architecture, Init, ModelSpec, ParamDef, Role};
@@ -24,12 +24,6 @@ enum Body {
     SmallCnn(SmallCnn),
     DenseNetBc(DenseNetBc),
     WideResNet(WideResNet),
-}
-
-/// What a forward pass gives: penultimate features and logits.
-pub struct Forward {
-    pub features: Tensor,
-    pub logits: Tensor,
 }
 
 impl Body {
@@ -64,7 +58,6 @@ impl Network {
         }
     }
 }
-
 
 impl ModelSpec {
     /// Every parameter of the model, in the order its architecture declares them.

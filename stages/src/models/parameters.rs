@@ -46,9 +46,9 @@ impl Parameters {
         for def in defs {
             let value = values
                 .remove(&def.name)
-                .ok_or_else(|| StageError::Invalid(format!("the weights lack `{}`", def.name)))?;
+                .ok_or_else(|| StageError::Unsuitable(format!("the weights lack `{}`", def.name)))?;
             if value.dims() != def.shape.as_slice() {
-                return Err(StageError::Invalid(format!(
+                return Err(StageError::Unsuitable(format!(
                     "`{}` has shape {:?}, the model expects {:?}",
                     def.name,
                     value.dims(),
@@ -64,7 +64,7 @@ impl Parameters {
             entries.insert(def.name, param);
         }
         if let Some(extra) = values.keys().next() {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "the weights hold `{extra}`, which the model does not have"
             )));
         }
@@ -76,7 +76,7 @@ impl Parameters {
         match self.entries.get(name) {
             Some(Param::Trainable(v)) | Some(Param::Buffer(v)) => Ok(v.as_tensor().clone()),
             Some(Param::Frozen(t)) | Some(Param::Derived(t)) => Ok(t.clone()),
-            None => Err(StageError::Invalid(format!("no parameter `{name}`"))),
+            None => Err(StageError::Internal(format!("no parameter `{name}`"))),
         }
     }
 
@@ -120,7 +120,7 @@ impl Parameters {
         for (name, tensor) in derived {
             let slot = entries
                 .get_mut(&name)
-                .ok_or_else(|| StageError::Invalid(format!("no parameter `{name}`")))?;
+                .ok_or_else(|| StageError::Internal(format!("no parameter `{name}`")))?;
             *slot = Param::Derived(tensor);
         }
         Ok(Parameters { entries })
@@ -150,4 +150,3 @@ pub fn load_weights(path: &Path, device: &Device) -> Result<BTreeMap<String, Ten
     })?;
     Ok(map.into_iter().collect())
 }
-

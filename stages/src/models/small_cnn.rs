@@ -2,10 +2,9 @@
 //! block's stride, no bias) → batch norm → ReLU; then global average pooling (the penultimate
 //! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
 //! 93k-parameter MNIST network SPEC §3 mentions.
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
 use super::builder::Scope;
 use super::kernels::conv::conv2d;
-use super::network::Forward;
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Forward, Mode};
 use super::spec::ModelSpec;
 use crate::error::StageError;
 use candle_core::{Device, Tensor};
@@ -32,7 +31,7 @@ impl SmallCnn {
         device: &Device,
     ) -> Result<SmallCnn, StageError> {
         if widths.len() != strides.len() || widths.is_empty() {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "small-cnn needs one stride per width (widths {widths:?}, strides {strides:?})"
             )));
         }
@@ -71,6 +70,7 @@ impl SmallCnn {
 #[cfg(test)]
 mod tests {
     use super::super::*;
+    use candle_core::{Device, Tensor};
 
     fn spec() -> ModelSpec {
         ModelSpec {

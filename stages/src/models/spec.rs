@@ -102,4 +102,3 @@ impl ModelSpec {
         std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
     }
 }
-

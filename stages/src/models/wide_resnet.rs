@@ -5,8 +5,7 @@
 //! 1×1 conv of the pre-activated o where the width or stride changes, the raw x otherwise.
 use super::builder::Scope;
 use super::kernels::conv::conv2d;
-use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Mode};
-use super::network::Forward;
+use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Forward, Mode};
 use super::spec::ModelSpec;
 use crate::error::StageError;
 use candle_core::{Device, Tensor};

@@ -3,9 +3,9 @@
 //! of z is max_c −(z − μ_c)ᵀ Σ⁻¹ (z − μ_c), computed with a Cholesky factor (Σ = L·Lᵀ, the
 //! distance is |L⁻¹(z − μ_c)|² by forward substitution), never an explicit inverse.
 use crate::error::StageError;
-use std::path::Path;
 use crate::math::linalg::Matrix;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// A fitted class-conditional Gaussian with a tied covariance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,8 +2,8 @@
 //! CE(f(x)/T, ŷ) with respect to the raw [0,1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
 use super::max_softmax;
-use crate::models::{Mode, Network};
 use crate::error::StageError;
+use crate::models::{Mode, Network};
 use candle_core::{Tensor, Var, D};
 
 pub fn default_temperature() -> f64 {
@@ -33,7 +33,7 @@ pub fn scores(
     let predicted = logits.argmax(D::Minus1)?;
     let loss = candle_nn::loss::cross_entropy(&(&logits / temperature)?, &predicted)?;
     let gradient = loss.backward()?.get(input.as_tensor()).cloned().ok_or_else(|| {
-        StageError::Invalid("ODIN: the loss has no gradient with respect to the input".into())
+        StageError::Internal("ODIN: the loss has no gradient with respect to the input".into())
     })?;
     let perturbed = perturb(images, &gradient, epsilon)?;
     let logits = net.forward(&perturbed.detach(), &mut Mode::Eval)?.logits.to_vec2::<f32>()?;
@@ -44,7 +44,7 @@ pub fn scores(
 mod tests {
     use super::*;
     use crate::models::spec::tiny_spec;
-    use crate::models::{Parameters};
+    use crate::models::Parameters;
     use candle_core::Device;
 
     #[test]

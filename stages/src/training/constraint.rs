@@ -1,11 +1,10 @@
 //! The Unleashing-Mask loss constraint ζ: the file `estimate-loss-constraint` writes, how the
 //! fine-tuning stages obtain ζ (from that stage, or written in the recipe), and the UM loss.
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -83,15 +82,13 @@ pub fn resolve_zeta(
     match (constraint, zeta) {
         (Some(name), _) => Ok(ConstraintFile::read(ctx.stage_dir(name)?)?.zeta),
         (None, Some(z)) => Ok(z),
-        (None, None) => Err(StageError::Invalid("no ζ given".into())),
+        (None, None) => Err(StageError::Internal("no ζ given".into())),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
 
     #[test]
     fn exactly_one_zeta_source() {

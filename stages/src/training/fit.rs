@@ -7,22 +7,21 @@
 //! `history.json` (learning rate, loss and accuracy per epoch; no timings, so identical runs give
 //! identical bytes).
 use crate::data::{ImageSet, Split};
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, CHECKPOINT_INDEX};
 use crate::models::{Forward, Mode, ModelSpec, SavedModel};
-use crate::training::optim::{Sgd, SgdConfig};
-use crate::training::schedule::Schedule;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
+use crate::training::optim::{Sgd, SgdConfig};
+use crate::training::schedule::Schedule;
 use candle_core::{Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// One epoch's record in `history.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,7 +288,7 @@ pub fn load_model_and_data(
     let (spec, values) = SavedModel::in_dir(ctx.stage_dir(model)?)?.load_effective(ctx.device)?;
     let set = ctx.dataset(data)?.load(Split::Train)?;
     if set.num_classes != spec.num_classes || set.shape != spec.input_shape {
-        return Err(StageError::Invalid(format!(
+        return Err(StageError::Unsuitable(format!(
             "dataset `{data}` ({} classes, images {:?}) does not fit the model of `{model}` ({} classes, images {:?})",
             set.num_classes, set.shape, spec.num_classes, spec.input_shape
         )));

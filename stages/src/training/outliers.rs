@@ -2,18 +2,18 @@
 //! parameters, the two outlier terms, and the fine-tuning loop that concatenates each ID batch
 //! with an outlier batch in one forward pass (batch norm sees both), with the ID term plain
 //! cross-entropy or, given ζ, the UM loss ("OE+UM").
-use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
-use crate::training::losses::um_loss;
 use crate::data::{ImageSet, Split};
-use crate::training::losses::OutlierTerm;
-use crate::training::fit::{batch, fit, load_model_and_data, Fit, FitConfig, StepOutput};
-use crate::models::{Mode, Network, Parameters};
-use crate::training::losses::cross_entropy;
-use crate::stage::Input;
 use crate::error::ParamError;
-use crate::stage::RunContext;
 use crate::error::StageError;
-use candle_core::{Tensor, D};
+use crate::models::{Mode, Network, Parameters};
+use crate::stage::Input;
+use crate::stage::RunContext;
+use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
+use crate::training::fit::{batch, fit, load_model_and_data, Fit, FitConfig, StepOutput};
+use crate::training::losses::cross_entropy;
+use crate::training::losses::um_loss;
+use crate::training::losses::OutlierTerm;
+use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use std::cell::RefCell;
 
@@ -185,7 +185,7 @@ pub fn fine_tune_with_outliers(
     let (spec, values, id) = load_model_and_data(ctx, setup.model, setup.data)?;
     let aux = ctx.dataset(setup.aux)?.load(Split::Train)?;
     if aux.shape != spec.input_shape {
-        return Err(StageError::Invalid(format!(
+        return Err(StageError::Unsuitable(format!(
             "auxiliary set `{}` has images of shape {:?}, the model takes {:?}",
             setup.aux, aux.shape, spec.input_shape
         )));

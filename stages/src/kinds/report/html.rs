@@ -2,8 +2,8 @@
 //! table, per-OOD-set score histograms ID vs OOD (the paper's Figure 1(b)(c)), ROC curves, and
 //! the backtracking curve (metrics per checkpoint, Figure 1(a)) when there is one. Plots show the
 //! first seed's scores; the table shows mean ± std over seeds.
-use crate::metrics::Convention;
 use super::model::{fpr_header, BacktrackRow, ReportFile, ScoreSample, Summary};
+use crate::metrics::Convention;
 use std::fmt::Write as _;
 
 const COLOURS: [&str; 8] =

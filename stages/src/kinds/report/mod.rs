@@ -9,20 +9,19 @@ pub mod html;
 mod markdown;
 pub mod model;
 
+use crate::error::ParamError;
+use crate::error::StageError;
 use crate::formats::json::write_json;
-use crate::metrics::{ood_metrics_with, Convention, OodMetrics};
-use model::{BacktrackRow, ReportFile, Row, ScoreSample, Summary};
-use crate::kinds::score::ScoreIndex;
-use crate::scores::Method;
 use crate::formats::npy;
+use crate::kinds::score::ScoreIndex;
+use crate::metrics::{ood_metrics_with, Convention, OodMetrics};
+use crate::scores::Method;
 use crate::stage::Artifact;
 use crate::stage::Input;
-use crate::error::ParamError;
 use crate::stage::RunContext;
-use crate::error::StageError;
 use crate::stage::StageParams;
+use model::{BacktrackRow, ReportFile, Row, ScoreSample, Summary};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +126,7 @@ fn set_metrics(
         .map(|set| {
             let ood = npy::read_f64(&dir.join(ScoreIndex::file(method, &set.name)))?;
             ood_metrics_with(convention, &id, &ood).map_err(|e| {
-                StageError::Invalid(format!("`{name}` {} on `{}`: {e}", method.name(), set.name))
+                StageError::Unsuitable(format!("`{name}` {} on `{}`: {e}", method.name(), set.name))
             })
         })
         .collect()
@@ -171,7 +170,7 @@ fn rows_of(
     for index in &indexes {
         let same_epochs = index.checkpoints.iter().map(|c| c.epoch).eq(epochs.iter().copied());
         if index.ood != first.ood || index.methods != first.methods || !same_epochs {
-            return Err(StageError::Invalid(format!(
+            return Err(StageError::Unsuitable(format!(
                 "the seeds of `{name}` scored different sets, methods or checkpoints"
             )));
         }

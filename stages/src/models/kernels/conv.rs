@@ -547,9 +547,10 @@ mod tests {
         for (seed, &(n, c, h, w, o, k, stride, padding)) in cases.iter().enumerate() {
             let g = Geometry { n, c, h, w, k, stride, padding };
             let x = Var::from_tensor(&crate::math::rng::test_images(seed as u64, &[n, c, h, w])).unwrap();
-            let weight =
-                Var::from_tensor(&(crate::math::rng::test_images(100 + seed as u64, &[o, c, k, k]) - 0.5).unwrap())
-                    .unwrap();
+            let weight = Var::from_tensor(
+                &(crate::math::rng::test_images(100 + seed as u64, &[o, c, k, k]) - 0.5).unwrap(),
+            )
+            .unwrap();
             let ours = conv2d(x.as_tensor(), weight.as_tensor(), stride, padding).unwrap();
             let probe = crate::math::rng::test_images(300 + seed as u64, ours.dims());
             let (out, dx, dw) = reference(x.as_tensor(), weight.as_tensor(), &probe, g, o);

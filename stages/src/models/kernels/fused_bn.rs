@@ -357,7 +357,8 @@ mod tests {
         let dev = Device::Cpu;
         let shape = [5, 3, 7, 6];
         for (batch, relu) in [(true, true), (true, false), (false, true), (false, false)] {
-            let x = Var::from_tensor(&crate::math::rng::test_images(1, &shape).affine(3.0, -1.0).unwrap()).unwrap();
+            let x = Var::from_tensor(&crate::math::rng::test_images(1, &shape).affine(3.0, -1.0).unwrap())
+                .unwrap();
             let gamma = Var::new(&[1.5f32, -0.7, 0.9], &dev).unwrap();
             let beta = Var::new(&[0.1f32, 0.3, -0.2], &dev).unwrap();
             let weights = crate::math::rng::test_images(2, &shape);

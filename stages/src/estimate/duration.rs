@@ -2,13 +2,15 @@
 //! datasets it reads, how many passes, training or evaluation: `Stage::workload`); the
 //! throughput of that model on the recipe's device comes from a table kept in the cache folder
 //! (`throughput.json`, images/s per configuration), filled by measuring a few steps when asked
-//! (`pipeline plan --estimate`). The engine only follows stage names and multiplies.
-use stages::data::Split;
-use stages::estimate::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
+//! (`pipeline plan --estimate`). The estimator only follows stage names and multiplies.
+use super::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
+use crate::data::{DatasetSpec, Split};
+use crate::device::describe;
+use crate::error::StageError;
+use crate::stage::Stage;
+use candle_core::Device;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-
-use crate::recipe::Recipe;
+use std::path::PathBuf;
 
 /// Measured images/s by configuration, stored as JSON in the cache folder.
 pub struct ThroughputTable {
@@ -17,9 +19,8 @@ pub struct ThroughputTable {
 }
 
 impl ThroughputTable {
-    /// The table of the cache at `cache_root` (empty when there is none or it is unreadable).
-    pub fn open(cache_root: &Path) -> ThroughputTable {
-        let path = cache_root.join("throughput.json");
+    /// The table kept in the file `path` (empty when there is none or it is unreadable).
+    pub fn open(path: PathBuf) -> ThroughputTable {
         let entries =
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         ThroughputTable { path, entries }
@@ -38,7 +39,28 @@ impl ThroughputTable {
     }
 }
 
-type DatasetSize = Result<(usize, [usize; 3]), String>;
+type DatasetSize = Result<(usize, [usize; 3]), EstimateError>;
+
+/// Why a stage's duration cannot be estimated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EstimateError {
+    #[error("no stage `{0}`")]
+    NoStage(String),
+    #[error("stage `{0}` has no model")]
+    NoModel(String),
+    #[error("model sources form a cycle")]
+    ModelCycle,
+    #[error("no dataset `{0}`")]
+    NoDataset(String),
+    #[error("reads no dataset")]
+    NoReads,
+    #[error("dataset `{name}`: {message}")]
+    Dataset { name: String, message: String },
+    #[error("measuring {configuration}: {message}")]
+    Measure { configuration: String, message: String },
+    #[error("cannot record the throughput in `{path}`: {message}")]
+    Record { path: PathBuf, message: String },
+}
 
 /// An estimate for one stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,13 +72,14 @@ pub enum Estimate {
     /// The stage's work is not estimated (it is small, or its size is unknown).
     NotEstimated,
     /// Something needed for the estimate is missing (a dataset, a stage).
-    Unknown(String),
+    Unknown(EstimateError),
 }
 
-/// Works out stage durations for one recipe on one device.
+/// Works out stage durations for one recipe (its stages by name, its datasets) on one device.
 pub struct Estimator<'a> {
-    recipe: &'a Recipe,
-    device: &'a candle_core::Device,
+    stages: BTreeMap<&'a str, &'a dyn Stage>,
+    datasets: &'a BTreeMap<String, DatasetSpec>,
+    device: &'a Device,
     device_name: String,
     pub table: ThroughputTable,
     /// Measure configurations the table lacks.
@@ -67,68 +90,69 @@ pub struct Estimator<'a> {
 
 impl<'a> Estimator<'a> {
     pub fn new(
-        recipe: &'a Recipe,
-        device: &'a candle_core::Device,
+        stages: BTreeMap<&'a str, &'a dyn Stage>,
+        datasets: &'a BTreeMap<String, DatasetSpec>,
+        device: &'a Device,
         table: ThroughputTable,
         measure: bool,
     ) -> Self {
         Estimator {
-            recipe,
+            stages,
+            datasets,
             device,
-            device_name: crate::device::describe(device),
+            device_name: describe(device),
             table,
             measure,
             sizes: HashMap::new(),
         }
     }
 
-    fn stage(&self, name: &str) -> Result<&dyn stages::Stage, String> {
-        self.recipe
-            .stages
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| s.stage.as_ref())
-            .ok_or_else(|| format!("no stage `{name}`"))
+    fn stage(&self, name: &str) -> Result<&'a dyn Stage, EstimateError> {
+        self.stages.get(name).copied().ok_or_else(|| EstimateError::NoStage(name.to_string()))
     }
 
     /// The architecture behind a model source, following upstream stages.
-    fn architecture(&self, source: &ModelSource) -> Result<stages::models::Architecture, String> {
+    fn architecture(&self, source: &ModelSource) -> Result<crate::models::Architecture, EstimateError> {
         let mut source = source.clone();
-        for _ in 0..=self.recipe.stages.len() {
+        for _ in 0..=self.stages.len() {
             match source {
                 ModelSource::Architecture(a) => return Ok(a),
                 ModelSource::Upstream(name) => {
                     source = self
                         .stage(&name)?
                         .model_source()
-                        .ok_or_else(|| format!("stage `{name}` has no model"))?
+                        .ok_or_else(|| EstimateError::NoModel(name.clone()))?
                 }
             }
         }
-        Err("model sources form a cycle".into())
+        Err(EstimateError::ModelCycle)
     }
 
-    fn size(&mut self, dataset: &str, split: Split) -> Result<(usize, [usize; 3]), String> {
-        let recipe = self.recipe;
+    fn size(&mut self, dataset: &str, split: Split) -> DatasetSize {
+        let datasets = self.datasets;
         self.sizes
             .entry((dataset.to_string(), matches!(split, Split::Train)))
             .or_insert_with(|| {
-                let spec = recipe.datasets.get(dataset).ok_or_else(|| format!("no dataset `{dataset}`"))?;
-                dataset_size(spec, split).map_err(|e| format!("dataset `{dataset}`: {e}"))
+                let spec =
+                    datasets.get(dataset).ok_or_else(|| EstimateError::NoDataset(dataset.to_string()))?;
+                dataset_size(spec, split).map_err(|e: StageError| EstimateError::Dataset {
+                    name: dataset.to_string(),
+                    message: e.to_string(),
+                })
             })
             .clone()
     }
 
-    /// The estimate for the recipe's stage `index`.
-    pub fn estimate(&mut self, index: usize) -> Estimate {
-        let Some(work) = self.recipe.stages[index].stage.workload() else { return Estimate::NotEstimated };
+    /// The estimate for `stage`.
+    pub fn estimate(&mut self, stage: &dyn Stage) -> Estimate {
+        let Some(work) = stage.workload() else { return Estimate::NotEstimated };
         match self.estimate_workload(&work) {
             Ok(estimate) => estimate,
             Err(message) => Estimate::Unknown(message),
         }
     }
 
-    fn estimate_workload(&mut self, work: &Workload) -> Result<Estimate, String> {
+    fn estimate_workload(&mut self, work: &Workload) -> Result<Estimate, EstimateError> {
         let architecture = self.architecture(&work.model)?;
         let mut images = 0usize;
         let mut shape = None;
@@ -137,7 +161,7 @@ impl<'a> Estimator<'a> {
             images += count;
             shape.get_or_insert(dataset_shape);
         }
-        let shape = shape.ok_or("reads no dataset")?;
+        let shape = shape.ok_or(EstimateError::NoReads)?;
         let passes = match &work.passes {
             Passes::Fixed(n) => *n,
             Passes::CheckpointsOf(name) => {
@@ -149,7 +173,7 @@ impl<'a> Estimator<'a> {
                     if let Some(kept) = stage.workload().and_then(|w| w.checkpoints_kept) {
                         break kept;
                     }
-                    source = stage.model_source().ok_or("no model")?;
+                    source = stage.model_source().ok_or_else(|| EstimateError::NoModel(name.clone()))?;
                 }
             }
         };
@@ -160,8 +184,14 @@ impl<'a> Estimator<'a> {
             None if self.measure => {
                 let rate =
                     measure_throughput(&architecture, shape, work.batch_size, work.training, self.device)
-                        .map_err(|e| format!("measuring {key}: {e}"))?;
-                self.table.insert(key, rate).map_err(|e| format!("cannot record the throughput: {e}"))?;
+                        .map_err(|e| EstimateError::Measure {
+                            configuration: key.clone(),
+                            message: e.to_string(),
+                        })?;
+                let path = self.table.path.clone();
+                self.table
+                    .insert(key, rate)
+                    .map_err(|e| EstimateError::Record { path, message: e.to_string() })?;
                 rate
             }
             None => return Ok(Estimate::Unmeasured { configuration: key }),
@@ -194,11 +224,15 @@ mod tests {
     #[test]
     fn the_table_round_trips_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut table = ThroughputTable::open(dir.path());
+        let mut table = ThroughputTable::open(dir.path().join("throughput.json"));
         assert_eq!(table.get("x"), None);
         table.insert("x".into(), 123.5).unwrap();
-        assert_eq!(ThroughputTable::open(dir.path()).get("x"), Some(123.5));
+        assert_eq!(ThroughputTable::open(dir.path().join("throughput.json")).get("x"), Some(123.5));
         std::fs::write(dir.path().join("throughput.json"), b"not json").unwrap();
-        assert_eq!(ThroughputTable::open(dir.path()).get("x"), None, "a damaged table is ignored");
+        assert_eq!(
+            ThroughputTable::open(dir.path().join("throughput.json")).get("x"),
+            None,
+            "a damaged table is ignored"
+        );
     }
 }

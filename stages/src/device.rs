@@ -1,9 +1,42 @@
-//! Choosing the candle device a recipe asks for.
-use crate::recipe::DeviceChoice;
-use candle_core::Device;
+//! Choosing the device a recipe asks for (`auto`, `cpu`, `cuda`, `cuda:N`): the engine names
+//! devices through this module and never touches candle itself.
+pub use candle_core::Device;
+
+/// Where stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CUDA when built with it and a GPU is present, else CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(text: &str) -> Option<DeviceChoice> {
+        match text {
+            "auto" => Some(DeviceChoice::Auto),
+            "cpu" => Some(DeviceChoice::Cpu),
+            "cuda" => Some(DeviceChoice::Cuda(0)),
+            other => other.strip_prefix("cuda:")?.parse().ok().map(DeviceChoice::Cuda),
+        }
+    }
+}
+
+/// Why the requested device cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "the recipe asks for device \"cuda:{ordinal}\" but this build has no CUDA support \
+         (rebuild with `--features cuda`, or set device = \"auto\" or \"cpu\")"
+    )]
+    NoCudaSupport { ordinal: usize },
+    #[error("cannot open CUDA device {ordinal}: {message}")]
+    Unavailable { ordinal: usize, message: String },
+}
 
 /// The device for `choice`, and a notice when "auto" fell back to the CPU.
-pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), String> {
+pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), DeviceError> {
     match choice {
         DeviceChoice::Cpu => Ok((Device::Cpu, None)),
         DeviceChoice::Auto => {
@@ -21,14 +54,11 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), String> 
         }
         DeviceChoice::Cuda(ordinal) => {
             if !cfg!(feature = "cuda") {
-                return Err(format!(
-                    "the recipe asks for device \"cuda:{ordinal}\" but this build has no CUDA support \
-                     (rebuild with `--features cuda`, or set device = \"auto\" or \"cpu\")"
-                ));
+                return Err(DeviceError::NoCudaSupport { ordinal });
             }
             Device::new_cuda(ordinal)
                 .map(|d| (d, None))
-                .map_err(|e| format!("cannot open CUDA device {ordinal}: {}", first_line(&e)))
+                .map_err(|e| DeviceError::Unavailable { ordinal, message: first_line(&e) })
         }
     }
 }
@@ -63,7 +93,7 @@ mod tests {
     #[test]
     fn without_the_cuda_feature_cuda_requests_fail_clearly() {
         assert!(matches!(select(DeviceChoice::Auto), Ok((Device::Cpu, None))));
-        let message = select(DeviceChoice::Cuda(1)).unwrap_err();
+        let message = select(DeviceChoice::Cuda(1)).unwrap_err().to_string();
         assert!(message.contains("\"cuda:1\"") && message.contains("--features cuda"), "{message}");
     }
 }

@@ -1,0 +1,102 @@
+//! The entry point: parse, build the shell, run one command, print the error once (cargo's
+//! `error: …` then `Caused by:` lines), exit with the status of its class.
+use super::args::{Cli, Command, ConventionArg};
+use super::exit::{class_of, Status};
+use super::shell::{Format, Shell, Verbosity};
+use super::{bench, commands, metrics};
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Keeps freed memory in the process instead of returning large blocks to the OS after every
+/// training step: with glibc's defaults each step's tensors are fresh mmaps, and the page faults
+/// of re-touching them cost about a fifth of a small CNN's step (../shared/CANDLE_NOTES.md).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// Entry point of the `pipeline` binary.
+pub fn main() -> ExitCode {
+    keep_freed_memory();
+    let cli = Cli::parse();
+    let verbosity = if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal };
+    let shell = Shell::new(verbosity, cli.color, format_of(&cli.command));
+    match run(cli.command, &shell) {
+        Ok(status) => status.exit_code(),
+        Err(error) => {
+            let mut message = error.to_string();
+            for cause in error.chain().skip(1) {
+                message.push_str(&format!("\n\nCaused by:\n    {cause}"));
+            }
+            shell.error(&message);
+            ExitCode::from(class_of(&error).exit_code())
+        }
+    }
+}
+
+/// Whether the command asked for JSON on stdout.
+fn format_of(command: &Command) -> Format {
+    let json = match command {
+        Command::Run { json, .. } | Command::Check { json, .. } | Command::Metrics { json, .. } => *json,
+        Command::Plan { json, .. }
+        | Command::Status { json, .. }
+        | Command::Dag { json, .. }
+        | Command::Show { json, .. }
+        | Command::Gc { json, .. }
+        | Command::Models { json, .. }
+        | Command::Compare { json, .. }
+        | Command::Fetch { json, .. } => json.json,
+        Command::BenchTrain { .. } => true,
+    };
+    if json {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
+fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
+    use commands::{PlanView, RunRequest};
+    match command {
+        Command::Run { recipe, only, force, jobs, json: _, cache } => commands::run(
+            &RunRequest { recipe: &recipe, only: &only, force: &force, jobs, cache: cache.cache },
+            shell,
+        ),
+        Command::Plan { recipe, only, force, estimate, json: _, cache } => {
+            let view = PlanView::WhatWillRun { measure: estimate };
+            commands::plan(&recipe, &only, &force, cache.cache, view, shell)
+        }
+        Command::Status { recipe, json: _, cache } => {
+            commands::plan(&recipe, &[], &[], cache.cache, PlanView::EveryStage, shell)
+        }
+        Command::Dag { recipe, dot, json: _ } => commands::dag(&recipe, dot, shell),
+        Command::Show { recipe, stage, json: _, cache } => {
+            commands::show(&recipe, &stage, cache.cache, shell)
+        }
+        Command::Gc { recipes, dry_run, json: _, cache } => {
+            let mode = if dry_run { commands::GcMode::DryRun } else { commands::GcMode::Delete };
+            commands::gc(&recipes, mode, cache.cache, shell)
+        }
+        Command::Check { recipes, json: _ } => commands::check(&recipes, shell),
+        Command::Metrics { id, ood, convention, json: _ } => {
+            let convention = match convention {
+                ConventionArg::Idpos => stages::metrics::Convention::IdPositive,
+                ConventionArg::Openood => stages::metrics::Convention::OpenOod,
+            };
+            metrics::metrics(&id, &ood, convention, shell)
+        }
+        Command::Compare { before, after, json: _ } => metrics::compare(&before, &after, shell),
+        Command::BenchTrain { net, batch, warmup, steps, seed, device } => {
+            bench::bench_train(&net, batch, warmup, steps, seed, &device, shell)
+        }
+        Command::Fetch { name, to, archive, json: _ } => {
+            commands::fetch(name.as_deref(), to, archive.as_deref(), shell)
+        }
+        Command::Models { classes, json: _ } => commands::models(classes, shell),
+    }
+}

@@ -1,0 +1,124 @@
+//! The engine's errors, by what the user can do about them. Each [`ErrorClass`] has its own
+//! exit status (README, "Exit status"); the OS cause of every I/O error is kept as its source.
+use std::path::PathBuf;
+
+/// The kind of failure, as the exit status tells it to scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Bad arguments, or a recipe that does not validate: exit status 2.
+    Usage,
+    /// A dataset that cannot be found, read or fetched: exit status 3.
+    Data,
+    /// The device the recipe asks for cannot be used: exit status 4.
+    Device,
+    /// The cache cannot be opened, read or written: exit status 5.
+    Cache,
+    /// Another file cannot be read or written (score files, reports, downloads): exit status 6.
+    Io,
+    /// A bug in pipeline: exit status 70 (`EX_SOFTWARE`).
+    Internal,
+}
+
+impl ErrorClass {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorClass::Usage => 2,
+            ErrorClass::Data => 3,
+            ErrorClass::Device => 4,
+            ErrorClass::Cache => 5,
+            ErrorClass::Io => 6,
+            ErrorClass::Internal => 70,
+        }
+    }
+}
+
+/// Why a command could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The command line names something that does not exist, or combines options wrongly.
+    #[error("{0}")]
+    Usage(String),
+    /// A recipe is invalid; its diagnostics have been printed with their positions.
+    #[error("`{}` has {count} error{}", path.display(), if *count == 1 { "" } else { "s" })]
+    Recipe { path: PathBuf, count: usize },
+    /// A dataset cannot be read, fingerprinted or fetched.
+    #[error("dataset `{name}`: {message}")]
+    Dataset { name: String, message: String },
+    /// The device the recipe asks for cannot be used.
+    #[error(transparent)]
+    Device(#[from] stages::device::DeviceError),
+    /// The cache cannot be opened, read or written.
+    #[error("the cache at `{}` cannot be used", path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: cache::CacheError,
+    },
+    /// A file named on the command line, or written by the command, cannot be used.
+    #[error("cannot {action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A dataset could not be downloaded, checked or unpacked.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// Work the command does itself (a benchmark, a throughput measurement) failed.
+    #[error(transparent)]
+    Stage(#[from] stages::StageError),
+}
+
+impl EngineError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Usage(_) | EngineError::Recipe { .. } => ErrorClass::Usage,
+            EngineError::Dataset { .. } => ErrorClass::Data,
+            EngineError::Fetch(crate::fetch::FetchError::Io { .. }) => ErrorClass::Io,
+            EngineError::Fetch(_) => ErrorClass::Data,
+            EngineError::Device(_) => ErrorClass::Device,
+            EngineError::Cache { .. } => ErrorClass::Cache,
+            EngineError::Io { .. } => ErrorClass::Io,
+            EngineError::Stage(e) => match e.fault() {
+                stages::Fault::User => ErrorClass::Usage,
+                stages::Fault::Internal => ErrorClass::Internal,
+            },
+        }
+    }
+
+    /// An [`EngineError::Io`] maker for `map_err`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let path = path.into();
+        move |source| EngineError::Io { action, path, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_has_its_own_exit_status() {
+        let classes = [
+            ErrorClass::Usage,
+            ErrorClass::Data,
+            ErrorClass::Device,
+            ErrorClass::Cache,
+            ErrorClass::Io,
+            ErrorClass::Internal,
+        ];
+        let codes: std::collections::BTreeSet<u8> = classes.iter().map(|c| c.exit_code()).collect();
+        assert_eq!(codes.len(), classes.len());
+        assert!(!codes.contains(&0) && !codes.contains(&1), "0 is success, 1 a failed stage");
+    }
+
+    #[test]
+    fn io_errors_keep_their_os_cause() {
+        let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let error = EngineError::io("read", "x.npy")(source);
+        assert_eq!(error.class(), ErrorClass::Io);
+        assert!(std::error::Error::source(&error).is_some());
+        assert_eq!(error.to_string(), "cannot read `x.npy`");
+    }
+}
