@@ -8,7 +8,7 @@ use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::metrics::mean_std;
 use crate::models::{Mode, ModelSpec, Network, Parameters};
-use crate::scores::logsumexp;
+use crate::scores::softmax::logsumexp;
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;

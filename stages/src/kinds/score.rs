@@ -17,19 +17,19 @@ use crate::models::checkpoints::model_digest;
 use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::{Network, SavedModel};
-use crate::scores::mahalanobis::GaussianFile;
-use crate::scores::mahalanobis::GaussianFit;
-use crate::scores::{odin, Method};
+use crate::scores::gaussian::GaussianFile;
+use crate::scores::gaussian::GaussianFit;
+use crate::scores::scorer::{MethodParams, ScoringInput};
+use crate::scores::Method;
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 fn default_methods() -> Vec<Method> {
-    vec![Method::Msp, Method::Energy]
+    ["msp", "energy"].into_iter().filter_map(Method::named).collect()
 }
 fn default_batch_size() -> usize {
     256
@@ -181,7 +181,7 @@ impl StageParams for Score {
         if self.batch_size == 0 {
             problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
         }
-        let wants_mahalanobis = self.methods.contains(&Method::Mahalanobis);
+        let wants_mahalanobis = self.methods.iter().any(|m| m.get().needs_gaussian());
         match (&self.mahalanobis, wants_mahalanobis) {
             (None, true) => problems.push(ParamError::new(
                 &["methods"],
@@ -227,9 +227,7 @@ impl StageParams for Score {
     fn workload(&self) -> Option<crate::estimate::workload::Workload> {
         let mut reads = vec![(self.id.clone(), Split::Test)];
         reads.extend(self.ood.iter().map(|o| (o.clone(), Split::Test)));
-        let factor = 1.0
-            + 3.0 * self.methods.contains(&Method::Odin) as u8 as f64
-            + self.methods.contains(&Method::Mahalanobis) as u8 as f64;
+        let factor = 1.0 + self.methods.iter().map(|m| m.get().extra_passes()).sum::<f64>();
         let passes = match &self.checkpoints {
             None => crate::estimate::workload::Passes::Fixed(1),
             Some(EpochSelection::Epochs(list)) => crate::estimate::workload::Passes::Fixed(list.len()),
@@ -349,21 +347,27 @@ impl Score {
         let mut predictions = Vec::new();
         let sets = std::iter::once((&self.id, id)).chain(self.ood.iter().zip(ood));
         for (k, (name, set)) in sets.enumerate() {
-            let pass = forward_all(ctx, net, set, self.batch_size, &format!("score {name}{note}"))?;
+            let label = format!("score {name}{note}");
+            let pass = forward_all(ctx, net, set, self.batch_size, &label)?;
             if k == 0 {
                 predictions = pass.logits.iter().map(|row| argmax(row) as i64).collect();
             }
+            let input = ScoringInput {
+                net,
+                set,
+                pass: &pass,
+                gaussian,
+                params: MethodParams {
+                    odin_temperature: self.odin_temperature,
+                    odin_epsilon: self.odin_epsilon,
+                },
+                device: ctx.device,
+                batch_size: self.batch_size,
+                progress: ctx.progress,
+                label: &label,
+            };
             for &method in &self.methods {
-                let scores: Vec<f64> = match method {
-                    Method::Msp | Method::Energy => pass.logits.iter().map(|row| method.score(row)).collect(),
-                    Method::Mahalanobis => gaussian
-                        .ok_or_else(|| {
-                            StageError::Internal("the mahalanobis method needs a fitted Gaussian".into())
-                        })?
-                        .scores(&pass.features)
-                        .map_err(StageError::Unsuitable)?,
-                    Method::Odin => self.odin(ctx, net, set, &format!("odin {name}{note}"))?,
-                };
+                let scores = method.get().score(&input)?;
                 let path = dir.join(ScoreIndex::file(method, name));
                 let folder = path.parent().expect("score files live in a method folder");
                 std::fs::create_dir_all(folder).map_err(StageError::io("cannot create", folder))?;
@@ -371,30 +375,5 @@ impl Score {
             }
         }
         Ok(predictions)
-    }
-
-    fn odin(
-        &self,
-        ctx: &RunContext,
-        net: &Network,
-        set: &ImageSet,
-        label: &str,
-    ) -> Result<Vec<f64>, StageError> {
-        let [c, h, w] = set.shape;
-        let size = set.image_size();
-        let bar = ctx.progress.bar(label, set.len().div_ceil(self.batch_size) as u64, "batches");
-        let mut out = Vec::with_capacity(set.len());
-        for start in (0..set.len()).step_by(self.batch_size) {
-            let end = (start + self.batch_size).min(set.len());
-            let images = Tensor::from_vec(
-                set.pixels[start * size..end * size].to_vec(),
-                (end - start, c, h, w),
-                ctx.device,
-            )?;
-            out.extend(odin::scores(net, &images, self.odin_temperature, self.odin_epsilon)?);
-            bar.inc(1);
-        }
-        bar.finish("");
-        Ok(out)
     }
 }

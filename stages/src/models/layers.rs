@@ -1,6 +1,6 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
 use super::builder::Scope;
-use super::kernels::fused_bn::{batch_norm_relu, Statistics};
+use super::kernels::fused_bn::{batch_norm_relu, Activation, Affine, Statistics};
 use super::spec::{Init, ModelSpec, Role};
 use crate::error::StageError;
 use crate::math::rng::Rng;
@@ -70,8 +70,8 @@ impl BatchNorm2d {
         } else {
             Statistics::Fixed { mean: self.running_mean.to_vec1()?, variance: self.running_var.to_vec1()? }
         };
-        let (y, batch) =
-            batch_norm_relu(x, &gamma, &beta, statistics, self.eps, true, self.affine.is_some())?;
+        let affine = if self.affine.is_some() { Affine::Learned } else { Affine::Fixed };
+        let (y, batch) = batch_norm_relu(x, &gamma, &beta, statistics, self.eps, Activation::Relu, affine)?;
         if let Some(batch) = batch {
             let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
                 return Err(StageError::Internal(

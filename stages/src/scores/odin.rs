@@ -1,10 +1,46 @@
 //! ODIN (SPEC §7): with ŷ = argmax f(x), the input is moved against the gradient of
 //! CE(f(x)/T, ŷ) with respect to the raw [0,1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
-use super::max_softmax;
+use super::scorer::{ScoreMethod, ScoringInput};
+use super::softmax::max_softmax;
 use crate::error::StageError;
 use crate::models::{Mode, Network};
 use candle_core::{Tensor, Var, D};
+
+pub struct Odin;
+
+impl ScoreMethod for Odin {
+    fn name(&self) -> &'static str {
+        "odin"
+    }
+
+    fn extra_passes(&self) -> f64 {
+        3.0
+    }
+
+    /// The set batch by batch: each batch's input gradient, then its perturbed forward pass.
+    fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
+        let set = input.set;
+        let [c, h, w] = set.shape;
+        let size = set.image_size();
+        let batch_size = input.batch_size;
+        let label = format!("odin{}", input.label.strip_prefix("score").unwrap_or(input.label));
+        let bar = input.progress.bar(&label, set.len().div_ceil(batch_size) as u64, "batches");
+        let mut out = Vec::with_capacity(set.len());
+        for start in (0..set.len()).step_by(batch_size) {
+            let end = (start + batch_size).min(set.len());
+            let images = Tensor::from_vec(
+                set.pixels[start * size..end * size].to_vec(),
+                (end - start, c, h, w),
+                input.device,
+            )?;
+            out.extend(scores(input.net, &images, input.params.odin_temperature, input.params.odin_epsilon)?);
+            bar.inc(1);
+        }
+        bar.finish("");
+        Ok(out)
+    }
+}
 
 pub fn default_temperature() -> f64 {
     1000.0

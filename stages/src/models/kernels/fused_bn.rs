@@ -32,6 +32,20 @@ pub enum Statistics {
     Fixed { mean: Vec<f32>, variance: Vec<f32> },
 }
 
+/// What follows the normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
+/// Whether γ and β are learned (their gradients are computed) or fixed at 1 and 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affine {
+    Learned,
+    Fixed,
+}
+
 /// `relu?((x − mean) / √(var + eps) · γ + β)` over `(n, c, h, w)` f32 on the CPU, with γ and β
 /// of shape `(c)`. Returns the output and, in training mode, the batch statistics.
 pub fn batch_norm_relu(
@@ -40,9 +54,11 @@ pub fn batch_norm_relu(
     beta: &Tensor,
     statistics: Statistics,
     eps: f64,
-    relu: bool,
-    affine_gradients: bool,
+    activation: Activation,
+    affine: Affine,
 ) -> Result<(Tensor, Option<BatchStatistics>)> {
+    let relu = activation == Activation::Relu;
+    let affine_gradients = affine == Affine::Learned;
     let (n, c, h, w) = x.dims4()?;
     let shape = Planes { n, c, hw: h * w };
     let slot = Arc::new(Mutex::new(None));
@@ -371,7 +387,9 @@ mod tests {
             } else {
                 Statistics::Fixed { mean: values(&running.0), variance: values(&running.1) }
             };
-            let (fused, stats) = batch_norm_relu(&x, &gamma, &beta, statistics, 1e-5, relu, true).unwrap();
+            let activation = if relu { Activation::Relu } else { Activation::Identity };
+            let (fused, stats) =
+                batch_norm_relu(&x, &gamma, &beta, statistics, 1e-5, activation, Affine::Learned).unwrap();
             let reference = unfused(&x, &gamma, &beta, (!batch).then_some((&running.0, &running.1)), relu);
             let what = format!("batch={batch} relu={relu}");
             assert_close(&values(&fused), &values(&reference), &format!("{what} forward"));

@@ -1,0 +1,81 @@
+//! The score methods recipes can name, and [`Method`], a method as a recipe or `scores.json`
+//! names it (serialised as its name).
+use super::energy::Energy;
+use super::mahalanobis::Mahalanobis;
+use super::msp::Msp;
+use super::odin::Odin;
+use super::scorer::ScoreMethod;
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+/// Every score method; adding one is a file in `scores/` and one line here.
+pub fn registry() -> &'static [&'static dyn ScoreMethod] {
+    &[&Msp, &Energy, &Odin, &Mahalanobis]
+}
+
+/// The names of every method, in registry order.
+pub fn names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| registry().iter().map(|m| m.name()).collect())
+}
+
+/// A score method of the [`registry`].
+#[derive(Clone, Copy)]
+pub struct Method(&'static dyn ScoreMethod);
+
+impl Method {
+    /// The method called `name`.
+    pub fn named(name: &str) -> Option<Method> {
+        registry().iter().find(|m| m.name() == name).map(|&m| Method(m))
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    pub fn get(self) -> &'static dyn ScoreMethod {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for Method {
+    fn eq(&self, other: &Method) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Method {}
+
+impl Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Method, D::Error> {
+        let name = String::deserialize(d)?;
+        Method::named(&name).ok_or_else(|| serde::de::Error::unknown_variant(&name, names()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_round_trip_through_their_names_and_unknown_ones_list_the_known() {
+        for &name in names() {
+            let method: Method = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(serde_json::to_value(method).unwrap(), serde_json::json!(name));
+        }
+        let error = serde_json::from_value::<Method>(serde_json::json!("react")).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `react`") && error.contains("`mahalanobis`"), "{error}");
+    }
+}
