@@ -1,5 +1,7 @@
 //! A loaded set of images ([`ImageSet`]: pixels in [0,1], labels, shape) and the splits a
-//! dataset has ([`Split`]).
+//! dataset has ([`Split`]), and the image set as batches of tensors.
+use crate::error::StageError;
+use candle_core::{Device, Tensor};
 
 /// Which part of a dataset a stage reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,35 @@ impl ImageSet {
         &self.pixels[index * size..(index + 1) * size]
     }
 
+    /// Every image in order, in consecutive `(n, c, h, w)` batches of at most `batch_size`
+    /// (at least 1) on `device`.
+    pub fn batches<'a>(
+        &'a self,
+        batch_size: usize,
+        device: &'a Device,
+    ) -> impl Iterator<Item = Result<Tensor, StageError>> + 'a {
+        let [c, h, w] = self.shape;
+        let size = self.image_size();
+        let batch_size = batch_size.max(1);
+        (0..self.len()).step_by(batch_size).map(move |start| {
+            let end = (start + batch_size).min(self.len());
+            let pixels = self.pixels[start * size..end * size].to_vec();
+            Ok(Tensor::from_vec(pixels, (end - start, c, h, w), device)?)
+        })
+    }
+
+    /// How many batches [`ImageSet::batches`] gives.
+    pub fn batch_count(&self, batch_size: usize) -> usize {
+        self.len().div_ceil(batch_size.max(1))
+    }
+
+    /// The images `indices`, in that order, as one `(n, c, h, w)` tensor on `device`.
+    pub fn gather(&self, indices: &[usize], device: &Device) -> Result<Tensor, StageError> {
+        let [c, h, w] = self.shape;
+        let pixels: Vec<f32> = indices.iter().flat_map(|&i| self.image(i).iter().copied()).collect();
+        Ok(Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?)
+    }
+
     /// Per-channel mean and standard deviation over every pixel.
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
         let [c, h, w] = self.shape;
@@ -59,5 +90,34 @@ impl ImageSet {
             stds.push(var.sqrt().max(1e-6) as f32);
         }
         (means, stds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(count: usize) -> ImageSet {
+        // Image i is filled with the value i: shape 1×2×2.
+        let pixels = (0..count).flat_map(|i| [i as f32; 4]).collect();
+        ImageSet { pixels, labels: vec![0; count], shape: [1, 2, 2], num_classes: 1 }
+    }
+
+    #[test]
+    fn batches_cover_every_image_in_order_and_gather_picks_images() {
+        let set = numbered(5);
+        let batches: Vec<Tensor> = set.batches(2, &Device::Cpu).collect::<Result<_, _>>().unwrap();
+        assert_eq!(batches.len(), set.batch_count(2));
+        let dims: Vec<Vec<usize>> = batches.iter().map(|b| b.dims().to_vec()).collect();
+        assert_eq!(dims, [vec![2, 1, 2, 2], vec![2, 1, 2, 2], vec![1, 1, 2, 2]]);
+        let firsts: Vec<f32> = batches
+            .iter()
+            .flat_map(|b| b.flatten_from(1).unwrap().max(1).unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        assert_eq!(firsts, [0.0, 1.0, 2.0, 3.0, 4.0]);
+        let picked =
+            set.gather(&[4, 0], &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(picked, [4.0, 4.0, 4.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(set.batch_count(0), 5, "a batch size of 0 counts as 1");
     }
 }

@@ -17,7 +17,6 @@ use crate::stage::StageParams;
 use crate::training::bayes::{closest_to_boundary, posterior, RingBuffer};
 use crate::training::losses::OutlierTerm;
 use crate::training::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice};
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 fn default_target() -> f64 {
@@ -134,11 +133,9 @@ fn features(
     indices: &[usize],
     ctx: &RunContext,
 ) -> Result<Vec<Vec<f64>>, StageError> {
-    let [c, h, w] = set.shape;
     let mut rows = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(256) {
-        let pixels: Vec<f32> = chunk.iter().flat_map(|&i| set.image(i).iter().copied()).collect();
-        let images = Tensor::from_vec(pixels, (chunk.len(), c, h, w), ctx.device)?;
+        let images = set.gather(chunk, ctx.device)?;
         let feats = net.forward(&images, &mut Mode::Eval)?.features.to_vec2::<f32>()?;
         rows.extend(feats.into_iter().map(|r| r.into_iter().map(f64::from).collect::<Vec<f64>>()));
     }

@@ -4,7 +4,6 @@ use super::network::Network;
 use crate::data::ImageSet;
 use crate::error::StageError;
 use crate::stage::RunContext;
-use candle_core::Tensor;
 
 /// Logits and penultimate features of every image of a set (evaluation mode).
 pub struct ForwardPass {
@@ -20,16 +19,11 @@ pub fn forward_all(
     batch_size: usize,
     label: &str,
 ) -> Result<ForwardPass, StageError> {
-    let [c, h, w] = set.shape;
-    let bar = ctx.progress.bar(label, set.len().div_ceil(batch_size) as u64, "batches");
+    let bar = ctx.progress.bar(label, set.batch_count(batch_size) as u64, "batches");
     let mut pass =
         ForwardPass { logits: Vec::with_capacity(set.len()), features: Vec::with_capacity(set.len()) };
-    for start in (0..set.len()).step_by(batch_size) {
-        let end = (start + batch_size).min(set.len());
-        let size = set.image_size();
-        let pixels = set.pixels[start * size..end * size].to_vec();
-        let images = Tensor::from_vec(pixels, (end - start, c, h, w), ctx.device)?;
-        let out = net.forward(&images, &mut Mode::Eval)?;
+    for images in set.batches(batch_size, ctx.device) {
+        let out = net.forward(&images?, &mut Mode::Eval)?;
         pass.logits.extend(out.logits.to_vec2::<f32>()?);
         pass.features.extend(out.features.to_vec2::<f32>()?);
         bar.inc(1);

@@ -21,20 +21,16 @@ impl ScoreMethod for Odin {
     /// The set batch by batch: each batch's input gradient, then its perturbed forward pass.
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
         let set = input.set;
-        let [c, h, w] = set.shape;
-        let size = set.image_size();
-        let batch_size = input.batch_size;
         let label = format!("odin{}", input.label.strip_prefix("score").unwrap_or(input.label));
-        let bar = input.progress.bar(&label, set.len().div_ceil(batch_size) as u64, "batches");
+        let bar = input.progress.bar(&label, set.batch_count(input.batch_size) as u64, "batches");
         let mut out = Vec::with_capacity(set.len());
-        for start in (0..set.len()).step_by(batch_size) {
-            let end = (start + batch_size).min(set.len());
-            let images = Tensor::from_vec(
-                set.pixels[start * size..end * size].to_vec(),
-                (end - start, c, h, w),
-                input.device,
-            )?;
-            out.extend(scores(input.net, &images, input.params.odin_temperature, input.params.odin_epsilon)?);
+        for images in set.batches(input.batch_size, input.device) {
+            out.extend(scores(
+                input.net,
+                &images?,
+                input.params.odin_temperature,
+                input.params.odin_epsilon,
+            )?);
             bar.inc(1);
         }
         bar.finish("");

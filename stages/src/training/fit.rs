@@ -305,14 +305,15 @@ pub fn batch(
     rng: &mut crate::math::rng::Rng,
     device: &Device,
 ) -> Result<(Tensor, Tensor), StageError> {
+    let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
+    let labels = Tensor::from_vec(labels, indices.len(), device)?;
+    if padding == 0 {
+        return Ok((data.gather(indices, device)?, labels));
+    }
     let [c, h, w] = data.shape;
     let mut pixels = Vec::with_capacity(indices.len() * data.image_size());
     for &i in indices {
         let image = data.image(i);
-        if padding == 0 {
-            pixels.extend_from_slice(image);
-            continue;
-        }
         let p = padding as i64;
         let dy = rng.random_range(-p..=p) as isize;
         let dx = rng.random_range(-p..=p) as isize;
@@ -326,11 +327,7 @@ pub fn batch(
             }
         }
     }
-    let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
-    Ok((
-        Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?,
-        Tensor::from_vec(labels, indices.len(), device)?,
-    ))
+    Ok((Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?, labels))
 }
 
 #[cfg(test)]
