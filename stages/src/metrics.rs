@@ -70,8 +70,9 @@ pub struct OodMetrics {
 }
 
 /// Cut points of a descending sort: for each distinct score (highest first), how many positives
-/// and negatives score at or above it.
-fn cuts(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
+/// and negatives score at or above it. Every metric here and every plotted ROC curve
+/// (report.html) is computed from these points.
+pub fn cut_points(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
     let mut all: Vec<(f64, bool)> =
         positive.iter().map(|&s| (s, true)).chain(negative.iter().map(|&s| (s, false))).collect();
     all.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -95,7 +96,7 @@ pub fn fpr_at_95_tpr(positive: &[f64], negative: &[f64]) -> f64 {
     let n_pos = positive.len() as f64;
     let n_neg = negative.len() as f64;
     let mut best: Option<(f64, f64)> = None; // (distance, fpr)
-    for (tp, fp) in cuts(positive, negative) {
+    for (tp, fp) in cut_points(positive, negative) {
         let distance = (tp / n_pos - 0.95).abs();
         if best.is_none_or(|(d, _)| distance < d) {
             best = Some((distance, fp / n_neg));
@@ -107,7 +108,7 @@ pub fn fpr_at_95_tpr(positive: &[f64], negative: &[f64]) -> f64 {
 /// Area under the ROC curve with ties counted ½.
 pub fn auroc(positive: &[f64], negative: &[f64]) -> f64 {
     let (mut area, mut prev_tp, mut prev_fp) = (0.0, 0.0, 0.0);
-    for (tp, fp) in cuts(positive, negative) {
+    for (tp, fp) in cut_points(positive, negative) {
         area += (fp - prev_fp) * (tp + prev_tp) / 2.0;
         prev_tp = tp;
         prev_fp = fp;
@@ -119,7 +120,7 @@ pub fn auroc(positive: &[f64], negative: &[f64]) -> f64 {
 pub fn average_precision(positive: &[f64], negative: &[f64]) -> f64 {
     let n_pos = positive.len() as f64;
     let (mut ap, mut prev_recall) = (0.0, 0.0);
-    for (tp, fp) in cuts(positive, negative) {
+    for (tp, fp) in cut_points(positive, negative) {
         let recall = tp / n_pos;
         ap += (recall - prev_recall) * (tp / (tp + fp));
         prev_recall = recall;
@@ -129,7 +130,7 @@ pub fn average_precision(positive: &[f64], negative: &[f64]) -> f64 {
 
 /// scikit-learn's `roc_curve(drop_intermediate=True)` points as (tps, fps), starting at (0, 0).
 fn roc_points(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
-    let all = cuts(positive, negative);
+    let all = cut_points(positive, negative);
     let mut kept: Vec<(f64, f64)> = Vec::with_capacity(all.len() + 1);
     for (i, &point) in all.iter().enumerate() {
         let interior = i > 0 && i + 1 < all.len() && all.len() > 2;
@@ -162,7 +163,7 @@ fn fpr_at_first_tpr_95(positive: &[f64], negative: &[f64]) -> f64 {
 fn trapezoid_pr_area(positive: &[f64], negative: &[f64]) -> f64 {
     let n_pos = positive.len() as f64;
     let (mut area, mut prev_recall, mut prev_precision) = (0.0, 0.0, 1.0);
-    for (tp, fp) in cuts(positive, negative) {
+    for (tp, fp) in cut_points(positive, negative) {
         let recall = tp / n_pos;
         let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
         area += (recall - prev_recall) * (precision + prev_precision) / 2.0;

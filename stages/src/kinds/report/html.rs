@@ -3,7 +3,7 @@
 //! the backtracking curve (metrics per checkpoint, Figure 1(a)) when there is one. Plots show the
 //! first seed's scores; the table shows mean ± std over seeds.
 use super::model::{fpr_header, BacktrackRow, ReportFile, ScoreSample, Summary};
-use crate::metrics::Convention;
+use crate::metrics::{cut_points, Convention};
 use std::fmt::Write as _;
 
 const COLOURS: [&str; 8] =
@@ -192,24 +192,15 @@ fn figure(caption: &str, w: f64, h: f64, body: &str) -> String {
 }
 
 /// ROC points (FPR on ID, TPR on OOD: OOD is flagged when its score is low), threshold by
-/// threshold from the lowest score up.
+/// threshold from the lowest score up, from (0, 0): the cut points of
+/// [`crate::metrics::cut_points`] with OOD the positive class on negated scores, the same points
+/// the AUROC of the table integrates.
 pub fn roc_points(id: &[f64], ood: &[f64]) -> Vec<(f64, f64)> {
-    let mut all: Vec<(f64, bool)> =
-        id.iter().map(|&s| (s, false)).chain(ood.iter().map(|&s| (s, true))).collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut points = vec![(0.0, 0.0)];
-    for (i, &(score, is_ood)) in all.iter().enumerate() {
-        if is_ood {
-            tp += 1.0;
-        } else {
-            fp += 1.0;
-        }
-        if i + 1 == all.len() || all[i + 1].0 != score {
-            points.push((fp / id.len().max(1) as f64, tp / ood.len().max(1) as f64));
-        }
-    }
-    points
+    let negated = |scores: &[f64]| scores.iter().map(|s| -s).collect::<Vec<f64>>();
+    let (n_id, n_ood) = (id.len().max(1) as f64, ood.len().max(1) as f64);
+    std::iter::once((0.0, 0.0))
+        .chain(cut_points(&negated(ood), &negated(id)).into_iter().map(|(tp, fp)| (fp / n_id, tp / n_ood)))
+        .collect()
 }
 
 /// At most `n` points, evenly spaced along the list (the first and last kept), to keep pages small.
@@ -324,6 +315,16 @@ fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plotted_curve_integrates_to_the_tables_auroc() {
+        let id = [0.9, 0.8, 0.8, 0.3, 0.1, -0.0];
+        let ood = [0.1, 0.5, 0.8, 0.2, 0.0, -2.0];
+        let points = roc_points(&id, &ood);
+        let area: f64 = points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
+        let auroc = crate::metrics::ood_metrics(&id, &ood).unwrap().auroc;
+        assert!((area - auroc).abs() < 1e-12, "{area} vs {auroc}");
+    }
 
     #[test]
     fn roc_points_run_from_origin_to_one_one() {
