@@ -80,10 +80,7 @@ impl EngineError {
             EngineError::Device(_) => ErrorClass::Device,
             EngineError::Cache { .. } => ErrorClass::Cache,
             EngineError::Io { .. } => ErrorClass::Io,
-            EngineError::Stage(e) => match e.fault() {
-                stages::Fault::User => ErrorClass::Usage,
-                stages::Fault::Internal => ErrorClass::Internal,
-            },
+            EngineError::Stage(e) => stage_error_class(e),
         }
     }
 
@@ -91,6 +88,19 @@ impl EngineError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
         move |source| EngineError::Io { action, path, source }
+    }
+}
+
+/// The class of a stage's error: a file that cannot be read is I/O, one that is not what it
+/// should be is data, other problems the user can fix are usage, the rest internal.
+pub fn stage_error_class(error: &stages::StageError) -> ErrorClass {
+    match error {
+        stages::StageError::Io { .. } => ErrorClass::Io,
+        stages::StageError::Format { .. } => ErrorClass::Data,
+        other => match other.fault() {
+            stages::Fault::User => ErrorClass::Usage,
+            stages::Fault::Internal => ErrorClass::Internal,
+        },
     }
 }
 

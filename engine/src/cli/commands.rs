@@ -191,12 +191,8 @@ pub fn plan(
             }
             Verdict::Run { key, reasons } => {
                 to_run += 1;
-                let estimate = match view {
-                    PlanView::WhatWillRun { .. } => {
-                        estimator.as_mut().map(|e| e.estimate(recipe.stages[instance.stage].stage.as_ref()))
-                    }
-                    PlanView::EveryStage => None,
-                };
+                let estimate =
+                    estimator.as_mut().map(|e| e.estimate(recipe.stages[instance.stage].stage.as_ref()));
                 let mut seconds = None;
                 let duration = match &estimate {
                     Some(Estimate::Seconds { seconds: s, images, images_per_second }) => {

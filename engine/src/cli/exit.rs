@@ -1,7 +1,7 @@
 //! Exit statuses: 0 success; 1 a stage failed (or `check` found an invalid recipe, or `show`
 //! a stage not computed yet); otherwise the [`ErrorClass`] of the error (2 usage or recipe,
 //! 3 data, 4 device, 5 cache, 6 other I/O, 70 internal).
-use crate::error::{EngineError, ErrorClass};
+use crate::error::{stage_error_class, EngineError, ErrorClass};
 use std::process::ExitCode;
 
 /// How a command that ran to its end went.
@@ -32,10 +32,7 @@ pub fn class_of(error: &anyhow::Error) -> ErrorClass {
             return ErrorClass::Cache;
         }
         if let Some(e) = cause.downcast_ref::<stages::StageError>() {
-            return match e.fault() {
-                stages::Fault::User => ErrorClass::Usage,
-                stages::Fault::Internal => ErrorClass::Internal,
-            };
+            return stage_error_class(e);
         }
         if cause.downcast_ref::<stages::device::DeviceError>().is_some() {
             return ErrorClass::Device;

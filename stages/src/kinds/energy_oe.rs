@@ -4,23 +4,17 @@
 //! Outputs as `train`.
 use crate::error::ParamError;
 use crate::error::StageError;
+use crate::estimate::workload::{ModelSource, Workload};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
+use crate::training::fit::FitConfig;
 use crate::training::losses::OutlierTerm;
+use crate::training::losses::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
 use serde::{Deserialize, Serialize};
-
-pub fn default_m_in() -> f64 {
-    -25.0
-}
-pub fn default_m_out() -> f64 {
-    -7.0
-}
-pub fn default_energy_weight() -> f64 {
-    0.1
-}
 
 crate::training::outliers::outlier_stage! {
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,19 +29,20 @@ crate::training::outliers::outlier_stage! {
     }
 }
 
-/// Checks of the energy-bounded fields, shared with `poem`.
-pub fn check_energy(m_in: f64, m_out: f64, weight: f64) -> Vec<ParamError> {
-    let mut problems = Vec::new();
-    if m_in.partial_cmp(&m_out) != Some(std::cmp::Ordering::Less) {
-        problems.push(ParamError::new(
-            &["m_out"],
-            format!("must be above m_in ({m_in}): outliers get the higher energy"),
-        ));
+impl FineTuning for EnergyOe {
+    fn setup(&self) -> FineTuneSetup<'_> {
+        self.outlier_setup()
     }
-    if !(weight.is_finite() && weight >= 0.0) {
-        problems.push(ParamError::new(&["energy_weight"], "must be a finite number ≥ 0"));
+
+    fn config(&self) -> FitConfig {
+        self.fit_config()
     }
-    problems
+
+    fn own_check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
+        problems.extend(check_energy(self.m_in, self.m_out, self.energy_weight));
+        problems
+    }
 }
 
 impl StageParams for EnergyOe {
@@ -56,27 +51,31 @@ impl StageParams for EnergyOe {
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        self.setup().inputs()
+        self.fine_tuning_inputs()
     }
 
     fn check(&self) -> Vec<ParamError> {
-        let mut problems = self.fit_config().check();
-        problems.extend(self.setup().check());
-        problems.extend(check_energy(self.m_in, self.m_out, self.energy_weight));
-        problems
+        self.fine_tuning_check()
     }
 
-    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
-        Some(self.setup().model_source())
+    fn model_source(&self) -> Option<ModelSource> {
+        Some(self.fine_tuning_model_source())
     }
 
-    fn workload(&self) -> Option<crate::estimate::workload::Workload> {
-        Some(self.setup().workload(&self.fit_config()))
+    fn workload(&self) -> Option<Workload> {
+        Some(self.fine_tuning_workload())
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let mut choice = RandomOutliers { rng: crate::math::rng::derive(ctx.seed, "outliers") };
         let term = OutlierTerm::Energy { weight: self.energy_weight, m_in: self.m_in, m_out: self.m_out };
-        fine_tune_with_outliers(ctx, &self.setup(), &self.fit_config(), term, &mut choice, "energy-oe")
+        fine_tune_with_outliers(
+            ctx,
+            &self.outlier_setup(),
+            &self.fit_config(),
+            term,
+            &mut choice,
+            "energy-oe",
+        )
     }
 }

@@ -4,10 +4,13 @@
 //! UM loss ("OE+UM"). Outputs as `train`.
 use crate::error::ParamError;
 use crate::error::StageError;
+use crate::estimate::workload::{ModelSource, Workload};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
+use crate::training::fit::FitConfig;
 use crate::training::losses::OutlierTerm;
 use crate::training::outliers::{fine_tune_with_outliers, RandomOutliers};
 use serde::{Deserialize, Serialize};
@@ -25,35 +28,48 @@ crate::training::outliers::outlier_stage! {
     }
 }
 
+impl FineTuning for Oe {
+    fn setup(&self) -> FineTuneSetup<'_> {
+        self.outlier_setup()
+    }
+
+    fn config(&self) -> FitConfig {
+        self.fit_config()
+    }
+
+    fn own_check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            problems.push(ParamError::new(&["lambda"], "must be a finite number ≥ 0"));
+        }
+        problems
+    }
+}
+
 impl StageParams for Oe {
     const KIND: &'static str = "oe";
     const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        self.setup().inputs()
+        self.fine_tuning_inputs()
     }
 
     fn check(&self) -> Vec<ParamError> {
-        let mut problems = self.fit_config().check();
-        problems.extend(self.setup().check());
-        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
-            problems.push(ParamError::new(&["lambda"], "must be a finite number ≥ 0"));
-        }
-        problems
+        self.fine_tuning_check()
     }
 
-    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
-        Some(self.setup().model_source())
+    fn model_source(&self) -> Option<ModelSource> {
+        Some(self.fine_tuning_model_source())
     }
 
-    fn workload(&self) -> Option<crate::estimate::workload::Workload> {
-        Some(self.setup().workload(&self.fit_config()))
+    fn workload(&self) -> Option<Workload> {
+        Some(self.fine_tuning_workload())
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let mut choice = RandomOutliers { rng: crate::math::rng::derive(ctx.seed, "outliers") };
         let term = OutlierTerm::Uniform { lambda: self.lambda };
-        fine_tune_with_outliers(ctx, &self.setup(), &self.fit_config(), term, &mut choice, "oe")
+        fine_tune_with_outliers(ctx, &self.outlier_setup(), &self.fit_config(), term, &mut choice, "oe")
     }
 }

@@ -7,15 +7,18 @@
 use crate::data::ImageSet;
 use crate::error::ParamError;
 use crate::error::StageError;
+use crate::estimate::workload::{ModelSource, Workload};
 use crate::formats::json::write_json;
-use crate::kinds::energy_oe::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::models::{Mode, Network};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::bayes::{closest_to_boundary, posterior, RingBuffer};
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
+use crate::training::fit::FitConfig;
 use crate::training::losses::OutlierTerm;
+use crate::training::losses::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::training::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice};
 use serde::{Deserialize, Serialize};
 
@@ -57,18 +60,17 @@ crate::training::outliers::outlier_stage! {
     }
 }
 
-impl StageParams for Poem {
-    const KIND: &'static str = "poem";
-    const VERSION: u32 = 2;
-    const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
-
-    fn inputs(&self) -> Vec<Input> {
-        self.setup().inputs()
+impl FineTuning for Poem {
+    fn setup(&self) -> FineTuneSetup<'_> {
+        self.outlier_setup()
     }
 
-    fn check(&self) -> Vec<ParamError> {
-        let mut problems = self.fit_config().check();
-        problems.extend(self.setup().check());
+    fn config(&self) -> FitConfig {
+        self.fit_config()
+    }
+
+    fn own_check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
         problems.extend(check_energy(self.m_in, self.m_out, self.energy_weight));
         for (field, value) in
             [("noise", self.noise), ("prior_variance", self.prior_variance), ("target", self.target)]
@@ -82,13 +84,27 @@ impl StageParams for Poem {
         }
         problems
     }
+}
 
-    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
-        Some(self.setup().model_source())
+impl StageParams for Poem {
+    const KIND: &'static str = "poem";
+    const VERSION: u32 = 2;
+    const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
+
+    fn inputs(&self) -> Vec<Input> {
+        self.fine_tuning_inputs()
     }
 
-    fn workload(&self) -> Option<crate::estimate::workload::Workload> {
-        Some(self.setup().workload(&self.fit_config()))
+    fn check(&self) -> Vec<ParamError> {
+        self.fine_tuning_check()
+    }
+
+    fn model_source(&self) -> Option<ModelSource> {
+        Some(self.fine_tuning_model_source())
+    }
+
+    fn workload(&self) -> Option<Workload> {
+        Some(self.fine_tuning_workload())
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
@@ -101,7 +117,7 @@ impl StageParams for Poem {
             log: Vec::new(),
         };
         let term = OutlierTerm::Energy { weight: self.energy_weight, m_in: self.m_in, m_out: self.m_out };
-        fine_tune_with_outliers(ctx, &self.setup(), &self.fit_config(), term, &mut choice, "poem")?;
+        fine_tune_with_outliers(ctx, &self.outlier_setup(), &self.fit_config(), term, &mut choice, "poem")?;
         write_json(&ctx.out_dir.join("selection.json"), &choice.log)
     }
 }

@@ -4,13 +4,15 @@
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
 use crate::error::ParamError;
 use crate::error::StageError;
+use crate::estimate::workload::{ModelSource, Workload};
 use crate::models::{Network, Parameters};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
-use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
-use crate::training::fit::{fit, load_model_and_data, Fit, StepOutput};
+use crate::training::constraint::resolve_zeta;
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning, ZetaUse};
+use crate::training::fit::{fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
 use serde::{Deserialize, Serialize};
@@ -32,31 +34,42 @@ crate::training::fit::training_stage! {
     }
 }
 
+impl FineTuning for Um {
+    fn setup(&self) -> FineTuneSetup<'_> {
+        FineTuneSetup {
+            model: &self.model,
+            data: &self.data,
+            constraint: &self.constraint,
+            zeta: self.zeta,
+            zeta_use: ZetaUse::Required,
+            outliers: None,
+        }
+    }
+
+    fn config(&self) -> FitConfig {
+        self.fit_config()
+    }
+}
+
 impl StageParams for Um {
     const KIND: &'static str = "um";
     const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {
-        fine_tuning_inputs(&self.model, &self.data, &self.constraint)
+        self.fine_tuning_inputs()
     }
 
     fn check(&self) -> Vec<ParamError> {
-        let mut problems = self.fit_config().check();
-        problems.extend(check_zeta_source(&self.constraint, self.zeta));
-        problems
+        self.fine_tuning_check()
     }
 
-    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
-        Some(crate::estimate::workload::ModelSource::Upstream(self.model.clone()))
+    fn model_source(&self) -> Option<ModelSource> {
+        Some(self.fine_tuning_model_source())
     }
 
-    fn workload(&self) -> Option<crate::estimate::workload::Workload> {
-        Some(self.fit_config().workload(
-            crate::estimate::workload::ModelSource::Upstream(self.model.clone()),
-            &self.data,
-            1.0,
-        ))
+    fn workload(&self) -> Option<Workload> {
+        Some(self.fine_tuning_workload())
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {

@@ -1,6 +1,6 @@
 //! The losses of the training stages: cross-entropy, the Unleashing-Mask loss |CE − ζ| + ζ
 //! (SPEC §4), and the outlier terms of the outlier-exposure stages (SPEC §6).
-use crate::error::StageError;
+use crate::error::{ParamError, StageError};
 use candle_core::{Tensor, D};
 
 /// Batch-mean cross-entropy of logits against integer labels.
@@ -60,6 +60,33 @@ pub fn energy_margin_loss(
     let id_term = (energy(id_logits)? - m_in)?.relu()?.sqr()?.mean_all()?;
     let ood_term = energy(ood_logits)?.neg()?.affine(1.0, m_out)?.relu()?.sqr()?.mean_all()?;
     Ok((id_term + ood_term)?)
+}
+
+/// The energy margins m_in and m_out and the weight of the energy term (SPEC §6), shared by
+/// `energy-oe` and `poem`.
+pub fn default_m_in() -> f64 {
+    -25.0
+}
+pub fn default_m_out() -> f64 {
+    -7.0
+}
+pub fn default_energy_weight() -> f64 {
+    0.1
+}
+
+/// Checks of the energy-bounded fields, shared with `poem`.
+pub fn check_energy(m_in: f64, m_out: f64, weight: f64) -> Vec<ParamError> {
+    let mut problems = Vec::new();
+    if m_in.partial_cmp(&m_out) != Some(std::cmp::Ordering::Less) {
+        problems.push(ParamError::new(
+            &["m_out"],
+            format!("must be above m_in ({m_in}): outliers get the higher energy"),
+        ));
+    }
+    if !(weight.is_finite() && weight >= 0.0) {
+        problems.push(ParamError::new(&["energy_weight"], "must be a finite number ≥ 0"));
+    }
+    problems
 }
 
 impl OutlierTerm {

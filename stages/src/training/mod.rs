@@ -1,9 +1,11 @@
 //! Training: the epoch loop and its configuration ([`fit`]), the optimiser ([`optim`]) and
 //! learning-rate schedules ([`schedule`]), the losses ([`losses`]), the Unleashing-Mask pieces
-//! ([`masks`], [`constraint`]), and what the outlier-exposure stages share ([`outliers`],
+//! ([`masks`], [`constraint`]), what every fine-tuning stage shares ([`fine_tuning`]), and
+//! what the outlier-exposure stages share ([`outliers`],
 //! [`bayes`] for POEM's outlier selection).
 pub mod bayes;
 pub mod constraint;
+pub mod fine_tuning;
 pub mod fit;
 pub mod losses;
 pub mod masks;

@@ -3,12 +3,11 @@
 //! with an outlier batch in one forward pass (batch norm sees both), with the ID term plain
 //! cross-entropy or, given ζ, the UM loss ("OE+UM").
 use crate::data::{ImageSet, Split};
-use crate::error::ParamError;
 use crate::error::StageError;
 use crate::models::{Mode, Network, Parameters};
-use crate::stage::Input;
 use crate::stage::RunContext;
-use crate::training::constraint::{check_zeta_source, fine_tuning_inputs, resolve_zeta};
+use crate::training::constraint::resolve_zeta;
+use crate::training::fine_tuning::FineTuneSetup;
 use crate::training::fit::{batch, fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
@@ -26,7 +25,8 @@ pub fn default_lr() -> f64 {
 
 /// Declares an outlier-exposure stage's parameters: the fields every such stage has (`model`,
 /// `data`, `aux`, `aux_batch_size`, `pool_size`, `constraint`, `zeta`), then its own, then the
-/// optimisation fields with SPEC §6's defaults (10 epochs, lr 0.01); and a `setup()` method.
+/// optimisation fields with SPEC §6's defaults (10 epochs, lr 0.01); and an `outlier_setup()`
+/// method for its [`crate::training::fine_tuning::FineTuning`] implementation.
 macro_rules! outlier_stage {
     ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
         $crate::training::fit::training_stage! {
@@ -56,74 +56,25 @@ macro_rules! outlier_stage {
         }
 
         impl $name {
-            fn setup(&self) -> $crate::training::outliers::OutlierSetup<'_> {
-                $crate::training::outliers::OutlierSetup {
+            /// The fine-tuning fields, outliers included.
+            fn outlier_setup(&self) -> $crate::training::fine_tuning::FineTuneSetup<'_> {
+                $crate::training::fine_tuning::FineTuneSetup {
                     model: &self.model,
                     data: &self.data,
-                    aux: &self.aux,
-                    aux_batch_size: self.aux_batch_size,
-                    pool_size: self.pool_size,
                     constraint: &self.constraint,
                     zeta: self.zeta,
+                    zeta_use: $crate::training::fine_tuning::ZetaUse::Optional,
+                    outliers: Some($crate::training::fine_tuning::OutlierSetup {
+                        aux: &self.aux,
+                        aux_batch_size: self.aux_batch_size,
+                        pool_size: self.pool_size,
+                    }),
                 }
             }
         }
     };
 }
 pub(crate) use outlier_stage;
-
-/// The fields every outlier-exposure stage has besides the optimisation ones.
-pub struct OutlierSetup<'a> {
-    pub model: &'a str,
-    pub data: &'a str,
-    pub aux: &'a str,
-    pub aux_batch_size: Option<usize>,
-    pub pool_size: Option<usize>,
-    pub constraint: &'a Option<String>,
-    pub zeta: Option<f64>,
-}
-
-impl OutlierSetup<'_> {
-    /// The model is the upstream one being fine-tuned.
-    pub fn model_source(&self) -> crate::estimate::workload::ModelSource {
-        crate::estimate::workload::ModelSource::Upstream(self.model.to_string())
-    }
-
-    /// Training passes over the ID data; each step also feeds its auxiliary batch.
-    pub fn workload(&self, fit: &crate::training::fit::FitConfig) -> crate::estimate::workload::Workload {
-        let per_id_image =
-            1.0 + self.aux_batch_size.unwrap_or(fit.batch_size) as f64 / fit.batch_size.max(1) as f64;
-        fit.workload(self.model_source(), self.data, per_id_image)
-    }
-
-    pub fn inputs(&self) -> Vec<Input> {
-        let mut inputs = fine_tuning_inputs(self.model, self.data, self.constraint);
-        inputs.push(Input::dataset(&["aux"], self.aux));
-        inputs
-    }
-
-    pub fn check(&self) -> Vec<ParamError> {
-        let mut problems = Vec::new();
-        if let Some(z) = self.zeta {
-            if !(z.is_finite() && z >= 0.0) {
-                problems.push(ParamError::new(&["zeta"], "must be a finite number ≥ 0"));
-            }
-        }
-        if self.constraint.is_some() && self.zeta.is_some() {
-            problems.extend(check_zeta_source(self.constraint, self.zeta));
-        }
-        for (field, value) in [("aux_batch_size", self.aux_batch_size), ("pool_size", self.pool_size)] {
-            if value == Some(0) {
-                problems.push(ParamError::new(&[field], "must be greater than 0"));
-            }
-        }
-        if self.aux == self.data {
-            problems
-                .push(ParamError::new(&["aux"], "the auxiliary outliers must not be the ID training data"));
-        }
-        problems
-    }
-}
 
 /// What an outlier choice may look at: the candidate pool (indices into `aux`), the model being
 /// fine-tuned as it is now, and the ID training set.
@@ -172,7 +123,7 @@ impl OutlierChoice for RandomOutliers {
 /// Fine-tunes the model of `setup` on ID batches joined with outlier batches.
 pub fn fine_tune_with_outliers(
     ctx: &RunContext,
-    setup: &OutlierSetup,
+    setup: &FineTuneSetup,
     config: &FitConfig,
     term: OutlierTerm,
     choice: &mut dyn OutlierChoice,
@@ -182,19 +133,23 @@ pub fn fine_tune_with_outliers(
         (None, None) => None,
         (constraint, zeta) => Some(resolve_zeta(ctx, constraint, zeta)?),
     };
+    let outliers = setup
+        .outliers
+        .as_ref()
+        .ok_or_else(|| StageError::Internal("fine-tuning with outliers needs an auxiliary set".into()))?;
     let (spec, values, id) = load_model_and_data(ctx, setup.model, setup.data)?;
-    let aux = ctx.dataset(setup.aux)?.load(Split::Train)?;
+    let aux = ctx.dataset(outliers.aux)?.load(Split::Train)?;
     if aux.shape != spec.input_shape {
         return Err(StageError::Unsuitable(format!(
             "auxiliary set `{}` has images of shape {:?}, the model takes {:?}",
-            setup.aux, aux.shape, spec.input_shape
+            outliers.aux, aux.shape, spec.input_shape
         )));
     }
-    let aux_batch = setup.aux_batch_size.unwrap_or(config.batch_size);
+    let aux_batch = outliers.aux_batch_size.unwrap_or(config.batch_size);
     let mut pool_rng = crate::math::rng::derive(ctx.seed, "outlier-pool");
     let mut pool: Vec<usize> = (0..aux.len()).collect();
     pool.shuffle(&mut pool_rng);
-    pool.truncate(setup.pool_size.unwrap_or(aux.len()));
+    pool.truncate(outliers.pool_size.unwrap_or(aux.len()));
     let per_epoch = id.len().div_ceil(config.batch_size) * aux_batch;
     ctx.progress.info(&format!(
         "{} ID + {per_epoch} outlier images per epoch from a pool of {}{}",
