@@ -1,0 +1,107 @@
+//! Every command prints through one shell: `--json` gives one parseable JSON value and nothing
+//! else on stdout, `--quiet` silences status lines, `--color` decides escape codes, and each
+//! class of error has its own exit status.
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn smoke_recipe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/smoke.toml")
+}
+
+fn json_of(args: &[&str], cache: &Path) -> serde_json::Value {
+    let out = pipeline().args(args).arg("--cache").arg(cache).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn json_results_of_plan_status_show_dag_gc_models_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = smoke_recipe();
+    let recipe = recipe.to_str().unwrap();
+
+    let plan = json_of(&["plan", recipe, "--json"], &cache);
+    let instances = plan["instances"].as_array().unwrap();
+    assert_eq!(plan["will_run"].as_u64().unwrap() as usize, instances.len());
+    assert!(instances.iter().all(|i| i["cached"] == false && i["reasons"][0].is_string()));
+    // Stages that read no upstream have their key before anything runs.
+    let base = instances.iter().find(|i| i["stage"] == "base@0").unwrap();
+    assert_eq!(base["key"].as_str().unwrap().len(), 64);
+
+    let (out, _) = run(Path::new(recipe), &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = json_of(&["status", recipe, "--json"], &cache);
+    assert_eq!(status["will_run"], 0);
+    let keys: Vec<&str> =
+        status["instances"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect();
+    assert!(keys.contains(&base["key"].as_str().unwrap()), "the planned key is the key run");
+
+    let show = json_of(&["show", recipe, "table", "--json"], &cache);
+    let outputs = PathBuf::from(show["instances"][0]["outputs"].as_str().unwrap());
+    assert!(outputs.join("report.json").is_file());
+    assert!(show["instances"][0]["files"]["report.md"].as_u64().unwrap() > 0);
+
+    let out = pipeline().args(["dag", recipe, "--json"]).output().unwrap();
+    let dag: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = dag["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "first").unwrap();
+    assert_eq!(first["reads"], serde_json::json!(["base"]));
+
+    let gc = json_of(&["gc", recipe, "--dry-run", "--json"], &cache);
+    assert_eq!(gc["deleted"].as_array().unwrap().len(), 0, "the recipe uses every entry");
+    assert_eq!(gc["kept"].as_u64().unwrap() as usize, keys.len());
+
+    let out = pipeline().args(["models", "--json"]).output().unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(models["models"][1]["weights"], 745_174);
+    let out = pipeline().args(["fetch", "--json"]).output().unwrap();
+    let fetch: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(fetch["datasets"].as_array().unwrap().iter().any(|d| d["name"] == "cifar10"));
+}
+
+#[test]
+fn quiet_silences_status_lines_and_color_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out =
+        pipeline().arg("run").arg(smoke_recipe()).arg("--cache").arg(&cache).arg("--quiet").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(stderr(&out), "", "nothing but warnings and errors with --quiet");
+    let out = pipeline()
+        .arg("run")
+        .arg(smoke_recipe())
+        .arg("--cache")
+        .arg(&cache)
+        .args(["--color", "always"])
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("\x1b[1;32m      Reused\x1b[0m"), "{}", stderr(&out));
+    let out = pipeline().arg("run").arg(smoke_recipe()).arg("--cache").arg(&cache).output().unwrap();
+    assert!(
+        stderr(&out).contains("      Reused") && !stderr(&out).contains('\x1b'),
+        "no colour off a terminal"
+    );
+}
+
+#[test]
+fn each_class_of_error_has_its_own_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    // Usage: a stage the recipe does not have.
+    let out = pipeline().arg("show").arg(smoke_recipe()).arg("nosuch").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // Cache: the cache folder is a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = pipeline().arg("status").arg(smoke_recipe()).arg("--cache").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Caused by:"), "the OS cause is kept: {}", stderr(&out));
+    // I/O: a score file that does not exist.
+    let missing = dir.path().join("missing.npy");
+    let out = pipeline().arg("metrics").arg(&missing).arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    // Data: a score file that is not a .npy file.
+    let out = pipeline().arg("metrics").arg(&file).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
