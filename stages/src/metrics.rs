@@ -2,8 +2,8 @@
 //!
 //! [`Convention::IdPositive`] (the default, SPEC §8, what the paper's numbers use):
 //! - FPR95: sort descending, cut only after the last of each run of tied scores, take the cut
-//!   whose ID recall is nearest 0.95 (the first such cut from the highest threshold), report the
-//!   fraction of OOD samples above it.
+//!   whose ID recall is nearest 0.95 (on a plateau of equal recall, the lowest threshold: the
+//!   largest FPR, as the paper's code), report the fraction of OOD samples above it.
 //! - AUROC: Mann–Whitney, ties counted ½ (sklearn's `roc_auc_score`).
 //! - AUPR-In: average precision with ID positive, Σ (R_n − R_{n−1}) P_n (sklearn's
 //!   `average_precision_score`); AUPR-Out: the same with OOD positive on −score.
@@ -49,7 +49,8 @@ impl Convention {
     pub fn describe(self) -> &'static str {
         match self {
             Convention::IdPositive => {
-                "ID is the positive class; FPR95 at the ID recall nearest 95%; AUROC with ties counted 1/2; \
+                "ID is the positive class; FPR95 at the ID recall nearest 95% (the largest FPR on a plateau); \
+                 AUROC with ties counted 1/2; \
                  AUPR = average precision (step sum)"
             }
             Convention::OpenOod => {
@@ -91,15 +92,23 @@ pub fn cut_points(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
     out
 }
 
-/// FPR at the cut whose recall of `positive` is nearest 0.95.
+/// FPR at the cut whose recall of `positive` is nearest 0.95 (SPEC §8). Among cut points of
+/// equal recall (a plateau: negatives scored between two positives) the one with the lowest
+/// threshold, i.e. the largest FPR, as the paper's `fpr_and_fdr_at_recall` does: it cuts its
+/// arrays at the first point of full recall, reverses them, and `argmin` returns the first tie
+/// it meets. Scanning from the highest threshold, that is the last nearest point up to full
+/// recall.
 pub fn fpr_at_95_tpr(positive: &[f64], negative: &[f64]) -> f64 {
     let n_pos = positive.len() as f64;
     let n_neg = negative.len() as f64;
     let mut best: Option<(f64, f64)> = None; // (distance, fpr)
     for (tp, fp) in cut_points(positive, negative) {
         let distance = (tp / n_pos - 0.95).abs();
-        if best.is_none_or(|(d, _)| distance < d) {
+        if best.is_none_or(|(d, _)| distance <= d) {
             best = Some((distance, fp / n_neg));
+        }
+        if tp == n_pos {
+            break;
         }
     }
     best.map_or(f64::NAN, |(_, fpr)| fpr)
@@ -245,7 +254,8 @@ mod tests {
         let ood = [2.0, 0.0];
         // AUROC: pairs ID>OOD: 3>2,3>0,2>0,2>0,1>0 = 5, ties 2=2 twice → 1; total 6/8.
         close(auroc(&id, &ood), 0.75);
-        // Recalls 0.25, 0.75, 1.0, 1.0: nearest 0.95 is 1.0 at cut (4,1) (first on ties) → FPR 0.5.
+        // Recalls 0.25, 0.75, 1.0, 1.0: nearest 0.95 is 1.0; the paper's code stops at the first
+        // full-recall cut (4,1) → FPR 0.5, not the later (4,2).
         close(fpr_at_95_tpr(&id, &ood), 0.5);
         // AP-in: 0.25·1 + 0.5·(3/4) + 0.25·(4/5) + 0 = 0.825.
         close(average_precision(&id, &ood), 0.825);
@@ -255,11 +265,15 @@ mod tests {
     }
 
     #[test]
-    fn fpr95_picks_nearest_recall_not_first_above() {
+    fn fpr95_takes_the_largest_fpr_on_a_recall_plateau() {
         // 20 ID scores 20..1, OOD scores between: recall after k ID samples = k/20.
-        // With OOD 1.5 (between ID 2 and ID 1): recall 0.95 is reached exactly at ID 2 → FPR 0.
+        // With OOD 1.5 (between ID 2 and ID 1): recall 0.95 is reached exactly at ID 2 (FPR 0)
+        // and stays 0.95 after OOD 1.5 (FPR 1/2): the plateau's lowest threshold counts (issue
+        // 18, SPEC §8 as corrected), as in the paper's `fpr_and_fdr_at_recall`.
         let id: Vec<f64> = (1..=20).map(f64::from).collect();
-        close(fpr_at_95_tpr(&id, &[1.5, 0.5]), 0.0);
+        close(fpr_at_95_tpr(&id, &[1.5, 0.5]), 0.5);
+        // Nothing between ID 2 and ID 1: no plateau, FPR 0.
+        close(fpr_at_95_tpr(&id, &[0.5, 0.25]), 0.0);
         // All scores tied: the only cut has recall 1 and FPR 1.
         close(fpr_at_95_tpr(&[1.0; 4], &[1.0; 3]), 1.0);
         close(auroc(&[1.0; 4], &[1.0; 3]), 0.5);
