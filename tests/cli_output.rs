@@ -105,3 +105,45 @@ fn each_class_of_error_has_its_own_exit_status() {
     let out = pipeline().arg("metrics").arg(&file).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+/// Instances are named as the run log names them (`base@1`) by `show`, `--only`, `--force` and
+/// `plan` (issue 19).
+#[test]
+fn commands_accept_instance_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let text = tiny_recipe(1, "[\"msp\"]").replace("name = \"tiny\"", "name = \"tiny\"\nseeds = [0, 1]");
+    let recipe = write_recipe(dir.path(), &text);
+    // --only base@1: that instance alone, not seed 0.
+    let (out, events) = run(&recipe, &cache, &["--only", "base@1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ["base@1"]);
+    // show base@1 lists that instance; base@0 is not computed yet (exit status 1).
+    let show = |what: &str| {
+        pipeline().arg("show").arg(&recipe).arg(what).arg("--cache").arg(&cache).output().unwrap()
+    };
+    let out = show("base@1");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("base@1: ") && !text.contains("base@0"), "{text}");
+    assert_eq!(show("base@0").status.code(), Some(1));
+    assert_eq!(show("base").status.code(), Some(1), "the stage means every seed");
+    // --force base@1 recomputes that instance only; plan --only first@0 lists what it needs.
+    let (out, events) = run(&recipe, &cache, &["--only", "first", "--force", "base@1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ["base@0", "base@1", "first@0", "first@1"]);
+    let out = pipeline()
+        .arg("plan")
+        .arg(&recipe)
+        .args(["--only", "scores_first@0", "--cache"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("will run  scores_first@0") && !text.contains("@1"), "{text}");
+    // Unknown seeds and instance names on a stage across seeds are usage errors.
+    let out = show("base@5");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no seed `5`"), "{}", stderr(&out));
+    assert_eq!(show("table@0").status.code(), Some(2));
+}

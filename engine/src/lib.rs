@@ -9,3 +9,4 @@ pub mod graph;
 pub mod plan;
 pub mod recipe;
 pub mod run;
+pub mod select;

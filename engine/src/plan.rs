@@ -120,7 +120,8 @@ impl Plan {
         }
     }
 
-    /// What would run and why, without running anything. `forced` instances always run.
+    /// What would run and why, without running anything. `forced` instances (plan indices)
+    /// always run.
     pub fn evaluate(
         &self,
         recipe: &Recipe,
@@ -148,11 +149,11 @@ impl Plan {
             let key = inputs.key();
             let cached = store.peek(&key).ok().flatten();
             let verdict = match cached {
-                Some(manifest) if !forced.contains(&instance.stage) => {
+                Some(manifest) if !forced.contains(&i) => {
                     Verdict::Cached { key, output_digest: manifest.output_digest }
                 }
                 _ => {
-                    let reasons = if forced.contains(&instance.stage) {
+                    let reasons = if forced.contains(&i) {
                         vec!["forced".to_string()]
                     } else {
                         match store.read_ref(&recipe.name, &instance.id) {

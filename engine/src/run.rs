@@ -53,7 +53,7 @@ pub trait Reporter: Sync {
 
 pub struct RunOptions {
     pub jobs: usize,
-    /// Stages (recipe indices) to recompute even when cached.
+    /// Instances (plan indices) to recompute even when cached.
     pub forced: BTreeSet<usize>,
     pub device: Device,
 }
@@ -171,7 +171,7 @@ fn run_instance(
     let digest = |d: usize| entries[&d].manifest.output_digest.clone();
     let inputs = plan.key_inputs(recipe, i, &digest, fingerprints);
     let key = inputs.key();
-    let forced = options.forced.contains(&instance.stage);
+    let forced = options.forced.contains(&i);
     let remember = |entry: &Entry| {
         if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
             reporter.warn(&format!("cannot record the last run of `{}`: {e}", instance.label));

@@ -5,9 +5,9 @@ use super::exit::Status;
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
-use crate::recipe::diagnostic::did_you_mean;
 use crate::recipe::Recipe;
 use crate::run::{execute, Outcome, RunOptions};
+use crate::select::{instances_of, plan_for, Selector};
 use anyhow::Context;
 use cache::Store;
 use stages::estimate::duration::{human_duration, Estimate, Estimator, ThroughputTable};
@@ -32,28 +32,9 @@ fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
     Store::open(&path).map_err(|source| EngineError::Cache { path, source })
 }
 
-/// Stage names to recipe indices; unknown names are a usage error with a suggestion.
-fn stage_indices(recipe: &Recipe, names: &[String], flag: &str) -> Result<BTreeSet<usize>, EngineError> {
-    names
-        .iter()
-        .map(|name| {
-            recipe.stage_index(name).ok_or_else(|| {
-                let hint = did_you_mean(name, recipe.stages.iter().map(|s| s.name.as_str()))
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default();
-                EngineError::Usage(format!("{flag} {name}: the recipe has no stage `{name}`{hint}"))
-            })
-        })
-        .collect()
-}
-
-/// The stages to build the plan for: all, or those named and what they need.
-fn selection(only: &BTreeSet<usize>) -> Option<&BTreeSet<usize>> {
-    if only.is_empty() {
-        None
-    } else {
-        Some(only)
-    }
+/// Stage or instance names (`zeta`, `zeta@0`); unknown ones are a usage error with a suggestion.
+fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Selector>, EngineError> {
+    Selector::parse_all(recipe, names, flag).map_err(EngineError::Usage)
 }
 
 pub fn check(paths: &[PathBuf], shell: &Shell) -> anyhow::Result<Status> {
@@ -93,14 +74,15 @@ pub struct RunRequest<'a> {
 pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let started = Instant::now();
     let recipe = load(request.recipe, shell)?;
-    let only = stage_indices(&recipe, request.only, "--only")?;
-    let forced = stage_indices(&recipe, request.force, "--force")?;
+    let only = selectors(&recipe, request.only, "--only")?;
+    let force = selectors(&recipe, request.force, "--force")?;
     let (device, notice) = stages::device::select(recipe.device).map_err(EngineError::Device)?;
     if let Some(notice) = notice {
         shell.warn(&notice);
     }
     let store = open_store(request.cache.clone())?;
-    let plan = Plan::new(&recipe, selection(&only));
+    let plan = plan_for(&recipe, &only);
+    let forced = instances_of(&plan, &force);
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
     let options = RunOptions { jobs: request.jobs, forced, device };
@@ -151,10 +133,11 @@ pub fn plan(
     shell: &Shell,
 ) -> anyhow::Result<Status> {
     let recipe = load(path, shell)?;
-    let only = stage_indices(&recipe, only, "--only")?;
-    let forced = stage_indices(&recipe, force, "--force")?;
+    let only = selectors(&recipe, only, "--only")?;
+    let force = selectors(&recipe, force, "--force")?;
     let store = open_store(cache)?;
-    let plan = Plan::new(&recipe, selection(&only));
+    let plan = plan_for(&recipe, &only);
+    let forced = instances_of(&plan, &force);
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     for (name, problem) in &problems {
         shell.warn(&format!("dataset `{name}`: {problem}"));
@@ -296,15 +279,16 @@ pub fn dag(path: &Path, dot: bool, shell: &Shell) -> anyhow::Result<Status> {
 
 pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
     let recipe = load(path, shell)?;
-    let target = stage_indices(&recipe, &[stage.to_string()], "show")?;
+    let target = selectors(&recipe, &[stage.to_string()], "show")?;
     let store = open_store(cache)?;
-    let plan = Plan::new(&recipe, Some(&target));
+    let plan = plan_for(&recipe, &target);
+    let shown = instances_of(&plan, &target);
     let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new());
     let mut missing = false;
-    let mut shown = Vec::new();
-    for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
-        if !target.contains(&instance.stage) {
+    let mut listed = Vec::new();
+    for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
+        if !shown.contains(&i) {
             continue;
         }
         match verdict {
@@ -318,16 +302,16 @@ pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>, shell: &Shell) -> 
                         files.insert(name.clone(), serde_json::json!(record.size));
                     }
                 }
-                shown.push(serde_json::json!({"stage": instance.id, "key": key.as_str(), "outputs": dir, "files": files}));
+                listed.push(serde_json::json!({"stage": instance.id, "key": key.as_str(), "outputs": dir, "files": files}));
             }
             Verdict::Run { reasons, .. } => {
                 missing = true;
                 shell.out(&format!("{}: not computed ({})", instance.label, reasons.join("; ")));
-                shown.push(serde_json::json!({"stage": instance.id, "outputs": null, "reasons": reasons}));
+                listed.push(serde_json::json!({"stage": instance.id, "outputs": null, "reasons": reasons}));
             }
         }
     }
-    shell.emit(serde_json::json!({"instances": shown}));
+    shell.emit(serde_json::json!({"instances": listed}));
     Ok(if missing { Status::Failure } else { Status::Success })
 }
 
