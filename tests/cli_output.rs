@@ -147,3 +147,81 @@ fn commands_accept_instance_labels() {
     assert!(stderr(&out).contains("no seed `5`"), "{}", stderr(&out));
     assert_eq!(show("table@0").status.code(), Some(2));
 }
+
+/// Writes an uncompressed IDX pair `{prefix}-images-idx3-ubyte` / `{prefix}-labels-idx1-ubyte`
+/// of `count` `side`×`side` images.
+fn write_idx(dir: &Path, prefix: &str, count: u32, side: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut images = vec![0, 0, 8, 3];
+    for v in [count, side, side] {
+        images.extend(v.to_be_bytes());
+    }
+    images.extend((0..count * side * side).map(|i| (i % 251) as u8));
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+    let mut labels = vec![0, 0, 8, 1];
+    labels.extend(count.to_be_bytes());
+    labels.extend((0..count).map(|i| (i % 3) as u8));
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+/// `check` reads dataset headers: a missing IDX file and images of another shape than the
+/// model's are reported at the field that names them, before anything runs; a test-only IDX
+/// set is fine as an OOD set (issue 19).
+#[test]
+fn check_finds_missing_files_and_wrong_shapes_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    write_idx(&dir.path().join("digits8"), "t10k", 12, 8);
+    write_idx(&dir.path().join("digits28"), "t10k", 12, 28);
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let text = tiny_recipe(1, "[\"msp\"]")
+        + r#"
+[datasets.digits8]
+format = "idx"
+root = "digits8"
+
+[datasets.digits28]
+format = "idx"
+root = "digits28"
+
+[datasets.nothing]
+format = "idx"
+root = "empty"
+
+[stages.scores_more]
+kind = "score"
+model = "base"
+id = "id"
+ood = ["digits28", "digits8", "nothing"]
+"#;
+    let recipe = write_recipe(dir.path(), &text);
+    let out = pipeline().arg("check").arg("--json").arg(&recipe).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = verdict["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() as u64 + 1;
+    let ood_line = line_of("ood = [\"digits28\"");
+    assert_eq!(errors[0]["line"], ood_line);
+    assert_eq!(errors[1]["line"], ood_line);
+    let messages: Vec<&str> = errors.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m
+                .contains("dataset `digits8` has images of shape [1, 8, 8], the model takes [1, 28, 28]")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("`nothing`") && m.contains("missing IDX file")),
+        "{messages:?}"
+    );
+    // The columns point at the offending entries of the list.
+    let columns: Vec<u64> = errors.iter().map(|e| e["column"].as_u64().unwrap()).collect();
+    let ood = text.lines().nth(ood_line as usize - 1).unwrap();
+    assert!(columns.contains(&(ood.find("\"digits8\"").unwrap() as u64 + 1)), "{columns:?} in {ood}");
+    // Without the bad sets the recipe is valid: the test-only 28×28 set is a fine OOD set.
+    let fixed = text.replace(r#"["digits28", "digits8", "nothing"]"#, r#"["digits28"]"#);
+    std::fs::write(&recipe, fixed).unwrap();
+    let out = pipeline().arg("check").arg(&recipe).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

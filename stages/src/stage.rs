@@ -142,6 +142,11 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn workload(&self) -> Option<workload::Workload> {
         None
     }
+    /// The dataset splits whose images go through its model (by default those of its
+    /// workload), so that `check` can find missing files and wrong shapes before anything runs.
+    fn reads(&self) -> Vec<(String, data::Split)> {
+        self.workload().map(|w| w.reads).unwrap_or_default()
+    }
 }
 
 /// A configured stage, ready to run.
@@ -154,6 +159,7 @@ pub trait Stage: Send + Sync {
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
     fn model_source(&self) -> Option<workload::ModelSource>;
     fn workload(&self) -> Option<workload::Workload>;
+    fn reads(&self) -> Vec<(String, data::Split)>;
 }
 
 impl<P: StageParams> Stage for P {
@@ -177,6 +183,9 @@ impl<P: StageParams> Stage for P {
     }
     fn workload(&self) -> Option<workload::Workload> {
         StageParams::workload(self)
+    }
+    fn reads(&self) -> Vec<(String, data::Split)> {
+        StageParams::reads(self)
     }
 }
 

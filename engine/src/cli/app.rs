@@ -82,7 +82,11 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             let mode = if dry_run { commands::GcMode::DryRun } else { commands::GcMode::Delete };
             commands::gc(&recipes, mode, cache.cache, shell)
         }
-        Command::Check { recipes, json: _ } => commands::check(&recipes, shell),
+        Command::Check { recipes, no_data, json: _ } => {
+            let scope =
+                if no_data { commands::CheckScope::RecipeOnly } else { commands::CheckScope::RecipeAndData };
+            commands::check(&recipes, scope, shell)
+        }
         Command::Metrics { id, ood, convention, json: _ } => {
             let convention = match convention {
                 ConventionArg::Idpos => stages::metrics::Convention::IdPositive,

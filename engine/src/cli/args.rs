@@ -137,10 +137,13 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
-    /// Validate recipes (exit status 0 when valid, 1 when not)
+    /// Validate recipes and the datasets they read (exit status 0 when valid, 1 when not)
     Check {
         #[arg(required = true)]
         recipes: Vec<PathBuf>,
+        /// Check the recipes alone, not the dataset files (headers, shapes) they name
+        #[arg(long)]
+        no_data: bool,
         /// Print the result as JSON
         #[arg(long)]
         json: bool,

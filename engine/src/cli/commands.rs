@@ -5,6 +5,7 @@ use super::exit::Status;
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
+use crate::recipe::diagnostic::Severity;
 use crate::recipe::Recipe;
 use crate::run::{execute, Outcome, RunOptions};
 use crate::select::{instances_of, plan_for, Selector};
@@ -37,10 +38,26 @@ fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Select
     Selector::parse_all(recipe, names, flag).map_err(EngineError::Usage)
 }
 
-pub fn check(paths: &[PathBuf], shell: &Shell) -> anyhow::Result<Status> {
+/// What `check` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckScope {
+    RecipeOnly,
+    /// The recipe, then the headers of the datasets its stages read.
+    RecipeAndData,
+}
+
+pub fn check(paths: &[PathBuf], scope: CheckScope, shell: &Shell) -> anyhow::Result<Status> {
     let mut all = Vec::new();
     for path in paths {
-        match Recipe::load(path) {
+        // The recipe first; then the datasets its stages read (headers only).
+        let checked = Recipe::load(path).and_then(|recipe| match scope {
+            CheckScope::RecipeOnly => Ok(recipe),
+            CheckScope::RecipeAndData => match recipe.check_data(None) {
+                problems if problems.is_empty() => Ok(recipe),
+                problems => Err(problems),
+            },
+        });
+        match checked {
             Ok(recipe) => {
                 shell.status("Valid", &format!("{} ({} stages)", path.display(), recipe.stages.len()))
             }
@@ -82,6 +99,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     }
     let store = open_store(request.cache.clone())?;
     let plan = plan_for(&recipe, &only);
+    warn_of_unusable_data(&recipe, &plan, shell);
     let forced = instances_of(&plan, &force);
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
@@ -114,6 +132,16 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
+/// Warns, before anything runs, of every stage of the plan that reads a dataset it cannot use
+/// (a missing file, images of another shape than its model's), at its recipe position. Those
+/// stages will fail; the independent ones still run.
+fn warn_of_unusable_data(recipe: &Recipe, plan: &Plan, shell: &Shell) {
+    let stages: BTreeSet<usize> = plan.instances.iter().map(|i| i.stage).collect();
+    for d in recipe.check_data(Some(&stages)) {
+        shell.diagnostic(&d.render_as(Severity::Warning));
+    }
+}
+
 /// Which instances `plan` lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlanView {
@@ -138,6 +166,7 @@ pub fn plan(
     let store = open_store(cache)?;
     let plan = plan_for(&recipe, &only);
     let forced = instances_of(&plan, &force);
+    warn_of_unusable_data(&recipe, &plan, shell);
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     for (name, problem) in &problems {
         shell.warn(&format!("dataset `{name}`: {problem}"));

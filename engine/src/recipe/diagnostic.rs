@@ -11,6 +11,13 @@ use serde::Serialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// How a diagnostic is shown: an error stops the command, a warning does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// A recipe's text, with what is needed to turn byte offsets into lines and columns.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -83,8 +90,17 @@ impl Diagnostic {
 
     /// The compiler-style text of this diagnostic (without a trailing newline).
     pub fn render(&self) -> String {
+        self.render_as(Severity::Error)
+    }
+
+    /// The rendering with `warning:` or `error:` in front.
+    pub fn render_as(&self, severity: Severity) -> String {
+        let label = match severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
         if self.line == 0 {
-            let mut out = format!("error: {}\n  --> {}", self.message, self.file.display());
+            let mut out = format!("{label}: {}\n  --> {}", self.message, self.file.display());
             if let Some(help) = &self.help {
                 out.push_str(&format!("\n  = help: {help}"));
             }
@@ -95,7 +111,7 @@ impl Diagnostic {
         let width = self.span.len().max(1);
         let caret_width = width.min(self.source_line.chars().count().saturating_sub(self.column - 1)).max(1);
         let mut out = format!(
-            "error: {}\n{pad}--> {}:{}:{}\n{pad} |\n{number} | {}\n{pad} | {}{}",
+            "{label}: {}\n{pad}--> {}:{}:{}\n{pad} |\n{number} | {}\n{pad} | {}{}",
             self.message,
             self.file.display(),
             self.line,

@@ -99,6 +99,48 @@ impl Recipe {
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }
+
+    /// The stages of `only` (every stage when `None`) by name.
+    pub fn stage_map(&self, only: Option<&BTreeSet<usize>>) -> BTreeMap<&str, &dyn Stage> {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| only.is_none_or(|set| set.contains(i)))
+            .map(|(_, s)| (s.name.as_str(), s.stage.as_ref()))
+            .collect()
+    }
+
+    /// The datasets that stages cannot use (missing files, images of another shape than their
+    /// model's), read from headers without running anything, each at the field that names the
+    /// dataset. Only the stages of `only` are checked (every stage when `None`); the model
+    /// behind a stage is followed through every stage.
+    pub fn check_data(&self, only: Option<&BTreeSet<usize>>) -> Vec<Diagnostic> {
+        let all = self.stage_map(None);
+        let problems = stages::estimate::preflight::check_datasets(&all, &self.datasets);
+        let mut diagnostics: Vec<Diagnostic> = problems
+            .into_iter()
+            .filter_map(|problem| {
+                let index = self.stage_index(&problem.stage)?;
+                if only.is_some_and(|set| !set.contains(&index)) {
+                    return None;
+                }
+                let decl = &self.stages[index];
+                let span = decl
+                    .inputs
+                    .iter()
+                    .find(|i| matches!(&i.target, Target::Dataset { name } if *name == problem.dataset))
+                    .map(|i| decl.node.locate(&i.field))
+                    .unwrap_or(decl.name_span.clone());
+                Some(Diagnostic::new(
+                    &self.source,
+                    span,
+                    format!("stage `{}`: {}", decl.name, problem.message),
+                ))
+            })
+            .collect();
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        diagnostics
+    }
 }
 
 struct Validator<'a> {

@@ -24,6 +24,13 @@ pub struct IdxSpec {
     /// Keep at most this many samples of each split (after the class filter).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// The train split's images and labels files in `root`, when they are not MNIST's names
+    /// (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, each gzipped or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_files: Option<[String; 2]>,
+    /// The test split's images and labels files (default: MNIST's `t10k-…` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_files: Option<[String; 2]>,
 }
 
 impl IdxSpec {
@@ -56,8 +63,30 @@ impl IdxSpec {
         }
     }
 
-    /// The images and labels file of a split, gzipped or plain, whichever exists.
+    /// The images and labels file of a split: the names given in the recipe, or MNIST's,
+    /// gzipped or plain, whichever exists.
     fn split_files(&self, split: Split) -> Result<(PathBuf, PathBuf), StageError> {
+        let given = match split {
+            Split::Train => &self.train_files,
+            Split::Test => &self.test_files,
+        };
+        if let Some([images, labels]) = given {
+            let find = |name: &String| -> Result<PathBuf, StageError> {
+                let path = self.root.join(name);
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(StageError::Format {
+                        path: path.clone(),
+                        message: format!(
+                            "missing IDX file (named in the recipe, looked for in `{}`)",
+                            self.root.display()
+                        ),
+                    })
+                }
+            };
+            return Ok((find(images)?, find(labels)?));
+        }
         let find = |stem: String| -> Result<PathBuf, StageError> {
             for candidate in [format!("{stem}.gz"), stem.clone()] {
                 let path = self.root.join(&candidate);
@@ -79,10 +108,43 @@ impl IdxSpec {
         Ok((find(format!("{prefix}-images-idx3-ubyte"))?, find(format!("{prefix}-labels-idx1-ubyte"))?))
     }
 
+    /// The files of every split present: both for a full set, one split's pair for a set that
+    /// has only that split (an OOD set often has only test files). Neither is an error.
     pub(super) fn files(&self) -> Result<Vec<PathBuf>, StageError> {
-        let (a, b) = self.split_files(Split::Train)?;
-        let (c, d) = self.split_files(Split::Test)?;
-        Ok(vec![a, b, c, d])
+        match (self.split_files(Split::Train), self.split_files(Split::Test)) {
+            (Ok((a, b)), Ok((c, d))) => Ok(vec![a, b, c, d]),
+            (Ok((a, b)), Err(_)) | (Err(_), Ok((a, b))) => Ok(vec![a, b]),
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    /// The shape of a split's images, from the images file's header alone.
+    pub(super) fn shape(&self, split: Split) -> Result<[usize; 3], StageError> {
+        let (images_path, _) = self.split_files(split)?;
+        let file = std::fs::File::open(&images_path).map_err(StageError::io("cannot read", &images_path))?;
+        let mut head = Vec::new();
+        let mut reader = std::io::BufReader::new(file);
+        let mut magic = [0u8; 2];
+        reader.read_exact(&mut magic).map_err(StageError::io("cannot read", &images_path))?;
+        let chained = std::io::Cursor::new(magic).chain(reader);
+        let read = if magic == [0x1f, 0x8b] {
+            flate2::read::GzDecoder::new(chained).take(16).read_to_end(&mut head)
+        } else {
+            chained.take(16).read_to_end(&mut head)
+        };
+        read.map_err(|e| StageError::Format {
+            path: images_path.clone(),
+            message: format!("unreadable header: {e}"),
+        })?;
+        let word =
+            |i: usize| head.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        match (word(0), word(2), word(3)) {
+            (Some(IMAGES_MAGIC), Some(h), Some(w)) => Ok([1, h as usize, w as usize]),
+            _ => Err(StageError::Format {
+                path: images_path,
+                message: "not an IDX images file (magic 0x00000803 and three dimensions expected)".into(),
+            }),
+        }
     }
 
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
@@ -213,7 +275,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_idx(dir.path(), "train", &[3, 1, 4, 1, 5], true);
         write_idx(dir.path(), "t10k", &[9, 4], false);
-        let spec = IdxSpec { root: dir.path().into(), classes: Some(vec![4, 1]), limit: None };
+        let spec = IdxSpec {
+            root: dir.path().into(),
+            classes: Some(vec![4, 1]),
+            limit: None,
+            train_files: None,
+            test_files: None,
+        };
         let train = spec.load(Split::Train).unwrap();
         assert_eq!(train.labels, vec![1, 0, 1]);
         assert_eq!(train.shape, [1, 2, 2]);
@@ -229,7 +297,13 @@ mod tests {
     #[test]
     fn malformed_files_name_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = IdxSpec { root: dir.path().into(), classes: None, limit: None };
+        let spec = IdxSpec {
+            root: dir.path().into(),
+            classes: None,
+            limit: None,
+            train_files: None,
+            test_files: None,
+        };
         let missing = spec.load(Split::Train).unwrap_err().to_string();
         assert!(missing.contains("train-images-idx3-ubyte"), "{missing}");
         write_idx(dir.path(), "train", &[1, 2], false);
@@ -241,5 +315,29 @@ mod tests {
         assert!(err.contains("train-images-idx3-ubyte") && err.contains("header"), "{err}");
         std::fs::write(&path, b"junk").unwrap();
         assert!(spec.load(Split::Train).unwrap_err().to_string().contains("magic"));
+    }
+
+    #[test]
+    fn a_test_only_set_loads_and_files_may_have_other_names() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx(dir.path(), "t10k", &[2, 0, 1], true);
+        let spec = IdxSpec {
+            root: dir.path().into(),
+            classes: None,
+            limit: None,
+            train_files: None,
+            test_files: None,
+        };
+        assert_eq!(spec.load(Split::Test).unwrap().labels, vec![2, 0, 1]);
+        assert_eq!(spec.files().unwrap().len(), 2, "the test pair alone");
+        assert_eq!(spec.shape(Split::Test).unwrap(), [1, 2, 2], "from the gzipped header");
+        assert!(spec.load(Split::Train).unwrap_err().to_string().contains("missing IDX file"));
+        // Files under names of one's own, given in the recipe.
+        std::fs::rename(dir.path().join("t10k-images-idx3-ubyte.gz"), dir.path().join("digits.gz")).unwrap();
+        std::fs::rename(dir.path().join("t10k-labels-idx1-ubyte.gz"), dir.path().join("labels.gz")).unwrap();
+        assert!(spec.files().is_err(), "neither split is there under MNIST's names");
+        let named = IdxSpec { test_files: Some(["digits.gz".into(), "labels.gz".into()]), ..spec.clone() };
+        assert_eq!(named.load(Split::Test).unwrap().len(), 3);
+        assert_eq!(named.shape(Split::Test).unwrap(), [1, 2, 2]);
     }
 }

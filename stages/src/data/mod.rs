@@ -133,6 +133,24 @@ impl DatasetSpec {
         }
     }
 
+    /// The shape of a split's images without loading them (headers only), checking that the
+    /// files it needs are there.
+    pub fn shape(&self, split: Split) -> Result<[usize; 3], StageError> {
+        match self {
+            DatasetSpec::Idx(spec) => spec.shape(split),
+            DatasetSpec::Cifar10Bin(_) | DatasetSpec::Cifar100Bin(_) | DatasetSpec::SvhnMat(_) => {
+                self.files()?;
+                Ok([3, 32, 32])
+            }
+            DatasetSpec::ImageFolder(spec) => {
+                self.files()?;
+                Ok([3, spec.size, spec.size])
+            }
+            DatasetSpec::GaussianNoise(spec) => Ok(spec.shape),
+            DatasetSpec::UniformNoise(spec) => Ok(spec.shape),
+        }
+    }
+
     /// Loads one split. Synthetic sets have no splits and give the same images for both.
     pub fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         match self {
@@ -159,6 +177,6 @@ mod tests {
         let err = DatasetSpec::from_json(serde_json::json!({"format": "gaussian-noise", "count": "many"}))
             .unwrap_err();
         assert_eq!(err.path, vec!["count"]);
-        assert_eq!((FORMATS[0].fields)(), &["root", "classes", "limit"]);
+        assert_eq!((FORMATS[0].fields)(), &["root", "classes", "limit", "train_files", "test_files"]);
     }
 }

@@ -85,6 +85,14 @@ impl StageParams for EstimateLossConstraint {
         problems
     }
 
+    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
+        Some(crate::estimate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn reads(&self) -> Vec<(String, crate::data::Split)> {
+        vec![(self.data.clone(), crate::data::Split::Train)]
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
         let unmasked = self.per_sample_loss(ctx, &spec, values.clone(), &data, "unmasked")?;
@@ -234,7 +242,13 @@ mod tests {
         spec.write(&model_dir.join("model.json")).unwrap();
         save_weights(&values, &model_dir.join("model.safetensors")).unwrap();
         // The independent reference: batch-mean CE of the whole set in one batch, via candle.
-        let dataset = DatasetSpec::Idx(IdxSpec { root: data_dir, classes: None, limit: None });
+        let dataset = DatasetSpec::Idx(IdxSpec {
+            root: data_dir,
+            classes: None,
+            limit: None,
+            train_files: None,
+            test_files: None,
+        });
         let set = dataset.load(Split::Train).unwrap();
         let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &dev).unwrap();
         let images = Tensor::from_vec(set.pixels.clone(), (set.len(), 1, 8, 8), &dev).unwrap();

@@ -49,6 +49,14 @@ impl StageParams for MahalanobisFit {
         }
     }
 
+    fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {
+        Some(crate::estimate::workload::ModelSource::Upstream(self.model.clone()))
+    }
+
+    fn reads(&self) -> Vec<(String, crate::data::Split)> {
+        vec![(self.data.clone(), crate::data::Split::Train)]
+    }
+
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
         let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
