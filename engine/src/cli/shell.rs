@@ -42,6 +42,8 @@ pub struct Shell {
     terminal: bool,
     color: bool,
     bars: MultiProgress,
+    /// Set when a write to stdout failed (the reader went away).
+    stdout_closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shell {
@@ -58,7 +60,7 @@ impl Shell {
         } else {
             ProgressDrawTarget::hidden()
         });
-        Shell { verbosity, format, terminal, color, bars }
+        Shell { verbosity, format, terminal, color, bars, stdout_closed: Default::default() }
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -104,14 +106,27 @@ impl Shell {
     /// A line of a command's text result on stdout (nothing in JSON mode).
     pub fn out(&self, text: &str) {
         if self.format == Format::Text {
-            println!("{text}");
+            self.stdout_line(text);
         }
     }
 
     /// A command's JSON result on stdout (nothing in text mode).
     pub fn emit(&self, value: serde_json::Value) {
         if self.format == Format::Json {
-            println!("{value}");
+            self.stdout_line(&value.to_string());
+        }
+    }
+
+    /// Writes a line to stdout. Once stdout is closed (`pipeline status R | head -1`), further
+    /// output is dropped instead of panicking, from whichever thread writes it.
+    fn stdout_line(&self, text: &str) {
+        use std::io::Write;
+        if self.stdout_closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        if writeln!(stdout, "{text}").and_then(|_| stdout.flush()).is_err() {
+            self.stdout_closed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -120,7 +135,9 @@ impl Shell {
         if self.terminal {
             let _ = self.bars.println(text);
         } else {
-            eprintln!("{text}");
+            use std::io::Write;
+            // A closed stderr loses the message; it must not panic.
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
     }
 
