@@ -110,6 +110,11 @@ impl Frame {
 
     /// Axes, four ticks on each, and axis labels.
     fn axes(&self, x_label: &str, y_label: &str) -> String {
+        self.axes_with(x_label, y_label, Ticks::Even)
+    }
+
+    /// Axes with the x ticks `x_ticks` asks for, four y ticks, and axis labels.
+    fn axes_with(&self, x_label: &str, y_label: &str, x_ticks: Ticks) -> String {
         let mut out = String::new();
         let (x0, y0) = (self.px(self.x.0), self.py(self.y.0));
         let _ = write!(
@@ -119,16 +124,19 @@ impl Frame {
             self.px(self.x.1),
             self.py(self.y.1)
         );
-        for k in 0..=4 {
-            let t = k as f64 / 4.0;
-            let (xv, yv) = (self.x.0 + t * (self.x.1 - self.x.0), self.y.0 + t * (self.y.1 - self.y.0));
+        for xv in x_ticks.values(self.x) {
             let _ = write!(
                 out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
                 self.px(xv),
                 y0 + 13.0,
                 short(xv),
+            );
+        }
+        for yv in Ticks::Even.values(self.y) {
+            let _ = write!(
+                out,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
                 x0 - 4.0,
                 self.py(yv) + 4.0,
                 short(yv)
@@ -155,6 +163,28 @@ impl Frame {
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.6\" points=\"{}\"/>",
             coords.join(" ")
         )
+    }
+}
+
+/// Where an axis has its tick labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ticks {
+    /// Five evenly spaced values, ends included.
+    Even,
+    /// Whole numbers only (epochs), at most five, starting at the axis' first whole number.
+    Integers,
+}
+
+impl Ticks {
+    fn values(self, (lo, hi): (f64, f64)) -> Vec<f64> {
+        match self {
+            Ticks::Even => (0..=4).map(|k| lo + k as f64 / 4.0 * (hi - lo)).collect(),
+            Ticks::Integers => {
+                let first = lo.ceil();
+                let step = ((hi.floor() - first) / 4.0).ceil().max(1.0);
+                (0..=4).map(|k| first + k as f64 * step).filter(|&v| v <= hi).collect()
+            }
+        }
     }
 }
 
@@ -228,11 +258,26 @@ fn roc(sample: &ScoreSample) -> String {
     figure(&format!("{} / {}", sample.scores, sample.method), frame.w, frame.h, &body)
 }
 
+/// The scale a method's scores are histogrammed on: MSP as −log(1 − MSP), where confident
+/// samples (MSP 0.99, 0.9999, …) spread out instead of filling the last bin; 1 − MSP is
+/// floored at 2⁻⁵³, the gap below 1.0 in f64 (MSP is exactly 1.0 once the logit margin exceeds
+/// about 37). Other methods as they are.
+fn histogram_scale(method: &str) -> (fn(f64) -> f64, &'static str) {
+    match method {
+        "msp" => (|s: f64| -(1.0 - s).max(f64::EPSILON / 2.0).ln(), "−log(1 − MSP)"),
+        _ => (|s: f64| s, ""),
+    }
+}
+
 fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
     const BINS: usize = 40;
+    let (scale, scale_label) = histogram_scale(&sample.method);
+    let scaled = |values: &[f64]| values.iter().map(|&v| scale(v)).collect::<Vec<f64>>();
+    let (id, ood) = (scaled(&sample.id), scaled(ood));
+    let ood = ood.as_slice();
     let finite = |v: &&f64| v.is_finite();
-    let lo = sample.id.iter().chain(ood).filter(finite).copied().fold(f64::INFINITY, f64::min);
-    let hi = sample.id.iter().chain(ood).filter(finite).copied().fold(f64::NEG_INFINITY, f64::max);
+    let lo = id.iter().chain(ood).filter(finite).copied().fold(f64::INFINITY, f64::min);
+    let hi = id.iter().chain(ood).filter(finite).copied().fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
     let density = |values: &[f64]| -> Vec<f64> {
         let mut counts = vec![0.0; BINS];
@@ -243,10 +288,12 @@ fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
         let total = values.len().max(1) as f64;
         counts.into_iter().map(|c| c / total).collect()
     };
-    let (id_density, ood_density) = (density(&sample.id), density(ood));
+    let (id_density, ood_density) = (density(&id), density(ood));
     let top = id_density.iter().chain(&ood_density).copied().fold(0.0, f64::max).max(1e-9);
     let frame = Frame { w: 300.0, h: 200.0, x: (lo, hi), y: (0.0, top) };
-    let mut body = frame.axes(&format!("{} score", sample.method), "fraction");
+    let x_label =
+        if scale_label.is_empty() { format!("{} score", sample.method) } else { scale_label.to_string() };
+    let mut body = frame.axes(&x_label, "fraction");
     let width = (hi - lo) / BINS as f64;
     for (values, colour) in [(&id_density, ID_COLOUR), (&ood_density, COLOURS[0])] {
         for (k, &d) in values.iter().enumerate() {
@@ -285,7 +332,7 @@ fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
         let first = points.first().map_or(0.0, |b| b.epoch as f64);
         let last = points.last().map_or(1.0, |b| b.epoch as f64);
         let frame = Frame { w: 360.0, h: 240.0, x: (first, last.max(first + 1.0)), y: (0.0, 100.0) };
-        let mut body = frame.axes("epoch", "percent");
+        let mut body = frame.axes_with("epoch", "percent", Ticks::Integers);
         let series: [Series; 3] = [
             (fpr_header(convention), |b| b.row.fpr95.mean, COLOURS[0]),
             ("AUROC", |b| b.row.auroc.mean, COLOURS[1]),
@@ -324,6 +371,19 @@ mod tests {
         let area: f64 = points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
         let auroc = crate::metrics::ood_metrics(&id, &ood).unwrap().auroc;
         assert!((area - auroc).abs() < 1e-12, "{area} vs {auroc}");
+    }
+
+    #[test]
+    fn epoch_ticks_are_whole_numbers_and_msp_spreads_confident_scores() {
+        assert_eq!(Ticks::Integers.values((1.0, 8.0)), [1.0, 3.0, 5.0, 7.0]);
+        assert_eq!(Ticks::Integers.values((2.0, 4.0)), [2.0, 3.0, 4.0]);
+        assert_eq!(Ticks::Integers.values((1.0, 2.0)), [1.0, 2.0]);
+        assert_eq!(Ticks::Even.values((0.0, 100.0)), [0.0, 25.0, 50.0, 75.0, 100.0]);
+        let (scale, label) = histogram_scale("msp");
+        assert_eq!(label, "−log(1 − MSP)");
+        assert!((scale(0.9) - 10f64.ln()).abs() < 1e-12 && (scale(0.999) - 1000f64.ln()).abs() < 1e-9);
+        assert!((scale(1.0) - 53.0 * 2f64.ln()).abs() < 1e-9, "saturated MSP stays finite");
+        assert_eq!(histogram_scale("energy").0(-3.5), -3.5);
     }
 
     #[test]
