@@ -4,9 +4,7 @@
 //! Outputs as `train`.
 use crate::error::ParamError;
 use crate::error::StageError;
-use crate::estimate::workload::{ModelSource, Workload};
 use crate::stage::Artifact;
-use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
@@ -50,21 +48,7 @@ impl StageParams for EnergyOe {
     const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
-    fn inputs(&self) -> Vec<Input> {
-        self.fine_tuning_inputs()
-    }
-
-    fn check(&self) -> Vec<ParamError> {
-        self.fine_tuning_check()
-    }
-
-    fn model_source(&self) -> Option<ModelSource> {
-        Some(self.fine_tuning_model_source())
-    }
-
-    fn workload(&self) -> Option<Workload> {
-        Some(self.fine_tuning_workload())
-    }
+    crate::training::fine_tuning::delegate_to_fine_tuning!();
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let mut choice = RandomOutliers { rng: crate::math::rng::derive(ctx.seed, "outliers") };

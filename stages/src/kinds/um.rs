@@ -2,12 +2,9 @@
 //! weight with the per-batch loss |CE − ζ| + ζ: descent while the batch loss is above ζ, ascent
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
 //! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
-use crate::error::ParamError;
 use crate::error::StageError;
-use crate::estimate::workload::{ModelSource, Workload};
 use crate::models::{Network, Parameters};
 use crate::stage::Artifact;
-use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::constraint::resolve_zeta;
@@ -56,21 +53,7 @@ impl StageParams for Um {
     const VERSION: u32 = 2;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
-    fn inputs(&self) -> Vec<Input> {
-        self.fine_tuning_inputs()
-    }
-
-    fn check(&self) -> Vec<ParamError> {
-        self.fine_tuning_check()
-    }
-
-    fn model_source(&self) -> Option<ModelSource> {
-        Some(self.fine_tuning_model_source())
-    }
-
-    fn workload(&self) -> Option<Workload> {
-        Some(self.fine_tuning_workload())
-    }
+    crate::training::fine_tuning::delegate_to_fine_tuning!();
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         let zeta = resolve_zeta(ctx, &self.constraint, self.zeta)?;

@@ -9,6 +9,30 @@ use crate::error::ParamError;
 use crate::estimate::workload::{ModelSource, Workload};
 use crate::stage::Input;
 
+/// The `StageParams` methods a fine-tuning kind takes from its [`FineTuning`] implementation:
+/// `inputs`, `check`, `model_source` and `workload`. Written inside the kind's
+/// `impl StageParams` block.
+macro_rules! delegate_to_fine_tuning {
+    () => {
+        fn inputs(&self) -> Vec<$crate::stage::Input> {
+            $crate::training::fine_tuning::FineTuning::fine_tuning_inputs(self)
+        }
+
+        fn check(&self) -> Vec<$crate::error::ParamError> {
+            $crate::training::fine_tuning::FineTuning::fine_tuning_check(self)
+        }
+
+        fn model_source(&self) -> Option<$crate::estimate::workload::ModelSource> {
+            Some($crate::training::fine_tuning::FineTuning::fine_tuning_model_source(self))
+        }
+
+        fn workload(&self) -> Option<$crate::estimate::workload::Workload> {
+            Some($crate::training::fine_tuning::FineTuning::fine_tuning_workload(self))
+        }
+    };
+}
+pub(crate) use delegate_to_fine_tuning;
+
 /// Whether the stage needs ζ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZetaUse {
