@@ -225,3 +225,17 @@ ood = ["digits28", "digits8", "nothing"]
     let out = pipeline().arg("check").arg(&recipe).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The benchmark recipes stay valid, data included (bench/epoch_vs_pytorch.py runs
+/// bench/epoch.toml; bench/scoring.sh runs bench/scoring.toml).
+#[test]
+fn benchmark_recipes_are_valid() {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+    let out = pipeline()
+        .arg("check")
+        .arg(bench.join("epoch.toml"))
+        .arg(bench.join("scoring.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
