@@ -270,3 +270,27 @@ fn a_cuda_recipe_without_cuda_support_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }
+
+/// A diverged model is never cached as a success: with lr = 1e6 the loss stays finite while a
+/// batch-norm statistic overflows; the training stage fails naming the parameter, epoch and
+/// batch, nothing is committed, and nothing downstream scores NaN (issue 12).
+#[test]
+fn diverged_training_fails_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(smoke_recipe())
+        .unwrap()
+        .replace("lr = 0.05", "lr = 1e6")
+        .replace("../data/mnist-10k", &format!("{}/recipes/data/mnist-10k", env!("CARGO_MANIFEST_DIR")));
+    assert!(text.contains("lr = 1e6"));
+    let recipe = dir.path().join("diverging.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let cache = dir.path().join("cache");
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let failed = events.iter().find(|e| e["event"] == "failed").expect("a failed event");
+    assert_eq!(failed["stage"], "base@0");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("non-finite") && error.contains("epoch 1, batch"), "{error}");
+    assert!(stages_with(&events, "finished").is_empty());
+    assert_eq!(std::fs::read_dir(cache.join("objects")).unwrap().count(), 0, "nothing committed");
+}

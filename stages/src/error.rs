@@ -56,6 +56,13 @@ pub enum StageError {
     /// Training diverged: the loss stopped being a finite number.
     #[error("loss is {value} at epoch {epoch}, batch {batch}: training diverged (try a lower lr)")]
     NonFinite { value: f64, epoch: usize, batch: usize },
+    /// Training diverged: a weight or batch-norm statistic stopped being finite (the loss may
+    /// still be finite), so nothing of it is kept.
+    #[error("`{parameter}` holds a non-finite value after epoch {epoch}, batch {batch}: training diverged (try a lower lr)")]
+    NonFiniteParameter { parameter: String, epoch: usize, batch: usize },
+    /// A score that is not a finite number; no score file holds one.
+    #[error("{method} score of `{dataset}` sample {index} is {value}: the model's outputs are not finite")]
+    NonFiniteScore { method: String, dataset: String, index: usize, value: f64 },
     /// Inputs or parameters that do not fit together (a dataset of the wrong shape for the
     /// model, an epoch the training stage did not keep): the user can fix the recipe.
     #[error("{0}")]
@@ -83,6 +90,8 @@ impl StageError {
             StageError::Io { .. }
             | StageError::Format { .. }
             | StageError::NonFinite { .. }
+            | StageError::NonFiniteParameter { .. }
+            | StageError::NonFiniteScore { .. }
             | StageError::Unsuitable(_) => Fault::User,
             StageError::Tensor { .. } | StageError::Internal(_) => Fault::Internal,
         }

@@ -368,6 +368,14 @@ impl Score {
             };
             for &method in &self.methods {
                 let scores = method.get().score(&input)?;
+                if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
+                    return Err(StageError::NonFiniteScore {
+                        method: method.name().to_string(),
+                        dataset: name.clone(),
+                        index,
+                        value,
+                    });
+                }
                 let path = dir.join(ScoreIndex::file(method, name));
                 let folder = path.parent().expect("score files live in a method folder");
                 std::fs::create_dir_all(folder).map_err(StageError::io("cannot create", folder))?;

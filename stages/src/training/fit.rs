@@ -232,6 +232,9 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                 return Err(StageError::NonFinite { value, epoch: epoch + 1, batch: b + 1 });
             }
             sgd.step(&loss.backward()?)?;
+            if let Some(parameter) = first_non_finite(&(job.snapshot)()?)? {
+                return Err(StageError::NonFiniteParameter { parameter, epoch: epoch + 1, batch: b + 1 });
+            }
             let predicted: Vec<u32> = out.logits.argmax(D::Minus1)?.to_vec1()?;
             let truth: Vec<u32> = labels.to_vec1()?;
             correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
@@ -270,6 +273,19 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     }
     write_json(&ctx.out_dir.join(CHECKPOINT_INDEX), &CheckpointIndex { epochs: kept })?;
     write_json(&ctx.out_dir.join("history.json"), &history)
+}
+
+/// The name of the first tensor of `values` holding a NaN or an infinity, if any. Computed on
+/// the tensors' device: x − x is 0 for every finite x and NaN otherwise, so the sum is 0 exactly
+/// when all are finite (a sum of the values themselves could overflow on finite ones).
+pub fn first_non_finite(values: &BTreeMap<String, Tensor>) -> Result<Option<String>, StageError> {
+    for (name, value) in values {
+        let residue = value.sub(value)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if residue != 0.0 {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// The references of a stage that starts from the model of stage `model` and its training
@@ -352,5 +368,16 @@ mod tests {
         }
         let (x, _) = batch(&data, &[0], 0, &mut rng, &Device::Cpu).unwrap();
         assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), data.pixels);
+    }
+
+    #[test]
+    fn non_finite_values_are_found_even_where_a_sum_would_overflow() {
+        let t = |v: Vec<f32>| Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap();
+        let mut values = BTreeMap::new();
+        values.insert("a".to_string(), t(vec![f32::MAX, f32::MAX, -1.0]));
+        assert_eq!(first_non_finite(&values).unwrap(), None, "huge but finite");
+        values.insert("b".to_string(), t(vec![0.0, f32::INFINITY]));
+        values.insert("c".to_string(), t(vec![f32::NAN]));
+        assert_eq!(first_non_finite(&values).unwrap().as_deref(), Some("b"));
     }
 }
