@@ -204,3 +204,104 @@ fn a_failed_stage_stops_its_dependents_and_the_exit_status_says_so() {
     assert_eq!(stages_with(&events, "finished"), ["base@0", "scores_base@0"]);
     assert!(started.elapsed() < Duration::from_secs(120));
 }
+
+/// The keys of the entries a run committed, by stage id.
+fn committed_keys(events: &[serde_json::Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "finished")
+        .map(|e| (e["stage"].as_str().unwrap().to_string(), e["key"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// `gc` never deletes an entry a running pipeline holds, and `--dry-run` lists exactly what a
+/// real gc deletes (issue 12).
+#[test]
+fn gc_keeps_entries_held_by_a_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(1, r#"["energy"]"#));
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys = committed_keys(&events);
+    assert_eq!(keys.len(), ALL.len());
+    // Another recipe uses none of these entries; a "running pipeline" (this test) holds one.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, tiny_recipe(1, r#"["energy"]"#).replace("limit = 192", "limit = 190")).unwrap();
+    let store = cache::Store::open(&cache).unwrap();
+    let held_key = cache::CacheKey::parse(&keys[0].1).unwrap();
+    let hold = store.hold(&held_key).unwrap();
+    let gc = |extra: &[&str]| {
+        let out = pipeline()
+            .arg("gc")
+            .arg(&other)
+            .arg("--json")
+            .args(extra)
+            .arg("--cache")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = gc(&["--dry-run"]);
+    let real = gc(&[]);
+    assert_eq!(dry["deleted"], real["deleted"], "the dry run lists what gc deletes");
+    assert_eq!(real["deleted"].as_array().unwrap().len(), ALL.len() - 1);
+    assert_eq!(real["in_use"], serde_json::json!([keys[0].1]));
+    assert!(store.entry_dir(&held_key).join("manifest.json").is_file(), "the held entry is kept");
+    drop(hold);
+    assert_eq!(gc(&[])["deleted"], serde_json::json!([keys[0].1]), "released, it goes");
+}
+
+/// `gc` refuses, deleting nothing, when a recipe's dataset cannot be fingerprinted (an unset
+/// data root): its entries would otherwise all look unused (issue 12).
+#[test]
+fn gc_refuses_when_a_dataset_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let text = tiny_recipe(1, r#"["energy"]"#);
+    let recipe = write_recipe(dir.path(), &text);
+    let (out, _) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(&recipe, text.replace(&data_dir().display().to_string(), "/unmounted/mnist")).unwrap();
+    let out = pipeline().arg("gc").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "a data error: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dataset `id`") && stderr(&out).contains("nothing was deleted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_dir(cache.join("objects")).unwrap().count(), ALL.len());
+}
+
+/// The failure the issue reproduced 5 times out of 5: `gc` for another recipe while a run is
+/// under way. The run must finish, whatever gc deleted meanwhile.
+#[test]
+fn a_run_survives_gc_for_another_recipe_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let um = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/um.toml");
+    let smoke = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/smoke.toml");
+    let (out, _) = run(&um, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Rerun with every stage forced while gc runs again and again.
+    let mut child = pipeline()
+        .arg("run")
+        .arg(&um)
+        .args(["--quiet", "--jobs", "2", "--cache"])
+        .arg(&cache)
+        .args(["--force", "base", "--force", "zeta", "--force", "um", "--force", "umap", "--force", "table"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
+        let out =
+            pipeline().arg("gc").arg(&smoke).arg("--quiet").arg("--cache").arg(&cache).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the run failed under gc: {}", String::from_utf8_lossy(&out.stderr));
+}

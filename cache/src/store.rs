@@ -59,6 +59,25 @@ impl KeyLock {
     }
 }
 
+/// A shared hold on one key ([`Store::hold`]), released on drop or when the process dies.
+#[derive(Debug)]
+pub struct ReadHold {
+    _file: File,
+}
+
+/// A key nobody computes or holds ([`Store::try_lock_unused`]): safe to delete.
+#[derive(Debug)]
+pub struct UnusedLock {
+    key_lock: KeyLock,
+    _readers: File,
+}
+
+impl UnusedLock {
+    pub fn key_lock(&self) -> &KeyLock {
+        &self.key_lock
+    }
+}
+
 /// A fresh folder to write outputs into; removed on drop unless committed.
 #[derive(Debug)]
 pub struct Staging {
@@ -196,14 +215,45 @@ impl Store {
         self.root.join("locks").join(format!("{key}.lock"))
     }
 
-    fn lock_file(&self, key: &CacheKey) -> Result<File, CacheError> {
-        let path = self.lock_path(key);
+    fn readers_path(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.readers"))
+    }
+
+    fn open_lock_file(path: &Path) -> Result<File, CacheError> {
         File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(CacheError::io("cannot open lock", &path))
+            .open(path)
+            .map_err(CacheError::io("cannot open lock", path))
+    }
+
+    /// A shared hold on the key for as long as the returned value lives: a running pipeline
+    /// takes one before it looks an entry up or computes it, and [`Store::try_lock_unused`]
+    /// (what `gc` deletes under) is refused while any process holds one. Waits only while a
+    /// `gc` is deleting this very entry.
+    pub fn hold(&self, key: &CacheKey) -> Result<ReadHold, CacheError> {
+        let path = self.readers_path(key);
+        let file = Self::open_lock_file(&path)?;
+        file.lock_shared().map_err(CacheError::io("cannot lock", &path))?;
+        Ok(ReadHold { _file: file })
+    }
+
+    /// The key's lock and its readers' lock, both exclusive and taken without waiting: `None`
+    /// when a process computes the key or holds it ([`Store::hold`]).
+    pub fn try_lock_unused(&self, key: &CacheKey) -> Result<Option<UnusedLock>, CacheError> {
+        let Some(key_lock) = self.try_lock(key)? else { return Ok(None) };
+        let path = self.readers_path(key);
+        let readers = Self::open_lock_file(&path)?;
+        match readers.try_lock() {
+            Ok(()) => Ok(Some(UnusedLock { key_lock, _readers: readers })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(CacheError::Io { action: "cannot lock", path, source: e }),
+        }
+    }
+
+    fn lock_file(&self, key: &CacheKey) -> Result<File, CacheError> {
+        Self::open_lock_file(&self.lock_path(key))
     }
 
     /// A fresh staging folder for the locked key. Leftovers of interrupted runs for the same key

@@ -3,7 +3,7 @@
 //! depends on it; independent branches finish.
 use crate::plan::{Instance, Plan};
 use crate::recipe::Recipe;
-use cache::{CacheError, CacheKey, Entry, Store};
+use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
 use stages::{Progress, RunContext};
 use std::collections::{BTreeMap, BTreeSet};
@@ -75,6 +75,7 @@ pub fn execute(
     reporter: &dyn Reporter,
 ) -> Vec<Outcome> {
     let slots = Mutex::new((0..plan.instances.len()).map(|_| Slot::Pending).collect::<Vec<_>>());
+    let holds = Mutex::new(Vec::new());
     let changed = Condvar::new();
     let worker = || loop {
         let next = {
@@ -126,9 +127,27 @@ pub fn execute(
             }
         };
         let Some((i, entries)) = next else { break };
-        let outcome =
-            run_instance(recipe, plan, i, &entries, store, fingerprints, dataset_problems, options, reporter);
-        reporter.finished(&plan.instances[i], &outcome);
+        // A panic anywhere in here (the stage's own panics are caught closer to it) fails this
+        // instance; the slot is always marked done, so no worker waits for it forever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let outcome = run_instance(
+                recipe,
+                plan,
+                i,
+                &entries,
+                store,
+                fingerprints,
+                dataset_problems,
+                options,
+                reporter,
+                &holds,
+            );
+            reporter.finished(&plan.instances[i], &outcome);
+            outcome
+        }))
+        .unwrap_or_else(|panic| Outcome::Failed {
+            message: format!("internal error: {}", panic_text(&*panic)),
+        });
         slots.lock().unwrap_or_else(|e| e.into_inner())[i] = Slot::Done(outcome);
         changed.notify_all();
     };
@@ -159,6 +178,7 @@ fn run_instance(
     dataset_problems: &BTreeMap<String, String>,
     options: &RunOptions,
     reporter: &dyn Reporter,
+    holds: &Mutex<Vec<ReadHold>>,
 ) -> Outcome {
     let instance = &plan.instances[i];
     let decl = &recipe.stages[instance.stage];
@@ -171,6 +191,11 @@ fn run_instance(
     let digest = |d: usize| entries[&d].manifest.output_digest.clone();
     let inputs = plan.key_inputs(recipe, i, &digest, fingerprints);
     let key = inputs.key();
+    // Held until the run ends, so that a `gc` meanwhile leaves this entry alone.
+    match store.hold(&key) {
+        Ok(hold) => holds.lock().unwrap_or_else(|e| e.into_inner()).push(hold),
+        Err(e) => return failed(e.to_string()),
+    }
     let forced = options.forced.contains(&i);
     let remember = |entry: &Entry| {
         if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
@@ -240,14 +265,7 @@ fn run_instance(
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return failed(error_chain(&e)),
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            return failed(format!("the stage panicked: {text}"));
-        }
+        Err(panic) => return failed(format!("the stage panicked: {}", panic_text(&*panic))),
     }
     let meta = serde_json::json!({
         "stage": decl.name,
@@ -264,6 +282,15 @@ fn run_instance(
         }
         Err(e) => failed(format!("cannot store the outputs: {}", error_chain(&e))),
     }
+}
+
+/// The message of a panic payload.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// An error and its causes, joined by ": ".

@@ -358,7 +358,19 @@ pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell
     for path in paths {
         let recipe = load(path, shell)?;
         let plan = Plan::new(&recipe, None);
-        let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
+        let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
+        // Without a dataset's fingerprint the keys of everything that reads it are unknown, and
+        // their entries would look unused: refuse rather than delete them.
+        if let Some((name, problem)) = problems.first() {
+            return Err(EngineError::Dataset {
+                name: name.clone(),
+                message: format!(
+                    "{problem}; `{}` needs it to tell which cache entries it uses, so nothing was deleted",
+                    path.display()
+                ),
+            }
+            .into());
+        }
         for verdict in plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new()) {
             if let Verdict::Cached { key, .. } = verdict {
                 keep.insert(key);
@@ -366,21 +378,21 @@ pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell
         }
     }
     let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
-    let (mut removed, mut bytes) = (Vec::new(), 0u64);
+    let (mut removed, mut in_use, mut bytes) = (Vec::new(), Vec::new(), 0u64);
     for key in store.keys().map_err(cache_error)? {
         if keep.contains(&key) {
             continue;
         }
         let size = store.entry_size(&key);
+        // Both locks, without waiting: an entry a running pipeline computes or uses is kept.
+        let Some(unused) = store.try_lock_unused(&key).map_err(cache_error)? else {
+            shell.warn(&format!("{key} is in use by a running pipeline; kept"));
+            in_use.push(key.as_str().to_string());
+            continue;
+        };
         match mode {
             GcMode::DryRun => shell.out(&format!("would delete {key} ({size} bytes)")),
-            GcMode::Delete => {
-                let Some(lock) = store.try_lock(&key).map_err(cache_error)? else {
-                    shell.warn(&format!("{key} is in use by a running pipeline; kept"));
-                    continue;
-                };
-                store.remove(&lock).map_err(cache_error)?;
-            }
+            GcMode::Delete => store.remove(unused.key_lock()).map_err(cache_error)?,
         }
         removed.push(key.as_str().to_string());
         bytes += size;
@@ -392,14 +404,16 @@ pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell
     let verb = if mode == GcMode::DryRun { "would free" } else { "freed" };
     let n = removed.len();
     shell.out(&format!(
-        "{n} entr{} {verb} {:.1} MB; {} kept{}",
+        "{n} entr{} {verb} {:.1} MB; {} kept{}{}",
         if n == 1 { "y" } else { "ies" },
         bytes as f64 / 1e6,
         keep.len(),
+        if in_use.is_empty() { String::new() } else { format!(", {} in use kept", in_use.len()) },
         if swept > 0 { format!("; {swept} interrupted staging folder(s) removed") } else { String::new() }
     ));
     shell.emit(serde_json::json!({
-        "dry_run": mode == GcMode::DryRun, "deleted": removed, "bytes": bytes, "kept": keep.len(), "staging_removed": swept,
+        "dry_run": mode == GcMode::DryRun, "deleted": removed, "bytes": bytes, "kept": keep.len(),
+        "in_use": in_use, "staging_removed": swept,
     }));
     Ok(Status::Success)
 }
