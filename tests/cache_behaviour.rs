@@ -305,3 +305,56 @@ fn a_run_survives_gc_for_another_recipe_meanwhile() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the run failed under gc: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `status` checks entries as `run` does (issue 12): a truncated artifact, a FIFO in place of
+/// one (never opened: `run` would otherwise block on it), or a file dropped from both the
+/// manifest and the disk make the entry unusable; `run` recomputes it without hanging.
+#[test]
+fn status_and_run_find_damaged_entries_without_opening_special_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let recipe = write_recipe(dir.path(), &tiny_recipe(2, r#"["energy"]"#));
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = || {
+        let out = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(status().contains("0 of 5 stage(s) will run"));
+
+    // 1. A truncated score file.
+    let scores = outputs_of(&events, "scores_base@0").join("energy/ood.npy");
+    let bytes = std::fs::read(&scores).unwrap();
+    std::fs::write(&scores, &bytes[..100]).unwrap();
+    let text = status();
+    assert!(text.contains("will run  scores_base (score)") && text.contains("has 100 bytes"), "{text}");
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ["scores_base@0"]);
+
+    // 2. A FIFO in place of an artifact: detected by its type, never opened.
+    let index = outputs_of(&events, "scores_base@0").join("scores.json");
+    std::fs::remove_file(&index).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&index).status().unwrap();
+    assert!(made.success());
+    assert!(status().contains("is not a regular file"));
+    let started = Instant::now();
+    let (out, events) = run(&recipe, &cache, &[]);
+    assert!(out.status.success() && started.elapsed() < Duration::from_secs(60), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished"), ["scores_base@0"]);
+
+    // 3. A checkpoint removed from the manifest's list and from the disk.
+    let base = outputs_of(&events, "base@0");
+    let entry = base.parent().unwrap().to_path_buf();
+    let manifest_path = entry.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let files = manifest["files"].as_object_mut().unwrap();
+    let checkpoint = files.keys().find(|k| k.starts_with("checkpoints/epoch-0001")).unwrap().clone();
+    files.remove(&checkpoint);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::remove_file(base.join(&checkpoint)).unwrap();
+    let text = status();
+    assert!(text.contains("will run  base (train)") && text.contains("output digest"), "{text}");
+}

@@ -31,4 +31,4 @@ mod store;
 pub use digest::{hash_file, FingerprintMemo};
 pub use error::CacheError;
 pub use key::{CacheKey, KeyInputs, KEY_FORMAT_VERSION};
-pub use store::{Entry, FileRecord, KeyLock, Manifest, ReadHold, Staging, Store, UnusedLock};
+pub use store::{Entry, FileRecord, KeyLock, Manifest, ReadHold, Staging, Store, UnusedLock, Verification};

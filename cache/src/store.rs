@@ -31,6 +31,15 @@ pub struct Manifest {
     pub meta: serde_json::Value,
 }
 
+/// How much of an entry [`Store::verify`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Presence, type and size of every file, and the file list against the output digest.
+    Metadata,
+    /// That, and every file's content against its digest.
+    Hashes,
+}
+
 /// A committed, verified entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -157,38 +166,53 @@ impl Store {
     /// A committed entry whose every output matches its recorded digest. A miss is `Ok(None)`;
     /// an entry whose files were changed or lost is [`CacheError::Corrupt`].
     pub fn lookup(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
+        let Some(manifest) = self.verify(key, Verification::Hashes)? else { return Ok(None) };
+        Ok(Some(Entry { key: key.clone(), dir: self.entry_dir(key), manifest }))
+    }
+
+    /// The manifest of a committed entry whose outputs pass `depth` of checks: every file of
+    /// its list is a regular file of the recorded size (never opened otherwise: a FIFO or a
+    /// device in its place is corruption), the list still gives the recorded output digest, and
+    /// with [`Verification::Hashes`] every file's content matches its digest. A miss is
+    /// `Ok(None)`; a failed check is [`CacheError::Corrupt`].
+    pub fn verify(&self, key: &CacheKey, depth: Verification) -> Result<Option<Manifest>, CacheError> {
+        let corrupt = |detail: String| CacheError::Corrupt { key: key.to_string(), detail };
         let manifest = match self.peek(key) {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(None),
             Err(CacheError::Parse { path, message }) => {
-                return Err(CacheError::Corrupt {
-                    key: key.to_string(),
-                    detail: format!("unreadable manifest `{}`: {message}", path.display()),
-                })
+                return Err(corrupt(format!("unreadable manifest `{}`: {message}", path.display())))
             }
             Err(e) => return Err(e),
         };
-        let dir = self.entry_dir(key);
-        let out = dir.join(OUT);
+        if files_digest(&manifest.files) != manifest.output_digest {
+            return Err(corrupt("its manifest's file list no longer gives its output digest".into()));
+        }
+        let out = self.entry_dir(key).join(OUT);
         for (name, record) in &manifest.files {
             let path = out.join(name);
-            let actual = match hash_file(&path) {
-                Ok(digest) => digest,
-                Err(_) => {
-                    return Err(CacheError::Corrupt {
-                        key: key.to_string(),
-                        detail: format!("`{name}` is missing"),
-                    })
-                }
+            let metadata = match fs::symlink_metadata(&path) {
+                Ok(metadata) => metadata,
+                Err(_) => return Err(corrupt(format!("`{name}` is missing"))),
             };
-            if actual != record.blake3 {
-                return Err(CacheError::Corrupt {
-                    key: key.to_string(),
-                    detail: format!("`{name}` does not match its recorded digest"),
-                });
+            if !metadata.file_type().is_file() {
+                return Err(corrupt(format!("`{name}` is not a regular file")));
+            }
+            if metadata.len() != record.size {
+                return Err(corrupt(format!(
+                    "`{name}` has {} bytes, its manifest says {}",
+                    metadata.len(),
+                    record.size
+                )));
+            }
+            if depth == Verification::Hashes {
+                let actual = hash_file(&path).map_err(|_| corrupt(format!("`{name}` cannot be read")))?;
+                if actual != record.blake3 {
+                    return Err(corrupt(format!("`{name}` does not match its recorded digest")));
+                }
             }
         }
-        Ok(Some(Entry { key: key.clone(), dir, manifest }))
+        Ok(Some(manifest))
     }
 
     /// Takes the key's lock, waiting while another process or thread holds it.
@@ -293,20 +317,8 @@ impl Store {
         let out = staging.out_dir();
         let mut files = BTreeMap::new();
         collect_files(&out, &out, &mut files)?;
-        let mut digest = blake3::Hasher::new();
-        for (name, record) in &files {
-            digest.update(name.as_bytes());
-            digest.update(b"\0");
-            digest.update(record.blake3.as_bytes());
-            digest.update(b"\n");
-        }
-        let manifest = Manifest {
-            key: key.clone(),
-            inputs: inputs.clone(),
-            files,
-            output_digest: digest.finalize().to_hex().to_string(),
-            meta,
-        };
+        let output_digest = files_digest(&files);
+        let manifest = Manifest { key: key.clone(), inputs: inputs.clone(), files, output_digest, meta };
         let dir = self.entry_dir(&key);
         if dir.exists() {
             // An incomplete entry (no manifest) or one found corrupt: replaced under our lock.
@@ -387,6 +399,18 @@ fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_@".contains(c) { c } else { '_' }).collect()
 }
 
+/// blake3 over the sorted (path, digest) pairs of an entry's files: its output digest.
+fn files_digest(files: &BTreeMap<String, FileRecord>) -> String {
+    let mut digest = blake3::Hasher::new();
+    for (name, record) in files {
+        digest.update(name.as_bytes());
+        digest.update(b"\0");
+        digest.update(record.blake3.as_bytes());
+        digest.update(b"\n");
+    }
+    digest.finalize().to_hex().to_string()
+}
+
 fn collect_files(
     base: &Path,
     dir: &Path,
@@ -398,6 +422,14 @@ fn collect_files(
         let kind = item.file_type().map_err(CacheError::io("cannot stat", &path))?;
         if kind.is_dir() {
             collect_files(base, &path, files)?;
+        } else if !kind.is_file() {
+            // A FIFO, socket, device or link among a stage's outputs would block or mislead
+            // every reader: never committed.
+            return Err(CacheError::Io {
+                action: "refusing to store",
+                path,
+                source: std::io::Error::other("not a regular file"),
+            });
         } else {
             let file = File::open(&path).map_err(CacheError::io("cannot open", &path))?;
             file.sync_all().map_err(CacheError::io("cannot sync", &path))?;

@@ -4,7 +4,7 @@
 //! [`Plan::evaluate`] answers "what would run, and why" without running anything: the basis
 //! of `pipeline plan` and `pipeline status`.
 use crate::recipe::Recipe;
-use cache::{CacheKey, KeyInputs, Store, KEY_FORMAT_VERSION};
+use cache::{CacheKey, KeyInputs, Store, Verification, KEY_FORMAT_VERSION};
 use stages::data::DatasetSpec;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -128,6 +128,7 @@ impl Plan {
         store: &Store,
         fingerprints: &BTreeMap<String, String>,
         forced: &BTreeSet<usize>,
+        depth: Verification,
     ) -> Vec<Verdict> {
         let mut verdicts: Vec<Verdict> = Vec::with_capacity(self.instances.len());
         for (i, instance) in self.instances.iter().enumerate() {
@@ -147,7 +148,10 @@ impl Plan {
             };
             let inputs = self.key_inputs(recipe, i, &digest, fingerprints);
             let key = inputs.key();
-            let cached = store.peek(&key).ok().flatten();
+            let (cached, problem) = match store.verify(&key, depth) {
+                Ok(found) => (found, None),
+                Err(e) => (None, Some(e.to_string())),
+            };
             let verdict = match cached {
                 Some(manifest) if !forced.contains(&i) => {
                     Verdict::Cached { key, output_digest: manifest.output_digest }
@@ -155,6 +159,8 @@ impl Plan {
                 _ => {
                     let reasons = if forced.contains(&i) {
                         vec!["forced".to_string()]
+                    } else if let Some(problem) = problem {
+                        vec![format!("its cache entry is unusable ({problem})")]
                     } else {
                         match store.read_ref(&recipe.name, &instance.id) {
                             None => vec!["never run".to_string()],

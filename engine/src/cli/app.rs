@@ -1,6 +1,6 @@
 //! The entry point: parse, build the shell, run one command, print the error once (cargo's
 //! `error: …` then `Caused by:` lines), exit with the status of its class.
-use super::args::{Cli, Command, ConventionArg};
+use super::args::{Cli, Command, ConventionArg, VerifyArg};
 use super::exit::{class_of, Status};
 use super::shell::{Format, Shell, Verbosity};
 use super::{bench, commands, metrics};
@@ -74,6 +74,15 @@ fn format_of(command: &Command) -> Format {
     }
 }
 
+/// How much of each cache entry to check: `--verify` re-hashes every file.
+fn depth(verify: VerifyArg) -> cache::Verification {
+    if verify.verify {
+        cache::Verification::Hashes
+    } else {
+        cache::Verification::Metadata
+    }
+}
+
 fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
     use commands::{PlanView, RunRequest};
     match command {
@@ -81,20 +90,20 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             &RunRequest { recipe: &recipe, only: &only, force: &force, jobs, cache: cache.cache },
             shell,
         ),
-        Command::Plan { recipe, only, force, estimate, json: _, cache } => {
+        Command::Plan { recipe, only, force, estimate, json: _, verify, cache } => {
             let view = PlanView::WhatWillRun { measure: estimate };
-            commands::plan(&recipe, &only, &force, cache.cache, view, shell)
+            commands::plan(&recipe, &only, &force, cache.cache, view, depth(verify), shell)
         }
-        Command::Status { recipe, json: _, cache } => {
-            commands::plan(&recipe, &[], &[], cache.cache, PlanView::EveryStage, shell)
+        Command::Status { recipe, json: _, verify, cache } => {
+            commands::plan(&recipe, &[], &[], cache.cache, PlanView::EveryStage, depth(verify), shell)
         }
         Command::Dag { recipe, dot, json: _ } => commands::dag(&recipe, dot, shell),
-        Command::Show { recipe, stage, json: _, cache } => {
-            commands::show(&recipe, &stage, cache.cache, shell)
+        Command::Show { recipe, stage, json: _, verify, cache } => {
+            commands::show(&recipe, &stage, cache.cache, depth(verify), shell)
         }
-        Command::Gc { recipes, dry_run, json: _, cache } => {
+        Command::Gc { recipes, dry_run, json: _, verify, cache } => {
             let mode = if dry_run { commands::GcMode::DryRun } else { commands::GcMode::Delete };
-            commands::gc(&recipes, mode, cache.cache, shell)
+            commands::gc(&recipes, mode, cache.cache, depth(verify), shell)
         }
         Command::Check { recipes, no_data, json: _ } => {
             let scope =

@@ -21,6 +21,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyArg {
+    /// Re-hash every cached file (by default: presence, type and size are checked)
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct JsonArg {
     /// Print the result as JSON on stdout
     #[arg(long)]
@@ -68,6 +75,8 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]
+        verify: VerifyArg,
+        #[command(flatten)]
         cache: CacheArgs,
     },
     /// Say for every stage whether it is cached or will run, and why
@@ -75,6 +84,8 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         json: JsonArg,
+        #[command(flatten)]
+        verify: VerifyArg,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -94,6 +105,8 @@ pub enum Command {
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]
+        verify: VerifyArg,
+        #[command(flatten)]
         cache: CacheArgs,
     },
     /// Delete cache entries the given recipes no longer reference
@@ -105,6 +118,8 @@ pub enum Command {
         dry_run: bool,
         #[command(flatten)]
         json: JsonArg,
+        #[command(flatten)]
+        verify: VerifyArg,
         #[command(flatten)]
         cache: CacheArgs,
     },

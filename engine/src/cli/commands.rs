@@ -10,7 +10,7 @@ use crate::recipe::Recipe;
 use crate::run::{execute, Outcome, RunOptions};
 use crate::select::{instances_of, plan_for, Selector};
 use anyhow::Context;
-use cache::Store;
+use cache::{Store, Verification};
 use stages::estimate::duration::{human_duration, Estimate, Estimator, ThroughputTable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -158,6 +158,7 @@ pub fn plan(
     force: &[String],
     cache: Option<PathBuf>,
     view: PlanView,
+    depth: Verification,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
     let recipe = load(path, shell)?;
@@ -171,7 +172,7 @@ pub fn plan(
     for (name, problem) in &problems {
         shell.warn(&format!("dataset `{name}`: {problem}"));
     }
-    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced);
+    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced, depth);
     let measure = matches!(view, PlanView::WhatWillRun { measure: true });
     let device = stages::device::select(recipe.device);
     let stage_map: BTreeMap<&str, &dyn stages::Stage> =
@@ -306,14 +307,20 @@ pub fn dag(path: &Path, dot: bool, shell: &Shell) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
-pub fn show(path: &Path, stage: &str, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
+pub fn show(
+    path: &Path,
+    stage: &str,
+    cache: Option<PathBuf>,
+    depth: Verification,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
     let recipe = load(path, shell)?;
     let target = selectors(&recipe, &[stage.to_string()], "show")?;
     let store = open_store(cache)?;
     let plan = plan_for(&recipe, &target);
     let shown = instances_of(&plan, &target);
     let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
-    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new());
+    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), depth);
     let mut missing = false;
     let mut listed = Vec::new();
     for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
@@ -352,7 +359,13 @@ pub enum GcMode {
     DryRun,
 }
 
-pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
+pub fn gc(
+    paths: &[PathBuf],
+    mode: GcMode,
+    cache: Option<PathBuf>,
+    depth: Verification,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
     let store = open_store(cache)?;
     let mut keep = BTreeSet::new();
     for path in paths {
@@ -371,7 +384,7 @@ pub fn gc(paths: &[PathBuf], mode: GcMode, cache: Option<PathBuf>, shell: &Shell
             }
             .into());
         }
-        for verdict in plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new()) {
+        for verdict in plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), depth) {
             if let Verdict::Cached { key, .. } = verdict {
                 keep.insert(key);
             }
