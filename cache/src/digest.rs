@@ -20,11 +20,32 @@ pub fn hash_file(path: &Path) -> Result<String, CacheError> {
 struct MemoEntry {
     size: u64,
     mtime_ns: u128,
+    /// Status-change time and inode (Unix): an edit in place that restores size and mtime
+    /// (`touch -r`) still changes the ctime, a file replaced by another the inode. Entries of
+    /// memos written before they were recorded lack them and are hashed again.
+    #[serde(default)]
+    ctime_ns: Option<i128>,
+    #[serde(default)]
+    inode: Option<u64>,
     digest: String,
 }
 
-/// File digests memoised by canonical path, size and modification time, persisted as JSON.
-/// A file whose size or mtime changed is hashed again.
+/// (ctime in ns, inode) of a file where the platform has them.
+fn change_stamp(meta: &std::fs::Metadata) -> (Option<i128>, Option<u64>) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (Some(meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128), Some(meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (None, None)
+    }
+}
+
+/// File digests memoised by canonical path, size, modification time, status-change time and
+/// inode, persisted as JSON. A file where any of them changed is hashed again.
 #[derive(Debug)]
 pub struct FingerprintMemo {
     path: PathBuf,
@@ -52,14 +73,16 @@ impl FingerprintMemo {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_nanos())
             .unwrap_or(0);
+        let (ctime_ns, inode) = change_stamp(&meta);
         let name = canonical.to_string_lossy().into_owned();
         if let Some(hit) = self.lock_entries().get(&name) {
-            if hit.size == meta.len() && hit.mtime_ns == mtime_ns {
+            let same_change = ctime_ns.is_none() || (hit.ctime_ns == ctime_ns && hit.inode == inode);
+            if hit.size == meta.len() && hit.mtime_ns == mtime_ns && same_change {
                 return Ok(hit.digest.clone());
             }
         }
         let digest = hash_file(&canonical)?;
-        let entry = MemoEntry { size: meta.len(), mtime_ns, digest: digest.clone() };
+        let entry = MemoEntry { size: meta.len(), mtime_ns, ctime_ns, inode, digest: digest.clone() };
         self.lock_entries().insert(name, entry);
         *self.dirty.lock().unwrap_or_else(|e| e.into_inner()) = true;
         Ok(digest)
@@ -103,5 +126,22 @@ mod tests {
         std::fs::write(&file, b"hello, world").unwrap();
         let changed = reloaded.digest(&file).unwrap();
         assert_eq!(changed, blake3::hash(b"hello, world").to_hex().to_string());
+    }
+
+    /// An edit in place that keeps the size and restores the mtime is still seen (issue 12).
+    #[cfg(unix)]
+    #[test]
+    fn an_edit_with_size_and_mtime_restored_is_rehashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.bin");
+        std::fs::write(&file, b"hello").unwrap();
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let memo = FingerprintMemo::load(dir.path().join("memo.json"));
+        assert_eq!(memo.digest(&file).unwrap(), blake3::hash(b"hello").to_hex().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, b"jello").unwrap();
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), mtime);
+        assert_eq!(memo.digest(&file).unwrap(), blake3::hash(b"jello").to_hex().to_string());
     }
 }

@@ -78,7 +78,9 @@ pub fn fetch(
         }
     };
     let target = data_dir.join(entry.folder);
-    if target.exists() {
+    // An empty folder (made by hand, or left by a mount point) holds nothing: it is filled.
+    let empty = std::fs::read_dir(&target).is_ok_and(|mut entries| entries.next().is_none());
+    if target.exists() && !empty {
         return Ok(Fetched::AlreadyPresent(target));
     }
     let staging_root = data_dir.join(".fetch");

@@ -194,7 +194,7 @@ fn run_instance(
     // Held until the run ends, so that a `gc` meanwhile leaves this entry alone.
     match store.hold(&key) {
         Ok(hold) => holds.lock().unwrap_or_else(|e| e.into_inner()).push(hold),
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     }
     let forced = options.forced.contains(&i);
     let remember = |entry: &Entry| {
@@ -208,7 +208,7 @@ fn run_instance(
             reporter.warn(&format!("{e}; recomputing `{}`", instance.label));
             Ok(None)
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(error_chain(&e)),
     };
     if !forced {
         match lookup(reporter) {
@@ -226,10 +226,10 @@ fn run_instance(
             reporter.waiting(instance);
             match store.lock(&key) {
                 Ok(lock) => lock,
-                Err(e) => return failed(e.to_string()),
+                Err(e) => return failed(error_chain(&e)),
             }
         }
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     };
     if !forced {
         // A concurrent run may have committed it while we waited for the lock.
@@ -240,7 +240,7 @@ fn run_instance(
     }
     let staging = match store.stage(&lock) {
         Ok(staging) => staging,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(error_chain(&e)),
     };
     reporter.started(instance, &key);
     let upstream: BTreeMap<String, Vec<PathBuf>> = instance

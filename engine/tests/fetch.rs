@@ -59,6 +59,18 @@ fn a_verified_archive_unpacks_where_the_recipes_read_and_loads() {
     assert_eq!(fetch(&entry, data.path(), Some(&archive), true).unwrap(), Fetched::AlreadyPresent(folder));
 }
 
+/// An existing empty folder is filled, not taken for the data set (issue 12).
+#[test]
+fn an_empty_folder_in_place_is_filled() {
+    let data = tempfile::tempdir().unwrap();
+    let folder = data.path().join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&folder).unwrap();
+    let entry = tiny_cifar10(expected_md5("tiny-cifar10.tar.gz"));
+    let result = fetch(&entry, data.path(), Some(&fixture("tiny-cifar10.tar.gz")), true).unwrap();
+    assert_eq!(result, Fetched::Installed(folder.clone()));
+    assert!(std::fs::read_dir(&folder).unwrap().count() > 0);
+}
+
 #[test]
 fn a_checksum_mismatch_names_both_digests_and_unpacks_nothing() {
     let data = tempfile::tempdir().unwrap();

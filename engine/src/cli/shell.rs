@@ -163,7 +163,7 @@ impl Reporter for Shell {
             Outcome::Reused { entry, waited } => {
                 let how = if *waited { "computed by a concurrent run" } else { "cached" };
                 self.status("Reused", &format!("{} ({how}, {})", instance.label, entry.key.short()));
-                self.event(serde_json::json!({"event": "reused", "stage": id, "key": entry.key.as_str(), "outputs": entry.out_dir()}));
+                self.event(serde_json::json!({"event": "reused", "stage": id, "key": entry.key.as_str(), "outputs": entry.out_dir(), "waited": waited}));
             }
             Outcome::Computed { entry, seconds } => {
                 self.status("Finished", &format!("{} in {}", instance.label, duration(*seconds)));

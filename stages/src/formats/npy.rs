@@ -52,28 +52,27 @@ pub fn read_f64(path: &Path) -> Result<Vec<f64>, StageError> {
         _ => return Err(bad("unsupported .npy version")),
     };
     let dict = bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?;
-    let dict = String::from_utf8_lossy(dict);
-    let width = if dict.contains("'<f4'") {
-        4
-    } else if dict.contains("'<f8'") {
-        8
-    } else {
-        return Err(bad(&format!(
-            "expected a float32 or float64 array (descr '<f4' or '<f8'), found {}",
-            dict.trim()
-        )));
+    let dict = std::str::from_utf8(dict).map_err(|_| bad("the header is not text"))?;
+    let header =
+        Header::parse(dict).map_err(|e| bad(&format!("unreadable header ({e}): {}", dict.trim())))?;
+    let width = match header.descr.as_str() {
+        "<f4" => 4,
+        "<f8" => 8,
+        other => {
+            return Err(bad(&format!(
+                "expected a float32 or float64 array (descr '<f4' or '<f8'), found descr '{other}'"
+            )))
+        }
     };
-    if dict.contains("'fortran_order': True") {
+    if header.fortran_order {
         return Err(bad("Fortran-ordered arrays are not supported"));
     }
-    let shape = dict.split("'shape':").nth(1).and_then(|s| s.split(')').next()).unwrap_or("");
-    let dims: Vec<usize> =
-        shape.trim().trim_start_matches('(').split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let dims = header.shape;
     if dims.len() != 1 {
-        return Err(bad(&format!("expected a one-dimensional array, found shape {shape})")));
+        return Err(bad(&format!("expected a one-dimensional array, found shape {dims:?}")));
     }
     let data = &bytes[start + header_len..];
-    if data.len() != dims[0] * width {
+    if dims[0].checked_mul(width) != Some(data.len()) {
         return Err(bad(&format!("holds {} data bytes for {} values of {width} bytes", data.len(), dims[0])));
     }
     Ok(if width == 4 {
@@ -81,6 +80,85 @@ pub fn read_f64(path: &Path) -> Result<Vec<f64>, StageError> {
     } else {
         data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
     })
+}
+
+/// The text between single quotes, when `v` is exactly one quoted string.
+fn quoted(v: &str) -> Option<&str> {
+    v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).filter(|v| !v.contains('\''))
+}
+
+/// The header dictionary of a `.npy` file: exactly the keys `descr` (a plain type string, not a
+/// structured dtype), `fortran_order` and `shape` (a tuple of integers), each once.
+struct Header {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+impl Header {
+    fn parse(text: &str) -> Result<Header, String> {
+        let body =
+            text.trim().strip_prefix('{').and_then(|t| t.strip_suffix('}')).ok_or("not a dictionary")?;
+        // Split at the commas outside parentheses.
+        let (mut items, mut depth, mut from) = (Vec::new(), 0i32, 0);
+        for (i, c) in body.char_indices() {
+            match c {
+                '(' | '[' => depth += 1,
+                ')' | ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(&body[from..i]);
+                    from = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(&body[from..]);
+        let (mut descr, mut fortran_order, mut shape) = (None, None, None);
+        for item in items.into_iter().map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item.split_once(':').ok_or_else(|| format!("no `key: value` in `{item}`"))?;
+            let value = value.trim();
+            let duplicate = |name: &str| format!("`{name}` given twice");
+            match quoted(key.trim()) {
+                Some("descr") => {
+                    let v = quoted(value).ok_or("descr is not a plain type string")?;
+                    if descr.replace(v.to_string()).is_some() {
+                        return Err(duplicate("descr"));
+                    }
+                }
+                Some("fortran_order") => {
+                    let v = match value {
+                        "True" => true,
+                        "False" => false,
+                        _ => return Err("fortran_order is neither True nor False".into()),
+                    };
+                    if fortran_order.replace(v).is_some() {
+                        return Err(duplicate("fortran_order"));
+                    }
+                }
+                Some("shape") => {
+                    let inner = value
+                        .strip_prefix('(')
+                        .and_then(|v| v.strip_suffix(')'))
+                        .ok_or("shape is not a tuple")?;
+                    let dims = inner
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .map(|d| d.parse::<usize>().map_err(|_| format!("shape entry `{d}` is not a size")))
+                        .collect::<Result<Vec<usize>, String>>()?;
+                    if shape.replace(dims).is_some() {
+                        return Err(duplicate("shape"));
+                    }
+                }
+                _ => return Err(format!("unexpected key {}", key.trim())),
+            }
+        }
+        Ok(Header {
+            descr: descr.ok_or("no descr")?,
+            fortran_order: fortran_order.ok_or("no fortran_order")?,
+            shape: shape.ok_or("no shape")?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +179,34 @@ mod tests {
         assert_eq!(read_f64(&path).unwrap(), vec![1.0 - 1e-12, 1.0], "float64 keeps near-1 scores apart");
         write_i64(&path, &[1, 2]).unwrap();
         assert!(read_f64(&path).unwrap_err().to_string().contains("float32"));
+    }
+
+    /// Headers that only look like float arrays, and sizes that overflow, are refused (issue 12).
+    #[test]
+    fn refuses_structured_dtypes_misplaced_descriptions_and_overflowing_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.npy");
+        let with_dict = |dict: &str, data: &[u8]| {
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend((dict.len() as u16).to_le_bytes());
+            bytes.extend(dict.as_bytes());
+            bytes.extend(data);
+            std::fs::write(&path, bytes).unwrap();
+            read_f64(&path)
+        };
+        let ok =
+            with_dict("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", &2.5f64.to_le_bytes());
+        assert_eq!(ok.unwrap(), vec![2.5]);
+        for (dict, why) in [
+            ("{'descr': [('a', '<f8')], 'fortran_order': False, 'shape': (1,), }", "plain type string"),
+            ("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), 'x': '<f8'}", "unexpected key"),
+            ("{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", "'<i8'"),
+            ("{'descr': '<f8', 'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", "twice"),
+            ("{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615,), }", "data bytes"),
+            ("{'descr': '<f8', 'fortran_order': False, 'shape': (-1,), }", "not a size"),
+        ] {
+            let error = with_dict(dict, &2.5f64.to_le_bytes()).unwrap_err().to_string();
+            assert!(error.contains(why), "{dict}: {error}");
+        }
     }
 }
