@@ -153,3 +153,23 @@ fn the_shipped_recipes_are_valid_and_defaults_fill_in() {
     assert_eq!(a.stages[0].stage.params(), b.stages[0].stage.params());
     assert_eq!(a.datasets, b.datasets);
 }
+
+/// Invalid UTF-8 is reported at its line and column; a huge name is refused and its diagnostic
+/// shows a window of the line, not the whole line (issue 12).
+#[test]
+fn invalid_utf8_has_a_position_and_huge_names_stay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, b"[recipe]\nname = \"x\"\n[stages.a]\nkind = \"tr\xffain\"\n").unwrap();
+    let errors = Recipe::load(&path).err().expect("invalid");
+    assert_eq!((errors[0].line, errors[0].column), (4, 11));
+    assert!(errors[0].message.contains("not UTF-8"), "{}", errors[0].message);
+
+    let name = "n".repeat(1_000_000);
+    std::fs::write(&path, format!("[recipe]\nname = \"{name}\"\n[stages.{name}]\nkind = \"train\"\n"))
+        .unwrap();
+    let errors = Recipe::load(&path).err().expect("invalid");
+    assert!(errors.iter().any(|e| e.message.contains("at most 128")), "{errors:?}");
+    let rendered: usize = errors.iter().map(|e| e.render().len()).sum();
+    assert!(rendered < 4_000, "{rendered} bytes of diagnostics");
+}

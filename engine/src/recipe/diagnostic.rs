@@ -11,6 +11,9 @@ use serde::Serialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// The most characters of a source line a rendered diagnostic shows.
+const WINDOW: usize = 120;
+
 /// How a diagnostic is shown: an error stops the command, a warning does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -108,16 +111,29 @@ impl Diagnostic {
         }
         let number = self.line.to_string();
         let pad = " ".repeat(number.len());
+        // A window of the line around the column: a 10 MB line prints as 120 characters.
+        let chars: Vec<char> = self.source_line.chars().collect();
+        let first = (self.column - 1).saturating_sub(WINDOW / 2).min(chars.len());
+        let last = (first + WINDOW).min(chars.len());
+        let mut shown: String = chars[first..last].iter().collect();
+        let mut caret_at = self.column - 1 - first;
+        if first > 0 {
+            shown.insert(0, '…');
+            caret_at += 1;
+        }
+        if last < chars.len() {
+            shown.push('…');
+        }
         let width = self.span.len().max(1);
-        let caret_width = width.min(self.source_line.chars().count().saturating_sub(self.column - 1)).max(1);
+        let caret_width = width.min(last.saturating_sub(self.column - 1)).max(1);
         let mut out = format!(
             "{label}: {}\n{pad}--> {}:{}:{}\n{pad} |\n{number} | {}\n{pad} | {}{}",
             self.message,
             self.file.display(),
             self.line,
             self.column,
-            self.source_line,
-            " ".repeat(self.column - 1),
+            shown,
+            " ".repeat(caret_at),
             "^".repeat(caret_width),
         );
         if let Some(help) = &self.help {

@@ -79,8 +79,25 @@ impl Recipe {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Recipe, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| vec![Diagnostic::whole_file(path, format!("cannot read the recipe: {e}"))])?;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                // Point at the first byte that is not UTF-8, in the text before it.
+                let at = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                let before = String::from_utf8_lossy(&bytes[..at]).into_owned();
+                let line_end = bytes[at..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| at + n);
+                let text = before.clone() + &String::from_utf8_lossy(&bytes[at..line_end]);
+                let source = Source { path: path.to_path_buf(), text };
+                return Err(vec![Diagnostic::new(
+                    &source,
+                    before.len()..before.len() + 1,
+                    format!("the recipe is not UTF-8 text (byte 0x{:02x})", bytes[at]),
+                )]);
+            }
+        };
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let dir = dir.canonicalize().unwrap_or(dir);
@@ -149,6 +166,9 @@ struct Validator<'a> {
 }
 
 const SECTIONS: &[&str] = &["recipe", "datasets", "stages"];
+/// The longest recipe, stage or dataset name: names become file names in the cache and appear
+/// in every message.
+const MAX_NAME: usize = 128;
 const RECIPE_KEYS: &[&str] = &["name", "description", "seeds", "device"];
 
 impl Validator<'_> {
@@ -188,15 +208,25 @@ impl Validator<'_> {
         }
     }
 
-    fn check_name(&mut self, entry: &Entry, what: &str) {
+    /// Reports a bad name; `false` for a name too long to be used further (its table is then
+    /// not read, so no other message repeats it).
+    fn check_name(&mut self, entry: &Entry, what: &str) -> bool {
         let valid = !entry.key.is_empty()
             && entry.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if entry.key.len() > MAX_NAME {
+            self.error(
+                entry.key_span.clone(),
+                format!("{what} name is {} characters long; at most {MAX_NAME}", entry.key.len()),
+            );
+            return false;
+        }
         if !valid {
             self.error(
                 entry.key_span.clone(),
                 format!("{what} name `{}` may only contain letters, digits, `_` and `-`", entry.key),
             );
         }
+        true
     }
 
     fn recipe(mut self, root: &Node, path: &Path, dir: PathBuf) -> Result<Recipe, Vec<Diagnostic>> {
@@ -214,7 +244,9 @@ impl Validator<'_> {
         if let Some(entry) = root.get("datasets") {
             if let Some(table) = self.table(entry, "[datasets]") {
                 for entry in table.entries() {
-                    self.check_name(entry, "dataset");
+                    if !self.check_name(entry, "dataset") {
+                        continue;
+                    }
                     if let Some(spec) = self.dataset(entry, &dir) {
                         datasets.insert(entry.key.clone(), spec);
                     }
@@ -227,7 +259,9 @@ impl Validator<'_> {
             Some(entry) => {
                 if let Some(table) = self.table(entry, "[stages]") {
                     for entry in table.entries() {
-                        self.check_name(entry, "stage");
+                        if !self.check_name(entry, "stage") {
+                            continue;
+                        }
                         if let Some(decl) = self.stage(entry) {
                             stages.push(decl);
                         }
@@ -303,6 +337,14 @@ impl Validator<'_> {
             let node = &entry.node;
             match entry.key.as_str() {
                 "name" | "description" => match node.as_str() {
+                    Some(text) if entry.key == "name" && text.chars().count() > MAX_NAME => self.error(
+                        node.span.clone(),
+                        format!(
+                            "the recipe name is {} characters long; at most {MAX_NAME} (it names the \
+                             recipe's records in the cache)",
+                            text.chars().count()
+                        ),
+                    ),
                     Some(text) if entry.key == "name" => name = text.to_string(),
                     Some(_) => {}
                     None => self.error(
