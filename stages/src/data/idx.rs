@@ -118,9 +118,27 @@ impl IdxSpec {
         }
     }
 
-    /// The shape of a split's images, from the images file's header alone.
+    /// A requested class beyond the largest label of the split's labels file (a typo such as
+    /// class 10 of MNIST's 0–9 would otherwise train on a class without a single image). A class
+    /// within the range that a small split happens to lack is allowed.
+    fn check_classes_present(&self, labels_path: &Path, labels: &[u8]) -> Result<(), StageError> {
+        let Some(classes) = &self.classes else { return Ok(()) };
+        let largest = labels.iter().copied().max().unwrap_or(0) as u32;
+        match classes.iter().find(|&&c| c > largest) {
+            Some(missing) => Err(StageError::Unsuitable(format!(
+                "class {missing} does not occur in `{}` (its labels run from 0 to {largest})",
+                labels_path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The shape of a split's images, from the images file's header alone; the labels file is
+    /// read to check that the requested classes occur.
     pub(super) fn shape(&self, split: Split) -> Result<[usize; 3], StageError> {
-        let (images_path, _) = self.split_files(split)?;
+        let (images_path, labels_path) = self.split_files(split)?;
+        let (_, labels) = read_idx(&labels_path, LABELS_MAGIC, 1)?;
+        self.check_classes_present(&labels_path, &labels)?;
         let file = std::fs::File::open(&images_path).map_err(StageError::io("cannot read", &images_path))?;
         let mut head = Vec::new();
         let mut reader = std::io::BufReader::new(file);
@@ -151,6 +169,7 @@ impl IdxSpec {
         let (images_path, labels_path) = self.split_files(split)?;
         let (image_dims, pixels) = read_idx(&images_path, IMAGES_MAGIC, 3)?;
         let (label_dims, raw_labels) = read_idx(&labels_path, LABELS_MAGIC, 1)?;
+        self.check_classes_present(&labels_path, &raw_labels)?;
         if image_dims[0] != label_dims[0] {
             return Err(StageError::Format {
                 path: labels_path,
@@ -339,5 +358,25 @@ mod tests {
         let named = IdxSpec { test_files: Some(["digits.gz".into(), "labels.gz".into()]), ..spec.clone() };
         assert_eq!(named.load(Split::Test).unwrap().len(), 3);
         assert_eq!(named.shape(Split::Test).unwrap(), [1, 2, 2]);
+    }
+
+    /// A requested class that no label has is refused, by `check` (through the shape) and by
+    /// loading (issue 12).
+    #[test]
+    fn a_class_that_does_not_occur_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_idx(dir.path(), "t10k", &[0, 1, 2, 1], false);
+        let spec = IdxSpec {
+            root: dir.path().into(),
+            classes: Some(vec![0, 1, 10]),
+            limit: None,
+            train_files: None,
+            test_files: None,
+        };
+        let error = spec.shape(Split::Test).unwrap_err().to_string();
+        assert!(error.contains("class 10 does not occur") && error.contains("0 to 2"), "{error}");
+        assert!(spec.load(Split::Test).is_err());
+        let fine = IdxSpec { classes: Some(vec![2, 0]), ..spec };
+        assert_eq!(fine.load(Split::Test).unwrap().labels, vec![1, 0]);
     }
 }
