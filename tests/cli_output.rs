@@ -239,3 +239,26 @@ fn benchmark_recipes_are_valid() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Sizes that cannot fit in memory are refused by `check` at their position, with the estimate,
+/// instead of aborting `run` (issue 12).
+#[test]
+fn check_refuses_sizes_that_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_recipe(1, "[\"msp\"]")
+        .replace("count = 96", "count = 1000000000000")
+        .replace("widths = [4, 8]", "widths = [100000000, 8]");
+    let recipe = write_recipe(dir.path(), &text);
+    let out = pipeline().arg("check").arg("--json").arg(&recipe).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let verdict: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = verdict["errors"].as_array().unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() as u64 + 1;
+    let at = |line: u64| {
+        errors.iter().find(|e| e["line"] == line).map(|e| e["message"].as_str().unwrap().to_string())
+    };
+    let count = at(line_of("count = 1000000000000")).expect("the count is refused");
+    assert!(count.contains("PiB") && count.contains("more than this machine"), "{count}");
+    let widths = at(line_of("widths = [100000000")).expect("the widths are refused");
+    assert!(widths.contains("TiB"), "{widths}");
+}

@@ -31,6 +31,7 @@ pub mod fields;
 pub mod formats;
 pub mod kinds;
 pub mod math;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod progress;

@@ -159,8 +159,8 @@ impl DatasetSpec {
             DatasetSpec::Cifar100Bin(spec) => spec.load(split),
             DatasetSpec::SvhnMat(spec) => spec.load(split),
             DatasetSpec::ImageFolder(spec) => spec.load(),
-            DatasetSpec::GaussianNoise(spec) => Ok(spec.generate()),
-            DatasetSpec::UniformNoise(spec) => Ok(spec.generate()),
+            DatasetSpec::GaussianNoise(spec) => spec.generate(),
+            DatasetSpec::UniformNoise(spec) => spec.generate(),
         }
     }
 }

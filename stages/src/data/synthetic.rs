@@ -1,7 +1,7 @@
 //! Seeded synthetic OOD sets: Gaussian noise (clipped to [0,1]) and uniform noise. Their seed
 //! belongs to the dataset, not to the recipe run, so every run is scored on the same images.
 use super::image_set::ImageSet;
-use crate::error::ParamError;
+use crate::error::{ParamError, StageError};
 use rand::Rng as _;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,19 @@ fn check_common(count: usize, shape: [usize; 3]) -> Vec<ParamError> {
     if shape.contains(&0) {
         problems.push(ParamError::new(&["shape"], "every dimension must be at least 1"));
     }
+    // f32 pixels, held once while they are generated and once as the batch tensors.
+    let bytes = shape.iter().try_fold(count as u128 * 8, |acc, &d| acc.checked_mul(d as u128));
+    if let Some(message) = crate::memory::does_not_fit(&format!("{count} images of shape {shape:?}"), bytes) {
+        problems.push(ParamError::new(&["count"], message));
+    }
     problems
+}
+
+/// Room for the pixels of `count` images of `shape` and their number, or the error saying they
+/// do not fit.
+fn pixel_buffer(count: usize, shape: [usize; 3]) -> Result<(Vec<f32>, usize), StageError> {
+    let n = shape.iter().try_fold(count, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
+    Ok((crate::memory::try_vec(n, &format!("{count} noise images of shape {shape:?}"))?, n))
 }
 
 fn unlabelled(pixels: Vec<f32>, count: usize, shape: [usize; 3]) -> ImageSet {
@@ -79,12 +91,13 @@ impl GaussianNoiseSpec {
         problems
     }
 
-    pub(super) fn generate(&self) -> ImageSet {
+    pub(super) fn generate(&self) -> Result<ImageSet, StageError> {
         let mut rng = crate::math::rng::derive(self.seed, "gaussian-noise");
-        let normal = Normal::new(self.mean, self.std).expect("std checked positive");
-        let n = self.count * self.shape.iter().product::<usize>();
-        let pixels = (0..n).map(|_| normal.sample(&mut rng).clamp(0.0, 1.0)).collect();
-        unlabelled(pixels, self.count, self.shape)
+        let normal = Normal::new(self.mean, self.std)
+            .map_err(|e| StageError::Unsuitable(format!("gaussian noise with std {}: {e}", self.std)))?;
+        let (mut pixels, n) = pixel_buffer(self.count, self.shape)?;
+        pixels.extend((0..n).map(|_| normal.sample(&mut rng).clamp(0.0, 1.0)));
+        Ok(unlabelled(pixels, self.count, self.shape))
     }
 }
 
@@ -97,11 +110,11 @@ impl UniformNoiseSpec {
         problems
     }
 
-    pub(super) fn generate(&self) -> ImageSet {
+    pub(super) fn generate(&self) -> Result<ImageSet, StageError> {
         let mut rng = crate::math::rng::derive(self.seed, "uniform-noise");
-        let n = self.count * self.shape.iter().product::<usize>();
-        let pixels = (0..n).map(|_| rng.random_range(self.low..self.high)).collect();
-        unlabelled(pixels, self.count, self.shape)
+        let (mut pixels, n) = pixel_buffer(self.count, self.shape)?;
+        pixels.extend((0..n).map(|_| rng.random_range(self.low..self.high)));
+        Ok(unlabelled(pixels, self.count, self.shape))
     }
 }
 
@@ -112,15 +125,17 @@ mod tests {
     #[test]
     fn noise_is_seeded_and_in_range() {
         let spec = GaussianNoiseSpec { count: 10, shape: [1, 4, 4], mean: 0.5, std: 0.25, seed: 3 };
-        let a = spec.generate();
-        assert_eq!(a, spec.generate());
+        let a = spec.generate().unwrap();
+        assert_eq!(a, spec.generate().unwrap());
         assert_eq!(a.pixels.len(), 160);
         assert!(a.pixels.iter().all(|&p| (0.0..=1.0).contains(&p)));
         let mean = a.pixels.iter().sum::<f32>() / 160.0;
         assert!((mean - 0.5).abs() < 0.1, "{mean}");
-        let other = GaussianNoiseSpec { seed: 4, ..spec }.generate();
+        let other = GaussianNoiseSpec { seed: 4, ..spec }.generate().unwrap();
         assert_ne!(a.pixels, other.pixels);
-        let u = UniformNoiseSpec { count: 10, shape: [1, 4, 4], low: 0.0, high: 1.0, seed: 0 }.generate();
+        let u = UniformNoiseSpec { count: 10, shape: [1, 4, 4], low: 0.0, high: 1.0, seed: 0 }
+            .generate()
+            .unwrap();
         assert!(u.pixels.iter().all(|&p| (0.0..1.0).contains(&p)));
     }
 }

@@ -81,6 +81,26 @@ crate::training::fit::training_stage! {
     }
 }
 
+impl Train {
+    /// An estimate of the small CNN's training memory in bytes, before its data is known (3
+    /// input channels of 32×32, the largest the shipped data sets have): weights, gradients,
+    /// momentum and a checkpoint copy (4 × 4 bytes each), and per layer a batch of activations
+    /// kept for the backward pass (3 × 4 bytes each: convolution, batch norm and their
+    /// gradient). `None` when it overflows.
+    fn training_bytes(&self) -> Option<u128> {
+        let (mut channels, mut side, mut bytes) = (3u128, 32u128, 0u128);
+        for (&width, &stride) in self.widths.iter().zip(&self.strides) {
+            let width = width as u128;
+            bytes = bytes.checked_add(width.checked_mul(channels)?.checked_mul(9 * 16)?)?;
+            side = side.div_ceil(stride as u128);
+            let activations = (self.batch_size as u128).checked_mul(width)?.checked_mul(side * side)?;
+            bytes = bytes.checked_add(activations.checked_mul(12)?)?;
+            channels = width;
+        }
+        Some(bytes)
+    }
+}
+
 impl StageParams for Train {
     const KIND: &'static str = "train";
     const VERSION: u32 = 2;
@@ -103,6 +123,12 @@ impl StageParams for Train {
                 &["strides"],
                 format!("needs one stride (at least 1) per width: {} widths", self.widths.len()),
             ));
+        } else if self.model == ModelName::SmallCnn && !self.widths.contains(&0) {
+            if let Some(message) =
+                crate::memory::does_not_fit("its weights and activations", self.training_bytes())
+            {
+                problems.push(ParamError::new(&["widths"], message));
+            }
         }
         problems
     }

@@ -82,18 +82,19 @@ impl ModelSpec {
         let mut values = BTreeMap::new();
         for def in self.parameters()? {
             let n: usize = def.shape.iter().product();
-            let data: Vec<f32> = match def.init {
+            let mut data: Vec<f32> = crate::memory::try_vec(n, &format!("`{}`", def.name))?;
+            match def.init {
                 Init::KaimingNormal { fan_in } => {
                     let normal = Normal::new(0.0, (2.0 / fan_in as f32).sqrt()).expect("positive std");
-                    (0..n).map(|_| normal.sample(rng)).collect()
+                    data.extend((0..n).map(|_| normal.sample(rng)));
                 }
                 Init::Uniform { fan_in } => {
                     let bound = 1.0 / (fan_in as f32).sqrt();
                     let uniform = Uniform::new(-bound, bound).expect("non-empty range");
-                    (0..n).map(|_| uniform.sample(rng)).collect()
+                    data.extend((0..n).map(|_| uniform.sample(rng)));
                 }
-                Init::Const(c) => vec![c; n],
-            };
+                Init::Const(c) => data.resize(n, c),
+            }
             let tensor = Tensor::from_vec(data, def.shape.as_slice(), device)
                 .map_err(StageError::tensor(format!("cannot create `{}`", def.name)))?;
             values.insert(def.name, tensor);
