@@ -294,3 +294,37 @@ fn diverged_training_fails_and_commits_nothing() {
     assert!(stages_with(&events, "finished").is_empty());
     assert_eq!(std::fs::read_dir(cache.join("objects")).unwrap().count(), 0, "nothing committed");
 }
+
+/// MaxLogit and GEN run end to end and land in the report, and `save_features` writes the
+/// features and logits (issue 16, first part).
+#[test]
+fn maxlogit_and_gen_score_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_recipe(1, r#"["maxlogit", "gen", "msp"]"#)
+        .replace("[stages.scores_first]\n", "[stages.scores_first]\nsave_features = true\n");
+    assert!(text.contains("save_features = true"));
+    let recipe = write_recipe(dir.path(), &text);
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scores = outputs_of(&events, "scores_first@0");
+    for method in ["maxlogit", "gen"] {
+        let values = stages::formats::npy::read_f64(&scores.join(format!("{method}/id.npy"))).unwrap();
+        assert!(!values.is_empty() && values.iter().all(|v| v.is_finite()), "{method}");
+    }
+    // save_features: the penultimate features (8 wide) and logits (3 classes) of every set.
+    for (folder, width) in [("features", 8), ("logits", 3)] {
+        let bytes = std::fs::read(scores.join(format!("{folder}/id.npy"))).unwrap();
+        let header = String::from_utf8_lossy(&bytes[10..80]).into_owned();
+        assert!(header.contains(&format!(", {width})")) && header.contains("'<f4'"), "{folder}: {header}");
+        assert!(scores.join(format!("{folder}/ood.npy")).is_file());
+    }
+    // GEN is a negative entropy: at most 0, and below 0 for a softmax that is not one-hot.
+    let gen = stages::formats::npy::read_f64(&scores.join("gen/id.npy")).unwrap();
+    assert!(gen.iter().all(|&v| v <= 0.0));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
+            .unwrap();
+    let methods: Vec<&str> =
+        report["rows"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert!(methods.contains(&"maxlogit") && methods.contains(&"gen"), "{methods:?}");
+}

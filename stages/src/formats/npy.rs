@@ -4,7 +4,11 @@ use crate::error::StageError;
 use std::path::Path;
 
 fn header(descr: &str, len: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({len},), }}");
+    header_with_shape(descr, &format!("({len},)"))
+}
+
+fn header_with_shape(descr: &str, shape: &str) -> Vec<u8> {
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // magic (6) + version (2) + header length (2) + dict + padding + '\n', a multiple of 64.
     let unpadded = 10 + dict.len() + 1;
     let padding = (64 - unpadded % 64) % 64;
@@ -20,6 +24,17 @@ fn header(descr: &str, len: usize) -> Vec<u8> {
 pub fn write_f32(path: &Path, values: &[f32]) -> Result<(), StageError> {
     let mut bytes = header("<f4", values.len());
     bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
+}
+
+/// Writes equally long `rows` as a two-dimensional float32 array (rows × columns, C order).
+pub fn write_f32_rows(path: &Path, rows: &[Vec<f32>]) -> Result<(), StageError> {
+    let columns = rows.first().map_or(0, Vec::len);
+    if let Some(i) = rows.iter().position(|r| r.len() != columns) {
+        return Err(StageError::Internal(format!("row {i} of `{}` has another length", path.display())));
+    }
+    let mut bytes = header_with_shape("<f4", &format!("({}, {columns})", rows.len()));
+    bytes.extend(rows.iter().flatten().flat_map(|v| v.to_le_bytes()));
     std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
 }
 
@@ -179,6 +194,21 @@ mod tests {
         assert_eq!(read_f64(&path).unwrap(), vec![1.0 - 1e-12, 1.0], "float64 keeps near-1 scores apart");
         write_i64(&path, &[1, 2]).unwrap();
         assert!(read_f64(&path).unwrap_err().to_string().contains("float32"));
+    }
+
+    #[test]
+    fn two_dimensional_files_have_a_numpy_header_and_c_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.npy");
+        write_f32_rows(&path, &[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes[10..]).into_owned();
+        assert!(text.contains("'shape': (2, 3)"), "{text}");
+        assert_eq!((bytes.len() - 24) % 64, 0, "header padded to 64 bytes");
+        let data: Vec<f32> =
+            bytes[bytes.len() - 24..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert!(write_f32_rows(&path, &[vec![1.0], vec![1.0, 2.0]]).is_err());
     }
 
     /// Headers that only look like float arrays, and sizes that overflow, are refused (issue 12).

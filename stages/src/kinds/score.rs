@@ -60,6 +60,15 @@ pub struct Score {
     /// The `mahalanobis-fit` stage of this model (needed by the `mahalanobis` method).
     #[serde(default)]
     pub mahalanobis: Option<String>,
+    /// Also write each set's penultimate features and logits (`features/<set>.npy`,
+    /// `logits/<set>.npy`, float32 rows), to plot or try other scores elsewhere. Left out of the
+    /// parameters when false, so recipes without it keep their cache keys.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub save_features: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Which checkpoints to score.
@@ -349,6 +358,13 @@ impl Score {
         for (k, (name, set)) in sets.enumerate() {
             let label = format!("score {name}{note}");
             let pass = forward_all(ctx, net, set, self.batch_size, &label)?;
+            if self.save_features {
+                for (folder, rows) in [("features", &pass.features), ("logits", &pass.logits)] {
+                    let folder = dir.join(folder);
+                    std::fs::create_dir_all(&folder).map_err(StageError::io("cannot create", &folder))?;
+                    npy::write_f32_rows(&folder.join(format!("{name}.npy")), rows)?;
+                }
+            }
             if k == 0 {
                 predictions = pass.logits.iter().map(|row| argmax(row) as i64).collect();
             }

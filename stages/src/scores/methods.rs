@@ -1,7 +1,9 @@
 //! The score methods recipes can name, and [`Method`], a method as a recipe or `scores.json`
 //! names it (serialised as its name).
 use super::energy::Energy;
+use super::gen::Gen;
 use super::mahalanobis::Mahalanobis;
+use super::maxlogit::MaxLogit;
 use super::msp::Msp;
 use super::odin::Odin;
 use super::scorer::ScoreMethod;
@@ -10,7 +12,7 @@ use std::sync::OnceLock;
 
 /// Every score method; adding one is a file in `scores/` and one line here.
 pub fn registry() -> &'static [&'static dyn ScoreMethod] {
-    &[&Msp, &Energy, &Odin, &Mahalanobis]
+    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen]
 }
 
 /// The names of every method, in registry order.

@@ -1,7 +1,8 @@
 //! OOD scores (SPEC §7), one method per file behind [`scorer::ScoreMethod`], every one "higher
 //! = more in-distribution", computed in f64:
-//! - from the plain logits: [`msp`] (maximum softmax probability) and [`energy`]
-//!   (T·logsumexp(f/T), T = 1);
+//! - from the plain logits: [`msp`] (maximum softmax probability), [`energy`]
+//!   (T·logsumexp(f/T), T = 1), [`maxlogit`] (the largest logit) and [`gen`] (the negative
+//!   generalized entropy of the softmax);
 //! - [`odin`]: temperature scaling of an input perturbed against the gradient;
 //! - [`mahalanobis`]: the closest class-conditional Gaussian of penultimate features with one
 //!   tied covariance (fitted by the `mahalanobis-fit` stage).
@@ -9,7 +10,9 @@
 //! [`methods`] lists them; a new method is one file here and one line there.
 pub mod energy;
 pub mod gaussian;
+pub mod gen;
 pub mod mahalanobis;
+pub mod maxlogit;
 pub mod methods;
 pub mod msp;
 pub mod odin;
