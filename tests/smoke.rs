@@ -300,14 +300,14 @@ fn diverged_training_fails_and_commits_nothing() {
 #[test]
 fn maxlogit_and_gen_score_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let text = tiny_recipe(1, r#"["maxlogit", "gen", "msp"]"#)
+    let text = tiny_recipe(1, r#"["maxlogit", "gen", "gradnorm", "msp"]"#)
         .replace("[stages.scores_first]\n", "[stages.scores_first]\nsave_features = true\n");
     assert!(text.contains("save_features = true"));
     let recipe = write_recipe(dir.path(), &text);
     let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let scores = outputs_of(&events, "scores_first@0");
-    for method in ["maxlogit", "gen"] {
+    for method in ["maxlogit", "gen", "gradnorm"] {
         let values = stages::formats::npy::read_f64(&scores.join(format!("{method}/id.npy"))).unwrap();
         assert!(!values.is_empty() && values.iter().all(|v| v.is_finite()), "{method}");
     }

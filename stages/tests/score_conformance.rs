@@ -1,6 +1,7 @@
 //! The logit-based post-hoc scores against an independent numpy/scipy implementation written
 //! from the methods' papers (tests/fixtures/scores/make_fixtures.py), to 1e-5 relative.
 use stages::scores::gen::{generalized_entropy_score, GAMMA, TOP};
+use stages::scores::gradnorm::gradnorm;
 use stages::scores::maxlogit::max_logit;
 
 #[test]
@@ -27,6 +28,29 @@ fn maxlogit_and_gen_match_the_python_reference() {
                 case["gen"][i].as_f64().unwrap(),
                 &format!("{name} gen {i}"),
             );
+        }
+    }
+}
+
+fn rows(value: &serde_json::Value) -> Vec<Vec<f32>> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+#[test]
+fn gradnorm_matches_finite_differences_of_the_divergence() {
+    let document: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/scores/features.json")).unwrap();
+    for case in document["cases"].as_array().unwrap() {
+        let (features, logits) = (rows(&case["features"]), rows(&case["logits"]));
+        for (i, (h, f)) in features.iter().zip(&logits).enumerate() {
+            let want = case["gradnorm"][i].as_f64().unwrap();
+            let got = gradnorm(h, f);
+            assert!((got - want).abs() <= 1e-5 * want.abs(), "{} {i}: {got} vs {want}", case["name"]);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! names it (serialised as its name).
 use super::energy::Energy;
 use super::gen::Gen;
+use super::gradnorm::GradNorm;
 use super::mahalanobis::Mahalanobis;
 use super::maxlogit::MaxLogit;
 use super::msp::Msp;
@@ -12,7 +13,7 @@ use std::sync::OnceLock;
 
 /// Every score method; adding one is a file in `scores/` and one line here.
 pub fn registry() -> &'static [&'static dyn ScoreMethod] {
-    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen]
+    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen, &GradNorm]
 }
 
 /// The names of every method, in registry order.

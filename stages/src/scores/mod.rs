@@ -3,6 +3,8 @@
 //! - from the plain logits: [`msp`] (maximum softmax probability), [`energy`]
 //!   (T·logsumexp(f/T), T = 1), [`maxlogit`] (the largest logit) and [`gen`] (the negative
 //!   generalized entropy of the softmax);
+//! - from the logits and penultimate features: [`gradnorm`] (the L1 norm of the last layer's
+//!   gradient of KL(uniform ‖ softmax));
 //! - [`odin`]: temperature scaling of an input perturbed against the gradient;
 //! - [`mahalanobis`]: the closest class-conditional Gaussian of penultimate features with one
 //!   tied covariance (fitted by the `mahalanobis-fit` stage).
@@ -11,6 +13,7 @@
 pub mod energy;
 pub mod gaussian;
 pub mod gen;
+pub mod gradnorm;
 pub mod mahalanobis;
 pub mod maxlogit;
 pub mod methods;
