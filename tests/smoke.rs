@@ -295,13 +295,27 @@ fn diverged_training_fails_and_commits_nothing() {
     assert_eq!(std::fs::read_dir(cache.join("objects")).unwrap().count(), 0, "nothing committed");
 }
 
-/// MaxLogit and GEN run end to end and land in the report, and `save_features` writes the
+/// MaxLogit, GEN, GradNorm, ReAct and KNN run end to end, and `save_features` writes the
 /// features and logits (issue 16, first part).
 #[test]
-fn maxlogit_and_gen_score_end_to_end() {
+fn posthoc_scores_run_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let text = tiny_recipe(1, r#"["maxlogit", "gen", "gradnorm", "msp"]"#)
-        .replace("[stages.scores_first]\n", "[stages.scores_first]\nsave_features = true\n");
+        .replace("[stages.scores_first]\n", "[stages.scores_first]\nsave_features = true\n")
+        + r#"
+[stages.fit]
+kind = "feature-fit"
+model = "base"
+data = "id"
+
+[stages.scores_posthoc]
+kind = "score"
+model = "base"
+id = "id"
+ood = ["ood", "noise"]
+methods = ["react", "knn"]
+features_fit = "fit"
+"#;
     assert!(text.contains("save_features = true"));
     let recipe = write_recipe(dir.path(), &text);
     let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
@@ -318,6 +332,20 @@ fn maxlogit_and_gen_score_end_to_end() {
         assert!(header.contains(&format!(", {width})")) && header.contains("'<f4'"), "{folder}: {header}");
         assert!(scores.join(format!("{folder}/ood.npy")).is_file());
     }
+    // ReAct and KNN with the training statistics of `fit`: finite scores; KNN's are minus a
+    // distance between unit vectors, in [−2, 0].
+    let posthoc = outputs_of(&events, "scores_posthoc@0");
+    for method in ["react", "knn"] {
+        let values = stages::formats::npy::read_f64(&posthoc.join(format!("{method}/noise.npy"))).unwrap();
+        assert!(values.len() == 96 && values.iter().all(|v| v.is_finite()), "{method}");
+    }
+    let knn = stages::formats::npy::read_f64(&posthoc.join("knn/id.npy")).unwrap();
+    assert!(knn.iter().all(|&v| (-2.0..=0.0).contains(&v)), "{knn:?}");
+    // Without `features_fit` the recipe is refused before anything runs.
+    let bad = write_recipe(dir.path(), &text.replace("features_fit = \"fit\"\n", ""));
+    let out = pipeline().arg("check").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("feature-fit stage"), "{}", stderr(&out));
     // GEN is a negative entropy: at most 0, and below 0 for a softmax that is not one-hot.
     let gen = stages::formats::npy::read_f64(&scores.join("gen/id.npy")).unwrap();
     assert!(gen.iter().all(|&v| v <= 0.0));

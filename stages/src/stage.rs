@@ -27,6 +27,8 @@ pub enum Artifact {
     Constraint,
     /// A class-conditional Gaussian of a model's features (for the Mahalanobis score).
     Gaussian,
+    /// A model's ID training features and activation statistics (for `react` and `knn`).
+    Features,
 }
 
 impl Artifact {
@@ -38,6 +40,7 @@ impl Artifact {
             Artifact::Report => "a report",
             Artifact::Constraint => "a loss constraint",
             Artifact::Gaussian => "a fitted Gaussian (mahalanobis-fit)",
+            Artifact::Features => "ID training features (feature-fit)",
         }
     }
 }

@@ -52,6 +52,31 @@ pub fn write_i64(path: &Path, values: &[i64]) -> Result<(), StageError> {
     std::fs::write(path, bytes).map_err(StageError::io("cannot write", path))
 }
 
+/// Reads a two-dimensional float32 array (little-endian, C order) as rows, as
+/// [`write_f32_rows`] writes it.
+pub fn read_f32_rows(path: &Path) -> Result<Vec<Vec<f32>>, StageError> {
+    let bytes = std::fs::read(path).map_err(StageError::io("cannot read", path))?;
+    let bad = |message: &str| StageError::Format { path: path.into(), message: message.to_string() };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" || bytes[6] != 1 {
+        return Err(bad("not a version-1 .npy file"));
+    }
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let dict = bytes.get(10..10 + header_len).ok_or_else(|| bad("truncated header"))?;
+    let dict = std::str::from_utf8(dict).map_err(|_| bad("the header is not text"))?;
+    let header = Header::parse(dict).map_err(|e| bad(&format!("unreadable header ({e})")))?;
+    let [rows, columns] = header.shape[..] else { return Err(bad("expected a two-dimensional array")) };
+    if header.descr != "<f4" || header.fortran_order {
+        return Err(bad("expected a C-ordered float32 array"));
+    }
+    let data = &bytes[10 + header_len..];
+    if rows.checked_mul(columns).and_then(|n| n.checked_mul(4)) != Some(data.len()) {
+        return Err(bad(&format!("holds {} data bytes for {rows}×{columns} float32 values", data.len())));
+    }
+    let values: Vec<f32> =
+        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok(values.chunks(columns.max(1)).take(rows).map(<[f32]>::to_vec).collect())
+}
+
 /// Reads a one-dimensional float32 or float64 array (little-endian, C order) as f64.
 pub fn read_f64(path: &Path) -> Result<Vec<f64>, StageError> {
     let bytes = std::fs::read(path).map_err(StageError::io("cannot read", path))?;
@@ -209,6 +234,10 @@ mod tests {
             bytes[bytes.len() - 24..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         assert_eq!(data, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert!(write_f32_rows(&path, &[vec![1.0], vec![1.0, 2.0]]).is_err());
+        write_f32_rows(&path, &[vec![1.5, -2.0], vec![0.25, 4.0], vec![8.0, 9.0]]).unwrap();
+        assert_eq!(read_f32_rows(&path).unwrap(), [vec![1.5, -2.0], vec![0.25, 4.0], vec![8.0, 9.0]]);
+        write_f64(&path, &[1.0]).unwrap();
+        assert!(read_f32_rows(&path).is_err());
     }
 
     /// Headers that only look like float arrays, and sizes that overflow, are refused (issue 12).

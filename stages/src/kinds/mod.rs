@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod energy_oe;
 pub mod estimate_loss_constraint;
+pub mod feature_fit;
 pub mod mahalanobis_fit;
 pub mod oe;
 pub mod poem;
@@ -27,6 +28,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &KindOf::<energy_oe::EnergyOe>(PhantomData),
         &KindOf::<poem::Poem>(PhantomData),
         &KindOf::<mahalanobis_fit::MahalanobisFit>(PhantomData),
+        &KindOf::<feature_fit::FeatureFit>(PhantomData),
         &KindOf::<score::Score>(PhantomData),
         &KindOf::<report::Report>(PhantomData),
     ]

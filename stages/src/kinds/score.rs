@@ -17,8 +17,16 @@ use crate::models::checkpoints::model_digest;
 use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::{Network, SavedModel};
+use crate::scores::feature_bank::FeatureFit;
 use crate::scores::gaussian::GaussianFile;
 use crate::scores::gaussian::GaussianFit;
+
+/// The fitted statistics a score stage scores with (none for checkpoints).
+#[derive(Default)]
+struct Fits<'a> {
+    gaussian: Option<&'a GaussianFit>,
+    features: Option<&'a FeatureFit>,
+}
 use crate::scores::scorer::{MethodParams, ScoringInput};
 use crate::scores::Method;
 use crate::stage::Artifact;
@@ -60,6 +68,10 @@ pub struct Score {
     /// The `mahalanobis-fit` stage of this model (needed by the `mahalanobis` method).
     #[serde(default)]
     pub mahalanobis: Option<String>,
+    /// The `feature-fit` stage of this model (needed by `react` and `knn`). Left out of the
+    /// parameters when unset, so recipes without it keep their cache keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_fit: Option<String>,
     /// Also write each set's penultimate features and logits (`features/<set>.npy`,
     /// `logits/<set>.npy`, float32 rows), to plot or try other scores elsewhere. Left out of the
     /// parameters when false, so recipes without it keep their cache keys.
@@ -173,6 +185,9 @@ impl StageParams for Score {
         for (i, name) in self.ood.iter().enumerate() {
             inputs.push(Input::dataset(&["ood", &i.to_string()], name));
         }
+        if let Some(fit) = &self.features_fit {
+            inputs.push(Input::stage(&["features_fit"], fit, Artifact::Features));
+        }
         if let Some(fit) = &self.mahalanobis {
             inputs.push(Input::stage(&["mahalanobis"], fit, Artifact::Gaussian));
         }
@@ -200,6 +215,24 @@ impl StageParams for Score {
                 problems.push(ParamError::new(&["mahalanobis"], "is set but `methods` lacks \"mahalanobis\""))
             }
             _ => {}
+        }
+        let wants_features = self.methods.iter().any(|m| m.get().needs_features_fit());
+        match (&self.features_fit, wants_features) {
+            (None, true) => problems.push(ParamError::new(
+                &["methods"],
+                "`react` and `knn` need `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
+            )),
+            (Some(_), false) => problems.push(ParamError::new(
+                &["features_fit"],
+                "is set but `methods` has neither \"react\" nor \"knn\"",
+            )),
+            _ => {}
+        }
+        if wants_features && self.checkpoints.is_some() {
+            problems.push(ParamError::new(
+                &["checkpoints"],
+                "cannot be combined with react or knn (their statistics are fitted to one model)",
+            ));
         }
         if wants_mahalanobis && self.checkpoints.is_some() {
             problems.push(ParamError::new(
@@ -270,6 +303,20 @@ impl StageParams for Score {
             }
             None => None,
         };
+        let features_fit = match &self.features_fit {
+            Some(stage) => {
+                let fit = FeatureFit::read(ctx.stage_dir(stage)?)?;
+                if fit.file.model_digest != model_digest(&saved)? {
+                    return Err(StageError::Unsuitable(format!(
+                        "`{stage}` was fitted on another model than `{}`'s: point its `model` at `{}`",
+                        self.model, self.model
+                    )));
+                }
+                Some(fit)
+            }
+            None => None,
+        };
+        let fits = Fits { gaussian: gaussian.as_ref(), features: features_fit.as_ref() };
         let id = self.load(ctx, &net, &self.id)?;
         if id.num_classes != net.spec.num_classes {
             return Err(StageError::Unsuitable(format!(
@@ -278,7 +325,7 @@ impl StageParams for Score {
             )));
         }
         let ood = self.ood.iter().map(|name| self.load(ctx, &net, name)).collect::<Result<Vec<_>, _>>()?;
-        let predictions = self.score_model(ctx, &net, gaussian.as_ref(), &id, &ood, ctx.out_dir, "")?;
+        let predictions = self.score_model(ctx, &net, &fits, &id, &ood, ctx.out_dir, "")?;
         let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
         npy::write_i64(&ctx.out_dir.join("id_predictions.npy"), &predictions)?;
         npy::write_i64(
@@ -305,8 +352,15 @@ impl StageParams for Score {
                 };
                 let net = saved.load_frozen(ctx.device)?;
                 let dir = ctx.out_dir.join(ScoreIndex::epoch_dir(epoch));
-                let predictions =
-                    self.score_model(ctx, &net, None, &id, &ood, &dir, &format!(" (epoch {epoch})"))?;
+                let predictions = self.score_model(
+                    ctx,
+                    &net,
+                    &Fits::default(),
+                    &id,
+                    &ood,
+                    &dir,
+                    &format!(" (epoch {epoch})"),
+                )?;
                 let correct = predictions.iter().zip(&id.labels).filter(|(p, l)| **p == **l as i64).count();
                 checkpoints.push(CheckpointScores { epoch, id_accuracy: correct as f64 / id.len() as f64 });
             }
@@ -347,7 +401,7 @@ impl Score {
         &self,
         ctx: &RunContext,
         net: &Network,
-        gaussian: Option<&GaussianFit>,
+        fits: &Fits,
         id: &ImageSet,
         ood: &[ImageSet],
         dir: &Path,
@@ -372,7 +426,8 @@ impl Score {
                 net,
                 set,
                 pass: &pass,
-                gaussian,
+                gaussian: fits.gaussian,
+                features_fit: fits.features,
                 params: MethodParams {
                     odin_temperature: self.odin_temperature,
                     odin_epsilon: self.odin_epsilon,

@@ -156,6 +156,11 @@ impl Ends {
         Ok(images.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
     }
 
+    /// The linear head: its weight `(classes, features)` and bias `(classes)`.
+    pub fn head(&self) -> (&Tensor, &Tensor) {
+        (&self.fc_weight, &self.fc_bias)
+    }
+
     /// Logits of `(n, features)` rows.
     pub fn logits(&self, features: &Tensor) -> Result<Tensor, StageError> {
         Ok(features.matmul(&self.fc_weight.t()?)?.broadcast_add(&self.fc_bias)?)

@@ -49,6 +49,21 @@ impl Network {
         Ok(Network { spec: spec.clone(), body })
     }
 
+    /// The linear head's weight `(classes, features)` and bias, as f32 rows and values on the
+    /// host (for scores that recompute logits from modified features).
+    pub fn head(&self) -> Result<(Vec<Vec<f32>>, Vec<f32>), StageError> {
+        let ends = match &self.body {
+            Body::SmallCnn(net) => net.ends(),
+            Body::DenseNetBc(net) => net.ends(),
+            Body::WideResNet(net) => net.ends(),
+        };
+        let (weight, bias) = ends.head();
+        Ok((
+            weight.to_dtype(candle_core::DType::F32)?.to_vec2()?,
+            bias.to_dtype(candle_core::DType::F32)?.to_vec1()?,
+        ))
+    }
+
     /// Runs a batch `(n, c, h, w)` of [0,1] pixels.
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         match &self.body {

@@ -54,6 +54,11 @@ impl SmallCnn {
         })
     }
 
+    /// The input normalisation and the linear head.
+    pub fn ends(&self) -> &Ends {
+        &self.ends
+    }
+
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         let mut x = self.ends.normalise(images)?;
         for block in &self.blocks {

@@ -85,6 +85,11 @@ impl WideResNet {
         })
     }
 
+    /// The input normalisation and the linear head.
+    pub fn ends(&self) -> &Ends {
+        &self.ends
+    }
+
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         let mut x = self.ends.normalise(images)?;
         x = conv2d(&x, &self.stem, 1, 1)?;

@@ -3,17 +3,19 @@
 use super::energy::Energy;
 use super::gen::Gen;
 use super::gradnorm::GradNorm;
+use super::knn::Knn;
 use super::mahalanobis::Mahalanobis;
 use super::maxlogit::MaxLogit;
 use super::msp::Msp;
 use super::odin::Odin;
+use super::react::React;
 use super::scorer::ScoreMethod;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 /// Every score method; adding one is a file in `scores/` and one line here.
 pub fn registry() -> &'static [&'static dyn ScoreMethod] {
-    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen, &GradNorm]
+    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen, &GradNorm, &React, &Knn]
 }
 
 /// The names of every method, in registry order.
@@ -78,7 +80,7 @@ mod tests {
             let method: Method = serde_json::from_value(serde_json::json!(name)).unwrap();
             assert_eq!(serde_json::to_value(method).unwrap(), serde_json::json!(name));
         }
-        let error = serde_json::from_value::<Method>(serde_json::json!("react")).unwrap_err().to_string();
-        assert!(error.contains("unknown variant `react`") && error.contains("`mahalanobis`"), "{error}");
+        let error = serde_json::from_value::<Method>(serde_json::json!("vim-typo")).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `vim-typo`") && error.contains("`mahalanobis`"), "{error}");
     }
 }

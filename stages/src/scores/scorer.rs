@@ -1,5 +1,6 @@
 //! What a score method is ([`ScoreMethod`]) and what it is given ([`ScoringInput`]). Every
 //! score is "higher = more in-distribution", one f64 per image.
+use super::feature_bank::FeatureFit;
 use super::gaussian::GaussianFit;
 use crate::data::ImageSet;
 use crate::error::StageError;
@@ -27,6 +28,8 @@ pub struct ScoringInput<'a> {
     pub pass: &'a ForwardPass,
     /// The class-conditional Gaussian of a `mahalanobis-fit` stage, when the stage has one.
     pub gaussian: Option<&'a GaussianFit>,
+    /// The ID training features of a `feature-fit` stage, when the stage has one.
+    pub features_fit: Option<&'a FeatureFit>,
     pub params: MethodParams,
     pub device: &'a Device,
     pub batch_size: usize,
@@ -46,6 +49,10 @@ pub trait ScoreMethod: Sync {
     }
     /// Whether it needs the Gaussian of a `mahalanobis-fit` stage.
     fn needs_gaussian(&self) -> bool {
+        false
+    }
+    /// Whether it needs the ID training features of a `feature-fit` stage.
+    fn needs_features_fit(&self) -> bool {
         false
     }
     /// The score of every image of the set, in order.

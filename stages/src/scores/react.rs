@@ -1,0 +1,46 @@
+//! ReAct (Sun, Guo, Li, "ReAct: Out-of-distribution detection with rectified activations",
+//! NeurIPS 2021): the penultimate activations clipped at c, the p-th percentile (p = 90) of the
+//! ID training activations (`feature-fit`), then the Energy score of the logits the linear head
+//! gives them: logsumexp(W·min(h, c) + b).
+use super::feature_bank::FeatureFit;
+use super::scorer::{ScoreMethod, ScoringInput};
+use super::softmax::logsumexp;
+use crate::error::StageError;
+
+pub struct React;
+
+/// logsumexp(W·min(h, c) + b) in f64.
+pub fn react_energy(features: &[f32], threshold: f64, weight: &[Vec<f32>], bias: &[f32]) -> f64 {
+    let clipped: Vec<f64> = features.iter().map(|&h| (h as f64).min(threshold)).collect();
+    let logits: Vec<f32> = weight
+        .iter()
+        .zip(bias)
+        .map(|(row, &b)| {
+            (row.iter().zip(&clipped).map(|(&w, h)| w as f64 * h).sum::<f64>() + b as f64) as f32
+        })
+        .collect();
+    logsumexp(&logits)
+}
+
+/// The `feature-fit` of a scoring input, or the error that a recipe check should have caught.
+pub(crate) fn fit_of<'a>(input: &ScoringInput<'a>, method: &str) -> Result<&'a FeatureFit, StageError> {
+    input
+        .features_fit
+        .ok_or_else(|| StageError::Internal(format!("the {method} method needs a feature-fit stage")))
+}
+
+impl ScoreMethod for React {
+    fn name(&self) -> &'static str {
+        "react"
+    }
+
+    fn needs_features_fit(&self) -> bool {
+        true
+    }
+
+    fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
+        let threshold = fit_of(input, "react")?.file.react_threshold;
+        let (weight, bias) = input.net.head()?;
+        Ok(input.pass.features.iter().map(|h| react_energy(h, threshold, &weight, &bias)).collect())
+    }
+}
