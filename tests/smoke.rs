@@ -313,7 +313,7 @@ kind = "score"
 model = "base"
 id = "id"
 ood = ["ood", "noise"]
-methods = ["react", "knn"]
+methods = ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching"]
 features_fit = "fit"
 "#;
     assert!(text.contains("save_features = true"));
@@ -335,7 +335,7 @@ features_fit = "fit"
     // ReAct and KNN with the training statistics of `fit`: finite scores; KNN's are minus a
     // distance between unit vectors, in [−2, 0].
     let posthoc = outputs_of(&events, "scores_posthoc@0");
-    for method in ["react", "knn"] {
+    for method in ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching"] {
         let values = stages::formats::npy::read_f64(&posthoc.join(format!("{method}/noise.npy"))).unwrap();
         assert!(values.len() == 96 && values.iter().all(|v| v.is_finite()), "{method}");
     }

@@ -88,3 +88,52 @@ fn react_and_knn_match_the_python_reference() {
         }
     }
 }
+
+#[test]
+fn ash_dice_and_kl_matching_match_the_python_reference() {
+    use stages::scores::ash::{head_energy, shape, Shaping, PERCENTILE};
+    use stages::scores::dice::sparsified;
+    use stages::scores::kl_matching::{class_templates, kl_matching};
+    let document: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/scores/features.json")).unwrap();
+    let close = |got: f64, want: f64, what: &str| {
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1e-6), "{what}: {got} vs {want}");
+    };
+    for case in document["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (features, logits) = (rows(&case["features"]), rows(&case["logits"]));
+        let (train, weight) = (rows(&case["train"]), rows(&case["weight"]));
+        let bias: Vec<f32> =
+            case["bias"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        for (key, shaping) in
+            [("ash-p", Shaping::Prune), ("ash-b", Shaping::Binarize), ("ash-s", Shaping::Scale)]
+        {
+            for (i, h) in features.iter().enumerate() {
+                let got = head_energy(&shape(h, shaping, PERCENTILE), &weight, &bias);
+                close(got, case[key][i].as_f64().unwrap(), &format!("{name} {key} {i}"));
+            }
+        }
+        let width = train[0].len();
+        let mean: Vec<f64> =
+            (0..width).map(|k| train.iter().map(|r| r[k] as f64).sum::<f64>() / train.len() as f64).collect();
+        let masked = sparsified(&weight, &mean, 90.0);
+        let templates = class_templates(&train, &weight, &bias);
+        for (i, (h, f)) in features.iter().zip(&logits).enumerate() {
+            let x: Vec<f64> = h.iter().map(|&v| v as f64).collect();
+            close(
+                head_energy(&x, &masked, &bias),
+                case["dice"][i].as_f64().unwrap(),
+                &format!("{name} dice {i}"),
+            );
+            let max = f.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exps: Vec<f64> = f.iter().map(|&v| (v as f64 - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            let p: Vec<f64> = exps.iter().map(|e| e / sum).collect();
+            close(
+                kl_matching(&p, &templates),
+                case["kl-matching"][i].as_f64().unwrap(),
+                &format!("{name} kl {i}"),
+            );
+        }
+    }
+}

@@ -220,11 +220,11 @@ impl StageParams for Score {
         match (&self.features_fit, wants_features) {
             (None, true) => problems.push(ParamError::new(
                 &["methods"],
-                "`react` and `knn` need `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
+                "`react`, `knn`, `dice` and `kl-matching` need `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
             )),
             (Some(_), false) => problems.push(ParamError::new(
                 &["features_fit"],
-                "is set but `methods` has neither \"react\" nor \"knn\"",
+                "is set but `methods` has none of react, knn, dice and kl-matching",
             )),
             _ => {}
         }

@@ -35,16 +35,29 @@ impl FeatureFitFile {
 #[derive(Debug, Clone)]
 pub struct FeatureFit {
     pub file: FeatureFitFile,
-    /// The training features, each scaled to unit L2 norm (KNN's bank).
+    /// The training features as computed.
+    pub raw: Vec<Vec<f32>>,
+    /// The same, each scaled to unit L2 norm (KNN's bank).
     pub normalised: Vec<Vec<f32>>,
+    /// Their mean (DICE's m).
+    pub mean: Vec<f64>,
 }
 
 impl FeatureFit {
     pub fn read(dir: &Path) -> Result<FeatureFit, StageError> {
         let file = FeatureFitFile::read(dir)?;
-        let normalised =
-            npy::read_f32_rows(&dir.join(FeatureFitFile::FEATURES))?.iter().map(|r| unit(r)).collect();
-        Ok(FeatureFit { file, normalised })
+        let raw = npy::read_f32_rows(&dir.join(FeatureFitFile::FEATURES))?;
+        let normalised = raw.iter().map(|r| unit(r)).collect();
+        let width = raw.first().map_or(0, Vec::len);
+        let mut mean = vec![0.0; width];
+        for row in &raw {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += v as f64;
+            }
+        }
+        let count = raw.len().max(1) as f64;
+        let mean = mean.into_iter().map(|m| m / count).collect();
+        Ok(FeatureFit { file, raw, normalised, mean })
     }
 }
 

@@ -1,8 +1,11 @@
 //! The score methods recipes can name, and [`Method`], a method as a recipe or `scores.json`
 //! names it (serialised as its name).
+use super::ash::{Ash, Shaping};
+use super::dice::Dice;
 use super::energy::Energy;
 use super::gen::Gen;
 use super::gradnorm::GradNorm;
+use super::kl_matching::KlMatching;
 use super::knn::Knn;
 use super::mahalanobis::Mahalanobis;
 use super::maxlogit::MaxLogit;
@@ -15,7 +18,22 @@ use std::sync::OnceLock;
 
 /// Every score method; adding one is a file in `scores/` and one line here.
 pub fn registry() -> &'static [&'static dyn ScoreMethod] {
-    &[&Msp, &Energy, &Odin, &Mahalanobis, &MaxLogit, &Gen, &GradNorm, &React, &Knn]
+    &[
+        &Msp,
+        &Energy,
+        &Odin,
+        &Mahalanobis,
+        &MaxLogit,
+        &Gen,
+        &GradNorm,
+        &React,
+        &Knn,
+        &Ash(Shaping::Prune),
+        &Ash(Shaping::Binarize),
+        &Ash(Shaping::Scale),
+        &Dice,
+        &KlMatching,
+    ]
 }
 
 /// The names of every method, in registry order.

@@ -5,18 +5,24 @@
 //!   generalized entropy of the softmax);
 //! - from the logits and penultimate features: [`gradnorm`] (the L1 norm of the last layer's
 //!   gradient of KL(uniform ‖ softmax));
+//! - from the features through the linear head: [`ash`] (`ash-p`, `ash-b`, `ash-s`: Energy of
+//!   shaped activations);
 //! - with the ID training features of a `feature-fit` stage ([`feature_bank`]): [`react`]
-//!   (Energy of clipped activations) and [`knn`] (distance to the k-th nearest ID feature);
+//!   (Energy of clipped activations), [`knn`] (distance to the k-th nearest ID feature),
+//!   [`dice`] (Energy of a sparsified head) and [`kl_matching`] (KL to class templates);
 //! - [`odin`]: temperature scaling of an input perturbed against the gradient;
 //! - [`mahalanobis`]: the closest class-conditional Gaussian of penultimate features with one
 //!   tied covariance (fitted by the `mahalanobis-fit` stage).
 //!
 //! [`methods`] lists them; a new method is one file here and one line there.
+pub mod ash;
+pub mod dice;
 pub mod energy;
 pub mod feature_bank;
 pub mod gaussian;
 pub mod gen;
 pub mod gradnorm;
+pub mod kl_matching;
 pub mod knn;
 pub mod mahalanobis;
 pub mod maxlogit;
