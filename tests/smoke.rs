@@ -308,13 +308,19 @@ kind = "feature-fit"
 model = "base"
 data = "id"
 
+[stages.gauss]
+kind = "mahalanobis-fit"
+model = "base"
+data = "id"
+
 [stages.scores_posthoc]
 kind = "score"
 model = "base"
 id = "id"
 ood = ["ood", "noise"]
-methods = ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching"]
+methods = ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching", "vim", "rmds"]
 features_fit = "fit"
+mahalanobis = "gauss"
 "#;
     assert!(text.contains("save_features = true"));
     let recipe = write_recipe(dir.path(), &text);
@@ -335,7 +341,7 @@ features_fit = "fit"
     // ReAct and KNN with the training statistics of `fit`: finite scores; KNN's are minus a
     // distance between unit vectors, in [−2, 0].
     let posthoc = outputs_of(&events, "scores_posthoc@0");
-    for method in ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching"] {
+    for method in ["react", "knn", "ash-p", "ash-b", "ash-s", "dice", "kl-matching", "vim", "rmds"] {
         let values = stages::formats::npy::read_f64(&posthoc.join(format!("{method}/noise.npy"))).unwrap();
         assert!(values.len() == 96 && values.iter().all(|v| v.is_finite()), "{method}");
     }

@@ -137,3 +137,32 @@ fn ash_dice_and_kl_matching_match_the_python_reference() {
         }
     }
 }
+
+#[test]
+fn vim_and_rmds_match_the_python_reference() {
+    use stages::scores::gaussian::GaussianFit;
+    use stages::scores::rmds::rmds_scores;
+    use stages::scores::vim::{principal_dimension, VimFit};
+    let document: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/scores/features.json")).unwrap();
+    let close = |got: f64, want: f64, what: &str| {
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1e-3), "{what}: {got} vs {want}");
+    };
+    for case in document["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (features, logits) = (rows(&case["features"]), rows(&case["logits"]));
+        let (train, weight) = (rows(&case["train"]), rows(&case["weight"]));
+        let bias: Vec<f32> =
+            case["bias"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let vim = VimFit::new(&train, &weight, &bias, principal_dimension(train[0].len())).unwrap();
+        for (i, (h, f)) in features.iter().zip(&logits).enumerate() {
+            close(vim.score(h, f), case["vim"][i].as_f64().unwrap(), &format!("{name} vim {i}"));
+        }
+        let labels: Vec<u32> =
+            case["train_labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let class_fit = GaussianFit::fit(&train, &labels, weight.len()).unwrap();
+        for (i, got) in rmds_scores(&class_fit, &train, &features).unwrap().into_iter().enumerate() {
+            close(got, case["rmds"][i].as_f64().unwrap(), &format!("{name} rmds {i}"));
+        }
+    }
+}

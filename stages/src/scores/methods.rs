@@ -12,7 +12,9 @@ use super::maxlogit::MaxLogit;
 use super::msp::Msp;
 use super::odin::Odin;
 use super::react::React;
+use super::rmds::Rmds;
 use super::scorer::ScoreMethod;
+use super::vim::Vim;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -33,6 +35,8 @@ pub fn registry() -> &'static [&'static dyn ScoreMethod] {
         &Ash(Shaping::Scale),
         &Dice,
         &KlMatching,
+        &Vim,
+        &Rmds,
     ]
 }
 

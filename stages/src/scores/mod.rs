@@ -9,7 +9,9 @@
 //!   shaped activations);
 //! - with the ID training features of a `feature-fit` stage ([`feature_bank`]): [`react`]
 //!   (Energy of clipped activations), [`knn`] (distance to the k-th nearest ID feature),
-//!   [`dice`] (Energy of a sparsified head) and [`kl_matching`] (KL to class templates);
+//!   [`dice`] (Energy of a sparsified head), [`kl_matching`] (KL to class templates), [`vim`]
+//!   (Energy minus a virtual logit) and, with `mahalanobis-fit` too, [`rmds`] (relative
+//!   Mahalanobis);
 //! - [`odin`]: temperature scaling of an input perturbed against the gradient;
 //! - [`mahalanobis`]: the closest class-conditional Gaussian of penultimate features with one
 //!   tied covariance (fitted by the `mahalanobis-fit` stage).
@@ -30,7 +32,9 @@ pub mod methods;
 pub mod msp;
 pub mod odin;
 pub mod react;
+pub mod rmds;
 pub mod scorer;
 pub mod softmax;
+pub mod vim;
 
 pub use methods::Method;
