@@ -362,3 +362,32 @@ mahalanobis = "gauss"
         report["rows"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert!(methods.contains(&"maxlogit") && methods.contains(&"gen"), "{methods:?}");
 }
+
+/// The whole post-hoc suite on every model kind — base, checkpoint, UM, UMAP, OE, POEM — ends in
+/// one report with a row per (model, method, OOD set) (issue 16).
+#[test]
+fn the_posthoc_suite_runs_on_every_model_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/posthoc.toml");
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
+            .unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let methods = stages::scores::methods::names();
+    assert_eq!(methods.len(), 16);
+    for model in ["base", "first", "um", "umap", "oe", "poem"] {
+        for &method in methods {
+            let found = rows
+                .iter()
+                .filter(|r| r["scores"] == format!("scores_{model}") && r["method"] == method)
+                .count();
+            assert_eq!(found, 3, "{model} / {method}: two OOD sets and their mean");
+        }
+    }
+    for row in rows {
+        let auroc = row["auroc"]["mean"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{row}");
+    }
+}
