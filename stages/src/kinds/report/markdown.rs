@@ -1,5 +1,6 @@
-//! `report.md`: the metrics table as the paper's Table 1, and the backtracking summary.
-use super::model::{best_epochs, fpr_header, ReportFile};
+//! `report.md`: the metrics table as the paper's Table 1, methods × models (does fine-tuning
+//! add to a score?), and the backtracking summary.
+use super::model::{best_epochs, fpr_header, ReportFile, Summary};
 use std::fmt::Write as _;
 
 /// The Markdown text of `report`.
@@ -29,6 +30,7 @@ pub fn markdown(report: &ReportFile) -> String {
             r.id_accuracy.percent()
         );
     }
+    methods_by_models(report, &mut out);
     if !report.backtracking.is_empty() {
         out.push_str("\n## Backtracking: metrics per checkpoint (mean over OOD sets)\n\n");
         let _ = writeln!(
@@ -63,4 +65,46 @@ pub fn markdown(report: &ReportFile) -> String {
         }
     }
     out
+}
+
+/// Picks one metric of a row.
+type MetricOf = fn(&super::model::Row) -> &Summary;
+
+/// Where several score stages (models) share several methods: one table per metric with a row
+/// per method and a column per score stage, the mean over OOD sets.
+fn methods_by_models(report: &ReportFile, out: &mut String) {
+    let means: Vec<_> = report.rows.iter().filter(|r| r.ood == "mean").collect();
+    let mut stages: Vec<&str> = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
+    for r in &means {
+        if !stages.contains(&r.scores.as_str()) {
+            stages.push(&r.scores);
+        }
+        if !methods.contains(&r.method.as_str()) {
+            methods.push(&r.method);
+        }
+    }
+    if stages.len() < 2 || methods.len() < 2 {
+        return;
+    }
+    let fpr = fpr_header(report.convention);
+    let tables: [(String, MetricOf); 2] =
+        [(format!("{fpr} ↓"), |r| &r.fpr95), ("AUROC ↑".to_string(), |r| &r.auroc)];
+    for (title, metric) in tables {
+        let _ = writeln!(out, "\n## Methods × models: {title} (mean over OOD sets)\n");
+        let _ = writeln!(out, "| Method | {} |", stages.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---|".repeat(stages.len()));
+        for method in &methods {
+            let cells: Vec<String> = stages
+                .iter()
+                .map(|stage| {
+                    means
+                        .iter()
+                        .find(|r| r.scores == *stage && r.method == *method)
+                        .map_or("–".to_string(), |r| metric(r).percent())
+                })
+                .collect();
+            let _ = writeln!(out, "| {method} | {} |", cells.join(" | "));
+        }
+    }
 }

@@ -38,7 +38,7 @@ pub struct Report {
 
 impl StageParams for Report {
     const KIND: &'static str = "report";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Report];
     const ACROSS_SEEDS: bool = true;
 
