@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Scoring throughput per method, and the report's render time:
-#   bench/scoring.sh [CACHE_DIR]
+#   bench/scoring.sh [CACHE_DIR] [RECIPE]   (RECIPE: bench/scoring.toml, or scoring_densenet.toml)
 # Trains the base model of bench/scoring.toml if the cache lacks it (a few minutes), then
 # recomputes the score and report stages and prints images per second for each method.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${1:-.pipeline-cache}"
+recipe="${2:-bench/scoring.toml}"
 cargo build --release --quiet
 bin=target/release/pipeline
-$bin run bench/scoring.toml --cache "$cache" --quiet
+$bin run "$recipe" --cache "$cache" --quiet
 forced=()
-for stage in score_msp score_energy score_odin score_mahalanobis table; do forced+=(--force "$stage"); done
-$bin run bench/scoring.toml --cache "$cache" --json --quiet "${forced[@]}" > /tmp/pipeline-bench-scoring.jsonl
+for stage in score_msp score_energy score_odin score_mahalanobis score_maxlogit score_gen score_gradnorm \
+    score_ash_p score_ash_b score_ash_s score_react score_knn score_dice score_kl_matching score_vim score_rmds table; do
+    forced+=(--force "$stage")
+done
+$bin run "$recipe" --cache "$cache" --json --quiet "${forced[@]}" > /tmp/pipeline-bench-scoring.jsonl
 python3 - /tmp/pipeline-bench-scoring.jsonl <<'PY'
 import json, pathlib, sys
 events = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]

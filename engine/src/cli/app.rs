@@ -65,7 +65,7 @@ fn format_of(command: &Command) -> Format {
         | Command::Models { json, .. }
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
-        Command::BenchTrain { .. } => true,
+        Command::BenchTrain { .. } | Command::BenchKnn { .. } => true,
     };
     if json {
         Format::Json
@@ -121,6 +121,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         Command::BenchTrain { net, batch, warmup, steps, seed, device } => {
             bench::bench_train(&net, batch, warmup, steps, seed, &device, shell)
         }
+        Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
         Command::Fetch { name, to, archive, json: _ } => {
             commands::fetch(name.as_deref(), to, archive.as_deref(), shell)
         }

@@ -183,6 +183,19 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Time KNN's exact search (the `knn` score): a bank of random unit features against random
+    /// unit queries; prints one JSON line
+    BenchKnn {
+        /// Training features in the bank
+        #[arg(long, default_value_t = 50_000)]
+        bank: usize,
+        /// Queries scored
+        #[arg(long, default_value_t = 10_000)]
+        queries: usize,
+        /// Feature width (the small CNN's 128, DenseNet-BC-100's 342)
+        #[arg(long, default_value_t = 342)]
+        width: usize,
+    },
     /// Download a public dataset, check its published MD5 and unpack it where the recipes
     /// expect it; without a name, list the datasets
     Fetch {

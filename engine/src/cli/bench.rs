@@ -65,3 +65,29 @@ pub fn bench_train(
     shell.emit(line);
     Ok(Status::Success)
 }
+
+/// `pipeline bench-knn`: seconds for KNN's exact k-th-neighbour search of `queries` random unit
+/// vectors against a bank of `bank` (seeded, reproducible).
+pub fn bench_knn(bank: usize, queries: usize, width: usize, shell: &Shell) -> anyhow::Result<Status> {
+    use stages::scores::feature_bank::unit;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut rows = |n: usize| -> Vec<Vec<f32>> {
+        (0..n).map(|_| unit(&(0..width).map(|_| next()).collect::<Vec<f32>>())).collect()
+    };
+    let (bank_rows, query_rows) = (rows(bank), rows(queries));
+    let started = std::time::Instant::now();
+    let scores = stages::scores::knn::knn_scores(&query_rows, &bank_rows, stages::scores::knn::K)?;
+    let seconds = started.elapsed().as_secs_f64();
+    shell.emit(serde_json::json!({
+        "bank": bank, "queries": queries, "width": width, "k": stages::scores::knn::K,
+        "threads": rayon::current_num_threads(), "seconds": seconds,
+        "queries_per_second": queries as f64 / seconds, "scored": scores.len(),
+    }));
+    Ok(Status::Success)
+}
