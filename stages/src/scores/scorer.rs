@@ -38,7 +38,7 @@ pub struct ScoringInput<'a> {
     pub label: &'a str,
 }
 
-/// One OOD score method: a file in `scores/` and a line in [`super::methods::registry`].
+/// One OOD score method: a file in `scores/` and a line in the registry of `methods.rs`.
 pub trait ScoreMethod: Sync {
     /// The name recipes use in `methods = [...]`; also the folder of its score files.
     fn name(&self) -> &'static str;
