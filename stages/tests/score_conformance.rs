@@ -71,7 +71,7 @@ fn react_and_knn_match_the_python_reference() {
             (rows(&case["features"]), rows(&case["train"]), rows(&case["weight"]));
         let bias: Vec<f32> =
             case["bias"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let all: Vec<f32> = train.iter().flatten().copied().collect();
+        let all: Vec<f64> = train.iter().flatten().map(|&v| v as f64).collect();
         let threshold = percentile(&all, 90.0);
         close(threshold, case["react_threshold"].as_f64().unwrap(), &format!("{name} threshold"));
         for (i, h) in features.iter().enumerate() {
@@ -91,8 +91,9 @@ fn react_and_knn_match_the_python_reference() {
 
 #[test]
 fn ash_dice_and_kl_matching_match_the_python_reference() {
-    use stages::scores::ash::{head_energy, shape, Shaping, PERCENTILE};
+    use stages::scores::ash::{shape, Shaping, PERCENTILE};
     use stages::scores::dice::sparsified;
+    use stages::scores::head::energy as head_energy;
     use stages::scores::kl_matching::{class_templates, kl_matching};
     let document: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/scores/features.json")).unwrap();

@@ -71,7 +71,7 @@ impl StageParams for FeatureFit {
         let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
         let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, ctx.device)?;
         let features = forward_all(ctx, &net, &data, self.batch_size, "features")?.features;
-        let all: Vec<f32> = features.iter().flatten().copied().collect();
+        let all: Vec<f64> = features.iter().flatten().map(|&v| v as f64).collect();
         let threshold = percentile(&all, self.react_percentile);
         ctx.progress.info(&format!(
             "{} training features; ReAct threshold (p{}) {threshold:.4}",

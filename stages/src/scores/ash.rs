@@ -5,8 +5,8 @@
 //! (ash-b); or keep them scaled by exp(s₁/s₂), s₁ the sum before and s₂ after pruning (ash-s).
 //! The score is the Energy of the logits the linear head gives the shaped vector. Ties among
 //! equal entries keep the lower index.
+use super::head::energy;
 use super::scorer::{ScoreMethod, ScoringInput};
-use super::softmax::logsumexp;
 use crate::error::StageError;
 
 /// ASH's percentile p.
@@ -52,16 +52,6 @@ pub fn shape(features: &[f32], shaping: Shaping, p: f64) -> Vec<f64> {
     out
 }
 
-/// logsumexp(W·x + b) of a shaped vector, in f64.
-pub fn head_energy(x: &[f64], weight: &[Vec<f32>], bias: &[f32]) -> f64 {
-    let logits: Vec<f32> = weight
-        .iter()
-        .zip(bias)
-        .map(|(row, &b)| (row.iter().zip(x).map(|(&w, v)| w as f64 * v).sum::<f64>() + b as f64) as f32)
-        .collect();
-    logsumexp(&logits)
-}
-
 /// One of the three ASH methods.
 pub struct Ash(pub Shaping);
 
@@ -80,7 +70,7 @@ impl ScoreMethod for Ash {
             .pass
             .features
             .iter()
-            .map(|h| head_energy(&shape(h, self.0, PERCENTILE), &weight, &bias))
+            .map(|h| energy(&shape(h, self.0, PERCENTILE), &weight, &bias))
             .collect())
     }
 }

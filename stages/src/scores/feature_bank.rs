@@ -72,11 +72,11 @@ pub fn unit(row: &[f32]) -> Vec<f32> {
 }
 
 /// numpy's `percentile(values, p)` with its default linear interpolation; NaN for no values.
-pub fn percentile(values: &[f32], p: f64) -> f64 {
+pub fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
-    let mut sorted: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let position = (sorted.len() - 1) as f64 * p / 100.0;
     let (low, high) = (position.floor() as usize, position.ceil() as usize);

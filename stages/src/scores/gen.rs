@@ -3,7 +3,9 @@
 //! −Σ_{j ≤ M} p_j^γ (1 − p_j)^γ over the M largest probabilities, with the paper's (and OpenOOD
 //! v1.5's) γ = 0.1 and M = 100, all classes when there are fewer. Computed in f64 from the
 //! plain logits.
+use super::head::widen;
 use super::scorer::{ScoreMethod, ScoringInput};
+use super::softmax::probabilities;
 use crate::error::StageError;
 
 /// γ, the exponent of the generalized entropy.
@@ -15,12 +17,9 @@ pub struct Gen;
 
 /// −Σ_{j ≤ top} p_j^γ (1 − p_j)^γ of softmax(`logits`), over its `top` largest probabilities.
 pub fn generalized_entropy_score(logits: &[f32], gamma: f64, top: usize) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    let mut probabilities: Vec<f64> = exps.iter().map(|e| e / sum).collect();
-    probabilities.sort_by(|a, b| b.total_cmp(a));
-    -probabilities.iter().take(top).map(|p| p.powf(gamma) * (1.0 - p).powf(gamma)).sum::<f64>()
+    let mut sorted = probabilities(&widen(logits));
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    -sorted.iter().take(top).map(|p| p.powf(gamma) * (1.0 - p).powf(gamma)).sum::<f64>()
 }
 
 impl ScoreMethod for Gen {

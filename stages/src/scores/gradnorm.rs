@@ -5,18 +5,17 @@
 //! computed from the plain pass's logits and penultimate features, no second backward pass.
 //! OpenOOD v1.5 takes all-ones targets instead of u, which multiplies every score by C: the same
 //! ranking, the same metrics.
+use super::head::widen;
 use super::scorer::{ScoreMethod, ScoringInput};
+use super::softmax::probabilities;
 use crate::error::StageError;
 
 pub struct GradNorm;
 
 /// Σ_k |softmax(logits)_k − 1/C| · Σ_j |features_j|.
 pub fn gradnorm(features: &[f32], logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
     let uniform = 1.0 / logits.len() as f64;
-    let away: f64 = exps.iter().map(|e| (e / sum - uniform).abs()).sum();
+    let away: f64 = probabilities(&widen(logits)).iter().map(|p| (p - uniform).abs()).sum();
     away * features.iter().map(|&h| (h as f64).abs()).sum::<f64>()
 }
 

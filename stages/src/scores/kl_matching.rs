@@ -2,28 +2,13 @@
 //! settings", ICML 2022): for each class k, d_k is the mean softmax of the ID training images the
 //! model predicts as k (`feature-fit`: their logits are the head applied to their features);
 //! the score is −min_k KL(p(x) ‖ d_k). Classes no training image is predicted as are left out.
+use super::head::{logits, widen};
 use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
+use super::softmax::probabilities;
 use crate::error::StageError;
 
 pub struct KlMatching;
-
-/// softmax of `logits` in f64.
-fn softmax(logits: &[f64]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// W·h + b in f64.
-fn head_logits(h: &[f32], weight: &[Vec<f32>], bias: &[f32]) -> Vec<f64> {
-    weight
-        .iter()
-        .zip(bias)
-        .map(|(row, &b)| row.iter().zip(h).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>() + b as f64)
-        .collect()
-}
 
 /// The mean softmax per predicted class of the training features (`None` for a class never
 /// predicted).
@@ -32,7 +17,7 @@ pub fn class_templates(train: &[Vec<f32>], weight: &[Vec<f32>], bias: &[f32]) ->
     let mut sums = vec![vec![0.0; classes]; classes];
     let mut counts = vec![0usize; classes];
     for h in train {
-        let p = softmax(&head_logits(h, weight, bias));
+        let p = probabilities(&logits(&widen(h), weight, bias));
         let predicted = p.iter().enumerate().fold(0, |best, (k, &v)| if v > p[best] { k } else { best });
         counts[predicted] += 1;
         for (s, v) in sums[predicted].iter_mut().zip(&p) {
@@ -71,7 +56,7 @@ impl ScoreMethod for KlMatching {
             .logits
             .iter()
             .map(|row| {
-                kl_matching(&softmax(&row.iter().map(|&v| v as f64).collect::<Vec<f64>>()), &templates)
+                kl_matching(&probabilities(&row.iter().map(|&v| v as f64).collect::<Vec<f64>>()), &templates)
             })
             .collect())
     }

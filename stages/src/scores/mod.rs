@@ -24,6 +24,7 @@ pub mod feature_bank;
 pub mod gaussian;
 pub mod gen;
 pub mod gradnorm;
+pub mod head;
 pub mod kl_matching;
 pub mod knn;
 pub mod mahalanobis;

@@ -3,8 +3,8 @@
 //! ID training activations (`feature-fit`), then the Energy score of the logits the linear head
 //! gives them: logsumexp(W·min(h, c) + b).
 use super::feature_bank::FeatureFit;
+use super::head::energy;
 use super::scorer::{ScoreMethod, ScoringInput};
-use super::softmax::logsumexp;
 use crate::error::StageError;
 
 pub struct React;
@@ -12,14 +12,7 @@ pub struct React;
 /// logsumexp(W·min(h, c) + b) in f64.
 pub fn react_energy(features: &[f32], threshold: f64, weight: &[Vec<f32>], bias: &[f32]) -> f64 {
     let clipped: Vec<f64> = features.iter().map(|&h| (h as f64).min(threshold)).collect();
-    let logits: Vec<f32> = weight
-        .iter()
-        .zip(bias)
-        .map(|(row, &b)| {
-            (row.iter().zip(&clipped).map(|(&w, h)| w as f64 * h).sum::<f64>() + b as f64) as f32
-        })
-        .collect();
-    logsumexp(&logits)
+    energy(&clipped, weight, bias)
 }
 
 /// The `feature-fit` of a scoring input, or the error that a recipe check should have caught.

@@ -15,6 +15,14 @@ pub fn max_softmax(logits: &[f32], temperature: f64) -> f64 {
     (max - lse).exp()
 }
 
+/// softmax(`logits`) in f64: exp(l − max) over their sum.
+pub fn probabilities(logits: &[f64]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

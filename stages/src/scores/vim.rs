@@ -5,6 +5,7 @@
 //! is α·‖(x − u)·R‖ with α = mean max-logit / mean residual norm over the training set; the score
 //! is logsumexp(f(x)) − α‖(x − u)·R‖. D = N/2 for an N-wide feature (OpenOOD's 256 of
 //! ResNet-18's 512), 1000 from N = 2048 on (the paper's).
+use super::head::{logits, widen};
 use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use super::softmax::logsumexp;
@@ -28,16 +29,6 @@ pub struct VimFit {
     /// The residual basis, one unit vector per row (N − D of them).
     pub residual: Vec<Vec<f64>>,
     pub alpha: f64,
-}
-
-fn logits_of(x: &[f32], weight: &[Vec<f32>], bias: &[f32]) -> Vec<f32> {
-    weight
-        .iter()
-        .zip(bias)
-        .map(|(row, &b)| {
-            (row.iter().zip(x).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>() + b as f64) as f32
-        })
-        .collect()
 }
 
 impl VimFit {
@@ -83,7 +74,12 @@ impl VimFit {
         let mean_norm = centred.iter().map(|x| norm(x)).sum::<f64>() / train.len().max(1) as f64;
         let mean_max_logit = train
             .iter()
-            .map(|x| logits_of(x, weight, bias).into_iter().fold(f32::NEG_INFINITY, f32::max) as f64)
+            .map(|x| {
+                logits(&widen(x), weight, bias)
+                    .into_iter()
+                    .map(|l| l as f32)
+                    .fold(f32::NEG_INFINITY, f32::max) as f64
+            })
             .sum::<f64>()
             / train.len().max(1) as f64;
         Ok(VimFit { origin, residual, alpha: mean_max_logit / mean_norm })
