@@ -7,14 +7,12 @@ use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::formats::npy;
 use crate::models::checkpoints::model_digest;
-use crate::models::evaluation::forward_all;
-use crate::models::{Network, Parameters, SavedModel};
 use crate::scores::feature_bank::{percentile, FeatureFitFile};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
-use crate::training::fit::{load_model_and_data, model_and_data_inputs};
+use crate::training::fit::{model_and_data_inputs, training_features};
 use serde::{Deserialize, Serialize};
 
 fn default_batch_size() -> usize {
@@ -67,10 +65,7 @@ impl StageParams for FeatureFit {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
-        let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
-        let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, ctx.device)?;
-        let features = forward_all(ctx, &net, &data, self.batch_size, "features")?.features;
+        let (saved, _, features) = training_features(ctx, &self.model, &self.data, self.batch_size)?;
         let all: Vec<f64> = features.iter().flatten().map(|&v| v as f64).collect();
         let threshold = percentile(&all, self.react_percentile);
         ctx.progress.info(&format!(

@@ -6,15 +6,13 @@ use crate::error::ParamError;
 use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::models::checkpoints::model_digest;
-use crate::models::evaluation::forward_all;
-use crate::models::{Network, Parameters, SavedModel};
 use crate::scores::gaussian::GaussianFile;
 use crate::scores::gaussian::GaussianFit;
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
-use crate::training::fit::{load_model_and_data, model_and_data_inputs};
+use crate::training::fit::{model_and_data_inputs, training_features};
 use serde::{Deserialize, Serialize};
 
 fn default_batch_size() -> usize {
@@ -58,10 +56,7 @@ impl StageParams for MahalanobisFit {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let (spec, values, data) = load_model_and_data(ctx, &self.model, &self.data)?;
-        let saved = SavedModel::in_dir(ctx.stage_dir(&self.model)?)?;
-        let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, ctx.device)?;
-        let rows = forward_all(ctx, &net, &data, self.batch_size, "features")?.features;
+        let (saved, data, rows) = training_features(ctx, &self.model, &self.data, self.batch_size)?;
         let fit = GaussianFit::fit(&rows, &data.labels, data.num_classes).map_err(StageError::Unsuitable)?;
         if fit.ridge > 0.0 {
             ctx.progress

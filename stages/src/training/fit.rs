@@ -312,6 +312,23 @@ pub fn load_model_and_data(
     Ok((spec, values, set))
 }
 
+/// The training features of a trained model, for the stages that fit statistics to them
+/// (`mahalanobis-fit`, `feature-fit`): the model's files, its training set, and the penultimate
+/// features of that set in evaluation mode.
+pub fn training_features(
+    ctx: &RunContext,
+    model: &str,
+    data: &str,
+    batch_size: usize,
+) -> Result<(SavedModel, ImageSet, Vec<Vec<f32>>), StageError> {
+    let (spec, values, set) = load_model_and_data(ctx, model, data)?;
+    let saved = SavedModel::in_dir(ctx.stage_dir(model)?)?;
+    let net =
+        crate::models::Network::new(&spec, &crate::models::Parameters::frozen(&spec, values)?, ctx.device)?;
+    let features = crate::models::evaluation::forward_all(ctx, &net, &set, batch_size, "features")?.features;
+    Ok((saved, set, features))
+}
+
 /// Gathers the images `indices` into a batch tensor, with an optional random crop of the
 /// zero-padded image (a shift by up to `padding` pixels in each direction).
 pub fn batch(
