@@ -37,9 +37,7 @@ impl FineTuning for EnergyOe {
     }
 
     fn own_check(&self) -> Vec<ParamError> {
-        let mut problems = Vec::new();
-        problems.extend(check_energy(self.m_in, self.m_out, self.energy_weight));
-        problems
+        check_energy(self.m_in, self.m_out, self.energy_weight)
     }
 }
 

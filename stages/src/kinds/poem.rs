@@ -68,8 +68,7 @@ impl FineTuning for Poem {
     }
 
     fn own_check(&self) -> Vec<ParamError> {
-        let mut problems = Vec::new();
-        problems.extend(check_energy(self.m_in, self.m_out, self.energy_weight));
+        let mut problems = check_energy(self.m_in, self.m_out, self.energy_weight);
         for (field, value) in
             [("noise", self.noise), ("prior_variance", self.prior_variance), ("target", self.target)]
         {

@@ -175,6 +175,7 @@ impl StageParams for Train {
                     StepOutput::from_forward(net.forward(images, mode)?, labels, cross_entropy)
                 },
                 snapshot: &|| Ok(params.values()),
+                trained: &|| params.values(),
                 label: "train",
             },
         )

@@ -8,7 +8,7 @@ use crate::stage::Artifact;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::constraint::resolve_zeta;
-use crate::training::fine_tuning::{FineTuneSetup, FineTuning, ZetaUse};
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
 use crate::training::fit::{fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
@@ -33,14 +33,7 @@ crate::training::fit::training_stage! {
 
 impl FineTuning for Um {
     fn setup(&self) -> FineTuneSetup<'_> {
-        FineTuneSetup {
-            model: &self.model,
-            data: &self.data,
-            constraint: &self.constraint,
-            zeta: self.zeta,
-            zeta_use: ZetaUse::Required,
-            outliers: None,
-        }
+        FineTuneSetup::um_objective(&self.model, &self.data, &self.constraint, self.zeta)
     }
 
     fn config(&self) -> FitConfig {
@@ -75,6 +68,7 @@ impl StageParams for Um {
                     })
                 },
                 snapshot: &|| Ok(params.values()),
+                trained: &|| params.values(),
                 label: "um",
             },
         )

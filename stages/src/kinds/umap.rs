@@ -14,7 +14,7 @@ use crate::stage::Artifact;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::constraint::resolve_zeta;
-use crate::training::fine_tuning::{FineTuneSetup, FineTuning, ZetaUse};
+use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
 use crate::training::fit::{fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
@@ -48,14 +48,7 @@ crate::training::fit::training_stage! {
 
 impl FineTuning for Umap {
     fn setup(&self) -> FineTuneSetup<'_> {
-        FineTuneSetup {
-            model: &self.model,
-            data: &self.data,
-            constraint: &self.constraint,
-            zeta: self.zeta,
-            zeta_use: ZetaUse::Required,
-            outliers: None,
-        }
+        FineTuneSetup::um_objective(&self.model, &self.data, &self.constraint, self.zeta)
     }
 
     fn config(&self) -> FitConfig {
@@ -107,6 +100,7 @@ impl StageParams for Umap {
                     })
                 },
                 snapshot: &|| masked.snapshot(),
+                trained: &|| masked.trained_values(),
                 label: "umap",
             },
         )?;
@@ -179,6 +173,14 @@ impl MaskedModel {
     }
 
     /// Untouched weights, current statistics, and the binary masks as `mask.<layer>`.
+    /// What training changes: the batch-norm statistics (and the frozen weights) and the
+    /// scores, named `score.<layer>`.
+    pub fn trained_values(&self) -> BTreeMap<String, Tensor> {
+        let mut values = self.params.values();
+        values.extend(self.scores.iter().map(|(name, s)| (format!("score.{name}"), s.as_tensor().detach())));
+        values
+    }
+
     pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>, StageError> {
         let mut values = self.params.values();
         for layer in &self.layers {

@@ -57,6 +57,18 @@ pub struct FineTuneSetup<'a> {
     pub outliers: Option<OutlierSetup<'a>>,
 }
 
+impl<'a> FineTuneSetup<'a> {
+    /// The setup of a stage whose objective is the UM loss (um, umap): no outliers, ζ required.
+    pub fn um_objective(
+        model: &'a str,
+        data: &'a str,
+        constraint: &'a Option<String>,
+        zeta: Option<f64>,
+    ) -> Self {
+        FineTuneSetup { model, data, constraint, zeta, zeta_use: ZetaUse::Required, outliers: None }
+    }
+}
+
 /// A fine-tuning stage kind.
 pub trait FineTuning {
     fn setup(&self) -> FineTuneSetup<'_>;

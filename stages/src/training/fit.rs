@@ -198,6 +198,9 @@ pub struct Fit<'a> {
     pub step: &'a mut dyn FnMut(&Tensor, &Tensor, &mut Mode) -> Result<StepOutput, StageError>,
     /// The tensors a checkpoint holds.
     pub snapshot: &'a dyn Fn() -> Result<BTreeMap<String, Tensor>, StageError>,
+    /// The tensors training changes (weights or scores, batch-norm statistics), checked to be
+    /// finite after every step; cheaper than a snapshot where that derives tensors (UMAP's masks).
+    pub trained: &'a dyn Fn() -> BTreeMap<String, Tensor>,
     /// Prefix of progress lines (`train`, `um`, `umap`).
     pub label: &'static str,
 }
@@ -232,7 +235,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                 return Err(StageError::NonFinite { value, epoch: epoch + 1, batch: b + 1 });
             }
             sgd.step(&loss.backward()?)?;
-            if let Some(parameter) = first_non_finite(&(job.snapshot)()?)? {
+            if let Some(parameter) = first_non_finite(&(job.trained)())? {
                 return Err(StageError::NonFiniteParameter { parameter, epoch: epoch + 1, batch: b + 1 });
             }
             let predicted: Vec<u32> = out.logits.argmax(D::Minus1)?.to_vec1()?;

@@ -196,6 +196,7 @@ pub fn fine_tune_with_outliers(
                 Ok(StepOutput { loss, logits: id_logits })
             },
             snapshot: &|| Ok(params.values()),
+            trained: &|| params.values(),
             label,
         },
     )
