@@ -5,7 +5,6 @@
 //! the sparsified head, logsumexp((W ⊙ mask)·h + b).
 use super::feature_bank::percentile;
 use super::head::{energy, widen};
-use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use crate::error::StageError;
 
@@ -37,7 +36,7 @@ impl ScoreMethod for Dice {
     }
 
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
-        let fit = fit_of(input, "dice")?;
+        let fit = input.features_fit_for("dice")?;
         let (weight, bias) = input.net.head()?;
         let masked = sparsified(&weight, &fit.mean, PERCENTILE);
         Ok(input.pass.features.iter().map(|h| energy(&widen(h), &masked, &bias)).collect())

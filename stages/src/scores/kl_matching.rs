@@ -3,7 +3,6 @@
 //! model predicts as k (`feature-fit`: their logits are the head applied to their features);
 //! the score is −min_k KL(p(x) ‖ d_k). Classes no training image is predicted as are left out.
 use super::head::{logits, widen};
-use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use super::softmax::probabilities;
 use crate::error::StageError;
@@ -48,7 +47,7 @@ impl ScoreMethod for KlMatching {
     }
 
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
-        let fit = fit_of(input, "kl-matching")?;
+        let fit = input.features_fit_for("kl-matching")?;
         let (weight, bias) = input.net.head()?;
         let templates = class_templates(&fit.raw, &weight, &bias);
         Ok(input

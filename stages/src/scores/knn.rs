@@ -5,7 +5,6 @@
 //! then the k-th largest per row; ‖a − b‖ = √(2 − 2·a·b) for unit vectors. OpenOOD v1.5 returns
 //! the squared distance, which ranks the same.
 use super::feature_bank::unit;
-use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use crate::error::StageError;
 use candle_core::{Device, Tensor};
@@ -50,7 +49,7 @@ impl ScoreMethod for Knn {
     }
 
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
-        let bank = &fit_of(input, "knn")?.normalised;
+        let bank = &input.features_fit_for("knn")?.normalised;
         let queries: Vec<Vec<f32>> = input.pass.features.iter().map(|h| unit(h)).collect();
         knn_scores(&queries, bank, K)
     }

@@ -2,7 +2,6 @@
 //! NeurIPS 2021): the penultimate activations clipped at c, the p-th percentile (p = 90) of the
 //! ID training activations (`feature-fit`), then the Energy score of the logits the linear head
 //! gives them: logsumexp(W·min(h, c) + b).
-use super::feature_bank::FeatureFit;
 use super::head::energy;
 use super::scorer::{ScoreMethod, ScoringInput};
 use crate::error::StageError;
@@ -15,13 +14,6 @@ pub fn react_energy(features: &[f32], threshold: f64, weight: &[Vec<f32>], bias:
     energy(&clipped, weight, bias)
 }
 
-/// The `feature-fit` of a scoring input, or the error that a recipe check should have caught.
-pub(crate) fn fit_of<'a>(input: &ScoringInput<'a>, method: &str) -> Result<&'a FeatureFit, StageError> {
-    input
-        .features_fit
-        .ok_or_else(|| StageError::Internal(format!("the {method} method needs a feature-fit stage")))
-}
-
 impl ScoreMethod for React {
     fn name(&self) -> &'static str {
         "react"
@@ -32,7 +24,7 @@ impl ScoreMethod for React {
     }
 
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
-        let threshold = fit_of(input, "react")?.file.react_threshold;
+        let threshold = input.features_fit_for("react")?.file.react_threshold;
         let (weight, bias) = input.net.head()?;
         Ok(input.pass.features.iter().map(|h| react_energy(h, threshold, &weight, &bias)).collect())
     }

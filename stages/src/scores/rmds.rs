@@ -3,7 +3,6 @@
 //! covariance of `mahalanobis-fit`, minus a background Gaussian of all the ID training features
 //! (`feature-fit`): max_k −(MD_k(z) − MD_0(z)) = (−min_k MD_k(z)) + MD_0(z).
 use super::gaussian::GaussianFit;
-use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use crate::error::StageError;
 
@@ -42,6 +41,6 @@ impl ScoreMethod for Rmds {
         let class_fit = input
             .gaussian
             .ok_or_else(|| StageError::Internal("the rmds method needs a fitted Gaussian".into()))?;
-        rmds_scores(class_fit, &fit_of(input, "rmds")?.raw, &input.pass.features)
+        rmds_scores(class_fit, &input.features_fit_for("rmds")?.raw, &input.pass.features)
     }
 }

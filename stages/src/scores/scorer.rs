@@ -38,6 +38,15 @@ pub struct ScoringInput<'a> {
     pub label: &'a str,
 }
 
+impl<'a> ScoringInput<'a> {
+    /// The `feature-fit` statistics `method` needs, or the error a recipe check should have
+    /// prevented.
+    pub fn features_fit_for(&self, method: &str) -> Result<&'a FeatureFit, StageError> {
+        self.features_fit
+            .ok_or_else(|| StageError::Internal(format!("the {method} method needs a feature-fit stage")))
+    }
+}
+
 /// One OOD score method: a file in `scores/` and a line in the registry of `methods.rs`.
 pub trait ScoreMethod: Sync {
     /// The name recipes use in `methods = [...]`; also the folder of its score files.

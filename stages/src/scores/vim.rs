@@ -6,7 +6,6 @@
 //! is logsumexp(f(x)) − α‖(x − u)·R‖. D = N/2 for an N-wide feature (OpenOOD's 256 of
 //! ResNet-18's 512), 1000 from N = 2048 on (the paper's).
 use super::head::{logits, widen};
-use super::react::fit_of;
 use super::scorer::{ScoreMethod, ScoringInput};
 use super::softmax::logsumexp;
 use crate::error::StageError;
@@ -107,7 +106,7 @@ impl ScoreMethod for Vim {
     }
 
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError> {
-        let fit = fit_of(input, "vim")?;
+        let fit = input.features_fit_for("vim")?;
         let (weight, bias) = input.net.head()?;
         let vim = VimFit::new(&fit.raw, &weight, &bias, principal_dimension(fit.file.width))?;
         Ok(input.pass.features.iter().zip(&input.pass.logits).map(|(h, f)| vim.score(h, f)).collect())
