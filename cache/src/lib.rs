@@ -22,10 +22,14 @@
 //! - `refs/<namespace>/<name>.json`: the key inputs last used under a name, so a caller can say
 //!   which field changed since.
 //! - `fingerprints.json`: memo of file content hashes by path, size and modification time.
+//!
+//! A [`remote::Remote`] (an S3 bucket or a folder) holds the same entries as blobs and
+//! manifests, for `pipeline push`, `pull` and `run --remote`.
 
 mod digest;
 mod error;
 mod key;
+pub mod remote;
 mod store;
 
 pub use digest::{hash_file, FingerprintMemo};

@@ -400,7 +400,7 @@ fn sanitize(name: &str) -> String {
 }
 
 /// blake3 over the sorted (path, digest) pairs of an entry's files: its output digest.
-fn files_digest(files: &BTreeMap<String, FileRecord>) -> String {
+pub(crate) fn files_digest(files: &BTreeMap<String, FileRecord>) -> String {
     let mut digest = blake3::Hasher::new();
     for (name, record) in files {
         digest.update(name.as_bytes());

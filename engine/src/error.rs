@@ -65,6 +65,12 @@ pub enum EngineError {
     /// A dataset could not be downloaded, checked or unpacked.
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// The remote cannot be opened or asked.
+    #[error(transparent)]
+    Remote(#[from] cache::remote::RemoteError),
+    /// The project file that names the default remote is unreadable or invalid.
+    #[error(transparent)]
+    RemoteConfig(#[from] crate::remote::RemoteConfigError),
     /// Work the command does itself (a benchmark, a throughput measurement) failed.
     #[error(transparent)]
     Stage(#[from] stages::StageError),
@@ -78,7 +84,8 @@ impl EngineError {
             EngineError::Fetch(crate::fetch::FetchError::Io { .. }) => ErrorClass::Io,
             EngineError::Fetch(_) => ErrorClass::Data,
             EngineError::Device(_) => ErrorClass::Device,
-            EngineError::Cache { .. } => ErrorClass::Cache,
+            EngineError::Cache { .. } | EngineError::Remote(_) => ErrorClass::Cache,
+            EngineError::RemoteConfig(_) => ErrorClass::Usage,
             EngineError::Io { .. } => ErrorClass::Io,
             EngineError::Stage(e) => stage_error_class(e),
         }

@@ -8,5 +8,6 @@ pub mod fetch;
 pub mod graph;
 pub mod plan;
 pub mod recipe;
+pub mod remote;
 pub mod run;
 pub mod select;

@@ -3,6 +3,7 @@
 //! depends on it; independent branches finish.
 use crate::plan::{Instance, Plan};
 use crate::recipe::Recipe;
+use cache::remote::{Remote, TransferProgress};
 use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
 use stages::{Progress, RunContext};
@@ -23,6 +24,12 @@ pub enum Outcome {
         entry: Box<Entry>,
         seconds: f64,
     },
+    /// Downloaded from the remote (`run --remote`) instead of computed.
+    Pulled {
+        entry: Box<Entry>,
+        bytes: u64,
+        seconds: f64,
+    },
     Failed {
         message: String,
     },
@@ -34,7 +41,9 @@ pub enum Outcome {
 impl Outcome {
     pub fn entry(&self) -> Option<&Entry> {
         match self {
-            Outcome::Reused { entry, .. } | Outcome::Computed { entry, .. } => Some(entry),
+            Outcome::Reused { entry, .. }
+            | Outcome::Computed { entry, .. }
+            | Outcome::Pulled { entry, .. } => Some(entry),
             _ => None,
         }
     }
@@ -56,6 +65,15 @@ pub struct RunOptions {
     /// Instances (plan indices) to recompute even when cached.
     pub forced: BTreeSet<usize>,
     pub device: Device,
+    /// Where to look before computing, and where to push what was computed.
+    pub remote: Option<RemoteAccess>,
+}
+
+/// `run --remote`: results the remote has are pulled instead of computed; what is computed is
+/// pushed unless `read_only` (CI).
+pub struct RemoteAccess {
+    pub remote: Remote,
+    pub read_only: bool,
 }
 
 enum Slot {
@@ -238,6 +256,12 @@ fn run_instance(
             return Outcome::Reused { entry: Box::new(entry), waited: true };
         }
     }
+    if let (Some(access), false) = (&options.remote, forced) {
+        if let Some(pulled) = pull_one(access, store, &key, &lock, instance, reporter) {
+            remember(&pulled.0);
+            return Outcome::Pulled { entry: Box::new(pulled.0), bytes: pulled.1, seconds: pulled.2 };
+        }
+    }
     let staging = match store.stage(&lock) {
         Ok(staging) => staging,
         Err(e) => return failed(error_chain(&e)),
@@ -278,10 +302,56 @@ fn run_instance(
     match store.commit(staging, &lock, &inputs, meta) {
         Ok(entry) => {
             remember(&entry);
+            if let Some(access) = options.remote.as_ref().filter(|a| !a.read_only) {
+                drop(lock);
+                if let Some(Err(e)) = access.remote.push(std::slice::from_ref(&entry), &NoProgress).pop() {
+                    reporter.warn(&format!(
+                        "`{}` was not pushed to the remote: {}",
+                        instance.label,
+                        error_chain(&e)
+                    ));
+                }
+            }
             Outcome::Computed { entry: Box::new(entry), seconds }
         }
         Err(e) => failed(format!("cannot store the outputs: {}", error_chain(&e))),
     }
+}
+
+/// The remote's entry for `key`, pulled into the store under `lock`: `None` (after a warning
+/// where something went wrong) when it must be computed here instead.
+fn pull_one(
+    access: &RemoteAccess,
+    store: &Store,
+    key: &CacheKey,
+    lock: &cache::KeyLock,
+    instance: &Instance,
+    reporter: &dyn Reporter,
+) -> Option<(Entry, u64, f64)> {
+    let started = Instant::now();
+    let manifest = match access.remote.manifest(key) {
+        Ok(found) => found?,
+        Err(e) => {
+            reporter.warn(&format!("{}; computing `{}` here", error_chain(&e), instance.label));
+            return None;
+        }
+    };
+    let bytes = manifest.files.values().map(|f| f.size).sum();
+    match access.remote.pull(store, &[(lock, &manifest)], &NoProgress).pop()? {
+        Ok(entry) => Some((entry, bytes, started.elapsed().as_secs_f64())),
+        Err(e) => {
+            reporter.warn(&format!("{}; computing `{}` here", error_chain(&e), instance.label));
+            None
+        }
+    }
+}
+
+/// A single entry's transfer inside a run shows no bar: its line says how much moved.
+struct NoProgress;
+
+impl TransferProgress for NoProgress {
+    fn planned(&self, _bytes: u64) {}
+    fn moved(&self, _bytes: u64) {}
 }
 
 /// The message of a panic payload.

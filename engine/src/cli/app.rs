@@ -3,7 +3,7 @@
 use super::args::{Cli, Command, ConventionArg, VerifyArg};
 use super::exit::{class_of, Status};
 use super::shell::{Format, Shell, Verbosity};
-use super::{bench, commands, metrics};
+use super::{bench, commands, metrics, remote};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -62,6 +62,8 @@ fn format_of(command: &Command) -> Format {
         | Command::Dag { json, .. }
         | Command::Show { json, .. }
         | Command::Gc { json, .. }
+        | Command::Push { json, .. }
+        | Command::Pull { json, .. }
         | Command::Models { json, .. }
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
@@ -86,10 +88,26 @@ fn depth(verify: VerifyArg) -> cache::Verification {
 fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
     use commands::{PlanView, RunRequest};
     match command {
-        Command::Run { recipe, only, force, jobs, json: _, cache } => commands::run(
-            &RunRequest { recipe: &recipe, only: &only, force: &force, jobs, cache: cache.cache },
-            shell,
-        ),
+        Command::Run { recipe, only, force, jobs, json: _, cache, remote, remote_read_only } => {
+            commands::run(
+                &RunRequest {
+                    recipe: &recipe,
+                    only: &only,
+                    force: &force,
+                    jobs,
+                    cache: cache.cache,
+                    remote: remote.as_deref(),
+                    remote_read_only,
+                },
+                shell,
+            )
+        }
+        Command::Push { recipe, remote, json: _, cache } => {
+            remote::push(&recipe, remote.remote.as_deref(), cache.cache, shell)
+        }
+        Command::Pull { recipe, remote, json: _, cache } => {
+            remote::pull(&recipe, remote.remote.as_deref(), cache.cache, shell)
+        }
         Command::Plan { recipe, only, force, estimate, json: _, verify, cache } => {
             let view = PlanView::WhatWillRun { measure: estimate };
             commands::plan(&recipe, &only, &force, cache.cache, view, depth(verify), shell)
@@ -101,7 +119,11 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         Command::Show { recipe, stage, json: _, verify, cache } => {
             commands::show(&recipe, &stage, cache.cache, depth(verify), shell)
         }
-        Command::Gc { recipes, dry_run, json: _, verify, cache } => {
+        Command::Gc { recipes, dry_run, remote: Some(remote), grace, json: _, verify: _, cache } => {
+            let grace = std::time::Duration::from_secs(grace);
+            remote::gc(&recipes, &remote, grace, dry_run, cache.cache, shell)
+        }
+        Command::Gc { recipes, dry_run, remote: None, grace: _, json: _, verify, cache } => {
             let mode = if dry_run { commands::GcMode::DryRun } else { commands::GcMode::Delete };
             commands::gc(&recipes, mode, cache.cache, depth(verify), shell)
         }

@@ -41,6 +41,14 @@ pub struct CacheArgs {
     pub cache: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct RemoteArg {
+    /// The remote: s3://BUCKET/PREFIX, file:///PATH or a folder [default: $PIPELINE_REMOTE, else
+    /// the recipe's [remote] url, else pipeline.toml's]
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a recipe's stages, reusing cached results
@@ -58,6 +66,33 @@ pub enum Command {
         /// Print one JSON object per event on stdout (for CI logs)
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Pull what the remote has instead of computing it, push what is computed
+        /// (s3://BUCKET/PREFIX, file:///PATH or a folder; `default`: the configured one)
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// With --remote: pull, never push (CI)
+        #[arg(long, requires = "remote")]
+        remote_read_only: bool,
+    },
+    /// Upload the cache entries a recipe uses that the remote lacks
+    Push {
+        recipe: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArg,
+        #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Download the recipe's entries the local cache lacks from the remote, checking every file
+    Pull {
+        recipe: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArg,
+        #[command(flatten)]
+        json: JsonArg,
         #[command(flatten)]
         cache: CacheArgs,
     },
@@ -116,6 +151,14 @@ pub enum Command {
         /// List what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
+        /// Collect the remote instead of the local cache (s3://BUCKET/PREFIX, file:///PATH or a
+        /// folder; `default`: the configured one)
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// With --remote: keep blobs no entry lists that are younger than this (a push in
+        /// progress may be about to list them)
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "remote")]
+        grace: u64,
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]

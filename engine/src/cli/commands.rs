@@ -7,7 +7,7 @@ use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::Severity;
 use crate::recipe::Recipe;
-use crate::run::{execute, Outcome, RunOptions};
+use crate::run::{execute, Outcome, RemoteAccess, RunOptions};
 use crate::select::{instances_of, plan_for, Selector};
 use anyhow::Context;
 use cache::{Store, Verification};
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error.
-fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
+pub(super) fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
     Recipe::load(path).map_err(|diagnostics| {
         for d in &diagnostics {
             shell.diagnostic(&d.render());
@@ -26,7 +26,7 @@ fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
     })
 }
 
-fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
+pub(super) fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
     let path = cache
         .or_else(|| std::env::var_os("PIPELINE_CACHE").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(".pipeline-cache"));
@@ -86,6 +86,9 @@ pub struct RunRequest<'a> {
     pub force: &'a [String],
     pub jobs: usize,
     pub cache: Option<PathBuf>,
+    /// `--remote` (`default`: the configured one), and whether it is only read.
+    pub remote: Option<&'a str>,
+    pub remote_read_only: bool,
 }
 
 pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
@@ -103,12 +106,23 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let forced = instances_of(&plan, &force);
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
-    let options = RunOptions { jobs: request.jobs, forced, device };
+    let remote = match request.remote {
+        Some(flag) => {
+            let remote = super::remote::open_remote(Some(flag), Some(&recipe))?;
+            let mode = if request.remote_read_only { "read only" } else { "pull and push" };
+            shell.status("Remote", &format!("{} ({mode})", remote.url()));
+            Some(RemoteAccess { remote, read_only: request.remote_read_only })
+        }
+        None => None,
+    };
+    let options = RunOptions { jobs: request.jobs, forced, device, remote };
     let outcomes = execute(&recipe, &plan, &store, &fingerprints, &problems, &options, shell);
 
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let computed = count(|o| matches!(o, Outcome::Computed { .. }));
     let reused = count(|o| matches!(o, Outcome::Reused { .. }));
+    let pulled = count(|o| matches!(o, Outcome::Pulled { .. }));
+    let pulled_text = if pulled > 0 { format!(", {pulled} pulled") } else { String::new() };
     let failed = count(|o| matches!(o, Outcome::Failed { .. }));
     let skipped = count(|o| matches!(o, Outcome::Skipped { .. }));
     for (instance, outcome) in plan.instances.iter().zip(&outcomes) {
@@ -118,16 +132,19 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         }
     }
     let elapsed = duration(started.elapsed().as_secs_f64());
-    shell.event(serde_json::json!({"event": "done", "computed": computed, "reused": reused, "failed": failed, "skipped": skipped}));
+    shell.event(serde_json::json!({"event": "done", "computed": computed, "reused": reused, "pulled": pulled, "failed": failed, "skipped": skipped}));
     if failed > 0 {
         shell.error(&format!(
-            "{failed} stage(s) failed, {skipped} skipped, {computed} computed, {reused} reused ({elapsed})"
+            "{failed} stage(s) failed, {skipped} skipped, {computed} computed, {reused} reused{pulled_text} ({elapsed})"
         ));
         return Ok(Status::Failure);
     }
     shell.status(
         "Done",
-        &format!("{} stage(s): {computed} computed, {reused} reused in {elapsed}", outcomes.len()),
+        &format!(
+            "{} stage(s): {computed} computed, {reused} reused{pulled_text} in {elapsed}",
+            outcomes.len()
+        ),
     );
     Ok(Status::Success)
 }

@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 pub mod exit;
 mod metrics;
+mod remote;
 pub mod shell;
 
 pub use app::main;

@@ -169,6 +169,19 @@ impl Reporter for Shell {
                 self.status("Finished", &format!("{} in {}", instance.label, duration(*seconds)));
                 self.event(serde_json::json!({"event": "finished", "stage": id, "key": entry.key.as_str(), "seconds": seconds, "outputs": entry.out_dir()}));
             }
+            Outcome::Pulled { entry, bytes, seconds } => {
+                self.status(
+                    "Pulled",
+                    &format!(
+                        "{} ({}, {:.1} MB in {})",
+                        instance.label,
+                        entry.key.short(),
+                        *bytes as f64 / 1e6,
+                        duration(*seconds)
+                    ),
+                );
+                self.event(serde_json::json!({"event": "pulled", "stage": id, "key": entry.key.as_str(), "bytes": bytes, "seconds": seconds, "outputs": entry.out_dir()}));
+            }
             Outcome::Failed { message } => {
                 self.error(&format!("stage `{}` failed: {message}", instance.label));
                 self.event(serde_json::json!({"event": "failed", "stage": id, "error": message}));
@@ -260,6 +273,42 @@ impl stages::ProgressBar for PlainBar<'_> {
         if !summary.is_empty() {
             self.shell.status("", &format!("{}: {summary}", self.prefix));
         }
+    }
+}
+
+/// A push's or pull's progress: one bar in bytes with rate and ETA on a terminal, nothing
+/// otherwise (the command prints its summary).
+pub struct TransferBar {
+    bar: ProgressBar,
+}
+
+impl Shell {
+    /// A bar for a transfer, labelled `verb` (`Pushing`, `Pulling`).
+    pub fn transfer_bar(&self, verb: &str) -> TransferBar {
+        let bar = if self.terminal { self.bars.add(ProgressBar::new(0)) } else { ProgressBar::hidden() };
+        let style = ProgressStyle::with_template(
+            "{prefix:>12.cyan.bold} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec} (ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(verb.to_string());
+        TransferBar { bar }
+    }
+}
+
+impl cache::remote::TransferProgress for TransferBar {
+    fn planned(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+    fn moved(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+}
+
+impl Drop for TransferBar {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Recipe {
     pub dir: PathBuf,
     pub seeds: Vec<u64>,
     pub device: DeviceChoice,
+    /// `[remote] url`: where `push`, `pull` and `run --remote` go unless told otherwise. Not part
+    /// of any cache key.
+    pub remote: Option<String>,
     pub datasets: BTreeMap<String, DatasetSpec>,
     /// Stages in the order the recipe declares them.
     pub stages: Vec<StageDecl>,
@@ -165,7 +168,8 @@ struct Validator<'a> {
     diagnostics: Vec<Diagnostic>,
 }
 
-const SECTIONS: &[&str] = &["recipe", "datasets", "stages"];
+const SECTIONS: &[&str] = &["recipe", "remote", "datasets", "stages"];
+const REMOTE_KEYS: &[&str] = &["url"];
 /// The longest recipe, stage or dataset name: names become file names in the cache and appear
 /// in every message.
 const MAX_NAME: usize = 128;
@@ -239,6 +243,8 @@ impl Validator<'_> {
             },
             None => (default_name, vec![0], DeviceChoice::Auto),
         };
+
+        let remote = root.get("remote").and_then(|entry| self.remote(entry));
 
         let mut datasets = BTreeMap::new();
         if let Some(entry) = root.get("datasets") {
@@ -318,9 +324,17 @@ impl Validator<'_> {
             }
         };
         match graph {
-            Some(graph) if self.diagnostics.is_empty() => {
-                Ok(Recipe { source: self.source.clone(), name, dir, seeds, device, datasets, stages, graph })
-            }
+            Some(graph) if self.diagnostics.is_empty() => Ok(Recipe {
+                source: self.source.clone(),
+                name,
+                dir,
+                seeds,
+                device,
+                remote,
+                datasets,
+                stages,
+                graph,
+            }),
             _ => {
                 self.diagnostics.sort_by_key(|d| (d.line, d.column));
                 Err(self.diagnostics)
@@ -376,6 +390,26 @@ impl Validator<'_> {
             }
         }
         (name, seeds, device)
+    }
+
+    /// `[remote]`: `url`, a non-empty string (checked further when the remote is opened).
+    fn remote(&mut self, entry: &Entry) -> Option<String> {
+        let table = self.table(entry, "[remote]")?;
+        self.unknown_keys(table, REMOTE_KEYS, "[remote]");
+        let Some(url) = table.get("url") else {
+            self.error(entry.key_span.clone(), "[remote] has no `url` (e.g. url = \"s3://bucket/prefix\")");
+            return None;
+        };
+        match url.node.as_str() {
+            Some(text) if !text.trim().is_empty() => Some(text.to_string()),
+            _ => {
+                self.error(
+                    url.node.span.clone(),
+                    format!("`url` must be a non-empty string, found {}", url.node.to_json()),
+                );
+                None
+            }
+        }
     }
 
     fn param_errors(&mut self, table: &Node, errors: &[ParamError], what: &str) {

@@ -1,0 +1,308 @@
+//! `pipeline push`, `pipeline pull` and `pipeline gc --remote`: a recipe's cache entries moved
+//! to and from a remote, and the remote's unused entries removed.
+use super::commands::{load, open_store};
+use super::exit::Status;
+use super::shell::{duration, Shell};
+use crate::error::EngineError;
+use crate::plan::{fingerprint_datasets, Plan, Verdict};
+use crate::recipe::Recipe;
+use crate::remote::{locate, remote_url, Located};
+use crate::run::error_chain;
+use cache::remote::{PushOutcome, Remote};
+use cache::{CacheKey, Store, Verification};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The remote a command uses: `flag` (`default` or nothing: the configured one), else the
+/// environment, the recipe, `pipeline.toml`; none at all is a usage error.
+pub fn open_remote(flag: Option<&str>, recipe: Option<&Recipe>) -> Result<Remote, EngineError> {
+    let flag = flag.filter(|f| *f != "default");
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let Some(url) = remote_url(flag, recipe, &cwd)? else {
+        return Err(EngineError::Usage(
+            "no remote named: pass --remote URL, set PIPELINE_REMOTE, or add [remote] url = \"…\" to the \
+             recipe or to pipeline.toml"
+                .into(),
+        ));
+    };
+    Ok(Remote::open(&url)?)
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn rate(bytes: u64, seconds: f64) -> String {
+    format!("{:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
+}
+
+/// The dataset fingerprints a recipe's keys need; without one, the keys of what reads it are
+/// unknown, so the command stops.
+fn fingerprints(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    path: &Path,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    let (fingerprints, problems) = fingerprint_datasets(recipe, plan, store);
+    if let Some((name, problem)) = problems.into_iter().next() {
+        return Err(EngineError::Dataset {
+            name,
+            message: format!("{problem}; `{}` needs it to name its cache entries", path.display()),
+        });
+    }
+    Ok(fingerprints)
+}
+
+pub fn push(
+    path: &Path,
+    remote: Option<&str>,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
+    let store = open_store(cache)?;
+    let remote = open_remote(remote, Some(&recipe))?;
+    let plan = Plan::new(&recipe, None);
+    let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
+    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), Verification::Metadata);
+    let mut labels = Vec::new();
+    let mut entries = Vec::new();
+    let mut holds = Vec::new();
+    let mut not_local = Vec::new();
+    let mut failed = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
+        let Verdict::Cached { key, .. } = verdict else {
+            not_local.push(instance.label.clone());
+            continue;
+        };
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        // Held while it uploads, so that a `gc` meanwhile leaves it; re-hashed, so that a
+        // damaged local entry is never pushed.
+        let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
+        holds.push(store.hold(key).map_err(cache_error)?);
+        match store.lookup(key) {
+            Ok(Some(entry)) => {
+                labels.push(instance.label.clone());
+                entries.push(entry);
+            }
+            Ok(None) => not_local.push(instance.label.clone()),
+            Err(e) => {
+                shell.error(&format!("`{}` is not pushed: {}", instance.label, error_chain(&e)));
+                failed.push(instance.label.clone());
+            }
+        }
+    }
+    let started = Instant::now();
+    let bar = shell.transfer_bar("Pushing");
+    let results = remote.push(&entries, &bar);
+    drop(bar);
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut pushed, mut present, mut bytes, mut rows) = (0, 0, 0u64, Vec::new());
+    for ((label, entry), result) in labels.iter().zip(&entries).zip(results) {
+        let key = entry.key.as_str();
+        match result {
+            Ok(PushOutcome::Uploaded { bytes: b }) => {
+                pushed += 1;
+                bytes += b;
+                shell.status("Pushed", &format!("{label} ({}, {})", entry.key.short(), megabytes(b)));
+                rows.push(serde_json::json!({"stage": label, "key": key, "pushed": true, "bytes": b}));
+            }
+            Ok(PushOutcome::AlreadyThere { repaired }) => {
+                present += 1;
+                if repaired > 0 {
+                    shell.status("Repaired", &format!("{label}: {repaired} lost file(s) uploaded again"));
+                }
+                rows.push(
+                    serde_json::json!({"stage": label, "key": key, "pushed": false, "repaired": repaired}),
+                );
+            }
+            Err(e) => {
+                shell.error(&format!("`{label}` is not pushed: {}", error_chain(&e)));
+                failed.push(label.clone());
+                rows.push(serde_json::json!({"stage": label, "key": key, "error": error_chain(&e)}));
+            }
+        }
+    }
+    shell.out(&format!(
+        "{pushed} entr{} pushed ({} in {}, {}), {present} already on {}{}{}",
+        if pushed == 1 { "y" } else { "ies" },
+        megabytes(bytes),
+        duration(seconds),
+        rate(bytes, seconds),
+        remote.url(),
+        if not_local.is_empty() { String::new() } else { format!(", {} not computed here", not_local.len()) },
+        if failed.is_empty() { String::new() } else { format!(", {} failed", failed.len()) },
+    ));
+    shell.emit(serde_json::json!({
+        "remote": remote.url(), "entries": rows, "pushed": pushed, "already_there": present, "bytes": bytes,
+        "seconds": seconds, "not_computed": not_local, "failed": failed,
+    }));
+    Ok(if failed.is_empty() { Status::Success } else { Status::Failure })
+}
+
+pub fn pull(
+    path: &Path,
+    remote: Option<&str>,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
+    let store = open_store(cache)?;
+    let remote = open_remote(remote, Some(&recipe))?;
+    let plan = Plan::new(&recipe, None);
+    let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
+    let located = locate(&recipe, &plan, &store, &remote, &fingerprints, Verification::Metadata);
+    let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
+    // One lock per key (two instances may share one), taken in key order.
+    let mut wanted: BTreeMap<CacheKey, (&cache::Manifest, Vec<usize>)> = BTreeMap::new();
+    let (mut local, mut missing, mut rows) = (0, Vec::new(), Vec::new());
+    for (i, (instance, where_)) in plan.instances.iter().zip(&located).enumerate() {
+        match where_ {
+            Located::Local { .. } => local += 1,
+            Located::Remote { key, manifest } => {
+                wanted.entry(key.clone()).or_insert((manifest, Vec::new())).1.push(i)
+            }
+            Located::Nowhere { why, .. } => {
+                shell.status("Missing", &format!("{}: {why}", instance.label));
+                missing.push(instance.label.clone());
+                rows.push(serde_json::json!({"stage": instance.id, "pulled": false, "missing": why}));
+            }
+        }
+    }
+    let mut holds = Vec::new();
+    let mut locks = Vec::new();
+    for key in wanted.keys() {
+        holds.push(store.hold(key).map_err(cache_error)?);
+        locks.push(store.lock(key).map_err(cache_error)?);
+    }
+    let requests: Vec<(&cache::KeyLock, &cache::Manifest)> =
+        locks.iter().zip(wanted.values()).map(|(lock, (manifest, _))| (lock, *manifest)).collect();
+    let started = Instant::now();
+    let bar = shell.transfer_bar("Pulling");
+    let results = remote.pull(&store, &requests, &bar);
+    drop(bar);
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut pulled, mut bytes, mut failed) = (0, 0u64, Vec::new());
+    for ((manifest, instances), result) in wanted.values().zip(results) {
+        let size: u64 = manifest.files.values().map(|f| f.size).sum();
+        for &i in instances {
+            let instance = &plan.instances[i];
+            match &result {
+                Ok(entry) => {
+                    pulled += 1;
+                    shell.status(
+                        "Pulled",
+                        &format!("{} ({}, {})", instance.label, entry.key.short(), megabytes(size)),
+                    );
+                    if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
+                        shell.warn(&format!("cannot record the pull of `{}`: {e}", instance.label));
+                    }
+                    rows.push(serde_json::json!({"stage": instance.id, "key": entry.key.as_str(), "pulled": true, "bytes": size}));
+                }
+                Err(e) => {
+                    shell.error(&format!("`{}` is not pulled: {}", instance.label, error_chain(e)));
+                    failed.push(instance.label.clone());
+                    rows.push(
+                        serde_json::json!({"stage": instance.id, "pulled": false, "error": error_chain(e)}),
+                    );
+                }
+            }
+        }
+        if result.is_ok() {
+            bytes += size;
+        }
+    }
+    shell.out(&format!(
+        "{pulled} stage(s) pulled ({} in {}, {}), {local} already here{}{}",
+        megabytes(bytes),
+        duration(seconds),
+        rate(bytes, seconds),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(", {} on neither side (`pipeline run` computes them)", missing.len())
+        },
+        if failed.is_empty() { String::new() } else { format!(", {} rejected", failed.len()) },
+    ));
+    shell.emit(serde_json::json!({
+        "remote": remote.url(), "instances": rows, "pulled": pulled, "already_here": local, "bytes": bytes,
+        "seconds": seconds, "missing": missing, "failed": failed,
+    }));
+    Ok(if failed.is_empty() { Status::Success } else { Status::Failure })
+}
+
+/// `gc --remote`: the remote's entries that none of `paths` uses are removed, then its blobs
+/// that no remaining entry lists and that are older than `grace`.
+pub fn gc(
+    paths: &[PathBuf],
+    remote: &str,
+    grace: Duration,
+    dry_run: bool,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
+    let store = open_store(cache)?;
+    let mut recipes = Vec::new();
+    for path in paths {
+        recipes.push((path, load(path, shell)?));
+    }
+    let remote = open_remote(Some(remote), recipes.first().map(|(_, r)| r))?;
+    let mut keep = BTreeSet::new();
+    for (path, recipe) in &recipes {
+        let plan = Plan::new(recipe, None);
+        let fingerprints = fingerprints(recipe, &plan, &store, path)?;
+        for (instance, where_) in plan.instances.iter().zip(locate(
+            recipe,
+            &plan,
+            &store,
+            &remote,
+            &fingerprints,
+            Verification::Metadata,
+        )) {
+            match where_ {
+                Located::Local { key, .. } | Located::Remote { key, .. } => {
+                    keep.insert(key);
+                }
+                // A remote that cannot be asked about a key might hold it: delete nothing.
+                Located::Nowhere { key: Some(_), why } if why != "not on the remote" => {
+                    return Err(EngineError::Usage(format!(
+                        "cannot tell whether the remote holds `{}` ({why}); nothing was deleted",
+                        instance.label
+                    ))
+                    .into());
+                }
+                Located::Nowhere { .. } => {}
+            }
+        }
+    }
+    let report = remote.gc(&keep, grace, dry_run)?;
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for key in &report.entries {
+        shell.out(&format!("{verb} entry {key}"));
+    }
+    shell.out(&format!(
+        "{}: {verb} {} entr{} and {} blob(s) ({}); {} entries kept{}",
+        remote.url(),
+        report.entries.len(),
+        if report.entries.len() == 1 { "y" } else { "ies" },
+        report.blobs,
+        megabytes(report.bytes),
+        report.kept,
+        if report.recent_blobs_kept > 0 {
+            format!(", {} unlisted blob(s) younger than {}s kept", report.recent_blobs_kept, grace.as_secs())
+        } else {
+            String::new()
+        }
+    ));
+    let entries: Vec<&str> = report.entries.iter().map(|k| k.as_str()).collect();
+    shell.emit(serde_json::json!({
+        "remote": remote.url(), "dry_run": dry_run, "entries": entries, "blobs": report.blobs,
+        "bytes": report.bytes, "kept": report.kept, "recent_blobs_kept": report.recent_blobs_kept,
+    }));
+    Ok(Status::Success)
+}

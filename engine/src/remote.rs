@@ -1,0 +1,164 @@
+//! Which remote a command uses, and a recipe's cache keys resolved against the local cache and
+//! a remote together: keys depend on upstream outputs, so a pull learns each upstream's output
+//! digest from whichever side has the entry before it can name what comes after.
+use crate::plan::Plan;
+use crate::recipe::Recipe;
+use cache::remote::Remote;
+use cache::{CacheKey, Manifest, Store, Verification};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file that names a project's default remote: `[remote] url = "…"`.
+pub const PROJECT_FILE: &str = "pipeline.toml";
+
+/// Why no remote address could be worked out.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteConfigError {
+    #[error("cannot read `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{}`: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The remote to use: the command line's `--remote`, else `$PIPELINE_REMOTE`, else the recipe's
+/// `[remote]` table, else the nearest `pipeline.toml` from `start` upwards. `None` when nothing
+/// names one.
+pub fn remote_url(
+    flag: Option<&str>,
+    recipe: Option<&Recipe>,
+    start: &Path,
+) -> Result<Option<String>, RemoteConfigError> {
+    if let Some(url) = flag.filter(|u| !u.is_empty()) {
+        return Ok(Some(url.to_string()));
+    }
+    if let Some(url) = std::env::var("PIPELINE_REMOTE").ok().filter(|u| !u.is_empty()) {
+        return Ok(Some(url));
+    }
+    if let Some(url) = recipe.and_then(|r| r.remote.clone()) {
+        return Ok(Some(url));
+    }
+    for dir in start.ancestors() {
+        let path = dir.join(PROJECT_FILE);
+        if path.is_file() {
+            return project_remote(&path);
+        }
+    }
+    Ok(None)
+}
+
+/// The `[remote] url` of a `pipeline.toml`; errors name the file, line and column.
+pub fn project_remote(path: &Path) -> Result<Option<String>, RemoteConfigError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Project {
+        remote: Option<RemoteTable>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RemoteTable {
+        url: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| RemoteConfigError::Read { path: path.into(), source })?;
+    let project: Project = toml::from_str(&text).map_err(|e| {
+        let position = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+                format!("{line}:{column}: ")
+            })
+            .unwrap_or_default();
+        RemoteConfigError::Invalid { path: path.into(), message: format!("{position}{}", e.message()) }
+    })?;
+    Ok(project.remote.map(|r| r.url).filter(|u| !u.trim().is_empty()))
+}
+
+/// Where an instance's result is, as far as the local cache and the remote know.
+#[derive(Debug)]
+pub enum Located {
+    /// In the local cache.
+    Local { key: CacheKey, output_digest: String },
+    /// Only on the remote (its checked manifest).
+    Remote { key: CacheKey, manifest: Box<Manifest> },
+    /// In neither; `key` is known when every upstream was found.
+    Nowhere { key: Option<CacheKey>, why: String },
+}
+
+impl Located {
+    pub fn key(&self) -> Option<&CacheKey> {
+        match self {
+            Located::Local { key, .. } | Located::Remote { key, .. } => Some(key),
+            Located::Nowhere { key, .. } => key.as_ref(),
+        }
+    }
+
+    fn digest(&self) -> Option<&str> {
+        match self {
+            Located::Local { output_digest, .. } => Some(output_digest),
+            Located::Remote { manifest, .. } => Some(&manifest.output_digest),
+            Located::Nowhere { .. } => None,
+        }
+    }
+}
+
+/// Each instance of `plan` located in the local cache (checked to `depth`) or on the remote, in
+/// plan order. A local entry that fails its check counts as absent; a remote entry that is
+/// rejected, or a remote that cannot be asked, is an error for that instance alone.
+pub fn locate(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    remote: &Remote,
+    fingerprints: &BTreeMap<String, String>,
+    depth: Verification,
+) -> Vec<Located> {
+    let mut located: Vec<Located> = Vec::with_capacity(plan.instances.len());
+    for (i, instance) in plan.instances.iter().enumerate() {
+        let missing = instance.deps().find(|&d| located[d].digest().is_none());
+        if let Some(d) = missing {
+            let why = format!("upstream `{}` is in neither cache", plan.instances[d].label);
+            located.push(Located::Nowhere { key: None, why });
+            continue;
+        }
+        let digest = |d: usize| located[d].digest().expect("checked above").to_string();
+        let key = plan.key_inputs(recipe, i, &digest, fingerprints).key();
+        if let Ok(Some(manifest)) = store.verify(&key, depth) {
+            located.push(Located::Local { key, output_digest: manifest.output_digest });
+            continue;
+        }
+        located.push(match remote.manifest(&key) {
+            Ok(Some(manifest)) => Located::Remote { key, manifest: Box::new(manifest) },
+            Ok(None) => Located::Nowhere { key: Some(key), why: "not on the remote".into() },
+            Err(e) => Located::Nowhere { key: Some(key), why: crate::run::error_chain(&e) },
+        });
+    }
+    located
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_project_file_names_the_default_remote_and_its_errors_have_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PROJECT_FILE);
+        std::fs::write(&path, "[remote]\nurl = \"s3://lab/ood\"\n").unwrap();
+        assert_eq!(project_remote(&path).unwrap().as_deref(), Some("s3://lab/ood"));
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::env::remove_var("PIPELINE_REMOTE");
+        assert_eq!(remote_url(None, None, &nested).unwrap().as_deref(), Some("s3://lab/ood"));
+        assert_eq!(remote_url(Some("/srv/cache"), None, &nested).unwrap().as_deref(), Some("/srv/cache"));
+
+        std::fs::write(&path, "[remote]\nurl = \"s3://lab/ood\"\nbucket = 3\n").unwrap();
+        let err = project_remote(&path).unwrap_err().to_string();
+        assert!(err.contains("pipeline.toml") && err.contains("3:1") && err.contains("bucket"), "{err}");
+    }
+}
