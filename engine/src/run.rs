@@ -74,6 +74,26 @@ pub struct RunOptions {
 pub struct RemoteAccess {
     pub remote: Remote,
     pub read_only: bool,
+    /// Set at the first request that fails: the run goes on without the remote rather than
+    /// wait out every stage's retries.
+    pub unreachable: std::sync::atomic::AtomicBool,
+}
+
+impl RemoteAccess {
+    pub fn new(remote: Remote, read_only: bool) -> RemoteAccess {
+        RemoteAccess { remote, read_only, unreachable: Default::default() }
+    }
+
+    fn usable(&self) -> bool {
+        !self.unreachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes a failed request; warns the first time only.
+    fn failed(&self, error: &cache::remote::RemoteError, reporter: &dyn Reporter) {
+        if !self.unreachable.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            reporter.warn(&format!("{}; this run goes on without the remote", error_chain(error)));
+        }
+    }
 }
 
 enum Slot {
@@ -328,9 +348,16 @@ fn pull_one(
     instance: &Instance,
     reporter: &dyn Reporter,
 ) -> Option<(Entry, u64, f64)> {
+    if !access.usable() {
+        return None;
+    }
     let started = Instant::now();
     let manifest = match access.remote.manifest(key) {
         Ok(found) => found?,
+        Err(e @ cache::remote::RemoteError::Request { .. }) => {
+            access.failed(&e, reporter);
+            return None;
+        }
         Err(e) => {
             reporter.warn(&format!("{}; computing `{}` here", error_chain(&e), instance.label));
             return None;

@@ -173,3 +173,27 @@ fn invalid_utf8_has_a_position_and_huge_names_stay_short() {
     let rendered: usize = errors.iter().map(|e| e.render().len()).sum();
     assert!(rendered < 4_000, "{rendered} bytes of diagnostics");
 }
+
+#[test]
+fn a_remote_table_names_the_default_remote_and_changes_no_key() {
+    let body = "[datasets.noise]\nformat = \"uniform-noise\"\ncount = 8\n\n[stages.base]\nkind = \"train\"\ndata = \"noise\"\n";
+    let with = load(&format!("[remote]\nurl = \"${{DATA}}/shared-cache\"\n\n{body}")).expect("valid");
+    let without = load(body).expect("valid");
+    assert_eq!(with.remote.as_deref(), Some("/data/shared-cache"), "variables expand in the url");
+    assert_eq!(without.remote, None);
+    assert_eq!(with.stages[0].stage.params(), without.stages[0].stage.params());
+
+    let text = format!("[remote]\nurl = 3\nbucket = \"x\"\n\n{body}");
+    let errors = load(&text).err().expect("invalid");
+    let rendered: Vec<String> = errors.iter().map(|d| format!("{}:{}", d.line, d.message)).collect();
+    assert!(
+        rendered.iter().any(|r| r.starts_with("2:") && r.contains("`url` must be a non-empty string")),
+        "{rendered:?}"
+    );
+    assert!(
+        rendered.iter().any(|r| r.starts_with("3:") && r.contains("unknown key `bucket` in [remote]")),
+        "{rendered:?}"
+    );
+    let errors = load(&format!("[remote]\n\n{body}")).err().expect("invalid");
+    assert!(errors.iter().any(|d| d.message.contains("[remote] has no `url`")));
+}

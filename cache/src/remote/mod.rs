@@ -47,7 +47,7 @@ pub enum RemoteError {
         action: &'static str,
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// What the remote holds for a key is not a sound entry; nothing of it was kept.
     #[error("the remote's entry {key} is rejected: {detail}")]
@@ -77,13 +77,19 @@ impl Remote {
     /// the `AWS_*` environment variables, else the AWS profile files), `file:///path` or a plain
     /// folder path (created if missing).
     pub fn open(url: &str) -> Result<Remote, RemoteError> {
+        Remote::open_with(url, &[])
+    }
+
+    /// [`Remote::open`], with `settings` (`AWS_*` variable names and values) taking the place
+    /// of the process environment's, for callers that must not change the environment.
+    pub fn open_with(url: &str, settings: &[(&str, &str)]) -> Result<Remote, RemoteError> {
         let open_error = |message: String| RemoteError::Open { url: url.to_string(), message };
         let objects: Arc<dyn ObjectStore> = if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(RemoteError::Address { url: url.to_string() });
             }
-            let s3 = s3_builder(profile::load())
+            let s3 = s3_builder(profile::load(), settings)
                 .with_bucket_name(bucket)
                 .build()
                 .map_err(|e| open_error(e.to_string()))?;
@@ -163,15 +169,27 @@ impl Remote {
         path: &ObjectPath,
     ) -> impl FnOnce(object_store::Error) -> RemoteError {
         let (url, path) = (self.url.clone(), path.to_string());
-        move |source| RemoteError::Request { url, action, path, source }
+        move |source| RemoteError::Request { url, action, path, source: Box::new(source) }
     }
 }
 
 /// An S3 client from the environment, with what it leaves unset taken from the profile files.
 /// An `http://` endpoint (a local server) is allowed without also setting `AWS_ALLOW_HTTP`.
-fn s3_builder(profile: Profile) -> AmazonS3Builder {
-    let unset = |variable: &str| std::env::var_os(variable).is_none();
+fn s3_builder(profile: Profile, settings: &[(&str, &str)]) -> AmazonS3Builder {
+    let setting = |variable: &str| {
+        settings
+            .iter()
+            .find(|(k, _)| *k == variable)
+            .map(|(_, v)| v.to_string())
+            .or_else(|| std::env::var(variable).ok())
+    };
+    let unset = |variable: &str| setting(variable).is_none();
     let mut builder = AmazonS3Builder::from_env();
+    for (variable, value) in settings {
+        if let Ok(key) = variable.to_ascii_lowercase().parse() {
+            builder = builder.with_config(key, *value);
+        }
+    }
     if unset("AWS_ACCESS_KEY_ID") {
         if let Some(value) = profile.access_key_id {
             builder = builder.with_access_key_id(value);
@@ -190,7 +208,7 @@ fn s3_builder(profile: Profile) -> AmazonS3Builder {
     }
     let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
         .iter()
-        .find_map(|variable| std::env::var(variable).ok())
+        .find_map(|variable| setting(variable))
         .or_else(|| {
             let value = profile.endpoint_url?;
             builder = std::mem::take(&mut builder).with_endpoint(value.clone());

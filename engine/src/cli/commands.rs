@@ -111,7 +111,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
             let remote = super::remote::open_remote(Some(flag), Some(&recipe))?;
             let mode = if request.remote_read_only { "read only" } else { "pull and push" };
             shell.status("Remote", &format!("{} ({mode})", remote.url()));
-            Some(RemoteAccess { remote, read_only: request.remote_read_only })
+            Some(RemoteAccess::new(remote, request.remote_read_only))
         }
         None => None,
     };

@@ -187,34 +187,39 @@ pub fn pull(
     let results = remote.pull(&store, &requests, &bar);
     drop(bar);
     let seconds = started.elapsed().as_secs_f64();
-    let (mut pulled, mut bytes, mut failed) = (0, 0u64, Vec::new());
-    for ((manifest, instances), result) in wanted.values().zip(results) {
+    // Reported in plan order, as `run` does.
+    let mut outcomes: Vec<(usize, u64, &Result<cache::Entry, cache::remote::RemoteError>)> = Vec::new();
+    for ((manifest, instances), result) in wanted.values().zip(&results) {
         let size: u64 = manifest.files.values().map(|f| f.size).sum();
-        for &i in instances {
-            let instance = &plan.instances[i];
-            match &result {
-                Ok(entry) => {
-                    pulled += 1;
-                    shell.status(
-                        "Pulled",
-                        &format!("{} ({}, {})", instance.label, entry.key.short(), megabytes(size)),
-                    );
-                    if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
-                        shell.warn(&format!("cannot record the pull of `{}`: {e}", instance.label));
-                    }
-                    rows.push(serde_json::json!({"stage": instance.id, "key": entry.key.as_str(), "pulled": true, "bytes": size}));
+        outcomes.extend(instances.iter().map(|&i| (i, size, result)));
+    }
+    outcomes.sort_by_key(|(i, ..)| *i);
+    let (mut pulled, mut bytes, mut failed) = (0, 0u64, Vec::new());
+    let mut counted = BTreeSet::new();
+    for (i, size, result) in outcomes {
+        let instance = &plan.instances[i];
+        match result {
+            Ok(entry) => {
+                pulled += 1;
+                if counted.insert(entry.key.clone()) {
+                    bytes += size;
                 }
-                Err(e) => {
-                    shell.error(&format!("`{}` is not pulled: {}", instance.label, error_chain(e)));
-                    failed.push(instance.label.clone());
-                    rows.push(
-                        serde_json::json!({"stage": instance.id, "pulled": false, "error": error_chain(e)}),
-                    );
+                shell.status(
+                    "Pulled",
+                    &format!("{} ({}, {})", instance.label, entry.key.short(), megabytes(size)),
+                );
+                if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
+                    shell.warn(&format!("cannot record the pull of `{}`: {e}", instance.label));
                 }
+                rows.push(serde_json::json!({"stage": instance.id, "key": entry.key.as_str(), "pulled": true, "bytes": size}));
             }
-        }
-        if result.is_ok() {
-            bytes += size;
+            Err(e) => {
+                shell.error(&format!("`{}` is not pulled: {}", instance.label, error_chain(e)));
+                failed.push(instance.label.clone());
+                rows.push(
+                    serde_json::json!({"stage": instance.id, "pulled": false, "error": error_chain(e)}),
+                );
+            }
         }
     }
     shell.out(&format!(

@@ -1,0 +1,501 @@
+//! The remote cache through the real binary, against both kinds of remote: a folder, and a real
+//! S3-compatible server (moto, started by the tests; `.ci/run` installs it). Without moto the S3
+//! half is skipped with a notice, unless `PIPELINE_REQUIRE_S3=1` (CI) makes that a failure.
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A moto server on a free port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MOTO_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/moto/bin/moto_server");
+    if local.is_file() {
+        return Some(local);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("moto_server")).find(|p| p.is_file())
+}
+
+impl Moto {
+    /// A running server, or `None` (after a notice) where moto is not installed.
+    fn start() -> Option<Moto> {
+        let Some(binary) = moto_binary() else {
+            let required = std::env::var("PIPELINE_REQUIRE_S3").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "PIPELINE_REQUIRE_S3=1 but moto_server was not found (bash scripts/install-moto.sh)"
+            );
+            eprintln!("note: moto_server not found; the S3 half of this test is skipped (bash scripts/install-moto.sh)");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    /// One unsigned HTTP request (the tests' buckets allow anonymous writes); returns the
+    /// status code.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> u16 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nx-amz-acl: public-read-write\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+        ]
+    }
+}
+
+/// One remote under test, and how to reach into it behind pipeline's back.
+enum Backend<'a> {
+    Folder(PathBuf),
+    S3 { moto: &'a Moto, bucket: String },
+}
+
+impl Backend<'_> {
+    fn url(&self) -> String {
+        match self {
+            Backend::Folder(path) => path.display().to_string(),
+            Backend::S3 { bucket, .. } => format!("s3://{bucket}/lab/ood"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Backend::Folder(_) => Vec::new(),
+            Backend::S3 { moto, .. } => moto.env(),
+        }
+    }
+
+    /// Replaces the blob with this digest by `bytes`.
+    fn overwrite_blob(&self, digest: &str, bytes: &[u8]) {
+        match self {
+            Backend::Folder(path) => std::fs::write(path.join("blobs").join(digest), bytes).unwrap(),
+            Backend::S3 { moto, bucket } => {
+                assert_eq!(moto.request("PUT", &format!("/{bucket}/lab/ood/blobs/{digest}"), bytes), 200)
+            }
+        }
+    }
+
+    fn delete(&self, path: &str) {
+        match self {
+            Backend::Folder(root) => std::fs::remove_file(root.join(path)).unwrap(),
+            Backend::S3 { moto, bucket } => {
+                assert_eq!(moto.request("DELETE", &format!("/{bucket}/lab/ood/{path}"), b""), 204)
+            }
+        }
+    }
+}
+
+/// Runs `scenario` against a fresh folder remote, then against a fresh bucket on moto.
+fn for_each_remote(scenario: impl Fn(&Backend, &Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    scenario(&Backend::Folder(dir.path().join("remote")), dir.path());
+    if let Some(moto) = Moto::start() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = format!("b{}", std::process::id());
+        assert_eq!(moto.request("PUT", &format!("/{bucket}"), b""), 200, "bucket created");
+        scenario(&Backend::S3 { moto: &moto, bucket }, dir.path());
+    }
+}
+
+fn command(backend: &Backend, args: &[&str], cache: &Path) -> Output {
+    pipeline()
+        .args(args)
+        .arg("--cache")
+        .arg(cache)
+        .envs(backend.env())
+        .env_remove("PIPELINE_REMOTE")
+        .output()
+        .unwrap()
+}
+
+/// Every output file of every entry in a cache: key/out/path → bytes.
+fn cache_files(cache: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
+        for item in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = item.path();
+            if path.is_dir() {
+                walk(base, &path, into);
+            } else if path.to_string_lossy().contains("/out/") {
+                into.insert(
+                    path.strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(&path).unwrap(),
+                );
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(&cache.join("objects"), &cache.join("objects"), &mut files);
+    files
+}
+
+/// The manifest of the one entry whose manifest names `stage` in its meta.
+fn manifest_of(cache: &Path, stage: &str) -> serde_json::Value {
+    for item in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(item.path().join("manifest.json")).unwrap()).unwrap();
+        if manifest["meta"]["stage"] == stage {
+            return manifest;
+        }
+    }
+    panic!("no entry of stage {stage}");
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("JSON on stdout; stderr: {}", stderr(output)))
+}
+
+#[test]
+fn push_then_pull_into_an_empty_cache_gives_identical_entries() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        let (out, _) = run(&recipe, &a, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let url = backend.url();
+        let recipe_arg = recipe.to_str().unwrap();
+
+        let pushed = command(backend, &["push", recipe_arg, "--remote", &url, "--json"], &a);
+        assert!(pushed.status.success(), "{}", stderr(&pushed));
+        assert_eq!(json(&pushed)["pushed"], 5, "{}", stderr(&pushed));
+        let again = command(backend, &["push", recipe_arg, "--remote", &url, "--json"], &a);
+        assert_eq!(
+            (json(&again)["pushed"].clone(), json(&again)["already_there"].clone()),
+            (0.into(), 5.into())
+        );
+
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert!(pulled.status.success(), "{}", stderr(&pulled));
+        assert_eq!(json(&pulled)["pulled"], 5);
+        let status = command(backend, &["status", recipe_arg], &b);
+        assert!(String::from_utf8_lossy(&status.stdout).contains("0 of 5 stage(s) will run"));
+        assert_eq!(cache_files(&a), cache_files(&b), "every output byte-identical, report included");
+        assert!(cache_files(&b).keys().any(|k| k.ends_with("out/report.md")));
+        // A second pull has nothing to do.
+        let again = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert_eq!(
+            (json(&again)["pulled"].clone(), json(&again)["already_here"].clone()),
+            (0.into(), 5.into())
+        );
+    });
+}
+
+#[test]
+fn a_flipped_byte_on_the_remote_is_rejected_by_name_and_run_recomputes_that_stage() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let recipe_arg = recipe.to_str().unwrap();
+        let url = backend.url();
+        let a = dir.join("a");
+        assert!(run(&recipe, &a, &[]).0.status.success());
+        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+
+        // Same size, one byte different: only the content hash can tell.
+        let report = manifest_of(&a, "table");
+        let record = &report["files"]["report.md"];
+        let digest = record["blake3"].as_str().unwrap();
+        let mut bytes =
+            std::fs::read(a.join("objects").join(report["key"].as_str().unwrap()).join("out/report.md"))
+                .unwrap();
+        bytes[10] ^= 1;
+        backend.overwrite_blob(digest, &bytes);
+
+        let b = dir.join("b");
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert_eq!(pulled.status.code(), Some(1), "a rejected entry fails the pull");
+        let err = stderr(&pulled);
+        assert!(
+            err.contains("`table` is not pulled") && err.contains("`report.md` does not match its digest"),
+            "{err}"
+        );
+        assert_eq!(json(&pulled)["pulled"], 4, "the sound entries are pulled");
+        let status = command(backend, &["status", recipe_arg], &b);
+        assert!(String::from_utf8_lossy(&status.stdout).contains("1 of 5 stage(s) will run"));
+        assert!(
+            !cache_files(&b).keys().any(|k| k.ends_with("report.md")),
+            "nothing of the rejected entry is kept"
+        );
+
+        // `run --remote` pulls what is sound and computes the rejected stage here.
+        let c = dir.join("c");
+        let out = pipeline()
+            .args(["run", recipe_arg, "--json", "--remote", &url, "--remote-read-only", "--cache"])
+            .arg(&c)
+            .envs(backend.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let events = parse_events(&out.stdout);
+        assert_eq!(stages_with(&events, "finished"), ["table"]);
+        assert_eq!(stages_with(&events, "pulled").len(), 4);
+        assert!(stderr(&out).contains("does not match its digest"), "{}", stderr(&out));
+        assert_eq!(cache_files(&a), cache_files(&c));
+    });
+}
+
+#[test]
+fn run_with_a_remote_computes_nothing_the_remote_has_and_pushes_what_it_computes() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let recipe_arg = recipe.to_str().unwrap();
+        let url = backend.url();
+        let run_remote = |cache: &Path, extra: &[&str]| {
+            let out = pipeline()
+                .args(["run", recipe_arg, "--json", "--remote", &url])
+                .args(extra)
+                .arg("--cache")
+                .arg(cache)
+                .envs(backend.env())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            parse_events(&out.stdout)
+        };
+        // First machine computes everything and pushes it as it goes.
+        let events = run_remote(&dir.join("a"), &[]);
+        assert_eq!(stages_with(&events, "finished").len(), 5);
+        // Second machine computes nothing.
+        let events = run_remote(&dir.join("b"), &[]);
+        assert!(stages_with(&events, "finished").is_empty());
+        assert_eq!(stages_with(&events, "pulled").len(), 5);
+        assert_eq!(cache_files(&dir.join("a")), cache_files(&dir.join("b")));
+
+        // A changed stage in read-only mode is computed and not pushed.
+        std::fs::write(&recipe, tiny_recipe(2, r#"["energy", "msp"]"#)).unwrap();
+        let events = run_remote(&dir.join("c"), &["--remote-read-only"]);
+        assert_eq!(stages_with(&events, "finished"), ["scores_first@0", "table"]);
+        let pushed_later =
+            command(backend, &["push", recipe_arg, "--remote", &url, "--json"], &dir.join("c"));
+        assert_eq!(json(&pushed_later)["pushed"], 2, "read-only pushed nothing");
+    });
+}
+
+#[test]
+fn concurrent_pushes_of_one_entry_leave_one_sound_manifest() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let recipe_arg = recipe.to_str().unwrap();
+        let url = backend.url();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        assert!(run(&recipe, &a, &[]).0.status.success());
+        // The same results computed twice, pushed at once from two caches.
+        assert!(run(&recipe, &b, &[]).0.status.success());
+        let spawn = |cache: &Path| {
+            pipeline()
+                .args(["push", recipe_arg, "--json", "--remote", &url, "--cache"])
+                .arg(cache)
+                .envs(backend.env())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (first, second) = (spawn(&a), spawn(&b));
+        let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+        assert!(first.status.success() && second.status.success(), "{}{}", stderr(&first), stderr(&second));
+        let won = |o: &Output| json(o)["pushed"].as_u64().unwrap();
+        let there = |o: &Output| json(o)["already_there"].as_u64().unwrap();
+        assert_eq!(won(&first) + won(&second), 5, "each manifest written once");
+        assert_eq!(there(&first) + there(&second), 5);
+        let c = dir.join("c");
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &c);
+        assert!(pulled.status.success(), "{}", stderr(&pulled));
+        assert_eq!(json(&pulled)["pulled"], 5);
+        assert_eq!(cache_files(&a), cache_files(&c));
+    });
+}
+
+#[test]
+fn an_interrupted_push_shows_nothing_incomplete_and_the_rerun_completes() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let recipe_arg = recipe.to_str().unwrap();
+        let url = backend.url();
+        let a = dir.join("a");
+        assert!(run(&recipe, &a, &[]).0.status.success());
+
+        // A real kill, wherever it lands: every manifest already there must pull whole.
+        let mut child = pipeline()
+            .args(["push", recipe_arg, "--remote", &url, "--cache"])
+            .arg(&a)
+            .envs(backend.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let _ = child.kill();
+        let _ = child.wait();
+        let early = dir.join("early");
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &early);
+        assert!(pulled.status.success(), "no torn entry after a kill: {}", stderr(&pulled));
+
+        // What a kill between the blobs and the manifests leaves: blobs, some missing, no
+        // manifest. Nothing of it may look complete.
+        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+        let report = manifest_of(&a, "table");
+        let key = report["key"].as_str().unwrap();
+        backend.delete(&format!("entries/{key}.json"));
+        backend.delete(&format!("blobs/{}", report["files"]["report.md"]["blake3"].as_str().unwrap()));
+        let b = dir.join("b");
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert!(pulled.status.success());
+        assert_eq!(json(&pulled)["pulled"], 4);
+        assert_eq!(json(&pulled)["missing"], serde_json::json!(["table"]));
+
+        let rerun = command(backend, &["push", recipe_arg, "--remote", &url, "--json"], &a);
+        assert_eq!(json(&rerun)["pushed"], 1, "the rerun pushes what was missing: {}", stderr(&rerun));
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert_eq!(json(&pulled)["pulled"], 1);
+        assert_eq!(cache_files(&a), cache_files(&b));
+    });
+}
+
+#[test]
+fn gc_on_the_remote_removes_what_no_recipe_uses() {
+    for_each_remote(|backend, dir| {
+        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+        let recipe_arg = recipe.to_str().unwrap();
+        let url = backend.url();
+        let a = dir.join("a");
+        assert!(run(&recipe, &a, &[]).0.status.success());
+        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+        std::fs::write(&recipe, tiny_recipe(2, r#"["energy", "msp"]"#)).unwrap();
+        assert!(run(&recipe, &a, &[]).0.status.success());
+        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+
+        // The old scores_first and table are used by no recipe now.
+        let dry = command(
+            backend,
+            &["gc", recipe_arg, "--remote", &url, "--grace", "0", "--dry-run", "--json"],
+            &a,
+        );
+        assert!(dry.status.success(), "{}", stderr(&dry));
+        assert_eq!(json(&dry)["entries"].as_array().unwrap().len(), 2);
+        let gc = command(backend, &["gc", recipe_arg, "--remote", &url, "--grace", "0", "--json"], &a);
+        assert_eq!(json(&gc)["entries"], json(&dry)["entries"], "the dry run said what gc deletes");
+        assert!(json(&gc)["blobs"].as_u64().unwrap() >= 1, "the old report's blobs go too");
+        let again = command(backend, &["gc", recipe_arg, "--remote", &url, "--grace", "0", "--json"], &a);
+        assert_eq!(json(&again)["entries"].as_array().unwrap().len(), 0);
+        // What the recipe uses is all still there and sound.
+        let b = dir.join("b");
+        let pulled = command(backend, &["pull", recipe_arg, "--remote", &url, "--json"], &b);
+        assert!(pulled.status.success(), "{}", stderr(&pulled));
+        assert_eq!(json(&pulled)["pulled"], 5);
+    });
+}
+
+#[test]
+fn a_large_file_streams_in_parts_both_ways() {
+    use cache::remote::{PushOutcome, Remote, TransferProgress};
+    use cache::{KeyInputs, Store, KEY_FORMAT_VERSION};
+    struct Count(std::sync::atomic::AtomicU64);
+    impl TransferProgress for Count {
+        fn planned(&self, _bytes: u64) {}
+        fn moved(&self, bytes: u64) {
+            self.0.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    for_each_remote(|backend, dir| {
+        let a = Store::open(dir.join("a")).unwrap();
+        let inputs = KeyInputs {
+            format: KEY_FORMAT_VERSION,
+            kind: "big".into(),
+            version: 1,
+            params: serde_json::json!({}),
+            seed: 0,
+            upstream: Default::default(),
+            inputs: Default::default(),
+        };
+        let key = inputs.key();
+        let lock = a.lock(&key).unwrap();
+        let staging = a.stage(&lock).unwrap();
+        // 20 MiB + 3 bytes: two whole 8 MiB parts and a short last one.
+        let body: Vec<u8> = (0..(20u64 << 20) + 3).map(|i| ((i * 2654435761) >> 13) as u8).collect();
+        std::fs::write(staging.out_dir().join("weights.safetensors"), &body).unwrap();
+        let entry = a.commit(staging, &lock, &inputs, serde_json::json!({})).unwrap();
+        drop(lock);
+
+        let settings = backend.env();
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let remote = Remote::open_with(&backend.url(), &settings).unwrap();
+        let sent = Count(Default::default());
+        let pushed = remote.push(std::slice::from_ref(&entry), &sent).pop().unwrap().unwrap();
+        assert_eq!(pushed, PushOutcome::Uploaded { bytes: body.len() as u64 });
+        assert_eq!(sent.0.into_inner(), body.len() as u64);
+
+        let b = Store::open(dir.join("b")).unwrap();
+        let manifest = remote.manifest(&key).unwrap().expect("the manifest is there");
+        let lock = b.lock(&key).unwrap();
+        let received = Count(Default::default());
+        let pulled = remote.pull(&b, &[(&lock, &manifest)], &received).pop().unwrap().unwrap();
+        assert_eq!(received.0.into_inner(), body.len() as u64);
+        assert_eq!(std::fs::read(pulled.out_dir().join("weights.safetensors")).unwrap(), body);
+        assert_eq!(pulled.manifest.output_digest, entry.manifest.output_digest);
+    });
+}
+
+#[test]
+fn a_remote_that_cannot_be_reached_costs_one_warning_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(2, r#"["energy"]"#));
+    // A port nothing listens on.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = pipeline()
+        .args(["run", recipe.to_str().unwrap(), "--json", "--remote", "s3://nowhere/x", "--cache"])
+        .arg(dir.path().join("cache"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&parse_events(&out.stdout), "finished").len(), 5);
+    let err = stderr(&out);
+    assert_eq!(err.matches("this run goes on without the remote").count(), 1, "{err}");
+}
