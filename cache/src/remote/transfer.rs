@@ -1,6 +1,6 @@
 //! Moving entries between the local store and a remote: push, pull and the remote's gc. Files
 //! stream in parts (never a whole checkpoint in memory) and up to `parallel` move at once.
-use super::{blob_path, entry_path, Remote, RemoteError, BLOBS};
+use super::client::{blob_path, entry_path, Remote, RemoteError, BLOBS};
 use crate::error::CacheError;
 use crate::key::CacheKey;
 use crate::store::{Entry, FileRecord, KeyLock, Manifest, Staging, Store};
@@ -298,7 +298,7 @@ impl Remote {
                 (Ok(staging), None) => {
                     let mut meta = manifest.meta.clone();
                     if let Some(object) = meta.as_object_mut() {
-                        object.insert("pulled_from".into(), serde_json::json!(self.url));
+                        object.insert("pulled_from".into(), serde_json::json!(self.url()));
                     }
                     match store.commit(staging, lock, &manifest.inputs, meta) {
                         Ok(entry) if entry.manifest.output_digest == manifest.output_digest => Ok(entry),

@@ -2,6 +2,7 @@
 //! (recipe, plan, run, cache) and prints through the [`Shell`]: results on stdout as text or
 //! JSON, status lines and diagnostics on stderr.
 use super::exit::Status;
+use super::loading::{load, open_remote, open_store};
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
@@ -10,28 +11,11 @@ use crate::recipe::Recipe;
 use crate::run::{execute, Outcome, RemoteAccess, RunOptions};
 use crate::select::{instances_of, plan_for, Selector};
 use anyhow::Context;
-use cache::{Store, Verification};
+use cache::Verification;
 use stages::estimate::duration::{human_duration, Estimate, Estimator, ThroughputTable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error.
-pub(super) fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
-    Recipe::load(path).map_err(|diagnostics| {
-        for d in &diagnostics {
-            shell.diagnostic(&d.render());
-        }
-        EngineError::Recipe { path: path.to_path_buf(), count: diagnostics.len() }
-    })
-}
-
-pub(super) fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
-    let path = cache
-        .or_else(|| std::env::var_os("PIPELINE_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(".pipeline-cache"));
-    Store::open(&path).map_err(|source| EngineError::Cache { path, source })
-}
 
 /// Stage or instance names (`zeta`, `zeta@0`); unknown ones are a usage error with a suggestion.
 fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Selector>, EngineError> {
@@ -108,7 +92,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
     let remote = match request.remote {
         Some(flag) => {
-            let remote = super::remote::open_remote(Some(flag), Some(&recipe))?;
+            let remote = open_remote(Some(flag), Some(&recipe))?;
             let mode = if request.remote_read_only { "read only" } else { "pull and push" };
             shell.status("Remote", &format!("{} ({mode})", remote.url()));
             Some(RemoteAccess::new(remote, request.remote_read_only))

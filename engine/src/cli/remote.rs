@@ -1,33 +1,18 @@
 //! `pipeline push`, `pipeline pull` and `pipeline gc --remote`: a recipe's cache entries moved
 //! to and from a remote, and the remote's unused entries removed.
-use super::commands::{load, open_store};
 use super::exit::Status;
+use super::loading::{load, open_remote, open_store};
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::Recipe;
-use crate::remote::{locate, remote_url, Located};
+use crate::remote::{locate, Located};
 use crate::run::error_chain;
-use cache::remote::{PushOutcome, Remote};
+use cache::remote::PushOutcome;
 use cache::{CacheKey, Store, Verification};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// The remote a command uses: `flag` (`default` or nothing: the configured one), else the
-/// environment, the recipe, `pipeline.toml`; none at all is a usage error.
-pub fn open_remote(flag: Option<&str>, recipe: Option<&Recipe>) -> Result<Remote, EngineError> {
-    let flag = flag.filter(|f| *f != "default");
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let Some(url) = remote_url(flag, recipe, &cwd)? else {
-        return Err(EngineError::Usage(
-            "no remote named: pass --remote URL, set PIPELINE_REMOTE, or add [remote] url = \"…\" to the \
-             recipe or to pipeline.toml"
-                .into(),
-        ));
-    };
-    Ok(Remote::open(&url)?)
-}
 
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
