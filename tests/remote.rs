@@ -185,6 +185,21 @@ fn manifest_of(cache: &Path, stage: &str) -> serde_json::Value {
     panic!("no entry of stage {stage}");
 }
 
+/// The tiny recipe computed into `dir/a`, and, with `push`, pushed: (recipe path, remote url,
+/// cache a).
+fn computed(backend: &Backend, dir: &Path, push: bool) -> (String, String, PathBuf) {
+    let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
+    let a = dir.join("a");
+    let (out, _) = run(&recipe, &a, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (recipe, url) = (recipe.to_str().unwrap().to_string(), backend.url());
+    if push {
+        let pushed = command(backend, &["push", &recipe, "--remote", &url], &a);
+        assert!(pushed.status.success(), "{}", stderr(&pushed));
+    }
+    (recipe, url, a)
+}
+
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|_| panic!("JSON on stdout; stderr: {}", stderr(output)))
@@ -228,12 +243,8 @@ fn push_then_pull_into_an_empty_cache_gives_identical_entries() {
 #[test]
 fn a_flipped_byte_on_the_remote_is_rejected_by_name_and_run_recomputes_that_stage() {
     for_each_remote(|backend, dir| {
-        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
-        let recipe_arg = recipe.to_str().unwrap();
-        let url = backend.url();
-        let a = dir.join("a");
-        assert!(run(&recipe, &a, &[]).0.status.success());
-        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+        let (recipe, url, a) = computed(backend, dir, true);
+        let recipe_arg = recipe.as_str();
 
         // Same size, one byte different: only the content hash can tell.
         let report = manifest_of(&a, "table");
@@ -353,11 +364,8 @@ fn concurrent_pushes_of_one_entry_leave_one_sound_manifest() {
 #[test]
 fn an_interrupted_push_shows_nothing_incomplete_and_the_rerun_completes() {
     for_each_remote(|backend, dir| {
-        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
-        let recipe_arg = recipe.to_str().unwrap();
-        let url = backend.url();
-        let a = dir.join("a");
-        assert!(run(&recipe, &a, &[]).0.status.success());
+        let (recipe, url, a) = computed(backend, dir, false);
+        let recipe_arg = recipe.as_str();
 
         // A real kill, wherever it lands: every manifest already there must pull whole.
         let mut child = pipeline()
@@ -399,14 +407,10 @@ fn an_interrupted_push_shows_nothing_incomplete_and_the_rerun_completes() {
 #[test]
 fn gc_on_the_remote_removes_what_no_recipe_uses() {
     for_each_remote(|backend, dir| {
-        let recipe = write_recipe(dir, &tiny_recipe(2, r#"["energy"]"#));
-        let recipe_arg = recipe.to_str().unwrap();
-        let url = backend.url();
-        let a = dir.join("a");
-        assert!(run(&recipe, &a, &[]).0.status.success());
-        assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
+        let (recipe, url, a) = computed(backend, dir, true);
+        let recipe_arg = recipe.as_str();
         std::fs::write(&recipe, tiny_recipe(2, r#"["energy", "msp"]"#)).unwrap();
-        assert!(run(&recipe, &a, &[]).0.status.success());
+        assert!(run(Path::new(&recipe), &a, &[]).0.status.success());
         assert!(command(backend, &["push", recipe_arg, "--remote", &url], &a).status.success());
 
         // The old scores_first and table are used by no recipe now.

@@ -8,7 +8,7 @@ use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::Recipe;
 use crate::remote::{locate, Located};
 use crate::run::error_chain;
-use cache::remote::PushOutcome;
+use cache::remote::{PushOutcome, Remote};
 use cache::{CacheKey, Store, Verification};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -40,17 +40,39 @@ fn fingerprints(
     Ok(fingerprints)
 }
 
+/// What push and pull both start from: the recipe, both caches, the plan and the dataset
+/// fingerprints its keys need.
+struct Transfer {
+    recipe: Recipe,
+    store: Store,
+    remote: Remote,
+    plan: Plan,
+    fingerprints: BTreeMap<String, String>,
+}
+
+impl Transfer {
+    fn open(
+        path: &Path,
+        remote: Option<&str>,
+        cache: Option<PathBuf>,
+        shell: &Shell,
+    ) -> Result<Transfer, EngineError> {
+        let recipe = load(path, shell)?;
+        let store = open_store(cache)?;
+        let remote = open_remote(remote, Some(&recipe))?;
+        let plan = Plan::new(&recipe, None);
+        let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
+        Ok(Transfer { recipe, store, remote, plan, fingerprints })
+    }
+}
+
 pub fn push(
     path: &Path,
     remote: Option<&str>,
     cache: Option<PathBuf>,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let recipe = load(path, shell)?;
-    let store = open_store(cache)?;
-    let remote = open_remote(remote, Some(&recipe))?;
-    let plan = Plan::new(&recipe, None);
-    let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
+    let Transfer { recipe, store, remote, plan, fingerprints } = Transfer::open(path, remote, cache, shell)?;
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), Verification::Metadata);
     let mut labels = Vec::new();
     let mut entries = Vec::new();
@@ -136,11 +158,7 @@ pub fn pull(
     cache: Option<PathBuf>,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let recipe = load(path, shell)?;
-    let store = open_store(cache)?;
-    let remote = open_remote(remote, Some(&recipe))?;
-    let plan = Plan::new(&recipe, None);
-    let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
+    let Transfer { recipe, store, remote, plan, fingerprints } = Transfer::open(path, remote, cache, shell)?;
     let located = locate(&recipe, &plan, &store, &remote, &fingerprints, Verification::Metadata);
     let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
     // One lock per key (two instances may share one), taken in key order.
