@@ -3,10 +3,11 @@
 //!
 //! [`Plan::evaluate`] answers "what would run, and why" without running anything: the basis
 //! of `pipeline plan` and `pipeline status`.
+use crate::recipe::sweep::{show_value, Axis, Group};
 use crate::recipe::Recipe;
 use cache::{CacheKey, KeyInputs, Store, Verification, KEY_FORMAT_VERSION};
 use stages::data::DatasetSpec;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One stage run with one seed (or across seeds).
 #[derive(Debug, Clone)]
@@ -21,6 +22,13 @@ pub struct Instance {
     pub label: String,
     /// The seed the stage draws its randomness from.
     pub stage_seed: u64,
+    /// Which variant of the stage's sweep it runs (0 without a sweep).
+    pub variant: usize,
+    /// The value index of every sweep axis it ranges over (its own and its upstream's).
+    pub coords: BTreeMap<Axis, usize>,
+    /// Those axes as labels show them: `field` = `value` for its own, `stage.field` for an
+    /// upstream's.
+    pub params: Vec<(String, String)>,
     /// For each upstream stage name, the instances it stands for (one, or one per seed).
     pub upstream: Vec<(String, Vec<usize>)>,
 }
@@ -45,7 +53,10 @@ pub enum Verdict {
 }
 
 impl Plan {
-    /// Expands `recipe`; with `only`, just those stages and what they need.
+    /// Expands `recipe`; with `only`, just those stages and what they need. Each stage runs
+    /// once per seed (or once across seeds) and per point of its sweep groups; upstream
+    /// instances are found by (stage, seed, coordinates) in a hash map, so expansion is linear
+    /// in the number of instances and edges.
     pub fn new(recipe: &Recipe, only: Option<&BTreeSet<usize>>) -> Plan {
         let selected: BTreeSet<usize> = match only {
             Some(targets) => targets.iter().flat_map(|&t| recipe.graph.with_ancestors(t)).collect(),
@@ -54,42 +65,106 @@ impl Plan {
         let several = recipe.seeds.len() > 1;
         let mut instances: Vec<Instance> = Vec::new();
         let mut by_stage: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        // (stage, seed, coordinates) → instance.
+        let mut index: HashMap<(usize, Option<u64>, Vec<(Axis, usize)>), usize> = HashMap::new();
         for &s in recipe.graph.order() {
             if !selected.contains(&s) {
                 continue;
             }
             let decl = &recipe.stages[s];
+            let groups = &recipe.groups[s];
             let seeds: Vec<Option<u64>> = if decl.kind.across_seeds() {
                 vec![None]
             } else {
                 recipe.seeds.iter().map(|&x| Some(x)).collect()
             };
+            let variant_of: HashMap<&[usize], usize> = decl
+                .variants
+                .iter()
+                .enumerate()
+                .map(|(v, variant)| (variant.indices.as_slice(), v))
+                .collect();
+            let own: Vec<&str> = decl
+                .sweep
+                .as_ref()
+                .map(|sw| sw.fields.iter().map(|f| f.name.as_str()).collect())
+                .unwrap_or_default();
             for seed in seeds {
-                let upstream = decl
-                    .upstream()
-                    .into_iter()
-                    .map(|name| {
-                        let u = recipe.stage_index(name).expect("references were validated");
-                        let all = &by_stage[&u];
-                        let chosen = match seed {
-                            Some(seed) if !recipe.stages[u].kind.across_seeds() => {
-                                all.iter().copied().filter(|&i| instances[i].seed == Some(seed)).collect()
-                            }
-                            _ => all.clone(),
-                        };
-                        (name.to_string(), chosen)
-                    })
-                    .collect();
-                let (id, label) = match seed {
-                    Some(seed) => (
-                        format!("{}@{seed}", decl.name),
-                        if several { format!("{}@{seed}", decl.name) } else { decl.name.clone() },
-                    ),
-                    None => (decl.name.clone(), decl.name.clone()),
-                };
-                let stage_seed = stages::math::rng::stage_seed(seed.unwrap_or(0), &decl.name);
-                by_stage.entry(s).or_default().push(instances.len());
-                instances.push(Instance { stage: s, seed, id, label, stage_seed, upstream });
+                for point in points(groups) {
+                    let coords: BTreeMap<Axis, usize> = groups
+                        .iter()
+                        .zip(&point)
+                        .flat_map(|(g, &i)| g.axes.iter().map(move |a| (a.clone(), i)))
+                        .collect();
+                    let own_indices: Vec<usize> =
+                        own.iter().map(|f| coords[&Axis { stage: s, field: f.to_string() }]).collect();
+                    let variant = variant_of.get(own_indices.as_slice()).copied().unwrap_or(0);
+                    let upstream = decl
+                        .upstream()
+                        .into_iter()
+                        .map(|name| {
+                            let u = recipe.stage_index(name).expect("references were validated");
+                            let u_decl = &recipe.stages[u];
+                            let chosen: Vec<usize> = if decl.kind.across_variants() {
+                                // Every variant of the upstream; every seed too for a stage
+                                // across seeds.
+                                by_stage[&u]
+                                    .iter()
+                                    .copied()
+                                    .filter(|&i| match seed {
+                                        Some(seed) if !u_decl.kind.across_seeds() => {
+                                            instances[i].seed == Some(seed)
+                                        }
+                                        _ => true,
+                                    })
+                                    .collect()
+                            } else {
+                                let u_seed = if u_decl.kind.across_seeds() { None } else { seed };
+                                let u_coords: Vec<(Axis, usize)> = recipe.groups[u]
+                                    .iter()
+                                    .flat_map(|g| g.axes.iter().map(|a| (a.clone(), coords[a])))
+                                    .collect::<BTreeMap<_, _>>()
+                                    .into_iter()
+                                    .collect();
+                                match index.get(&(u, u_seed, u_coords)) {
+                                    Some(&i) => vec![i],
+                                    None => Vec::new(),
+                                }
+                            };
+                            (name.to_string(), chosen)
+                        })
+                        .collect();
+                    let params = shown_params(recipe, s, &coords);
+                    let bracket = if params.is_empty() {
+                        String::new()
+                    } else {
+                        let parts: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        format!("[{}]", parts.join(","))
+                    };
+                    let base = format!("{}{bracket}", decl.name);
+                    let (id, label) = match seed {
+                        Some(seed) => (
+                            format!("{base}@{seed}"),
+                            if several { format!("{base}@{seed}") } else { base.clone() },
+                        ),
+                        None => (base.clone(), base.clone()),
+                    };
+                    let stage_seed = stages::math::rng::stage_seed(seed.unwrap_or(0), &decl.name);
+                    let n = instances.len();
+                    by_stage.entry(s).or_default().push(n);
+                    index.insert((s, seed, coords.clone().into_iter().collect()), n);
+                    instances.push(Instance {
+                        stage: s,
+                        seed,
+                        id,
+                        label,
+                        stage_seed,
+                        upstream,
+                        variant,
+                        coords,
+                        params,
+                    });
+                }
             }
         }
         Plan { instances }
@@ -107,9 +182,9 @@ impl Plan {
         let decl = &recipe.stages[instance.stage];
         KeyInputs {
             format: KEY_FORMAT_VERSION,
-            kind: decl.stage.kind().to_string(),
-            version: decl.stage.version(),
-            params: decl.stage.params(),
+            kind: decl.variants[instance.variant].stage.kind().to_string(),
+            version: decl.variants[instance.variant].stage.version(),
+            params: decl.variants[instance.variant].stage.params(),
             seed: instance.stage_seed,
             upstream: instance.deps().map(|d| (self.instances[d].id.clone(), digests(d))).collect(),
             inputs: decl
@@ -179,6 +254,49 @@ impl Plan {
         }
         verdicts
     }
+}
+
+/// Every point of a stage's sweep groups: one index per group, the last varying fastest (one
+/// empty point without sweeps).
+fn points(groups: &[Group]) -> Vec<Vec<usize>> {
+    let mut all = vec![Vec::new()];
+    for group in groups {
+        all = all
+            .into_iter()
+            .flat_map(|prefix: Vec<usize>| {
+                (0..group.len).map(move |i| {
+                    let mut next = prefix.clone();
+                    next.push(i);
+                    next
+                })
+            })
+            .collect();
+    }
+    all
+}
+
+/// The swept parameters of stage `s` at `coords`, as labels show them: its own fields first
+/// (`delta`), then its upstream's (`zeta.delta`), in recipe order.
+fn shown_params(recipe: &Recipe, s: usize, coords: &BTreeMap<Axis, usize>) -> Vec<(String, String)> {
+    let value = |axis: &Axis, i: usize| {
+        let sweep = recipe.stages[axis.stage].sweep.as_ref().expect("an axis belongs to a swept stage");
+        let field = sweep.fields.iter().find(|f| f.name == axis.field).expect("the axis is a swept field");
+        show_value(&field.values[i])
+    };
+    let mut own = Vec::new();
+    if let Some(sweep) = &recipe.stages[s].sweep {
+        for field in &sweep.fields {
+            let axis = Axis { stage: s, field: field.name.clone() };
+            if let Some(&i) = coords.get(&axis) {
+                own.push((field.name.clone(), value(&axis, i)));
+            }
+        }
+    }
+    let inherited = coords
+        .iter()
+        .filter(|(a, _)| a.stage != s)
+        .map(|(a, &i)| (format!("{}.{}", recipe.stages[a.stage].name, a.field), value(a, i)));
+    own.into_iter().chain(inherited).collect()
 }
 
 /// Why a dataset has no fingerprint.

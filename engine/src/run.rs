@@ -6,7 +6,7 @@ use crate::recipe::Recipe;
 use cache::remote::{Remote, TransferProgress};
 use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
-use stages::{Progress, RunContext};
+use stages::{Progress, RunContext, UpstreamTag};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
@@ -292,18 +292,35 @@ fn run_instance(
         .iter()
         .map(|(name, list)| (name.clone(), list.iter().map(|d| entries[d].out_dir()).collect()))
         .collect();
+    let upstream_tags: BTreeMap<String, Vec<UpstreamTag>> = instance
+        .upstream
+        .iter()
+        .map(|(name, list)| {
+            let tags = list
+                .iter()
+                .map(|&d| UpstreamTag {
+                    seed: plan.instances[d].seed,
+                    params: plan.instances[d].params.clone(),
+                })
+                .collect();
+            (name.clone(), tags)
+        })
+        .collect();
     let out_dir = staging.out_dir();
     let progress = reporter.progress(instance);
     let ctx = RunContext {
         out_dir: &out_dir,
         seed: instance.stage_seed,
         upstream: &upstream,
+        upstream_tags: &upstream_tags,
         datasets: &recipe.datasets,
         device: &options.device,
         progress: progress.as_ref(),
     };
     let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decl.stage.run(&ctx)));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decl.variants[instance.variant].stage.run(&ctx)
+    }));
     drop(progress);
     let seconds = started.elapsed().as_secs_f64();
     match result {

@@ -150,7 +150,7 @@ fn the_shipped_recipes_are_valid_and_defaults_fill_in() {
     let explicit = "[datasets.d]\nformat = \"uniform-noise\"\ncount = 2000\n[stages.t]\nkind = \"train\"\ndata = \"d\"\nlr = 0.1\nnesterov = true\nepochs = 100\n";
     let a = load(implicit).ok().unwrap();
     let b = load(explicit).ok().unwrap();
-    assert_eq!(a.stages[0].stage.params(), b.stages[0].stage.params());
+    assert_eq!(a.stages[0].stage().params(), b.stages[0].stage().params());
     assert_eq!(a.datasets, b.datasets);
 }
 
@@ -181,7 +181,7 @@ fn a_remote_table_names_the_default_remote_and_changes_no_key() {
     let without = load(body).expect("valid");
     assert_eq!(with.remote.as_deref(), Some("/data/shared-cache"), "variables expand in the url");
     assert_eq!(without.remote, None);
-    assert_eq!(with.stages[0].stage.params(), without.stages[0].stage.params());
+    assert_eq!(with.stages[0].stage().params(), without.stages[0].stage().params());
 
     let text = format!("[remote]\nurl = 3\nbucket = \"x\"\n\n{body}");
     let errors = load(&text).err().expect("invalid");

@@ -43,4 +43,6 @@ pub use error::{Fault, ParamError, StageError};
 pub use fields::struct_fields;
 pub use kinds::{kind, registry};
 pub use progress::{NoProgress, Progress, ProgressBar};
-pub use stage::{Artifact, BuildError, Input, RunContext, Stage, StageKind, StageParams, Target};
+pub use stage::{
+    Artifact, BuildError, Input, RunContext, Stage, StageKind, StageParams, Target, UpstreamTag,
+};

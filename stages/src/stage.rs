@@ -84,16 +84,43 @@ pub struct RunContext<'a> {
     pub out_dir: &'a Path,
     /// The seed of this stage (derived from the recipe seed and the stage's name).
     pub seed: u64,
-    /// Output folders of upstream stages, by stage name: one folder, or one per seed for a
-    /// stage that aggregates across seeds ([`StageParams::ACROSS_SEEDS`]).
+    /// Output folders of upstream stages, by stage name: one folder, or one per seed and
+    /// variant for a stage that aggregates across seeds ([`StageParams::ACROSS_SEEDS`]) or
+    /// across the variants of a sweep ([`StageParams::ACROSS_VARIANTS`]).
     pub upstream: &'a BTreeMap<String, Vec<PathBuf>>,
+    /// What each of those folders is, in the same order: its seed and the swept parameters
+    /// it was computed with (empty outside sweeps).
+    pub upstream_tags: &'a BTreeMap<String, Vec<UpstreamTag>>,
     /// Datasets declared in the recipe, paths resolved.
     pub datasets: &'a BTreeMap<String, data::DatasetSpec>,
     pub device: &'a Device,
     pub progress: &'a dyn Progress,
 }
 
+/// Which run of an upstream stage a folder holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UpstreamTag {
+    /// The recipe seed (`None` for a stage across seeds).
+    pub seed: Option<u64>,
+    /// The swept parameters and their values, as labels show them (`delta` = `0.95`;
+    /// `zeta.delta` for a sweep of an upstream stage).
+    pub params: Vec<(String, String)>,
+}
+
 impl RunContext<'_> {
+    /// The tags of `name`'s folders ([`RunContext::stage_dirs`]'s order); plain per-seed tags
+    /// when the caller gave none.
+    pub fn stage_tags(&self, name: &str) -> Vec<UpstreamTag> {
+        match self.upstream_tags.get(name) {
+            Some(tags) => tags.clone(),
+            None => self
+                .upstream
+                .get(name)
+                .map(|dirs| vec![UpstreamTag::default(); dirs.len()])
+                .unwrap_or_default(),
+        }
+    }
+
     /// The output folder of the upstream stage `name`.
     pub fn stage_dir(&self, name: &str) -> Result<&Path, StageError> {
         match self.stage_dirs(name)? {
@@ -129,6 +156,9 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Whether one instance reads the outputs of every seed (a report), rather than one
     /// instance running per seed.
     const ACROSS_SEEDS: bool = false;
+    /// Whether one instance reads every variant of a swept upstream (a report, a selection),
+    /// rather than one instance running per variant.
+    const ACROSS_VARIANTS: bool = Self::ACROSS_SEEDS;
     /// The stages and datasets it reads.
     fn inputs(&self) -> Vec<Input>;
     /// Checks beyond types (ranges, consistency); each problem names its field.
@@ -198,6 +228,7 @@ pub trait StageKind: Sync {
     fn fields(&self) -> &'static [&'static str];
     fn produces(&self) -> &'static [Artifact];
     fn across_seeds(&self) -> bool;
+    fn across_variants(&self) -> bool;
     /// Builds the stage; a type error is reported with the path of the offending field.
     fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError>;
 }
@@ -216,6 +247,9 @@ impl<P: StageParams> StageKind for KindOf<P> {
     }
     fn across_seeds(&self) -> bool {
         P::ACROSS_SEEDS
+    }
+    fn across_variants(&self) -> bool {
+        P::ACROSS_VARIANTS
     }
     fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError> {
         let parsed: P = ParamError::deserialize(params).map_err(BuildError::Type)?;

@@ -177,7 +177,7 @@ pub fn plan(
     let measure = matches!(view, PlanView::WhatWillRun { measure: true });
     let device = stages::device::select(recipe.device);
     let stage_map: BTreeMap<&str, &dyn stages::Stage> =
-        recipe.stages.iter().map(|s| (s.name.as_str(), s.stage.as_ref())).collect();
+        recipe.stages.iter().map(|s| (s.name.as_str(), s.stage())).collect();
     let mut estimator = match &device {
         Ok((device, _)) => Some(Estimator::new(
             stage_map,
@@ -205,8 +205,9 @@ pub fn plan(
             }
             Verdict::Run { key, reasons } => {
                 to_run += 1;
-                let estimate =
-                    estimator.as_mut().map(|e| e.estimate(recipe.stages[instance.stage].stage.as_ref()));
+                let estimate = estimator.as_mut().map(|e| {
+                    e.estimate(recipe.stages[instance.stage].variants[instance.variant].stage.as_ref())
+                });
                 let mut seconds = None;
                 let duration = match &estimate {
                     Some(Estimate::Seconds { seconds: s, images, images_per_second }) => {

@@ -6,6 +6,7 @@
 //! through its own typed parameters, then references and cycles ([`crate::graph`]).
 pub mod diagnostic;
 pub mod env;
+pub mod sweep;
 pub mod tree;
 
 use crate::graph::StageGraph;
@@ -16,13 +17,18 @@ use stages::{BuildError, Input, ParamError, Stage, StageKind, Target};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use sweep::{Axis, Group, Sweep};
 use tree::{Entry, Node, NodeValue};
 
 /// One stage as declared: its name, kind, parsed parameters and references.
 pub struct StageDecl {
     pub name: String,
     pub kind: &'static dyn StageKind,
-    pub stage: Box<dyn Stage>,
+    /// One configured stage per variant of its sweep (just one without a sweep), in the order
+    /// of [`sweep::combinations`].
+    pub variants: Vec<StageVariant>,
+    /// Its own swept fields, if any.
+    pub sweep: Option<Sweep>,
     pub inputs: Vec<Input>,
     /// Where `[stages.NAME]` was written.
     pub name_span: Range<usize>,
@@ -30,7 +36,30 @@ pub struct StageDecl {
     pub node: Node,
 }
 
+/// One variant of a swept stage: the value index of each swept field, and the stage built with
+/// those values.
+pub struct StageVariant {
+    pub indices: Vec<usize>,
+    pub stage: Box<dyn Stage>,
+}
+
 impl StageDecl {
+    /// The stage as configured (its first variant when swept).
+    pub fn stage(&self) -> &dyn Stage {
+        self.variants[0].stage.as_ref()
+    }
+
+    /// The swept fields and their values for variant `v`, as labels show them.
+    pub fn assignment(&self, v: usize) -> Vec<(String, String)> {
+        let Some(sweep) = &self.sweep else { return Vec::new() };
+        sweep
+            .fields
+            .iter()
+            .zip(&self.variants[v].indices)
+            .map(|(f, &i)| (f.name.clone(), sweep::show_value(&f.values[i])))
+            .collect()
+    }
+
     /// Names of the stages this one reads, in the order its fields name them.
     pub fn upstream(&self) -> Vec<&str> {
         let mut seen = BTreeSet::new();
@@ -70,6 +99,8 @@ pub struct Recipe {
     /// Stages in the order the recipe declares them.
     pub stages: Vec<StageDecl>,
     pub graph: StageGraph,
+    /// For each stage, the sweep groups its instances range over (empty without sweeps).
+    pub groups: Vec<Vec<Group>>,
 }
 
 impl Recipe {
@@ -126,7 +157,7 @@ impl Recipe {
             .iter()
             .enumerate()
             .filter(|(i, _)| only.is_none_or(|set| set.contains(i)))
-            .map(|(_, s)| (s.name.as_str(), s.stage.as_ref()))
+            .map(|(_, s)| (s.name.as_str(), s.stage()))
             .collect()
     }
 
@@ -323,6 +354,7 @@ impl Validator<'_> {
                 None
             }
         };
+        let groups = graph.as_ref().map(|g| self.groups(&stages, g)).unwrap_or_default();
         match graph {
             Some(graph) if self.diagnostics.is_empty() => Ok(Recipe {
                 source: self.source.clone(),
@@ -334,6 +366,7 @@ impl Validator<'_> {
                 datasets,
                 stages,
                 graph,
+                groups,
             }),
             _ => {
                 self.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -548,10 +581,67 @@ impl Validator<'_> {
         };
         let mut known: Vec<&str> = kind.fields().to_vec();
         known.push("kind");
+        known.push("zip");
         self.unknown_keys(table, &known, &format!("{what} (kind `{}`)", kind.name()));
-        let json = self.without_unknown(table, &known);
-        let stage = self.build_collecting(table, json, &what, |json| kind.build(json))?;
-        let inputs = stage.inputs();
+        let mut json = self.without_unknown(table, &known);
+        if let Some(object) = json.as_object_mut() {
+            object.remove("zip");
+        }
+        let sweep = self.sweep(table, kind, &what)?;
+        let fields = sweep.as_ref().map(|s| s.fields.as_slice()).unwrap_or_default();
+        let combos = sweep::combinations(fields, sweep.as_ref().is_some_and(|s| s.zip));
+        let with = |combo: &[usize]| {
+            let mut json = json.clone();
+            if let Some(object) = json.as_object_mut() {
+                for (field, &i) in fields.iter().zip(combo) {
+                    object.insert(field.name.clone(), field.values[i].clone());
+                }
+            }
+            json
+        };
+        let first = self.build_collecting(table, with(&combos[0]), &what, |json| kind.build(json))?;
+        let inputs = first.inputs();
+        // A sweep may not change what the stage reads: the graph is one for every variant.
+        for field in fields {
+            if inputs.iter().any(|i| i.field.first() == Some(&field.name)) {
+                self.error(
+                    field.span.clone(),
+                    format!("{what}: `{}` names what the stage reads and cannot be swept", field.name),
+                );
+                return None;
+            }
+        }
+        let mut variants = vec![StageVariant { indices: combos[0].clone(), stage: first }];
+        let mut failed = false;
+        for combo in &combos[1..] {
+            let shown: Vec<String> = fields
+                .iter()
+                .zip(combo)
+                .map(|(f, &i)| format!("{}={}", f.name, sweep::show_value(&f.values[i])))
+                .collect();
+            let problems = match kind.build(with(combo)) {
+                Ok(stage) => {
+                    variants.push(StageVariant { indices: combo.clone(), stage });
+                    continue;
+                }
+                Err(stages::BuildError::Type(problem)) => vec![problem],
+                Err(stages::BuildError::Invalid(problems)) => problems,
+            };
+            failed = true;
+            for problem in problems {
+                // Point at the swept value when the problem is in a swept field.
+                let span = fields
+                    .iter()
+                    .zip(combo)
+                    .find(|(f, _)| problem.path.first() == Some(&f.name))
+                    .map(|(f, &i)| f.value_spans[i].clone())
+                    .unwrap_or_else(|| table.locate(&problem.path));
+                self.error(span, format!("{what} with {}: {}", shown.join(", "), problem.message));
+            }
+        }
+        if failed {
+            return None;
+        }
         // A stage whose header is an implicit table has an empty span: fall back to its key.
         let node = Node {
             span: if table.span.is_empty() { entry.key_span.clone() } else { table.span.clone() },
@@ -560,11 +650,116 @@ impl Validator<'_> {
         Some(StageDecl {
             name: entry.key.clone(),
             kind,
-            stage,
+            variants,
+            sweep,
             inputs,
             name_span: entry.key_span.clone(),
             node,
         })
+    }
+
+    /// The stage's own sweep: its `{ sweep = [...] }` fields and `zip`.
+    fn sweep(&mut self, table: &Node, kind: &dyn StageKind, what: &str) -> Option<Option<Sweep>> {
+        let (fields, problems) = sweep::swept_fields(table);
+        let malformed = !problems.is_empty();
+        for (span, message) in problems {
+            self.error(span, format!("{what}: {message}"));
+        }
+        let zip_entry = table.get("zip");
+        let zip = match zip_entry.map(|e| &e.node.value) {
+            None => false,
+            Some(NodeValue::Scalar(serde_json::Value::Bool(b))) => *b,
+            Some(_) => {
+                let node = &zip_entry.expect("matched").node;
+                self.error(
+                    node.span.clone(),
+                    format!("{what}: `zip` must be true or false, found {}", node.to_json()),
+                );
+                return None;
+            }
+        };
+        if malformed {
+            return None;
+        }
+        if let (true, Some(first)) = (kind.across_variants(), fields.first()) {
+            self.error(
+                first.span.clone(),
+                format!(
+                    "{what}: a `{}` stage combines the variants it reads and cannot be swept itself",
+                    kind.name()
+                ),
+            );
+            return None;
+        }
+        if zip {
+            let lengths: BTreeSet<usize> = fields.iter().map(|f| f.values.len()).collect();
+            if lengths.len() > 1 {
+                let listed: Vec<String> =
+                    fields.iter().map(|f| format!("`{}` has {}", f.name, f.values.len())).collect();
+                let span = zip_entry.expect("zip is set").node.span.clone();
+                self.error(
+                    span,
+                    format!("{what}: `zip` pairs sweeps of equal length; {}", listed.join(", ")),
+                );
+                return None;
+            }
+        }
+        if fields.is_empty() && !zip {
+            return Some(None);
+        }
+        Some(Some(Sweep { fields, zip, zip_span: zip_entry.map(|e| e.node.span.clone()) }))
+    }
+
+    /// The sweep groups of every stage, in graph order: what its upstream stages range over
+    /// (nothing for a stage that combines variants), then its own sweep, crossed, or with
+    /// `zip` all paired into one group.
+    fn groups(&mut self, stages: &[StageDecl], graph: &StageGraph) -> Vec<Vec<Group>> {
+        let mut groups: Vec<Vec<Group>> = vec![Vec::new(); stages.len()];
+        for &s in graph.order() {
+            let decl = &stages[s];
+            if decl.kind.across_variants() {
+                continue;
+            }
+            let mut list: Vec<Group> = graph.upstream(s).iter().flat_map(|&u| groups[u].clone()).collect();
+            let Some(sweep) = &decl.sweep else {
+                groups[s] = sweep::merge(list);
+                continue;
+            };
+            let own = sweep
+                .fields
+                .iter()
+                .map(|f| Group { axes: vec![Axis { stage: s, field: f.name.clone() }], len: f.values.len() });
+            if sweep.zip {
+                list.extend(own);
+                let list = sweep::merge(list);
+                let lengths: BTreeSet<usize> = list.iter().map(|g| g.len).collect();
+                if lengths.len() > 1 {
+                    let listed: Vec<String> = list
+                        .iter()
+                        .map(|g| {
+                            let axis = &g.axes[0];
+                            format!("`{}.{}` has {}", stages[axis.stage].name, axis.field, g.len)
+                        })
+                        .collect();
+                    let span = sweep.zip_span.clone().unwrap_or(decl.name_span.clone());
+                    self.error(
+                        span,
+                        format!(
+                            "stage `{}`: `zip` pairs sweeps of equal length; {}",
+                            decl.name,
+                            listed.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+                let len = list.first().map_or(1, |g| g.len);
+                groups[s] = vec![Group { axes: list.into_iter().flat_map(|g| g.axes).collect(), len }];
+            } else {
+                list.extend(own);
+                groups[s] = sweep::merge(list);
+            }
+        }
+        groups
     }
 
     fn references(

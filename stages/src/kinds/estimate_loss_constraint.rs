@@ -265,6 +265,7 @@ mod tests {
             out_dir: &out,
             seed: 5,
             upstream: &upstream,
+            upstream_tags: &BTreeMap::new(),
             datasets: &datasets,
             device: &dev,
             progress: &NoProgress,
