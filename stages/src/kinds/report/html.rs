@@ -2,7 +2,7 @@
 //! table, per-OOD-set score histograms ID vs OOD (the paper's Figure 1(b)(c)), ROC curves, and
 //! the backtracking curve (metrics per checkpoint, Figure 1(a)) when there is one. Plots show the
 //! first seed's scores; the table shows mean ± std over seeds.
-use super::model::{fpr_header, BacktrackRow, ReportFile, ScoreSample, Summary};
+use super::model::{fpr_header, BacktrackRow, ReportFile, Row, ScoreSample, Summary};
 use crate::metrics::{cut_points, Convention};
 use std::fmt::Write as _;
 
@@ -30,6 +30,12 @@ pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
         escape(&report.convention_text)
     );
     page.push_str(&table(report));
+    let sweeps = sweep_curves(report);
+    if !sweeps.is_empty() {
+        page.push_str("<h2>Sweeps: each metric against each swept parameter (mean over OOD sets, band: ± std over seeds)</h2>\n<div class=\"grid\">\n");
+        page.push_str(&sweeps);
+        page.push_str("</div>\n");
+    }
     if !report.backtracking.is_empty() {
         page.push_str(
             "<h2>Backtracking: metrics per checkpoint (mean over OOD sets)</h2>\n<div class=\"grid\">\n",
@@ -60,8 +66,10 @@ fn cell(s: &Summary) -> String {
 }
 
 fn table(report: &ReportFile) -> String {
+    let params = report.param_names();
+    let param_heads: String = params.iter().map(|p| format!("<th>{}</th>", escape(p))).collect();
     let mut out = format!(
-        "<table>\n<tr><th>Scores</th><th>Method</th><th>OOD set</th><th>{} ↓</th><th>AUROC ↑</th><th>AUPR-In ↑</th>\
+        "<table>\n<tr><th>Scores</th>{param_heads}<th>Method</th><th>OOD set</th><th>{} ↓</th><th>AUROC ↑</th><th>AUPR-In ↑</th>\
          <th>AUPR-Out ↑</th><th>ID-ACC ↑</th></tr>\n",
         fpr_header(report.convention)
     );
@@ -69,8 +77,12 @@ fn table(report: &ReportFile) -> String {
         let class = if r.ood == "mean" { " class=\"mean\"" } else { "" };
         let _ = writeln!(
             out,
-            "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.scores),
+            params
+                .iter()
+                .map(|p| format!("<td>{}</td>", escape(r.params.get(*p).map_or("", String::as_str))))
+                .collect::<String>(),
             escape(&r.method),
             escape(&r.ood),
             cell(&r.fpr95),
@@ -317,18 +329,95 @@ fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
 /// A line of the backtracking plot: its name, the value it draws, its colour.
 type Series = (&'static str, fn(&BacktrackRow) -> f64, &'static str);
 
+/// For every swept parameter with numeric values: one figure per (score stage, method, values
+/// of the other parameters), FPR95, AUROC and ID accuracy against the parameter, each a line
+/// through the means with a band of ± one standard deviation over seeds.
+fn sweep_curves(report: &ReportFile) -> String {
+    let mut out = String::new();
+    let means: Vec<&Row> = report.rows.iter().filter(|r| r.ood == "mean" && !r.params.is_empty()).collect();
+    for param in report.param_names() {
+        // (scores, method, the other parameters) → the rows along `param`.
+        let mut curves: Vec<((String, String, Vec<(String, String)>), Vec<(f64, &Row)>)> = Vec::new();
+        for r in &means {
+            let Some(x) = r.params.get(param).and_then(|v| v.parse::<f64>().ok()) else { continue };
+            let others: Vec<(String, String)> =
+                r.params.iter().filter(|(k, _)| *k != param).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let key = (r.scores.clone(), r.method.clone(), others);
+            match curves.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, points)) => points.push((x, r)),
+                None => curves.push((key, vec![(x, r)])),
+            }
+        }
+        for ((scores, method, others), mut points) in curves {
+            if points.len() < 2 {
+                continue;
+            }
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (lo, hi) = (points[0].0, points[points.len() - 1].0);
+            let frame = Frame { w: 360.0, h: 240.0, x: (lo, hi.max(lo + 1e-9)), y: (0.0, 100.0) };
+            let mut body = frame.axes(param, "percent");
+            let series: [(&str, MetricOf, &str); 3] = [
+                (fpr_header(report.convention), |r| &r.fpr95, COLOURS[0]),
+                ("AUROC", |r| &r.auroc, COLOURS[1]),
+                ("ID-ACC", |r| &r.id_accuracy, COLOURS[2]),
+            ];
+            let mut entries = Vec::new();
+            for (name, metric, colour) in series {
+                let band: Vec<(f64, f64)> = points
+                    .iter()
+                    .map(|(x, r)| (*x, 100.0 * (metric(r).mean + metric(r).std)))
+                    .chain(points.iter().rev().map(|(x, r)| (*x, 100.0 * (metric(r).mean - metric(r).std))))
+                    .collect();
+                let polygon: Vec<String> = band
+                    .iter()
+                    .map(|&(x, y)| format!("{:.1},{:.1}", frame.px(x), frame.py(y.clamp(0.0, 100.0))))
+                    .collect();
+                let _ = write!(
+                    body,
+                    "<polygon class=\"band\" fill=\"{colour}\" fill-opacity=\"0.18\" stroke=\"none\" points=\"{}\"/>",
+                    polygon.join(" ")
+                );
+                let line: Vec<(f64, f64)> =
+                    points.iter().map(|(x, r)| (*x, 100.0 * metric(r).mean)).collect();
+                body.push_str(&frame.polyline(&line, colour));
+                for &(x, y) in &line {
+                    let _ = write!(
+                        body,
+                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
+                        frame.px(x),
+                        frame.py(y)
+                    );
+                }
+                entries.push((name, colour));
+            }
+            body.push_str(&legend(&entries, frame.w + 4.0, 18.0));
+            let fixed: Vec<String> = others.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let caption = if fixed.is_empty() {
+                format!("{scores} / {method}: against {param}")
+            } else {
+                format!("{scores} / {method}: against {param} ({})", fixed.join(", "))
+            };
+            out.push_str(&figure(&caption, frame.w + 150.0, frame.h, &body));
+        }
+    }
+    out
+}
+
+/// Picks one metric of a row.
+type MetricOf = fn(&Row) -> &Summary;
+
 fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
     let mut out = String::new();
     let mut groups: Vec<(String, String)> = Vec::new();
     for b in curve {
-        let key = (b.row.scores.clone(), b.row.method.clone());
+        let key = (b.row.label(), b.row.method.clone());
         if !groups.contains(&key) {
             groups.push(key);
         }
     }
     for (scores, method) in groups {
         let points: Vec<&BacktrackRow> =
-            curve.iter().filter(|b| b.row.scores == scores && b.row.method == method).collect();
+            curve.iter().filter(|b| b.row.label() == scores && b.row.method == method).collect();
         let first = points.first().map_or(0.0, |b| b.epoch as f64);
         let last = points.last().map_or(1.0, |b| b.epoch as f64);
         let frame = Frame { w: 360.0, h: 240.0, x: (first, last.max(first + 1.0)), y: (0.0, 100.0) };

@@ -10,16 +10,20 @@ pub fn markdown(report: &ReportFile) -> String {
         if report.seeds > 1 { format!("mean ± std over {} seeds", report.seeds) } else { "1 seed".into() };
     let _ = writeln!(out, "Percentages, {seeds}. Conventions: {}.\n", report.convention_text);
     let fpr = fpr_header(report.convention);
+    let params = report.param_names();
+    let param_heads: String = params.iter().map(|p| format!(" {p} |")).collect();
     let _ = writeln!(
         out,
-        "| Scores | Method | OOD set | {fpr} ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |"
+        "| Scores |{param_heads} Method | OOD set | {fpr} ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ | ID-ACC ↑ |"
     );
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    let _ = writeln!(out, "|---|{}---|---|---|---|---|---|---|", "---|".repeat(params.len()));
     for r in &report.rows {
         let bold = |s: String| if r.ood == "mean" { format!("**{s}**") } else { s };
+        let param_cells: String =
+            params.iter().map(|p| format!(" {} |", r.params.get(*p).map_or("", String::as_str))).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} |{param_cells} {} | {} | {} | {} | {} | {} | {} |",
             r.scores,
             r.method,
             bold(r.ood.clone()),
@@ -43,7 +47,7 @@ pub fn markdown(report: &ReportFile) -> String {
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.scores,
+                r.label(),
                 r.method,
                 b.epoch,
                 r.fpr95.percent(),
@@ -73,6 +77,10 @@ type MetricOf = fn(&super::model::Row) -> &Summary;
 /// Where several score stages (models) share several methods: one table per metric with a row
 /// per method and a column per score stage, the mean over OOD sets.
 fn methods_by_models(report: &ReportFile, out: &mut String) {
+    // With sweeps, a stage has several rows per method: the sweep tables say it instead.
+    if !report.param_names().is_empty() {
+        return;
+    }
     let means: Vec<_> = report.rows.iter().filter(|r| r.ood == "mean").collect();
     let mut stages: Vec<&str> = Vec::new();
     let mut methods: Vec<&str> = Vec::new();

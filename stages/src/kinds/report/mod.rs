@@ -20,9 +20,11 @@ use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::stage::StageParams;
+use crate::stage::UpstreamTag;
 use model::{BacktrackRow, ReportFile, Row, ScoreSample, Summary};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,11 +64,16 @@ impl StageParams for Report {
         let (mut rows, mut backtracking) = (Vec::new(), Vec::new());
         let mut seeds = 0;
         for name in &self.scores {
-            let dirs = ctx.stage_dirs(name)?;
-            seeds = seeds.max(dirs.len());
-            let (table, curve) = rows_of(name, dirs, self.convention)?;
-            rows.extend(table);
-            backtracking.extend(curve);
+            // One group of rows per variant of a sweep, its seeds summarised together.
+            for (params, dirs) in by_variant(ctx.stage_dirs(name)?, &ctx.stage_tags(name)) {
+                seeds = seeds.max(dirs.len());
+                let (mut table, mut curve) = rows_of(name, &dirs, self.convention)?;
+                for row in table.iter_mut().chain(curve.iter_mut().map(|b| &mut b.row)) {
+                    row.params = params.clone();
+                }
+                rows.extend(table);
+                backtracking.extend(curve);
+            }
         }
         let report = ReportFile {
             title: self.title.clone().unwrap_or_else(|| "OOD detection".into()),
@@ -105,6 +112,21 @@ impl Report {
         }
         Ok(samples)
     }
+}
+
+/// The folders of one score stage grouped by their swept parameters, in first-seen order (one
+/// group outside sweeps), each group's folders in seed order.
+fn by_variant(dirs: &[PathBuf], tags: &[UpstreamTag]) -> Vec<(BTreeMap<String, String>, Vec<PathBuf>)> {
+    let mut groups: Vec<(BTreeMap<String, String>, Vec<PathBuf>)> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let params: BTreeMap<String, String> =
+            tags.get(i).map(|t| t.params.iter().cloned().collect()).unwrap_or_default();
+        match groups.iter_mut().find(|(p, _)| *p == params) {
+            Some((_, list)) => list.push(dir.clone()),
+            None => groups.push((params, vec![dir.clone()])),
+        }
+    }
+    groups
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), StageError> {
@@ -146,6 +168,7 @@ fn mean_over_sets(per_set: &[OodMetrics]) -> OodMetrics {
 fn row(scores: &str, method: Method, ood: &str, per_seed: &[OodMetrics], accuracy: &[f64]) -> Row {
     Row {
         scores: scores.to_string(),
+        params: BTreeMap::new(),
         method: method.name().to_string(),
         ood: ood.to_string(),
         fpr95: Summary::of(per_seed.iter().map(|m| m.fpr95).collect()),

@@ -2,6 +2,7 @@
 //! over seeds, the backtracking curve, and the score samples the plots draw.
 use crate::metrics::{mean_std, Convention};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Mean, sample standard deviation and the per-seed values of one metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,10 @@ impl Summary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub scores: String,
+    /// The swept parameters of the variant this row reports (`delta` → `0.95`; `zeta.delta` for
+    /// an upstream stage's sweep); absent outside sweeps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
     pub method: String,
     pub ood: String,
     pub fpr95: Summary,
@@ -38,6 +43,17 @@ pub struct Row {
     pub aupr_in: Summary,
     pub aupr_out: Summary,
     pub id_accuracy: Summary,
+}
+
+impl Row {
+    /// The score stage with its swept parameters: `scores[delta=0.95]`.
+    pub fn label(&self) -> String {
+        if self.params.is_empty() {
+            return self.scores.clone();
+        }
+        let parts: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{}[{}]", self.scores, parts.join(","))
+    }
 }
 
 /// One point of a backtracking curve: the mean over OOD sets at one checkpoint.
@@ -68,6 +84,21 @@ pub struct ScoreSample {
     pub ood: Vec<(String, Vec<f64>)>,
 }
 
+impl ReportFile {
+    /// The swept parameters any row has, in first-seen order: one column each.
+    pub fn param_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            for name in row.params.keys() {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+}
+
 /// The FPR95 column header, naming the positive class.
 pub fn fpr_header(convention: Convention) -> &'static str {
     match convention {
@@ -81,7 +112,9 @@ pub fn fpr_header(convention: Convention) -> &'static str {
 pub fn best_epochs(curve: &[BacktrackRow]) -> Vec<(String, String, &BacktrackRow, &BacktrackRow)> {
     let mut out: Vec<(String, String, &BacktrackRow, &BacktrackRow)> = Vec::new();
     for b in curve {
-        match out.iter_mut().find(|(s, m, _, _)| *s == b.row.scores && *m == b.row.method) {
+        match out.iter_mut().find(|(s, m, best, _)| {
+            *s == b.row.scores && *m == b.row.method && best.row.params == b.row.params
+        }) {
             Some(entry) => {
                 if b.row.fpr95.mean < entry.2.row.fpr95.mean {
                     entry.2 = b;
