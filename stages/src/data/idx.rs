@@ -24,6 +24,11 @@ pub struct IdxSpec {
     /// Keep at most this many samples of each split (after the class filter).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Leave out the first `skip` samples of the listed classes (before `limit`): with the
+    /// `limit` of a training set's declaration, a held-out validation set from the same split.
+    /// Left out of the declaration when unset, so existing fingerprints stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<usize>,
     /// The train split's images and labels files in `root`, when they are not MNIST's names
     /// (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, each gzipped or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,7 +195,9 @@ impl IdxSpec {
             .map_or(0, |m| m as usize + 1)
             .max(256 * usize::from(self.classes.is_some()));
         let filter =
-            ClassFilter::new(self.classes.as_deref(), total, self.limit).map_err(StageError::Unsuitable)?;
+            ClassFilter::new(self.classes.as_deref(), total, self.limit)
+                .map_err(StageError::Unsuitable)?
+                .skipping(self.skip.unwrap_or(0));
         let records =
             raw_labels.iter().zip(pixels.chunks_exact(h * w)).map(|(&label, image)| (label as u32, image));
         let set = filter.collect(records, [1, h, w], &labels_path)?;
@@ -298,6 +305,7 @@ mod tests {
             root: dir.path().into(),
             classes: Some(vec![4, 1]),
             limit: None,
+            skip: None,
             train_files: None,
             test_files: None,
         };
@@ -310,6 +318,11 @@ mod tests {
         assert_eq!(test.labels, vec![0]);
         let limited = IdxSpec { limit: Some(2), ..spec.clone() }.load(Split::Train).unwrap();
         assert_eq!(limited.labels, vec![1, 0]);
+        // The held-out part after them: disjoint, and what follows in the file.
+        let all = spec.load(Split::Train).unwrap();
+        let rest = IdxSpec { skip: Some(2), ..spec.clone() }.load(Split::Train).unwrap();
+        assert_eq!(rest.labels, all.labels[2..]);
+        assert_eq!(rest.pixels, all.pixels[2 * 2 * 2..]);
         assert_eq!(spec.files().unwrap().len(), 4);
     }
 
@@ -320,6 +333,7 @@ mod tests {
             root: dir.path().into(),
             classes: None,
             limit: None,
+            skip: None,
             train_files: None,
             test_files: None,
         };
@@ -344,6 +358,7 @@ mod tests {
             root: dir.path().into(),
             classes: None,
             limit: None,
+            skip: None,
             train_files: None,
             test_files: None,
         };
@@ -370,6 +385,7 @@ mod tests {
             root: dir.path().into(),
             classes: Some(vec![0, 1, 10]),
             limit: None,
+            skip: None,
             train_files: None,
             test_files: None,
         };

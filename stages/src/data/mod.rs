@@ -177,6 +177,6 @@ mod tests {
         let err = DatasetSpec::from_json(serde_json::json!({"format": "gaussian-noise", "count": "many"}))
             .unwrap_err();
         assert_eq!(err.path, vec!["count"]);
-        assert_eq!((FORMATS[0].fields)(), &["root", "classes", "limit", "train_files", "test_files"]);
+        assert_eq!((FORMATS[0].fields)(), &["root", "classes", "limit", "skip", "train_files", "test_files"]);
     }
 }

@@ -1,5 +1,6 @@
 //! Class subsets shared by the labelled formats: keep the samples whose label is listed,
-//! relabelled 0..K−1 in the order given, at most `limit` of them.
+//! relabelled 0..K−1 in the order given, at most `limit` of them after leaving out the first
+//! `skip` (a held-out part of a split: the images a `limit`ed training set does not use).
 use super::image_set::ImageSet;
 use crate::error::StageError;
 use std::path::Path;
@@ -8,9 +9,15 @@ pub(crate) struct ClassFilter {
     relabel: Vec<Option<u32>>,
     classes: Vec<u32>,
     limit: Option<usize>,
+    skip: usize,
 }
 
 impl ClassFilter {
+    /// Leaves out the first `skip` samples of the listed classes.
+    pub(crate) fn skipping(self, skip: usize) -> ClassFilter {
+        ClassFilter { skip, ..self }
+    }
+
     /// `total` is the number of classes the format has; listed classes must be below it.
     pub(crate) fn new(
         classes: Option<&[u32]>,
@@ -25,7 +32,7 @@ impl ClassFilter {
             })?;
             *slot = Some(new as u32);
         }
-        Ok(ClassFilter { relabel, classes, limit })
+        Ok(ClassFilter { relabel, classes, limit, skip: 0 })
     }
 
     /// Builds the set from `(label, pixels)` records, pixels as bytes in (C, H, W) order.
@@ -37,11 +44,16 @@ impl ClassFilter {
     ) -> Result<ImageSet, StageError> {
         let mut set =
             ImageSet { pixels: Vec::new(), labels: Vec::new(), shape, num_classes: self.classes.len() };
+        let mut skipped = 0;
         for (label, pixels) in records {
             if self.limit.is_some_and(|limit| set.len() >= limit) {
                 break;
             }
             let Some(new_label) = self.relabel.get(label as usize).copied().flatten() else { continue };
+            if skipped < self.skip {
+                skipped += 1;
+                continue;
+            }
             set.labels.push(new_label);
             set.pixels.extend(pixels.iter().map(|&p| p as f32 / 255.0));
         }

@@ -246,6 +246,7 @@ mod tests {
             root: data_dir,
             classes: None,
             limit: None,
+            skip: None,
             train_files: None,
             test_files: None,
         });
