@@ -194,12 +194,18 @@ pub fn plan(
     let (mut total_seconds, mut estimated, mut unestimated, mut unmeasured) = (0.0, 0usize, 0usize, 0usize);
     let mut to_run = 0;
     let mut rows = Vec::new();
+    let mut summarised = BTreeSet::new();
     for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
         let kind = recipe.stages[instance.stage].kind.name();
+        // A swept stage is one line, with its values, however many instances it has.
+        let swept = !recipe.groups[instance.stage].is_empty();
+        if swept && summarised.insert(instance.stage) {
+            shell.out(&sweep_line(&recipe, &plan, &verdicts, instance.stage, view));
+        }
         match verdict {
             Verdict::Cached { key, .. } => {
                 rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str()}));
-                if view == PlanView::EveryStage {
+                if view == PlanView::EveryStage && !swept {
                     shell.out(&format!("cached    {} ({kind}) {}", instance.label, key.short()));
                 }
             }
@@ -235,9 +241,11 @@ pub fn plan(
                     "stage": instance.id, "label": instance.label, "kind": kind, "cached": false,
                     "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
                 }));
-                shell.out(&format!("will run  {} ({kind}){duration}", instance.label));
-                for reason in reasons {
-                    shell.out(&format!("            {reason}"));
+                if !swept {
+                    shell.out(&format!("will run  {} ({kind}){duration}", instance.label));
+                    for reason in reasons {
+                        shell.out(&format!("            {reason}"));
+                    }
                 }
             }
         }
@@ -268,18 +276,93 @@ pub fn plan(
     Ok(Status::Success)
 }
 
+/// One line for every instance of a swept stage: how many will run and how many are cached,
+/// the values of each swept parameter, the seeds, and the first reasons.
+fn sweep_line(recipe: &Recipe, plan: &Plan, verdicts: &[Verdict], stage: usize, view: PlanView) -> String {
+    let decl = &recipe.stages[stage];
+    let mine: Vec<usize> = (0..plan.instances.len()).filter(|&i| plan.instances[i].stage == stage).collect();
+    let mut values: Vec<(String, Vec<String>)> = Vec::new();
+    let mut seeds: Vec<u64> = Vec::new();
+    let mut reasons: Vec<&str> = Vec::new();
+    let mut running = 0;
+    for &i in &mine {
+        let instance = &plan.instances[i];
+        for (name, value) in &instance.params {
+            match values.iter_mut().find(|(n, _)| n == name) {
+                Some((_, list)) if !list.contains(value) => list.push(value.clone()),
+                Some(_) => {}
+                None => values.push((name.clone(), vec![value.clone()])),
+            }
+        }
+        if let Some(seed) = instance.seed.filter(|s| !seeds.contains(s)) {
+            seeds.push(seed);
+        }
+        if let Verdict::Run { reasons: why, .. } = &verdicts[i] {
+            running += 1;
+            for reason in why {
+                if !reasons.contains(&reason.as_str()) {
+                    reasons.push(reason);
+                }
+            }
+        }
+    }
+    let axes: Vec<String> = values.iter().map(|(n, v)| format!("{n} ∈ {{{}}}", v.join(", "))).collect();
+    let seeds = if seeds.len() > 1 {
+        format!(" × seeds {{{}}}", seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
+    } else {
+        String::new()
+    };
+    let (verb, count) = match running {
+        0 if view == PlanView::EveryStage => ("cached   ", format!("{} cached", mine.len())),
+        0 => return format!("cached    {} ({}): {} instances", decl.name, decl.kind.name(), mine.len()),
+        n => ("will run ", format!("{n} of {} will run", mine.len())),
+    };
+    let mut line =
+        format!("{verb} {}[{}]{seeds} ({}): {count}", decl.name, axes.join("; "), decl.kind.name());
+    const SHOWN: usize = 3;
+    for reason in reasons.iter().take(SHOWN) {
+        line.push_str(&format!("\n            {reason}"));
+    }
+    if reasons.len() > SHOWN {
+        line.push_str(&format!(
+            "\n            … and {} more reasons (--json lists every instance)",
+            reasons.len() - SHOWN
+        ));
+    }
+    line
+}
+
 pub fn dag(path: &Path, dot: bool, shell: &Shell) -> anyhow::Result<Status> {
     let recipe = load(path, shell)?;
     if dot {
         shell.out(&format!("digraph \"{}\" {{", recipe.name));
         shell.out("  rankdir=LR;");
         for decl in &recipe.stages {
-            shell.out(&format!(
-                "  \"{}\" [label=\"{}\\n({})\", shape=box];",
-                decl.name,
-                decl.name,
-                decl.kind.name()
-            ));
+            let node =
+                format!("\"{}\" [label=\"{}\\n({})\", shape=box];", decl.name, decl.name, decl.kind.name());
+            match &decl.sweep {
+                // A swept stage sits in a cluster that names its values.
+                Some(sweep) if !sweep.fields.is_empty() => {
+                    let values: Vec<String> = sweep
+                        .fields
+                        .iter()
+                        .map(|f| {
+                            let shown: Vec<String> =
+                                f.values.iter().map(crate::recipe::sweep::show_value).collect();
+                            format!("{} ∈ {{{}}}", f.name, shown.join(", "))
+                        })
+                        .collect();
+                    let how = if sweep.zip { "zip" } else { "×" };
+                    shell.out(&format!("  subgraph \"cluster_{}\" {{", decl.name));
+                    shell.out(&format!(
+                        "    label=\"sweep: {}\"; style=dashed;",
+                        values.join(&format!(" {how} ")).replace('"', "\\\"")
+                    ));
+                    shell.out(&format!("    {node}"));
+                    shell.out("  }");
+                }
+                _ => shell.out(&format!("  {node}")),
+            }
             for dataset in decl.datasets() {
                 shell.out(&format!("  \"dataset:{dataset}\" [label=\"{dataset}\", shape=cylinder];"));
                 shell.out(&format!("  \"dataset:{dataset}\" -> \"{}\";", decl.name));

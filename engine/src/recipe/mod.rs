@@ -355,6 +355,9 @@ impl Validator<'_> {
             }
         };
         let groups = graph.as_ref().map(|g| self.groups(&stages, g)).unwrap_or_default();
+        if let Some(graph) = &graph {
+            self.leakage(&stages, graph);
+        }
         match graph {
             Some(graph) if self.diagnostics.is_empty() => Ok(Recipe {
                 source: self.source.clone(),
@@ -656,6 +659,58 @@ impl Validator<'_> {
             name_span: entry.key_span.clone(),
             node,
         })
+    }
+
+    /// The leakage guard: a dataset a `select` stage chooses on may not be a test set (an ID or
+    /// OOD set of a score stage) of any report downstream of that selection, or the choice
+    /// would have looked at the test sets. Reported at the selection's field, naming the
+    /// score stage's field and its position.
+    fn leakage(&mut self, stages: &[StageDecl], graph: &StageGraph) {
+        for (s, select) in stages.iter().enumerate() {
+            if select.kind.name() != "select" {
+                continue;
+            }
+            let chosen_on: Vec<(&str, Range<usize>)> = select
+                .inputs
+                .iter()
+                .filter_map(|i| match &i.target {
+                    Target::Dataset { name } => Some((name.as_str(), select.node.locate(&i.field))),
+                    _ => None,
+                })
+                .collect();
+            let mut reported = BTreeSet::new();
+            for r in graph.with_descendants(s) {
+                if stages[r].kind.name() != "report" {
+                    continue;
+                }
+                for u in graph.upstream(r) {
+                    let score = &stages[u];
+                    for input in &score.inputs {
+                        let Target::Dataset { name } = &input.target else { continue };
+                        let Some((_, span)) = chosen_on.iter().find(|(d, _)| d == name) else { continue };
+                        if !reported.insert((name.clone(), u)) {
+                            continue;
+                        }
+                        let there = Diagnostic::new(self.source, score.node.locate(&input.field), "");
+                        self.error_help(
+                            span.clone(),
+                            format!(
+                                "stage `{}` selects on dataset `{name}`, which is also a test set of report `{}`: \
+                                 stage `{}`, field `{}` ({}:{}:{})",
+                                select.name,
+                                stages[r].name,
+                                score.name,
+                                input.field.join("."),
+                                self.source.path.display(),
+                                there.line,
+                                there.column
+                            ),
+                            Some("select on validation data the reports do not test on (e.g. a held-out part of a split)".into()),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The stage's own sweep: its `{ sweep = [...] }` fields and `zip`.

@@ -194,10 +194,9 @@ impl IdxSpec {
             .max()
             .map_or(0, |m| m as usize + 1)
             .max(256 * usize::from(self.classes.is_some()));
-        let filter =
-            ClassFilter::new(self.classes.as_deref(), total, self.limit)
-                .map_err(StageError::Unsuitable)?
-                .skipping(self.skip.unwrap_or(0));
+        let filter = ClassFilter::new(self.classes.as_deref(), total, self.limit)
+            .map_err(StageError::Unsuitable)?
+            .skipping(self.skip.unwrap_or(0));
         let records =
             raw_labels.iter().zip(pixels.chunks_exact(h * w)).map(|(&label, image)| (label as u32, image));
         let set = filter.collect(records, [1, h, w], &labels_path)?;

@@ -4,7 +4,8 @@ use crate::error::StageError;
 use candle_core::{Device, Tensor};
 
 /// Which part of a dataset a stage reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
     Test,

@@ -9,6 +9,7 @@ pub mod oe;
 pub mod poem;
 pub mod report;
 pub mod score;
+pub mod select;
 pub mod train;
 pub mod um;
 pub mod umap;
@@ -30,6 +31,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &KindOf::<mahalanobis_fit::MahalanobisFit>(PhantomData),
         &KindOf::<feature_fit::FeatureFit>(PhantomData),
         &KindOf::<score::Score>(PhantomData),
+        &KindOf::<select::Select>(PhantomData),
         &KindOf::<report::Report>(PhantomData),
     ]
 }

@@ -30,6 +30,25 @@ pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
         escape(&report.convention_text)
     );
     page.push_str(&table(report));
+    if let (Some(baseline), false) = (&report.baseline, report.comparisons().is_empty()) {
+        let _ =
+            write!(page, "<h2>Against the baseline {} (mean over OOD sets)</h2>\n<ul>\n", escape(baseline));
+        for c in report.comparisons() {
+            let _ = writeln!(
+                page,
+                "<li>{} / {} {} it on FPR95 ({} vs {}) and {} it on AUROC ({} vs {})</li>",
+                escape(&c.row.label()),
+                escape(&c.row.method),
+                if c.beats_on_fpr95() { "beats" } else { "does not beat" },
+                cell(&c.row.fpr95),
+                cell(&c.baseline.fpr95),
+                if c.beats_on_auroc() { "beats" } else { "does not beat" },
+                cell(&c.row.auroc),
+                cell(&c.baseline.auroc)
+            );
+        }
+        page.push_str("</ul>\n");
+    }
     let sweeps = sweep_curves(report);
     if !sweeps.is_empty() {
         page.push_str("<h2>Sweeps: each metric against each swept parameter (mean over OOD sets, band: ± std over seeds)</h2>\n<div class=\"grid\">\n");

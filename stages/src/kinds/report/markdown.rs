@@ -35,6 +35,7 @@ pub fn markdown(report: &ReportFile) -> String {
         );
     }
     methods_by_models(report, &mut out);
+    against_baseline(report, &mut out);
     if !report.backtracking.is_empty() {
         out.push_str("\n## Backtracking: metrics per checkpoint (mean over OOD sets)\n\n");
         let _ = writeln!(
@@ -69,6 +70,53 @@ pub fn markdown(report: &ReportFile) -> String {
         }
     }
     out
+}
+
+/// Whether each score stage beats the baseline, per method, on the test sets' means.
+fn against_baseline(report: &ReportFile, out: &mut String) {
+    let comparisons = report.comparisons();
+    let Some(baseline) = &report.baseline else { return };
+    if comparisons.is_empty() {
+        return;
+    }
+    let fpr = fpr_header(report.convention);
+    let _ = writeln!(out, "\n## Against the baseline `{baseline}` (mean over OOD sets)\n");
+    let _ = writeln!(
+        out,
+        "| Scores | Method | {fpr} ↓ | baseline | beats it? | AUROC ↑ | baseline | beats it? |"
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    use super::model::Comparison;
+    for c in &comparisons {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.row.label(),
+            c.row.method,
+            c.row.fpr95.percent(),
+            c.baseline.fpr95.percent(),
+            Comparison::verdict(c.beats_on_fpr95(), &c.row.fpr95, &c.baseline.fpr95),
+            c.row.auroc.percent(),
+            c.baseline.auroc.percent(),
+            Comparison::verdict(c.beats_on_auroc(), &c.row.auroc, &c.baseline.auroc)
+        );
+    }
+    for c in &comparisons {
+        let verdict = match (c.beats_on_fpr95(), Comparison::clear(&c.row.fpr95, &c.baseline.fpr95)) {
+            (true, true) => "beats",
+            (true, false) => "beats, within the seeds' spread,",
+            (false, true) => "does not beat",
+            (false, false) => "does not beat, within the seeds' spread,",
+        };
+        let _ = writeln!(
+            out,
+            "\n{} / {} {verdict} `{baseline}` on mean FPR95 ({} vs {}).",
+            c.row.label(),
+            c.row.method,
+            c.row.fpr95.percent(),
+            c.baseline.fpr95.percent()
+        );
+    }
 }
 
 /// Picks one metric of a row.

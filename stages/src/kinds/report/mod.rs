@@ -36,6 +36,11 @@ pub struct Report {
     /// `"idpos"` (SPEC §8, default) or `"openood"` (OpenOOD v1.5's definitions).
     #[serde(default)]
     pub convention: Convention,
+    /// One of `scores` to compare every other with: the report then says, per method, whether
+    /// each beats it on the mean over OOD sets. Left out of the parameters when unset, so
+    /// recipes without it keep their cache keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
 }
 
 impl StageParams for Report {
@@ -53,11 +58,17 @@ impl StageParams for Report {
     }
 
     fn check(&self) -> Vec<ParamError> {
+        let mut problems = Vec::new();
         if self.scores.is_empty() {
-            vec![ParamError::new(&["scores"], "needs at least one score stage")]
-        } else {
-            Vec::new()
+            problems.push(ParamError::new(&["scores"], "needs at least one score stage"));
         }
+        if let Some(baseline) = self.baseline.as_ref().filter(|b| !self.scores.contains(b)) {
+            problems.push(ParamError::new(
+                &["baseline"],
+                format!("`{baseline}` is not one of this report's `scores`"),
+            ));
+        }
+        problems
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
@@ -82,6 +93,7 @@ impl StageParams for Report {
             seeds,
             rows,
             backtracking,
+            baseline: self.baseline.clone(),
         };
         write_json(&ctx.out_dir.join("report.json"), &report)?;
         write_text(&ctx.out_dir.join("report.csv"), &csv::csv(&report))?;

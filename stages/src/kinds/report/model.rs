@@ -74,6 +74,40 @@ pub struct ReportFile {
     pub rows: Vec<Row>,
     /// Metrics per scored checkpoint (empty unless a score stage scored checkpoints).
     pub backtracking: Vec<BacktrackRow>,
+    /// The score stage the others are compared with, if the recipe names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+}
+
+/// One row against the baseline's row of the same method (means over OOD sets).
+pub struct Comparison<'a> {
+    pub row: &'a Row,
+    pub baseline: &'a Row,
+}
+
+impl Comparison<'_> {
+    /// Lower mean FPR95 than the baseline's.
+    pub fn beats_on_fpr95(&self) -> bool {
+        self.row.fpr95.mean < self.baseline.fpr95.mean
+    }
+    /// Higher mean AUROC than the baseline's.
+    pub fn beats_on_auroc(&self) -> bool {
+        self.row.auroc.mean > self.baseline.auroc.mean
+    }
+    /// Whether the means differ by more than either side's standard deviation over seeds (with
+    /// one seed there is no spread to compare with: any difference counts).
+    pub fn clear(a: &Summary, b: &Summary) -> bool {
+        (a.mean - b.mean).abs() > a.std.max(b.std)
+    }
+    /// "yes" / "no", with "within noise" where the difference is inside the seeds' spread.
+    pub fn verdict(beats: bool, a: &Summary, b: &Summary) -> &'static str {
+        match (beats, Self::clear(a, b)) {
+            (true, true) => "yes",
+            (true, false) => "yes, within noise",
+            (false, true) => "no",
+            (false, false) => "no, within noise",
+        }
+    }
 }
 
 /// The scores one plot needs: a score stage, a method, the ID scores and each OOD set's scores.
@@ -85,6 +119,19 @@ pub struct ScoreSample {
 }
 
 impl ReportFile {
+    /// Every non-baseline "mean" row against the baseline's "mean" row of the same method.
+    pub fn comparisons(&self) -> Vec<Comparison<'_>> {
+        let Some(baseline) = &self.baseline else { return Vec::new() };
+        let means = || self.rows.iter().filter(|r| r.ood == "mean");
+        means()
+            .filter(|r| &r.scores != baseline)
+            .filter_map(|row| {
+                let base = means().find(|b| &b.scores == baseline && b.method == row.method)?;
+                Some(Comparison { row, baseline: base })
+            })
+            .collect()
+    }
+
     /// The swept parameters any row has, in first-seen order: one column each.
     pub fn param_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
