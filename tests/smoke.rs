@@ -391,3 +391,89 @@ fn the_posthoc_suite_runs_on_every_model_kind() {
         assert!((0.0..=1.0).contains(&auroc), "{row}");
     }
 }
+
+#[test]
+fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/sweep.toml");
+    let (out, events) = run(&recipe, &dir.path().join("cache"), &["--jobs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let finished = stages_with(&events, "finished");
+    // base 2, zeta 2×2, um 2×2, um_zeta 3×2, umap 2×2×2, 2 selections ×2, control 2, six score
+    // stages (2 + 2 + 2 + 4 + 6 + 8), two reports.
+    assert_eq!(finished.len(), 2 + 4 + 4 + 6 + 8 + 4 + 2 + 24 + 2, "{finished:?}");
+    assert!(finished.contains(&"umap[keep=0.5,zeta.delta=0.99]@1".to_string()), "{finished:?}");
+
+    // Each selection read its seed's variants and chose the best eligible one by the rule.
+    for seed in [0, 1] {
+        let selected: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(outputs_of(&events, &format!("pick_um@{seed}")).join("selected.json")).unwrap(),
+        )
+        .unwrap();
+        let candidates = selected["candidates"].as_array().unwrap();
+        assert_eq!(candidates.len(), 3, "ζ ∈ {{0, 0.1, 0.3}}");
+        let zetas: Vec<&str> = candidates.iter().map(|c| c["params"]["zeta"].as_str().unwrap()).collect();
+        assert_eq!(zetas, ["0.0", "0.1", "0.3"]);
+        let best_accuracy = candidates.iter().map(|c| c["id_accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+        let eligible: Vec<usize> = (0..3)
+            .filter(|&i| {
+                100.0 * (best_accuracy - candidates[i]["id_accuracy"].as_f64().unwrap()) <= 1.0 + 1e-9
+            })
+            .collect();
+        let fpr = |i: usize| candidates[i]["mean"]["fpr95"].as_f64().unwrap();
+        let expected = eligible.iter().copied().fold(None, |best: Option<usize>, i| match best {
+            Some(b) if fpr(b) <= fpr(i) => Some(b),
+            _ => Some(i),
+        });
+        assert_eq!(selected["chosen"].as_u64().map(|c| c as usize), expected);
+        assert_eq!(selected["validation_ood"], serde_json::json!(["mnist_6_7"]));
+        // The chosen model is a copy of that variant's final weights.
+        let pick = outputs_of(&events, &format!("pick_um@{seed}"));
+        let zeta = zetas[expected.unwrap()];
+        let variant = outputs_of(&events, &format!("um_zeta[zeta={zeta}]@{seed}"));
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(variant.join("checkpoints.json")).unwrap()).unwrap();
+        let last = index["epochs"].as_array().unwrap().last().unwrap().as_u64().unwrap();
+        assert_eq!(
+            std::fs::read(pick.join("model.safetensors")).unwrap(),
+            std::fs::read(variant.join(format!("checkpoints/epoch-{last:04}.safetensors"))).unwrap()
+        );
+    }
+
+    // The sweep report: a row group per variant, a column per swept parameter.
+    let sweeps = outputs_of(&events, "sweeps");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sweeps.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    // (2 δ + 3 ζ + 4 δ×keep variants) × 2 methods × (2 sets + mean).
+    assert_eq!(rows.len(), (2 + 3 + 4) * 2 * 3);
+    assert!(rows.iter().all(|r| r["fpr95"]["values"].as_array().unwrap().len() == 2), "2 seeds in every row");
+    let umap_row = rows.iter().find(|r| r["scores"] == "scores_umap").unwrap();
+    assert_eq!(umap_row["params"].as_object().unwrap().len(), 2, "keep and zeta.delta");
+    let csv = std::fs::read_to_string(sweeps.join("report.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for column in ["zeta.delta", "um_zeta.zeta", "umap.keep"] {
+        assert!(header.contains(column), "{column} in {header}");
+    }
+    let html = std::fs::read_to_string(sweeps.join("report.html")).unwrap();
+    assert!(html.contains("Sweeps: each metric against each swept parameter"));
+    assert!(html.matches("class=\"band\"").count() >= 3, "bands of ± std");
+
+    // The selection report says plainly whether the selected models beat the control.
+    let md = std::fs::read_to_string(outputs_of(&events, "selected").join("report.md")).unwrap();
+    assert!(md.contains("## Against the baseline `scores_control`"), "{md}");
+    assert!(md.contains("scores_pick_um / energy") && (md.contains("beats") || md.contains("does not beat")));
+
+    // A rerun computes nothing; `plan` shows each sweep as one line.
+    let (_, events) = run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(stages_with(&events, "finished").is_empty());
+    let plan =
+        pipeline().arg("status").arg(&recipe).arg("--cache").arg(dir.path().join("cache")).output().unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains(
+            "cached    umap[keep ∈ {0.5, 0.8}; zeta.delta ∈ {0.95, 0.99}] × seeds {0, 1} (umap): 8 cached"
+        ),
+        "{text}"
+    );
+}
