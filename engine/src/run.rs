@@ -7,7 +7,8 @@ use cache::remote::{Remote, TransferProgress};
 use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
 use stages::{Progress, RunContext, UpstreamTag};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -102,6 +103,49 @@ enum Slot {
     Done(Outcome),
 }
 
+/// What the workers share: each instance's slot, how many of its upstream instances are still
+/// unfinished, and the instances ready to run (lowest plan index first, so one worker runs them
+/// in plan order). Finishing an instance touches only its dependents: scheduling is
+/// O((instances + edges) · log instances), not a scan of the whole plan per pick.
+struct Board {
+    slots: Vec<Slot>,
+    unfinished_deps: Vec<usize>,
+    ready: BinaryHeap<Reverse<usize>>,
+    running: usize,
+    done: usize,
+}
+
+impl Board {
+    /// Marks `i` done; dependents whose upstream is all done become ready, or are skipped
+    /// (and reported) when one of their upstream instances did not finish.
+    fn finish(&mut self, i: usize, outcome: Outcome, plan: &Plan, dependents: &[Vec<usize>], reporter: &dyn Reporter) {
+        let mut stack = vec![(i, outcome)];
+        while let Some((i, outcome)) = stack.pop() {
+            self.slots[i] = Slot::Done(outcome);
+            self.done += 1;
+            for &d in &dependents[i] {
+                self.unfinished_deps[d] -= 1;
+                if self.unfinished_deps[d] > 0 {
+                    continue;
+                }
+                let blocked = plan.instances[d]
+                    .deps()
+                    .find(|&u| matches!(&self.slots[u], Slot::Done(o) if o.entry().is_none()));
+                match blocked {
+                    Some(u) => {
+                        let outcome = Outcome::Skipped {
+                            because: format!("`{}` did not finish", plan.instances[u].label),
+                        };
+                        reporter.finished(&plan.instances[d], &outcome);
+                        stack.push((d, outcome));
+                    }
+                    None => self.ready.push(Reverse(d)),
+                }
+            }
+        }
+    }
+}
+
 /// Runs every instance of `plan`; returns each one's outcome, in plan order.
 pub fn execute(
     recipe: &Recipe,
@@ -112,59 +156,52 @@ pub fn execute(
     options: &RunOptions,
     reporter: &dyn Reporter,
 ) -> Vec<Outcome> {
-    let slots = Mutex::new((0..plan.instances.len()).map(|_| Slot::Pending).collect::<Vec<_>>());
+    let n = plan.instances.len();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut unfinished_deps = vec![0; n];
+    for (i, instance) in plan.instances.iter().enumerate() {
+        let deps: BTreeSet<usize> = instance.deps().collect();
+        unfinished_deps[i] = deps.len();
+        for d in deps {
+            dependents[d].push(i);
+        }
+    }
+    let ready = (0..n).filter(|&i| unfinished_deps[i] == 0).map(Reverse).collect();
+    let board = Mutex::new(Board {
+        slots: (0..n).map(|_| Slot::Pending).collect(),
+        unfinished_deps,
+        ready,
+        running: 0,
+        done: 0,
+    });
     let holds = Mutex::new(Vec::new());
     let changed = Condvar::new();
     let worker = || loop {
         let next = {
-            let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
             loop {
-                if slots.iter().all(|s| matches!(s, Slot::Done(_))) {
+                if let Some(Reverse(i)) = board.ready.pop() {
+                    board.slots[i] = Slot::Running;
+                    board.running += 1;
+                    let entries: BTreeMap<usize, Entry> = plan.instances[i]
+                        .deps()
+                        .map(|d| match &board.slots[d] {
+                            Slot::Done(o) => (d, o.entry().expect("ready instances read finished entries").clone()),
+                            _ => unreachable!("deps are done"),
+                        })
+                        .collect();
+                    break Some((i, entries));
+                }
+                if board.done == n || board.running == 0 {
                     break None;
                 }
-                let mut picked = None;
-                for (i, instance) in plan.instances.iter().enumerate() {
-                    if !matches!(slots[i], Slot::Pending) {
-                        continue;
-                    }
-                    let deps: Vec<usize> = instance.deps().collect();
-                    if !deps.iter().all(|&d| matches!(slots[d], Slot::Done(_))) {
-                        continue;
-                    }
-                    let blocked =
-                        deps.iter().find(|&&d| matches!(&slots[d], Slot::Done(o) if o.entry().is_none()));
-                    if let Some(&d) = blocked {
-                        let outcome = Outcome::Skipped {
-                            because: format!("`{}` did not finish", plan.instances[d].label),
-                        };
-                        reporter.finished(instance, &outcome);
-                        slots[i] = Slot::Done(outcome);
-                        continue;
-                    }
-                    picked = Some((i, deps));
-                    break;
-                }
-                match picked {
-                    Some((i, deps)) => {
-                        slots[i] = Slot::Running;
-                        let entries: BTreeMap<usize, Entry> = deps
-                            .iter()
-                            .map(|&d| match &slots[d] {
-                                Slot::Done(o) => (d, o.entry().expect("checked above").clone()),
-                                _ => unreachable!("deps are done"),
-                            })
-                            .collect();
-                        break Some((i, entries));
-                    }
-                    None if slots.iter().any(|s| matches!(s, Slot::Running)) => {
-                        slots = changed.wait(slots).unwrap_or_else(|e| e.into_inner());
-                    }
-                    // Everything left was skipped in the scan above.
-                    None => {}
-                }
+                board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
             }
         };
-        let Some((i, entries)) = next else { break };
+        let Some((i, entries)) = next else {
+            changed.notify_all();
+            break;
+        };
         // A panic anywhere in here (the stage's own panics are caught closer to it) fails this
         // instance; the slot is always marked done, so no worker waits for it forever.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -186,7 +223,11 @@ pub fn execute(
         .unwrap_or_else(|panic| Outcome::Failed {
             message: format!("internal error: {}", panic_text(&*panic)),
         });
-        slots.lock().unwrap_or_else(|e| e.into_inner())[i] = Slot::Done(outcome);
+        {
+            let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+            board.running -= 1;
+            board.finish(i, outcome, plan, &dependents, reporter);
+        }
         changed.notify_all();
     };
     std::thread::scope(|scope| {
@@ -194,9 +235,10 @@ pub fn execute(
             scope.spawn(worker);
         }
     });
-    slots
+    board
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
+        .slots
         .into_iter()
         .map(|s| match s {
             Slot::Done(outcome) => outcome,
