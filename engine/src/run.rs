@@ -118,7 +118,14 @@ struct Board {
 impl Board {
     /// Marks `i` done; dependents whose upstream is all done become ready, or are skipped
     /// (and reported) when one of their upstream instances did not finish.
-    fn finish(&mut self, i: usize, outcome: Outcome, plan: &Plan, dependents: &[Vec<usize>], reporter: &dyn Reporter) {
+    fn finish(
+        &mut self,
+        i: usize,
+        outcome: Outcome,
+        plan: &Plan,
+        dependents: &[Vec<usize>],
+        reporter: &dyn Reporter,
+    ) {
         let mut stack = vec![(i, outcome)];
         while let Some((i, outcome)) = stack.pop() {
             self.slots[i] = Slot::Done(outcome);
@@ -186,7 +193,9 @@ pub fn execute(
                     let entries: BTreeMap<usize, Entry> = plan.instances[i]
                         .deps()
                         .map(|d| match &board.slots[d] {
-                            Slot::Done(o) => (d, o.entry().expect("ready instances read finished entries").clone()),
+                            Slot::Done(o) => {
+                                (d, o.entry().expect("ready instances read finished entries").clone())
+                            }
                             _ => unreachable!("deps are done"),
                         })
                         .collect();

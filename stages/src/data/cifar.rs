@@ -20,6 +20,11 @@ pub struct Cifar10Spec {
     pub classes: Option<Vec<u32>>,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Leave out the first `skip` images of the listed classes (before `limit`): a part of a
+    /// split held out from another declaration's `limit`. Left out of the declaration when
+    /// unset, so existing fingerprints stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<usize>,
 }
 
 /// Which CIFAR-100 label to use.
@@ -116,8 +121,9 @@ impl Cifar10Spec {
 
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         let files = read_records(&self.split_files(split)?, 1)?;
-        let filter =
-            ClassFilter::new(self.classes.as_deref(), 10, self.limit).map_err(StageError::Unsuitable)?;
+        let filter = ClassFilter::new(self.classes.as_deref(), 10, self.limit)
+            .map_err(StageError::Unsuitable)?
+            .skipping(self.skip.unwrap_or(0));
         let records = files
             .iter()
             .flat_map(|(bytes, _)| bytes.chunks_exact(1 + IMAGE_BYTES).map(|r| (r[0] as u32, &r[1..])));
