@@ -384,7 +384,12 @@ impl Store {
         let dir = self.root.join("refs").join(sanitize(namespace));
         fs::create_dir_all(&dir).map_err(CacheError::io("cannot create", &dir))?;
         let bytes = serde_json::to_vec_pretty(inputs).expect("inputs serialise");
-        write_atomic(&dir.join(format!("{}.json", sanitize(name))), &bytes)
+        let path = dir.join(format!("{}.json", sanitize(name)));
+        // A rerun records the same inputs again: skip the write (and its fsync).
+        if fs::read(&path).is_ok_and(|old| old == bytes) {
+            return Ok(());
+        }
+        write_atomic(&path, &bytes)
     }
 
     /// The inputs last recorded under `namespace/name`, if any.
