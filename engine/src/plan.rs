@@ -66,7 +66,8 @@ impl Plan {
         let mut instances: Vec<Instance> = Vec::new();
         let mut by_stage: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         // (stage, seed, coordinates) → instance.
-        let mut index: HashMap<(usize, Option<u64>, Vec<(Axis, usize)>), usize> = HashMap::new();
+        type Place = (usize, Option<u64>, Vec<(Axis, usize)>);
+        let mut index: HashMap<Place, usize> = HashMap::new();
         for &s in recipe.graph.order() {
             if !selected.contains(&s) {
                 continue;

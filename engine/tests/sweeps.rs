@@ -118,8 +118,7 @@ fn sweeps_expand_with_readable_labels_and_fan_out_downstream() {
 
 #[test]
 fn zip_pairs_values_instead_of_crossing_them() {
-    let zipped = recipe("[0.95, 0.99]", "zip = true\n")
-        .replace("lr = { sweep = [0.01, 0.1] }\nzip = true", "lr = { sweep = [0.01, 0.1] }\nzip = true");
+    let zipped = recipe("[0.95, 0.99]", "zip = true\n");
     let r = load(&zipped).expect("valid");
     let um = labels_of(&r, "um");
     assert_eq!(

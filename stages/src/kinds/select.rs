@@ -166,7 +166,7 @@ impl StageParams for Select {
                 format!("`{}` needs a fitted statistic per candidate; choose a method without one (msp, energy, odin, maxlogit, …)", self.method.name()),
             ));
         }
-        if self.max_id_acc_drop.is_some_and(|d| !(d >= 0.0)) {
+        if self.max_id_acc_drop.is_some_and(|d| d.is_nan() || d < 0.0) {
             problems.push(ParamError::new(&["max_id_acc_drop"], "must be a non-negative number of points"));
         }
         if self.batch_size == 0 {

@@ -356,7 +356,8 @@ fn sweep_curves(report: &ReportFile) -> String {
     let means: Vec<&Row> = report.rows.iter().filter(|r| r.ood == "mean" && !r.params.is_empty()).collect();
     for param in report.param_names() {
         // (scores, method, the other parameters) → the rows along `param`.
-        let mut curves: Vec<((String, String, Vec<(String, String)>), Vec<(f64, &Row)>)> = Vec::new();
+        type Curve<'a> = ((String, String, Vec<(String, String)>), Vec<(f64, &'a Row)>);
+        let mut curves: Vec<Curve> = Vec::new();
         for r in &means {
             let Some(x) = r.params.get(param).and_then(|v| v.parse::<f64>().ok()) else { continue };
             let others: Vec<(String, String)> =
