@@ -6,13 +6,15 @@ use crate::recipe::diagnostic::did_you_mean;
 use crate::recipe::Recipe;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A stage, or one seed's instance of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A stage, or one seed's instance of it, or the instances of one variant of its sweep.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Selector {
     /// Index of the stage in the recipe.
     pub stage: usize,
     /// `Some(seed)` for `name@seed`; `None` for every instance of the stage.
     pub seed: Option<u64>,
+    /// `Some` for `name[k=v,…]`: the swept parameters, sorted, as labels write them.
+    pub variant: Option<Vec<String>>,
 }
 
 impl Selector {
@@ -23,13 +25,38 @@ impl Selector {
             Some((name, seed)) => (name, Some(seed)),
             None => (text, None),
         };
+        let (name, variant) = match name.split_once('[') {
+            Some((name, rest)) => match rest.strip_suffix(']') {
+                Some(inside) => {
+                    let mut parts: Vec<String> = inside.split(',').map(|p| p.trim().to_string()).collect();
+                    parts.sort();
+                    (name, Some(parts))
+                }
+                None => return Err(format!("{flag} {text}: a variant is written `{name}[param=value,…]`")),
+            },
+            None => (name, None),
+        };
+        let selector = Self::parse_plain(recipe, text, name, seed, flag)?;
+        if variant.is_some() && recipe.groups.get(selector.stage).is_none_or(|g| g.is_empty()) {
+            return Err(format!("{flag} {text}: `{name}` is not swept; name it without `[…]`"));
+        }
+        Ok(Selector { variant, ..selector })
+    }
+
+    fn parse_plain(
+        recipe: &Recipe,
+        text: &str,
+        name: &str,
+        seed: Option<&str>,
+        flag: &str,
+    ) -> Result<Selector, String> {
         let Some(stage) = recipe.stage_index(name) else {
             let hint = did_you_mean(name, recipe.stages.iter().map(|s| s.name.as_str()))
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
             return Err(format!("{flag} {text}: the recipe has no stage `{name}`{hint}"));
         };
-        let Some(seed) = seed else { return Ok(Selector { stage, seed: None }) };
+        let Some(seed) = seed else { return Ok(Selector { stage, seed: None, variant: None }) };
         if recipe.stages[stage].kind.across_seeds() {
             return Err(format!(
                 "{flag} {text}: `{name}` combines every seed and has one instance; name it without `@`"
@@ -37,7 +64,7 @@ impl Selector {
         }
         let seeds: Vec<String> = recipe.seeds.iter().map(u64::to_string).collect();
         match seed.parse::<u64>() {
-            Ok(seed) if recipe.seeds.contains(&seed) => Ok(Selector { stage, seed: Some(seed) }),
+            Ok(seed) if recipe.seeds.contains(&seed) => Ok(Selector { stage, seed: Some(seed), variant: None }),
             _ => Err(format!(
                 "{flag} {text}: the recipe has no seed `{seed}` (its seeds: {}; instances are named `{name}@SEED`)",
                 seeds.join(", ")
@@ -51,7 +78,14 @@ impl Selector {
     }
 
     pub fn matches(&self, instance: &Instance) -> bool {
-        instance.stage == self.stage && (self.seed.is_none() || instance.seed == self.seed)
+        let variant = || {
+            let mut parts: Vec<String> = instance.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.sort();
+            parts
+        };
+        instance.stage == self.stage
+            && (self.seed.is_none() || instance.seed == self.seed)
+            && self.variant.as_ref().is_none_or(|wanted| *wanted == variant())
     }
 }
 
@@ -117,8 +151,14 @@ mod tests {
     #[test]
     fn stages_and_instances_are_named_as_the_run_log_names_them() {
         let recipe = recipe();
-        assert_eq!(Selector::parse(&recipe, "a", "show"), Ok(Selector { stage: 0, seed: None }));
-        assert_eq!(Selector::parse(&recipe, "s@1", "show"), Ok(Selector { stage: 1, seed: Some(1) }));
+        assert_eq!(
+            Selector::parse(&recipe, "a", "show"),
+            Ok(Selector { stage: 0, seed: None, variant: None })
+        );
+        assert_eq!(
+            Selector::parse(&recipe, "s@1", "show"),
+            Ok(Selector { stage: 1, seed: Some(1), variant: None })
+        );
         let error = Selector::parse(&recipe, "a@7", "--only").unwrap_err();
         assert!(error.contains("no seed `7`") && error.contains("0, 1"), "{error}");
         let error = Selector::parse(&recipe, "t@0", "--force").unwrap_err();
@@ -127,16 +167,16 @@ mod tests {
         assert!(error.contains("did you mean `s`?"), "{error}");
 
         let plan = Plan::new(&recipe, None);
-        let picked = instances_of(&plan, &[Selector { stage: 1, seed: Some(1) }]);
+        let picked = instances_of(&plan, &[Selector { stage: 1, seed: Some(1), variant: None }]);
         let ids: Vec<&str> = picked.iter().map(|&i| plan.instances[i].id.as_str()).collect();
         assert_eq!(ids, ["s@1"]);
 
         // `--only s@1`: that instance and what it reads, nothing of seed 0.
-        let only = plan_for(&recipe, &[Selector { stage: 1, seed: Some(1) }]);
+        let only = plan_for(&recipe, &[Selector { stage: 1, seed: Some(1), variant: None }]);
         let ids: Vec<&str> = only.instances.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["a@1", "s@1"]);
         assert_eq!(only.instances[1].upstream, vec![("a".to_string(), vec![0])]);
         // `--only t`: the report reads every seed.
-        assert_eq!(plan_for(&recipe, &[Selector { stage: 2, seed: None }]).instances.len(), 5);
+        assert_eq!(plan_for(&recipe, &[Selector { stage: 2, seed: None, variant: None }]).instances.len(), 5);
     }
 }

@@ -254,3 +254,21 @@ fn unswept_recipes_keep_their_labels() {
     assert_eq!(labels_of(&r, "base"), ["base@0", "base@1"]);
     assert!(r.groups.iter().all(|g| g.is_empty()));
 }
+
+#[test]
+fn a_variant_can_be_named_on_the_command_line() {
+    use engine::select::{instances_of, Selector};
+    let r = load(&recipe("[0.95, 0.99]", "")).unwrap();
+    let plan = Plan::new(&r, None);
+    let picked = |text: &str| -> Vec<String> {
+        let selector = Selector::parse(&r, text, "--only").unwrap();
+        instances_of(&plan, &[selector]).into_iter().map(|i| plan.instances[i].label.clone()).collect()
+    };
+    // Parameters in any order; without a seed, every seed.
+    assert_eq!(picked("um[zeta.delta=0.99,lr=0.1]@1"), ["um[lr=0.1,zeta.delta=0.99]@1"]);
+    assert_eq!(picked("um[lr=0.1,zeta.delta=0.99]").len(), 2);
+    assert_eq!(picked("um").len(), 8);
+    assert!(picked("um[lr=7]").is_empty());
+    let error = Selector::parse(&r, "base[lr=1]", "--only").unwrap_err();
+    assert!(error.contains("not swept"), "{error}");
+}

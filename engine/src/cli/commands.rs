@@ -19,7 +19,25 @@ use std::time::Instant;
 
 /// Stage or instance names (`zeta`, `zeta@0`); unknown ones are a usage error with a suggestion.
 fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Selector>, EngineError> {
-    Selector::parse_all(recipe, names, flag).map_err(EngineError::Usage)
+    let selectors = Selector::parse_all(recipe, names, flag).map_err(EngineError::Usage)?;
+    // A variant that does not exist (`um[lr=7]`) is named, with the ones that do.
+    if let Some((text, selector)) = names.iter().zip(&selectors).find(|(_, s)| s.variant.is_some()) {
+        let plan = Plan::new(recipe, None);
+        if instances_of(&plan, std::slice::from_ref(selector)).is_empty() {
+            let mut known: Vec<String> = Vec::new();
+            for instance in plan.instances.iter().filter(|i| i.stage == selector.stage) {
+                let variant = instance.label.split('@').next().unwrap_or_default().to_string();
+                if !known.contains(&variant) {
+                    known.push(variant);
+                }
+            }
+            return Err(EngineError::Usage(format!(
+                "{flag} {text}: no such variant (there are: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(selectors)
 }
 
 /// What `check` reads.
