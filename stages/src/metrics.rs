@@ -187,6 +187,17 @@ pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
     ood_metrics_with(Convention::IdPositive, id, ood)
 }
 
+/// The plain mean of each metric over several OOD sets (the "mean" row of a report).
+pub fn mean_over_sets(per_set: &[OodMetrics]) -> OodMetrics {
+    let avg = |f: fn(&OodMetrics) -> f64| per_set.iter().map(f).sum::<f64>() / per_set.len() as f64;
+    OodMetrics {
+        fpr95: avg(|m| m.fpr95),
+        auroc: avg(|m| m.auroc),
+        aupr_in: avg(|m| m.aupr_in),
+        aupr_out: avg(|m| m.aupr_out),
+    }
+}
+
 /// All four metrics under `convention`. NaN scores and empty sets are errors.
 pub fn ood_metrics_with(convention: Convention, id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
     if id.is_empty() || ood.is_empty() {

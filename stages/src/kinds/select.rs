@@ -14,7 +14,7 @@
 use crate::data::{ImageSet, Split};
 use crate::error::{ParamError, StageError};
 use crate::formats::json::write_json;
-use crate::metrics::{ood_metrics_with, Convention, OodMetrics};
+use crate::metrics::{mean_over_sets, ood_metrics_with, Convention, OodMetrics};
 use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, SavedModel};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::Network;
@@ -278,16 +278,6 @@ impl StageParams for Select {
 fn blank(params: BTreeMap<String, String>, epoch: Option<usize>) -> Candidate {
     let zero = OodMetrics { fpr95: 0.0, auroc: 0.0, aupr_in: 0.0, aupr_out: 0.0 };
     Candidate { params, epoch, id_accuracy: 0.0, per_set: BTreeMap::new(), mean: zero, eligible: false }
-}
-
-fn mean_over_sets(per_set: &[OodMetrics]) -> OodMetrics {
-    let avg = |f: fn(&OodMetrics) -> f64| per_set.iter().map(f).sum::<f64>() / per_set.len() as f64;
-    OodMetrics {
-        fpr95: avg(|m| m.fpr95),
-        auroc: avg(|m| m.auroc),
-        aupr_in: avg(|m| m.aupr_in),
-        aupr_out: avg(|m| m.aupr_out),
-    }
 }
 
 /// Marks the eligible candidates and returns the index of the chosen one: the best `metric`

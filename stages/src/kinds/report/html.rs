@@ -187,6 +187,20 @@ impl Frame {
         out
     }
 
+    /// A line with a dot at each point.
+    fn dotted_line(&self, points: &[(f64, f64)], colour: &str) -> String {
+        let mut out = self.polyline(points, colour);
+        for &(x, y) in points {
+            let _ = write!(
+                out,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
+                self.px(x),
+                self.py(y)
+            );
+        }
+        out
+    }
+
     fn polyline(&self, points: &[(f64, f64)], colour: &str) -> String {
         let coords: Vec<String> =
             points.iter().map(|&(x, y)| format!("{:.1},{:.1}", self.px(x), self.py(y))).collect();
@@ -399,15 +413,7 @@ fn sweep_curves(report: &ReportFile) -> String {
                 );
                 let line: Vec<(f64, f64)> =
                     points.iter().map(|(x, r)| (*x, 100.0 * metric(r).mean)).collect();
-                body.push_str(&frame.polyline(&line, colour));
-                for &(x, y) in &line {
-                    let _ = write!(
-                        body,
-                        "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
-                        frame.px(x),
-                        frame.py(y)
-                    );
-                }
+                body.push_str(&frame.dotted_line(&line, colour));
                 entries.push((name, colour));
             }
             body.push_str(&legend(&entries, frame.w + 4.0, 18.0));
@@ -450,15 +456,7 @@ fn backtracking(curve: &[BacktrackRow], convention: Convention) -> String {
         let mut entries = Vec::new();
         for (name, value, colour) in series {
             let line: Vec<(f64, f64)> = points.iter().map(|b| (b.epoch as f64, 100.0 * value(b))).collect();
-            body.push_str(&frame.polyline(&line, colour));
-            for &(x, y) in &line {
-                let _ = write!(
-                    body,
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{colour}\"/>",
-                    frame.px(x),
-                    frame.py(y)
-                );
-            }
+            body.push_str(&frame.dotted_line(&line, colour));
             entries.push((name, colour));
         }
         // The legend sits right of the plot area, clear of the lines.

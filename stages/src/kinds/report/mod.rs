@@ -14,7 +14,7 @@ use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::formats::npy;
 use crate::kinds::score::ScoreIndex;
-use crate::metrics::{ood_metrics_with, Convention, OodMetrics};
+use crate::metrics::{mean_over_sets, ood_metrics_with, Convention, OodMetrics};
 use crate::scores::Method;
 use crate::stage::Artifact;
 use crate::stage::Input;
@@ -164,17 +164,6 @@ fn set_metrics(
             })
         })
         .collect()
-}
-
-/// The plain mean over OOD sets.
-fn mean_over_sets(per_set: &[OodMetrics]) -> OodMetrics {
-    let avg = |f: fn(&OodMetrics) -> f64| per_set.iter().map(f).sum::<f64>() / per_set.len() as f64;
-    OodMetrics {
-        fpr95: avg(|m| m.fpr95),
-        auroc: avg(|m| m.auroc),
-        aupr_in: avg(|m| m.aupr_in),
-        aupr_out: avg(|m| m.aupr_out),
-    }
 }
 
 fn row(scores: &str, method: Method, ood: &str, per_seed: &[OodMetrics], accuracy: &[f64]) -> Row {
