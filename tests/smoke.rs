@@ -401,7 +401,7 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
     let finished = stages_with(&events, "finished");
     // base 2, zeta 2×2, um 2×2, um_zeta 3×2, umap 2×2×2, 2 selections ×2, control 2, six score
     // stages (2 + 2 + 2 + 4 + 6 + 8), two reports.
-    assert_eq!(finished.len(), 2 + 4 + 4 + 6 + 8 + 4 + 2 + 24 + 2, "{finished:?}");
+    assert_eq!(finished.len(), 2 + 4 + 4 + 6 + 8 + 4 + 2 + 2 + 24 + 2, "{finished:?}");
     assert!(finished.contains(&"umap[keep=0.5,zeta.delta=0.99]@1".to_string()), "{finished:?}");
 
     // Each selection read its seed's variants and chose the best eligible one by the rule.
@@ -440,6 +440,15 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
         );
     }
 
+    // Over checkpoints: one candidate per kept epoch, each with its epoch.
+    let selected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "pick_epoch@1").join("selected.json")).unwrap())
+            .unwrap();
+    let epochs: Vec<u64> =
+        selected["candidates"].as_array().unwrap().iter().map(|c| c["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, [1, 2]);
+    assert_eq!(selected["over"], "checkpoints");
+
     // The sweep report: a row group per variant, a column per swept parameter.
     let sweeps = outputs_of(&events, "sweeps");
     let report: serde_json::Value =
@@ -463,6 +472,11 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
     let md = std::fs::read_to_string(outputs_of(&events, "selected").join("report.md")).unwrap();
     assert!(md.contains("## Against the baseline `scores_control`"), "{md}");
     assert!(md.contains("scores_pick_um / energy") && (md.contains("beats") || md.contains("does not beat")));
+
+    // `dag --dot` draws each swept stage in a cluster named by its values.
+    let dot = pipeline().args(["dag", "--dot"]).arg(&recipe).output().unwrap();
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(dot.contains("subgraph \"cluster_zeta\"") && dot.contains("sweep: delta ∈ {0.95, 0.99}"), "{dot}");
 
     // A rerun computes nothing; `plan` shows each sweep as one line.
     let (_, events) = run(&recipe, &dir.path().join("cache"), &[]);
