@@ -503,3 +503,28 @@ fn a_remote_that_cannot_be_reached_costs_one_warning_and_the_run_goes_on() {
     let err = stderr(&out);
     assert_eq!(err.matches("this run goes on without the remote").count(), 1, "{err}");
 }
+
+#[test]
+fn pull_and_gc_stop_with_exit_status_5_when_the_remote_cannot_be_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(2, r#"["energy"]"#));
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cmd = |args: &[&str]| {
+        pipeline()
+            .args(args)
+            .arg("--cache")
+            .arg(dir.path().join("cache"))
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap()
+    };
+    let recipe = recipe.to_str().unwrap();
+    let pulled = cmd(&["pull", recipe, "--remote", "s3://nowhere/x"]);
+    assert_eq!(pulled.status.code(), Some(5), "{}", stderr(&pulled));
+    assert!(stderr(&pulled).contains("cannot ask the remote"), "{}", stderr(&pulled));
+    let gc = cmd(&["gc", recipe, "--remote", "s3://nowhere/x", "--grace", "0"]);
+    assert_eq!(gc.status.code(), Some(5), "{}", stderr(&gc));
+    assert!(stderr(&gc).contains("nothing was deleted"), "{}", stderr(&gc));
+}

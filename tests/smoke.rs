@@ -441,9 +441,10 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
     }
 
     // Over checkpoints: one candidate per kept epoch, each with its epoch.
-    let selected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(outputs_of(&events, "pick_epoch@1").join("selected.json")).unwrap())
-            .unwrap();
+    let selected: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(outputs_of(&events, "pick_epoch@1").join("selected.json")).unwrap(),
+    )
+    .unwrap();
     let epochs: Vec<u64> =
         selected["candidates"].as_array().unwrap().iter().map(|c| c["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, [1, 2]);
@@ -476,7 +477,10 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
     // `dag --dot` draws each swept stage in a cluster named by its values.
     let dot = pipeline().args(["dag", "--dot"]).arg(&recipe).output().unwrap();
     let dot = String::from_utf8_lossy(&dot.stdout);
-    assert!(dot.contains("subgraph \"cluster_zeta\"") && dot.contains("sweep: delta ∈ {0.95, 0.99}"), "{dot}");
+    assert!(
+        dot.contains("subgraph \"cluster_zeta\"") && dot.contains("sweep: delta ∈ {0.95, 0.99}"),
+        "{dot}"
+    );
 
     // A rerun computes nothing; `plan` shows each sweep as one line.
     let (_, events) = run(&recipe, &dir.path().join("cache"), &[]);

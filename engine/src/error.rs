@@ -68,6 +68,9 @@ pub enum EngineError {
     /// The remote cannot be opened or asked.
     #[error(transparent)]
     Remote(#[from] cache::remote::RemoteError),
+    /// The remote could not answer, so the command stopped rather than act on a guess.
+    #[error("{0}")]
+    RemoteUnreachable(String),
     /// The project file that names the default remote is unreadable or invalid.
     #[error(transparent)]
     RemoteConfig(#[from] crate::remote::RemoteConfigError),
@@ -84,7 +87,9 @@ impl EngineError {
             EngineError::Fetch(crate::fetch::FetchError::Io { .. }) => ErrorClass::Io,
             EngineError::Fetch(_) => ErrorClass::Data,
             EngineError::Device(_) => ErrorClass::Device,
-            EngineError::Cache { .. } | EngineError::Remote(_) => ErrorClass::Cache,
+            EngineError::Cache { .. } | EngineError::Remote(_) | EngineError::RemoteUnreachable(_) => {
+                ErrorClass::Cache
+            }
             EngineError::RemoteConfig(_) => ErrorClass::Usage,
             EngineError::Io { .. } => ErrorClass::Io,
             EngineError::Stage(e) => stage_error_class(e),

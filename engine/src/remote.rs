@@ -88,6 +88,9 @@ pub enum Located {
     Remote { key: CacheKey, manifest: Box<Manifest> },
     /// In neither; `key` is known when every upstream was found.
     Nowhere { key: Option<CacheKey>, why: String },
+    /// Not asked about, or not answered: the remote could not be reached (`why`), so it may
+    /// hold the entry.
+    Unknown { why: String },
 }
 
 impl Located {
@@ -95,6 +98,7 @@ impl Located {
         match self {
             Located::Local { key, .. } | Located::Remote { key, .. } => Some(key),
             Located::Nowhere { key, .. } => key.as_ref(),
+            Located::Unknown { .. } => None,
         }
     }
 
@@ -102,14 +106,15 @@ impl Located {
         match self {
             Located::Local { output_digest, .. } => Some(output_digest),
             Located::Remote { manifest, .. } => Some(&manifest.output_digest),
-            Located::Nowhere { .. } => None,
+            Located::Nowhere { .. } | Located::Unknown { .. } => None,
         }
     }
 }
 
 /// Each instance of `plan` located in the local cache (checked to `depth`) or on the remote, in
 /// plan order. A local entry that fails its check counts as absent; a remote entry that is
-/// rejected, or a remote that cannot be asked, is an error for that instance alone.
+/// rejected is absent for that instance alone; once a request fails, the remote is asked
+/// nothing more (each request would wait out its retries) and the rest is [`Located::Unknown`].
 pub fn locate(
     recipe: &Recipe,
     plan: &Plan,
@@ -119,7 +124,15 @@ pub fn locate(
     depth: Verification,
 ) -> Vec<Located> {
     let mut located: Vec<Located> = Vec::with_capacity(plan.instances.len());
+    let mut unreachable: Option<String> = None;
     for (i, instance) in plan.instances.iter().enumerate() {
+        if let Some(why) = instance.deps().find_map(|d| match &located[d] {
+            Located::Unknown { why } => Some(why.clone()),
+            _ => None,
+        }) {
+            located.push(Located::Unknown { why });
+            continue;
+        }
         let missing = instance.deps().find(|&d| located[d].digest().is_none());
         if let Some(d) = missing {
             let why = format!("upstream `{}` is in neither cache", plan.instances[d].label);
@@ -132,9 +145,18 @@ pub fn locate(
             located.push(Located::Local { key, output_digest: manifest.output_digest });
             continue;
         }
+        if let Some(why) = &unreachable {
+            located.push(Located::Unknown { why: why.clone() });
+            continue;
+        }
         located.push(match remote.manifest(&key) {
             Ok(Some(manifest)) => Located::Remote { key, manifest: Box::new(manifest) },
             Ok(None) => Located::Nowhere { key: Some(key), why: "not on the remote".into() },
+            Err(e @ cache::remote::RemoteError::Request { .. }) => {
+                let why = crate::run::error_chain(&e);
+                unreachable = Some(why.clone());
+                Located::Unknown { why }
+            }
             Err(e) => Located::Nowhere { key: Some(key), why: crate::run::error_chain(&e) },
         });
     }

@@ -170,6 +170,13 @@ pub fn pull(
             Located::Remote { key, manifest } => {
                 wanted.entry(key.clone()).or_insert((manifest, Vec::new())).1.push(i)
             }
+            Located::Unknown { why } => {
+                return Err(EngineError::RemoteUnreachable(format!(
+                    "cannot ask the remote about `{}`: {why}; nothing was pulled",
+                    instance.label
+                ))
+                .into());
+            }
             Located::Nowhere { why, .. } => {
                 shell.status("Missing", &format!("{}: {why}", instance.label));
                 missing.push(instance.label.clone());
@@ -277,8 +284,8 @@ pub fn gc(
                     keep.insert(key);
                 }
                 // A remote that cannot be asked about a key might hold it: delete nothing.
-                Located::Nowhere { key: Some(_), why } if why != "not on the remote" => {
-                    return Err(EngineError::Usage(format!(
+                Located::Unknown { why } => {
+                    return Err(EngineError::RemoteUnreachable(format!(
                         "cannot tell whether the remote holds `{}` ({why}); nothing was deleted",
                         instance.label
                     ))
