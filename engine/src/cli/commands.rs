@@ -217,12 +217,14 @@ pub fn plan(
         let kind = recipe.stages[instance.stage].kind.name();
         // A swept stage is one line, with its values, however many instances it has.
         let swept = !recipe.groups[instance.stage].is_empty();
+        let params: serde_json::Map<String, serde_json::Value> =
+            instance.params.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
         if swept && summarised.insert(instance.stage) {
             shell.out(&sweep_line(&recipe, &plan, &verdicts, instance.stage, view));
         }
         match verdict {
             Verdict::Cached { key, .. } => {
-                rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str()}));
+                rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str(), "params": params}));
                 if view == PlanView::EveryStage && !swept {
                     shell.out(&format!("cached    {} ({kind}) {}", instance.label, key.short()));
                 }
@@ -256,7 +258,7 @@ pub fn plan(
                     Some(Estimate::NotEstimated) | None => String::new(),
                 };
                 rows.push(serde_json::json!({
-                    "stage": instance.id, "label": instance.label, "kind": kind, "cached": false,
+                    "stage": instance.id, "label": instance.label, "kind": kind, "cached": false, "params": params,
                     "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
                 }));
                 if !swept {
