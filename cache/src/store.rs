@@ -144,6 +144,38 @@ impl Store {
         self.root.join("objects").join(key.as_str())
     }
 
+    /// A folder for `key` that outlives one attempt at computing it (`resume/<key>/`): where a
+    /// long computation records how to continue after a kill. Not created here; removed by
+    /// [`Store::remove_resume`] once the entry is committed, and by `gc` when orphaned.
+    pub fn resume_dir(&self, key: &CacheKey) -> PathBuf {
+        self.root.join("resume").join(key.as_str())
+    }
+
+    /// Removes `key`'s resume folder, if any.
+    pub fn remove_resume(&self, key: &CacheKey) {
+        let _ = fs::remove_dir_all(self.resume_dir(key));
+    }
+
+    /// Removes the resume folders of keys that nobody is computing (their lock is free) and
+    /// that `keep` does not name; returns how many.
+    pub fn sweep_resume(&self, keep: &std::collections::BTreeSet<CacheKey>) -> Result<usize, CacheError> {
+        let dir = self.root.join("resume");
+        let Ok(items) = fs::read_dir(&dir) else { return Ok(0) };
+        let mut removed = 0;
+        for item in items.flatten() {
+            let Some(key) = CacheKey::parse(&item.file_name().to_string_lossy()) else { continue };
+            if keep.contains(&key) {
+                continue;
+            }
+            if let Some(_lock) = self.try_lock(&key)? {
+                if fs::remove_dir_all(item.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The manifest of a committed entry, without verifying its outputs. A miss is `Ok(None)`.
     pub fn peek(&self, key: &CacheKey) -> Result<Option<Manifest>, CacheError> {
         let path = self.entry_dir(key).join(MANIFEST);

@@ -248,6 +248,14 @@ impl Plan {
                             },
                         }
                     };
+                    let mut reasons = reasons;
+                    if let (false, Some((done, total))) =
+                        (forced.contains(&i), stages::training::resume::progress(&store.resume_dir(&key)))
+                    {
+                        reasons.push(format!(
+                            "will resume after epoch {done}/{total} (an earlier run was interrupted)"
+                        ));
+                    }
                     Verdict::Run { key: Some(key), reasons }
                 }
             };

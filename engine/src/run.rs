@@ -359,11 +359,17 @@ fn run_instance(
         .collect();
     let out_dir = staging.out_dir();
     let progress = reporter.progress(instance);
+    // A forced rerun starts over; otherwise a killed attempt's record is picked up.
+    let resume_dir = store.resume_dir(&key);
+    if forced {
+        store.remove_resume(&key);
+    }
     let ctx = RunContext {
         out_dir: &out_dir,
         seed: instance.stage_seed,
         upstream: &upstream,
         upstream_tags: &upstream_tags,
+        resume_dir: Some(&resume_dir),
         datasets: &recipe.datasets,
         device: &options.device,
         progress: progress.as_ref(),
@@ -389,6 +395,7 @@ fn run_instance(
     });
     match store.commit(staging, &lock, &inputs, meta) {
         Ok(entry) => {
+            store.remove_resume(&key);
             remember(&entry);
             if let Some(access) = options.remote.as_ref().filter(|a| !a.read_only) {
                 drop(lock);

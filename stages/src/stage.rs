@@ -91,6 +91,10 @@ pub struct RunContext<'a> {
     /// What each of those folders is, in the same order: its seed and the swept parameters
     /// it was computed with (empty outside sweeps).
     pub upstream_tags: &'a BTreeMap<String, Vec<UpstreamTag>>,
+    /// A folder that outlives this attempt (kept beside the cache, removed once the outputs are
+    /// committed), where a long stage records how to continue if it is killed; `None` where
+    /// nothing may be kept.
+    pub resume_dir: Option<&'a Path>,
     /// Datasets declared in the recipe, paths resolved.
     pub datasets: &'a BTreeMap<String, data::DatasetSpec>,
     pub device: &'a Device,

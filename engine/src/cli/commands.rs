@@ -473,6 +473,7 @@ pub fn gc(
 ) -> anyhow::Result<Status> {
     let store = open_store(cache)?;
     let mut keep = BTreeSet::new();
+    let mut to_compute = BTreeSet::new();
     for path in paths {
         let recipe = load(path, shell)?;
         let plan = Plan::new(&recipe, None);
@@ -490,8 +491,15 @@ pub fn gc(
             .into());
         }
         for verdict in plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), depth) {
-            if let Verdict::Cached { key, .. } = verdict {
-                keep.insert(key);
+            match verdict {
+                Verdict::Cached { key, .. } => {
+                    keep.insert(key);
+                }
+                // Still to compute: a killed attempt's resume folder is kept for the rerun.
+                Verdict::Run { key: Some(key), .. } => {
+                    to_compute.insert(key);
+                }
+                Verdict::Run { key: None, .. } => {}
             }
         }
     }
@@ -517,7 +525,11 @@ pub fn gc(
     }
     let swept = match mode {
         GcMode::DryRun => 0,
-        GcMode::Delete => store.sweep_stale_staging().map_err(cache_error)?,
+        GcMode::Delete => {
+            let wanted: BTreeSet<_> = keep.union(&to_compute).cloned().collect();
+            store.sweep_resume(&wanted).map_err(cache_error)?
+                + store.sweep_stale_staging().map_err(cache_error)?
+        }
     };
     let verb = if mode == GcMode::DryRun { "would free" } else { "freed" };
     let n = removed.len();
@@ -527,7 +539,11 @@ pub fn gc(
         bytes as f64 / 1e6,
         keep.len(),
         if in_use.is_empty() { String::new() } else { format!(", {} in use kept", in_use.len()) },
-        if swept > 0 { format!("; {swept} interrupted staging folder(s) removed") } else { String::new() }
+        if swept > 0 {
+            format!("; {swept} interrupted staging or resume folder(s) removed")
+        } else {
+            String::new()
+        }
     ));
     shell.emit(serde_json::json!({
         "dry_run": mode == GcMode::DryRun, "deleted": removed, "bytes": bytes, "kept": keep.len(),

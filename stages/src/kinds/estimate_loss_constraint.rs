@@ -267,6 +267,7 @@ mod tests {
             seed: 5,
             upstream: &upstream,
             upstream_tags: &BTreeMap::new(),
+            resume_dir: None,
             datasets: &datasets,
             device: &dev,
             progress: &NoProgress,

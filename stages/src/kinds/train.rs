@@ -176,6 +176,7 @@ impl StageParams for Train {
                 },
                 snapshot: &|| Ok(params.values()),
                 trained: &|| params.values(),
+                restore: Some(&|values| params.restore(values)),
                 label: "train",
             },
         )

@@ -69,6 +69,7 @@ impl StageParams for Um {
                 },
                 snapshot: &|| Ok(params.values()),
                 trained: &|| params.values(),
+                restore: Some(&|values| params.restore(values)),
                 label: "um",
             },
         )

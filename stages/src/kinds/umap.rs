@@ -101,6 +101,7 @@ impl StageParams for Umap {
                 },
                 snapshot: &|| masked.snapshot(),
                 trained: &|| masked.trained_values(),
+                restore: Some(&|values| masked.restore(values)),
                 label: "umap",
             },
         )?;
@@ -179,6 +180,20 @@ impl MaskedModel {
         let mut values = self.params.values();
         values.extend(self.scores.iter().map(|(name, s)| (format!("score.{name}"), s.as_tensor().detach())));
         values
+    }
+
+    /// Puts back what [`MaskedModel::trained_values`] returned.
+    pub fn restore(&self, values: &BTreeMap<String, Tensor>) -> Result<(), StageError> {
+        let mut params = BTreeMap::new();
+        for (name, value) in values {
+            match name.strip_prefix("score.").and_then(|layer| self.scores.get(layer)) {
+                Some(score) => score.set(value)?,
+                None => {
+                    params.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        self.params.restore(&params)
     }
 
     pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>, StageError> {

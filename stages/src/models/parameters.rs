@@ -99,6 +99,21 @@ impl Parameters {
             .collect()
     }
 
+    /// Sets every variable (trainable or buffer) named in `values` to its value, to continue an
+    /// interrupted run; names it does not hold as variables are refused.
+    pub fn restore(&self, values: &BTreeMap<String, Tensor>) -> Result<(), StageError> {
+        for (name, value) in values {
+            match self.entries.get(name) {
+                Some(Param::Trainable(v)) | Some(Param::Buffer(v)) => v.set(value)?,
+                Some(Param::Frozen(_)) | Some(Param::Derived(_)) => {}
+                None => {
+                    return Err(StageError::Internal(format!("cannot restore `{name}`: no such parameter")))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Current values of every parameter, detached.
     pub fn values(&self) -> BTreeMap<String, Tensor> {
         self.entries

@@ -16,6 +16,7 @@ use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
 use crate::training::optim::{Sgd, SgdConfig};
+use crate::training::resume;
 use crate::training::schedule::Schedule;
 use candle_core::{Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
@@ -186,6 +187,9 @@ impl StepOutput {
     }
 }
 
+/// Puts back the tensors a training job's `trained` returned.
+pub type Restore<'a> = dyn Fn(&BTreeMap<String, Tensor>) -> Result<(), StageError> + 'a;
+
 /// What [`fit`] trains and how.
 pub struct Fit<'a> {
     /// Written as `model.json`.
@@ -201,6 +205,10 @@ pub struct Fit<'a> {
     /// The tensors training changes (weights or scores, batch-norm statistics), checked to be
     /// finite after every step; cheaper than a snapshot where that derives tensors (UMAP's masks).
     pub trained: &'a dyn Fn() -> BTreeMap<String, Tensor>,
+    /// Puts back what `trained` returned, to continue a killed run from its last finished
+    /// epoch ([`crate::training::resume`]); `None` for a stage whose state is not all in
+    /// `trained` (it starts over).
+    pub restore: Option<&'a Restore<'a>>,
     /// Prefix of progress lines (`train`, `um`, `umap`).
     pub label: &'static str,
 }
@@ -214,8 +222,39 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     let mut sgd = Sgd::new(job.vars, config.sgd);
     let mut shuffle_rng = crate::math::rng::derive(ctx.seed, "shuffle");
     let mut dropout_rng = crate::math::rng::derive(ctx.seed, "dropout");
-    let (mut history, mut kept) = (Vec::new(), Vec::new());
-    for epoch in 0..config.epochs {
+    let (mut history, mut kept): (Vec<EpochRecord>, Vec<usize>) = (Vec::new(), Vec::new());
+    let resume_dir = ctx.resume_dir.filter(|_| job.restore.is_some());
+    let mut first_epoch = 0;
+    if let (Some(dir), Some(restore)) = (resume_dir, job.restore) {
+        match resume::load(dir, ctx.device) {
+            Ok(Some((state, copies)))
+                if state.epochs_total == config.epochs && state.epochs_done < config.epochs =>
+            {
+                restore(&state.trained)?;
+                sgd.set_buffers(state.momentum)?;
+                shuffle_rng.set_word_pos(state.streams.get("shuffle").copied().unwrap_or(0));
+                dropout_rng.set_word_pos(state.streams.get("dropout").copied().unwrap_or(0));
+                history = serde_json::from_value(state.history)
+                    .map_err(|e| StageError::Internal(format!("resume history: {e}")))?;
+                kept = state.kept;
+                for copy in copies {
+                    let name = copy.file_name().expect("a checkpoint file");
+                    std::fs::copy(&copy, checkpoints.join(name))
+                        .map_err(StageError::io("cannot copy", &copy))?;
+                }
+                first_epoch = state.epochs_done;
+                ctx.progress.info(&format!(
+                    "{}: resuming after epoch {}/{} (an earlier run was interrupted)",
+                    job.label, first_epoch, config.epochs
+                ));
+            }
+            Ok(_) => {}
+            Err(why) => ctx
+                .progress
+                .info(&format!("{}: starting over; the resume state is unusable: {why}", job.label)),
+        }
+    }
+    for epoch in first_epoch..config.epochs {
         (job.before_epoch)(epoch)?;
         let lr = config.schedule.lr(config.sgd.lr, epoch, config.epochs);
         sgd.set_lr(lr);
@@ -272,6 +311,21 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         if done == config.epochs || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) {
             crate::models::save_weights(&(job.snapshot)()?, &ctx.out_dir.join(checkpoint_file(done)))?;
             kept.push(done);
+        }
+        if let (Some(dir), true) = (resume_dir, done < config.epochs) {
+            let state = resume::State {
+                epochs_done: done,
+                epochs_total: config.epochs,
+                history: serde_json::to_value(&history).expect("history serialises"),
+                kept: kept.clone(),
+                streams: BTreeMap::from([
+                    ("shuffle".to_string(), shuffle_rng.get_word_pos()),
+                    ("dropout".to_string(), dropout_rng.get_word_pos()),
+                ]),
+                trained: (job.trained)(),
+                momentum: sgd.buffers(),
+            };
+            resume::save(dir, &state, ctx.out_dir)?;
         }
     }
     write_json(&ctx.out_dir.join(CHECKPOINT_INDEX), &CheckpointIndex { epochs: kept })?;

@@ -23,6 +23,20 @@ impl Sgd {
         Sgd { vars, buffers, config }
     }
 
+    /// The momentum buffers, one per variable (`None` before its first update).
+    pub fn buffers(&self) -> Vec<Option<Tensor>> {
+        self.buffers.clone()
+    }
+
+    /// Puts back buffers [`Sgd::buffers`] returned (to continue an interrupted run).
+    pub fn set_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
+        if buffers.len() != self.vars.len() {
+            candle_core::bail!("{} momentum buffers for {} variables", buffers.len(), self.vars.len());
+        }
+        self.buffers = buffers;
+        Ok(())
+    }
+
     pub fn set_lr(&mut self, lr: f64) {
         self.config.lr = lr;
     }

@@ -197,6 +197,9 @@ pub fn fine_tune_with_outliers(
             },
             snapshot: &|| Ok(params.values()),
             trained: &|| params.values(),
+            // The outlier schedule and POEM's posterior live in the closures above and are not
+            // recorded: these stages start over after a kill.
+            restore: None,
             label,
         },
     )

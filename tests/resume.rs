@@ -1,0 +1,185 @@
+//! A training stage killed mid-run (`kill -9`) resumes from its last finished epoch on the
+//! rerun, and ends with the bytes of an uninterrupted run.
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+fn recipe(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"[recipe]
+name = "resume"
+device = "cpu"
+
+[datasets.id]
+format = "idx"
+root = "{data}"
+classes = [0, 1, 2]
+limit = 192
+
+[stages.base]
+kind = "train"
+data = "id"
+widths = [4, 8]
+strides = [2, 2]
+epochs = 6
+batch_size = 32
+lr = 0.05
+dropout = 0.2
+checkpoint_every = 2
+
+[stages.um]
+kind = "um"
+model = "base"
+data = "id"
+zeta = 0.3
+epochs = 300
+batch_size = 32
+lr = 0.01
+checkpoint_every = 50
+"#,
+        data = data_dir().display()
+    );
+    write_recipe(dir, &text)
+}
+
+/// Every output file of every committed entry: (manifest's stage, path) → bytes.
+fn outputs(cache: &Path) -> BTreeMap<(String, String), Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for entry in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
+        let stage = manifest["meta"]["stage"].as_str().unwrap().to_string();
+        for name in manifest["files"].as_object().unwrap().keys() {
+            all.insert(
+                (stage.clone(), name.clone()),
+                std::fs::read(entry.path().join("out").join(name)).unwrap(),
+            );
+        }
+    }
+    all
+}
+
+/// The (stage, file) pairs whose bytes differ between two caches, or that only one has.
+fn differences(a: &Path, b: &Path) -> Vec<(String, String)> {
+    let (a, b) = (outputs(a), outputs(b));
+    let mut names: Vec<&(String, String)> = a.keys().chain(b.keys()).collect();
+    names.sort();
+    names.dedup();
+    names.into_iter().filter(|n| a.get(*n) != b.get(*n)).cloned().collect()
+}
+
+/// The (epochs done, epochs in all) of a resume state under `cache`, if there is one.
+fn resume_progress(cache: &Path) -> Option<(u64, u64)> {
+    std::fs::read_dir(cache.join("resume")).ok()?.flatten().find_map(|item| {
+        let latest = std::fs::read(item.path().join("latest.json")).ok()?;
+        let latest: serde_json::Value = serde_json::from_slice(&latest).ok()?;
+        Some((latest["epochs_done"].as_u64()?, latest["epochs_total"].as_u64()?))
+    })
+}
+
+#[test]
+fn a_killed_fine_tune_resumes_and_ends_with_the_uninterrupted_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let (whole, interrupted) = (dir.path().join("whole"), dir.path().join("interrupted"));
+
+    let (out, _) = run(&recipe, &whole, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!whole.join("resume").read_dir().is_ok_and(|mut d| d.next().is_some()), "removed at commit");
+
+    // Kill the run once the 300-epoch fine-tune has finished a few epochs.
+    let mut child = pipeline()
+        .args(["run", "--quiet", "--cache"])
+        .arg(&interrupted)
+        .arg(&recipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let killed_after = loop {
+        if let Some((done, 300)) = resume_progress(&interrupted) {
+            if done >= 3 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break done;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before it could be killed mid fine-tune");
+        }
+        assert!(Instant::now() < deadline, "no resume state appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (done, total) = resume_progress(&interrupted).expect("the state outlives the kill");
+    assert!(done >= killed_after && total == 300);
+
+    let status = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&interrupted).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains(&format!("will resume after epoch {done}/300")), "{text}");
+
+    let rerun = pipeline().arg("run").arg(&recipe).arg("--cache").arg(&interrupted).output().unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert!(stderr(&rerun).contains(&format!("resuming after epoch {done}/300")), "{}", stderr(&rerun));
+    assert_eq!(
+        differences(&whole, &interrupted),
+        [] as [(String, String); 0],
+        "weights, checkpoints and history are bit-identical"
+    );
+    assert!(resume_progress(&interrupted).is_none(), "the state is removed once the entry is committed");
+}
+
+#[test]
+fn a_damaged_resume_state_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let (whole, damaged) = (dir.path().join("whole"), dir.path().join("damaged"));
+    assert!(run(&recipe, &whole, &["--only", "base"]).0.status.success());
+    let mut child = pipeline()
+        .args(["run", "--quiet", "--only", "base", "--cache"])
+        .arg(&damaged)
+        .arg(&recipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a state, then kill; the 6-epoch base may also finish first (then nothing to test
+    // here but the bytes).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while resume_progress(&damaged).is_none() && child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if resume_progress(&damaged).is_some() {
+        // Flip a byte of the recorded tensors: the digest no longer matches.
+        let folder = std::fs::read_dir(damaged.join("resume")).unwrap().next().unwrap().unwrap().path();
+        let state = std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("epoch-"))
+            .unwrap()
+            .path()
+            .join("tensors.safetensors");
+        let mut bytes = std::fs::read(&state).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&state, bytes).unwrap();
+        let rerun = pipeline()
+            .args(["run", "--only", "base"])
+            .arg(&recipe)
+            .arg("--cache")
+            .arg(&damaged)
+            .output()
+            .unwrap();
+        assert!(rerun.status.success(), "{}", stderr(&rerun));
+        assert!(stderr(&rerun).contains("starting over; the resume state is unusable"), "{}", stderr(&rerun));
+    } else {
+        assert!(run(&recipe, &damaged, &["--only", "base"]).0.status.success());
+    }
+    assert_eq!(differences(&whole, &damaged), [] as [(String, String); 0]);
+}
