@@ -340,15 +340,29 @@ impl Store {
     /// The caller must hold the key's lock.
     pub fn commit(
         &self,
-        mut staging: Staging,
-        _lock: &KeyLock,
+        staging: Staging,
+        lock: &KeyLock,
         inputs: &KeyInputs,
         meta: serde_json::Value,
     ) -> Result<Entry, CacheError> {
-        let key = staging.key.clone();
         let out = staging.out_dir();
         let mut files = BTreeMap::new();
         collect_files(&out, &out, &mut files)?;
+        self.commit_recorded(staging, lock, inputs, files, meta)
+    }
+
+    /// Commits staged outputs whose records the caller made while writing them (each file
+    /// synced, hashed as it was written, and the only files staged): a pull hashes every file
+    /// as it streams in, so it is not read again here. The caller must hold the key's lock.
+    pub fn commit_recorded(
+        &self,
+        mut staging: Staging,
+        _lock: &KeyLock,
+        inputs: &KeyInputs,
+        files: BTreeMap<String, FileRecord>,
+        meta: serde_json::Value,
+    ) -> Result<Entry, CacheError> {
+        let key = staging.key.clone();
         let output_digest = files_digest(&files);
         let manifest = Manifest { key: key.clone(), inputs: inputs.clone(), files, output_digest, meta };
         let dir = self.entry_dir(&key);

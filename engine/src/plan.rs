@@ -3,7 +3,7 @@
 //!
 //! [`Plan::evaluate`] answers "what would run, and why" without running anything: the basis
 //! of `pipeline plan` and `pipeline status`.
-use crate::recipe::sweep::{show_value, Axis, Group};
+use crate::recipe::sweep::{product, show_value, Axis};
 use crate::recipe::Recipe;
 use cache::{CacheKey, KeyInputs, Store, Verification, KEY_FORMAT_VERSION};
 use stages::data::DatasetSpec;
@@ -91,7 +91,7 @@ impl Plan {
                 .map(|sw| sw.fields.iter().map(|f| f.name.as_str()).collect())
                 .unwrap_or_default();
             for seed in seeds {
-                for point in points(groups) {
+                for point in product(&groups.iter().map(|g| g.len).collect::<Vec<_>>()) {
                     let coords: BTreeMap<Axis, usize> = groups
                         .iter()
                         .zip(&point)
@@ -263,25 +263,6 @@ impl Plan {
         }
         verdicts
     }
-}
-
-/// Every point of a stage's sweep groups: one index per group, the last varying fastest (one
-/// empty point without sweeps).
-fn points(groups: &[Group]) -> Vec<Vec<usize>> {
-    let mut all = vec![Vec::new()];
-    for group in groups {
-        all = all
-            .into_iter()
-            .flat_map(|prefix: Vec<usize>| {
-                (0..group.len).map(move |i| {
-                    let mut next = prefix.clone();
-                    next.push(i);
-                    next
-                })
-            })
-            .collect();
-    }
-    all
 }
 
 /// The swept parameters of stage `s` at `coords`, as labels show them: its own fields first

@@ -300,18 +300,10 @@ impl Remote {
                     if let Some(object) = meta.as_object_mut() {
                         object.insert("pulled_from".into(), serde_json::json!(self.url()));
                     }
-                    match store.commit(staging, lock, &manifest.inputs, meta) {
-                        Ok(entry) if entry.manifest.output_digest == manifest.output_digest => Ok(entry),
-                        Ok(entry) => {
-                            // Unreachable while every file was checked; never kept if it happens.
-                            let _ = store.remove(lock);
-                            Err(RemoteError::Rejected {
-                                key: entry.key.to_string(),
-                                detail: "its files give another output digest than its manifest".into(),
-                            })
-                        }
-                        Err(e) => Err(e.into()),
-                    }
+                    // Every file was checked against its record as it streamed in.
+                    store
+                        .commit_recorded(staging, lock, &manifest.inputs, manifest.files.clone(), meta)
+                        .map_err(RemoteError::from)
                 }
             };
             results.push(result);
@@ -363,6 +355,7 @@ impl Remote {
         if hasher.finalize().to_hex().as_str() != record.blake3 {
             return Err(reject(format!("`{name}` does not match its digest (blob {})", record.blake3)));
         }
+        file.sync_all().map_err(CacheError::io("cannot sync", dest))?;
         Ok(())
     }
 

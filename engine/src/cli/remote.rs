@@ -88,14 +88,15 @@ pub fn push(
         if !seen.insert(key.clone()) {
             continue;
         }
-        // Held while it uploads, so that a `gc` meanwhile leaves it; re-hashed, so that a
-        // damaged local entry is never pushed.
+        // Held while it uploads, so that a `gc` meanwhile leaves it. Files are checked for
+        // presence and size here; each one uploaded is hashed as it is read (a damaged file
+        // is never pushed), so it is not hashed twice.
         let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
         holds.push(store.hold(key).map_err(cache_error)?);
-        match store.lookup(key) {
-            Ok(Some(entry)) => {
+        match store.verify(key, Verification::Metadata) {
+            Ok(Some(manifest)) => {
                 labels.push(instance.label.clone());
-                entries.push(entry);
+                entries.push(cache::Entry { key: key.clone(), dir: store.entry_dir(key), manifest });
             }
             Ok(None) => not_local.push(instance.label.clone()),
             Err(e) => {

@@ -98,12 +98,18 @@ pub fn combinations(fields: &[SweptField], zip: bool) -> Vec<Vec<usize>> {
         let n = fields[0].values.len();
         return (0..n).map(|i| vec![i; fields.len()]).collect();
     }
+    product(&fields.iter().map(|f| f.values.len()).collect::<Vec<_>>())
+}
+
+/// Every index vector `i` with `i[k] < lengths[k]`, the last index varying fastest (one empty
+/// vector for no lengths).
+pub fn product(lengths: &[usize]) -> Vec<Vec<usize>> {
     let mut all = vec![Vec::new()];
-    for field in fields {
+    for &len in lengths {
         all = all
             .into_iter()
             .flat_map(|prefix: Vec<usize>| {
-                (0..field.values.len()).map(move |i| {
+                (0..len).map(move |i| {
                     let mut next = prefix.clone();
                     next.push(i);
                     next

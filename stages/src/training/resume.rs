@@ -80,25 +80,37 @@ fn plain_floats(value: &serde_json::Value) -> serde_json::Value {
 }
 
 fn digest(path: &Path) -> Result<String, StageError> {
-    let bytes = std::fs::read(path).map_err(StageError::io("cannot read", path))?;
-    Ok(blake3::hash(&bytes).to_hex().to_string())
+    let file = std::fs::File::open(path).map_err(StageError::io("cannot read", path))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).map_err(StageError::io("cannot read", path))?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// Records `state`, taking the kept checkpoints from `out_dir` (the run's output folder).
 pub fn save(dir: &Path, state: &State, out_dir: &Path) -> Result<(), StageError> {
     let kept_dir = dir.join("checkpoints");
     std::fs::create_dir_all(&kept_dir).map_err(StageError::io("cannot create", &kept_dir))?;
+    // Copies recorded at an earlier epoch keep their digests: only new ones are read.
+    let earlier: BTreeMap<usize, String> = std::fs::read(dir.join(LATEST))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Latest>(&bytes).ok())
+        .map(|latest| latest.checkpoints_blake3)
+        .unwrap_or_default();
     let mut checkpoints_blake3 = BTreeMap::new();
     for &epoch in &state.kept {
-        let name = checkpoint_file(epoch);
-        let copy = dir.join(&name);
-        if !copy.is_file() {
-            let tmp = copy.with_extension("tmp");
-            let source = out_dir.join(&name);
-            std::fs::copy(&source, &tmp).map_err(StageError::io("cannot copy", &source))?;
-            std::fs::rename(&tmp, &copy).map_err(StageError::io("cannot rename", &copy))?;
-        }
-        checkpoints_blake3.insert(epoch, digest(&copy)?);
+        let copy = dir.join(checkpoint_file(epoch));
+        let known = earlier.get(&epoch).filter(|_| copy.is_file());
+        let hash = match known {
+            Some(hash) => hash.clone(),
+            None => {
+                let tmp = copy.with_extension("tmp");
+                let source = out_dir.join(checkpoint_file(epoch));
+                std::fs::copy(&source, &tmp).map_err(StageError::io("cannot copy", &source))?;
+                std::fs::rename(&tmp, &copy).map_err(StageError::io("cannot rename", &copy))?;
+                digest(&copy)?
+            }
+        };
+        checkpoints_blake3.insert(epoch, hash);
     }
     let name = format!("epoch-{:04}", state.epochs_done);
     let folder = dir.join(&name);
