@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Builds the CUDA `pipeline` binary on a machine without a GPU and without a system CUDA toolkit
-# (issue 5). The CUDA 13.0 compiler and libraries come from PyPI wheels (the ones PyTorch's cu130
-# builds depend on); the driver library libcuda.so, which no wheel carries, is replaced at link
-# time by a stub generated from cuda.h. The stub never runs: on the GPU machine the driver's
-# libcuda.so.1 is loaded.
+# (issues 5 and 17). The CUDA 13.0 compiler and libraries come from PyPI wheels (the ones
+# PyTorch's cu130 builds depend on).
+#
+# The binary loads the CUDA libraries (the driver's libcuda.so.1, cuBLAS, cuRAND, NVRTC) at run
+# time, when a recipe first asks for a GPU, instead of linking them: it starts on any Linux
+# machine, such as a login node or a CI runner without the NVIDIA driver, runs on the CPU there
+# (device "auto" says so; "cuda" is a clear error), and uses the GPU where there is one.
+# candle-core 0.11 asks cudarc for `dynamic-linking`, which cannot be combined with cudarc's
+# `dynamic-loading`, so this script builds against a copy of candle-core whose manifest asks
+# for `dynamic-loading` instead (a Cargo `[patch]` given on the command line). The copy and
+# the patched lock file live under the build folder; nothing in the repository changes.
 #
 #   bash scripts/build-cuda.sh            # → target/cuda/release/pipeline
 #   bash scripts/build-cuda.sh env        # print the build environment as `export` lines
 #
 # Environment: CUDA_BUILD_DIR (default target/cuda-toolchain), CUDA_COMPUTE_CAP (default 90:
 # H100/H200; 80 for A100), PYTHON (default python3). Re-running reuses everything built.
-# To run the binary, put the wheels' libraries on the library path: the script prints the line.
+# To run the binary on a GPU machine, put the wheels' libraries on the library path: the
+# script prints the line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="${CUDA_BUILD_DIR:-$PWD/target/cuda-toolchain}"
@@ -37,25 +45,13 @@ cu13="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia
 # A CUDA_HOME of links into the wheels: nvcc finds its helpers next to its real path; the
 # linker needs unversioned library names.
 rm -rf "$home.new"
-mkdir -p "$home.new/lib64/stubs"
+mkdir -p "$home.new/lib64"
 for d in bin include nvvm; do ln -s "$cu13/$d" "$home.new/$d"; done
 for f in "$cu13"/lib/*.so.* "$cu13"/lib/*.a; do [ -e "$f" ] && ln -s "$f" "$home.new/lib64/$(basename "$f")"; done
 for lib in cudart nvrtc curand cublas cublasLt; do
     versioned="$(cd "$cu13/lib" && ls "lib$lib.so."* | grep -v -e builtins -e '\.alt\.' | head -1)"
     ln -s "$cu13/lib/$versioned" "$home.new/lib64/lib$lib.so"
 done
-# The driver-API link stub: an empty function for every cu* function cuda.h declares (after
-# the preprocessor, so the versioned names such as cuMemAlloc_v2 are the ones listed).
-stub="$work/libcuda-stub"
-mkdir -p "$stub"
-if [ ! -f "$stub/libcuda.so" ] || [ "$cu13/include/cuda.h" -nt "$stub/libcuda.so" ]; then
-    say "generating the libcuda.so link stub"
-    gcc -E -P -I"$cu13/include" "$cu13/include/cuda.h" | tr '\n' ' ' \
-        | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | sed 's/[[:space:]]*($//' | sort -u > "$stub/symbols.txt"
-    sed 's/.*/void &(void) {}/' "$stub/symbols.txt" > "$stub/stub.c"
-    gcc -shared -fPIC -O0 -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/stub.c"
-fi
-cp "$stub/libcuda.so" "$home.new/lib64/stubs/libcuda.so"
 rm -rf "$home"
 mv "$home.new" "$home"
 
@@ -63,7 +59,7 @@ export CUDA_HOME="$home" CUDA_PATH="$home" CUDA_ROOT="$home"
 export PATH="$home/bin:$PATH" NVCC="$home/bin/nvcc"
 export CUDARC_CUDA_VERSION=13000
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-export LIBRARY_PATH="$home/lib64:$home/lib64/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LIBRARY_PATH="$home/lib64${LIBRARY_PATH:+:$LIBRARY_PATH}"
 if [ "$mode" = env ]; then
     for v in CUDA_HOME CUDA_PATH CUDA_ROOT PATH NVCC CUDARC_CUDA_VERSION CUDA_COMPUTE_CAP LIBRARY_PATH; do
         printf 'export %s=%q\n' "$v" "${!v}"
@@ -72,12 +68,50 @@ if [ "$mode" = env ]; then
 fi
 
 say "$("$NVCC" --version | grep release), compute capability $CUDA_COMPUTE_CAP"
-CARGO_TARGET_DIR="$PWD/target/cuda" cargo build --release --locked --features cuda --bin pipeline
+
+# candle-core with cudarc's `dynamic-loading` in place of `dynamic-linking`.
+candle_src="$(cargo metadata --locked --format-version 1 | "$python" -c '
+import json, sys
+meta = json.load(sys.stdin)
+print(next(p["manifest_path"] for p in meta["packages"] if p["name"] == "candle-core").rsplit("/", 1)[0])')"
+patched="$work/candle-core-dynamic-loading/$(basename "$candle_src")"
+if [ ! -f "$patched/.patched" ]; then
+    rm -rf "$patched"
+    mkdir -p "$(dirname "$patched")"
+    cp -a "$candle_src" "$patched"
+    "$python" - "$patched/Cargo.toml" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+section = re.search(r'^\[dependencies\.cudarc\]\n(?:[^\[\n].*\n|\n)*', text, re.M)
+if not section or '"dynamic-linking"' not in section.group(0):
+    sys.exit(f"build-cuda: {path}: no `dynamic-linking` in [dependencies.cudarc]; has candle-core changed?")
+fixed = section.group(0).replace('"dynamic-linking"', '"dynamic-loading"')
+open(path, "w").write(text[:section.start()] + fixed + text[section.end():])
+PY
+    touch "$patched/.patched"
+fi
+
+# The workspace as it is now (tracked and new files, modification times kept so that Cargo
+# rebuilds only what changed), built with the patch; its lock file differs only in
+# candle-core's source.
+src="$work/src"
+rm -rf "$src"
+mkdir -p "$src"
+git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+    [ -e "$f" ] && printf '%s\0' "$f"
+done | tar --null -T - -cf - | tar -xf - -C "$src"
+(cd "$src" && CARGO_TARGET_DIR="$OLDPWD/target/cuda" cargo build --release --features cuda-dynamic-loading \
+    --bin pipeline --config "patch.crates-io.candle-core.path=\"$patched\"")
 binary="$PWD/target/cuda/release/pipeline"
 needed="$(readelf -d "$binary" | grep NEEDED || true)"
-for lib in libcuda.so.1 libcublas.so; do
-    grep -q "$lib" <<<"$needed" || { say "$binary does not link $lib: not a CUDA build"; exit 1; }
+for lib in libcuda libcublas libcurand libnvrtc libcudart; do
+    if grep -q "$lib" <<<"$needed"; then
+        say "$binary links $lib at load time: it would not start without it"
+        exit 1
+    fi
 done
-say "built $binary ($(du -h "$binary" | cut -f1))"
-say "run it with: LD_LIBRARY_PATH=$cu13/lib $binary run RECIPE"
+grep -qa 'cublasLt' "$binary" || { say "$binary has no CUDA support in it"; exit 1; }
+say "built $binary ($(du -h "$binary" | cut -f1)); it loads the CUDA libraries at run time"
+say "run it on a GPU machine with: LD_LIBRARY_PATH=$cu13/lib $binary run RECIPE"
 echo "$binary"

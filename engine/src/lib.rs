@@ -1,9 +1,10 @@
 //! The engine of `pipeline`: recipes ([`recipe`]), the stage graph ([`graph`]), the expansion
-//! of stages into runnable instances with their cache keys ([`plan`]), the scheduler ([`run`])
+//! of stages into runnable instances with their cache keys ([`plan`]), the scheduler ([`run`]) and the executors that compute elsewhere ([`executor`]: Slurm)
 //! and the command line ([`cli`]). It knows nothing of machine learning: stages come from the
 //! `stages` crate's registry, outputs are stored by the `cache` crate.
 pub mod cli;
 pub mod error;
+pub mod executor;
 pub mod fetch;
 pub mod graph;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! cached results, and reports each event to a [`Reporter`]. A failed instance skips what
 //! depends on it; independent branches finish.
 use crate::plan::{Instance, Plan};
+use crate::recipe::resources::Resources;
 use crate::recipe::Recipe;
 use cache::remote::{Remote, TransferProgress};
 use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
@@ -59,15 +60,42 @@ pub trait Reporter: Sync {
     fn warn(&self, message: &str);
     /// Where the stage's own progress goes.
     fn progress<'a>(&'a self, instance: &'a Instance) -> Box<dyn Progress + 'a>;
+    /// An executor's job for `instance` changed (`what`: "submitted", "running on node7", …).
+    fn job(&self, instance: &Instance, job: &str, what: &str) {
+        let _ = (instance, job, what);
+    }
 }
 
-pub struct RunOptions {
+/// Computes an instance that is not cached somewhere other than this process's threads (a
+/// Slurm job). The scheduler decides what is ready and checks the result.
+pub trait Executor: Sync {
+    /// Runs `job` to its end: `Ok` when it says it finished, after which the scheduler looks
+    /// for the committed entry; `Err` with what went wrong.
+    fn compute(&self, job: &JobSpec, reporter: &dyn Reporter) -> Result<(), String>;
+    /// What the job left to read when it ended without committing (its log's tail).
+    fn log_of(&self, job: &JobSpec) -> Option<String>;
+}
+
+/// One instance for an [`Executor`].
+pub struct JobSpec<'a> {
+    pub instance: &'a Instance,
+    pub key: &'a CacheKey,
+    /// The stage's kind (`train`) and its declared resources.
+    pub kind: &'a str,
+    pub resources: &'a Resources,
+    /// Recompute even though the entry exists.
+    pub forced: bool,
+}
+
+pub struct RunOptions<'a> {
     pub jobs: usize,
     /// Instances (plan indices) to recompute even when cached.
     pub forced: BTreeSet<usize>,
     pub device: Device,
     /// Where to look before computing, and where to push what was computed.
     pub remote: Option<RemoteAccess>,
+    /// Where instances are computed: `None` on this process's threads.
+    pub executor: Option<&'a dyn Executor>,
 }
 
 /// `run --remote`: results the remote has are pulled instead of computed; what is computed is
@@ -333,6 +361,30 @@ fn run_instance(
             return Outcome::Pulled { entry: Box::new(pulled.0), bytes: pulled.1, seconds: pulled.2 };
         }
     }
+    if let Some(executor) = options.executor {
+        // The job takes the key's lock itself (on its node); this process holds none meanwhile.
+        drop(lock);
+        reporter.started(instance, &key);
+        let job = JobSpec { instance, key: &key, kind: decl.kind.name(), resources: &decl.resources, forced };
+        let started = Instant::now();
+        let ended = executor.compute(&job, reporter);
+        let seconds = started.elapsed().as_secs_f64();
+        if let Err(message) = ended {
+            return failed(message);
+        }
+        return match store.lookup(&key) {
+            Ok(Some(entry)) => {
+                remember(&entry);
+                push_computed(options, &entry, instance, reporter);
+                Outcome::Computed { entry: Box::new(entry), seconds }
+            }
+            Ok(None) => failed(format!(
+                "the job ended without committing its result; {}",
+                executor.log_of(&job).unwrap_or_default()
+            )),
+            Err(e) => failed(error_chain(&e)),
+        };
+    }
     let staging = match store.stage(&lock) {
         Ok(staging) => staging,
         Err(e) => return failed(error_chain(&e)),
@@ -397,20 +449,80 @@ fn run_instance(
         Ok(entry) => {
             store.remove_resume(&key);
             remember(&entry);
-            if let Some(access) = options.remote.as_ref().filter(|a| !a.read_only) {
-                drop(lock);
-                if let Some(Err(e)) = access.remote.push(std::slice::from_ref(&entry), &NoProgress).pop() {
-                    reporter.warn(&format!(
-                        "`{}` was not pushed to the remote: {}",
-                        instance.label,
-                        error_chain(&e)
-                    ));
-                }
-            }
+            drop(lock);
+            push_computed(options, &entry, instance, reporter);
             Outcome::Computed { entry: Box::new(entry), seconds }
         }
         Err(e) => failed(format!("cannot store the outputs: {}", error_chain(&e))),
     }
+}
+
+/// Pushes a computed entry to the remote of `run --remote` (unless read-only).
+fn push_computed(options: &RunOptions, entry: &Entry, instance: &Instance, reporter: &dyn Reporter) {
+    if let Some(access) = options.remote.as_ref().filter(|a| !a.read_only && a.usable()) {
+        if let Some(Err(e)) = access.remote.push(std::slice::from_ref(entry), &NoProgress).pop() {
+            reporter.warn(&format!("`{}` was not pushed to the remote: {}", instance.label, error_chain(&e)));
+        }
+    }
+}
+
+/// Computes instance `i` of `plan` alone (the Slurm worker): its upstream entries must already
+/// be in the cache, else it fails naming the first one missing.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_one(
+    recipe: &Recipe,
+    plan: &Plan,
+    i: usize,
+    store: &Store,
+    fingerprints: &BTreeMap<String, String>,
+    dataset_problems: &BTreeMap<String, String>,
+    options: &RunOptions,
+    reporter: &dyn Reporter,
+) -> Outcome {
+    // Every instance `i` depends on, directly or not, in plan (dependency) order.
+    let mut needed = BTreeSet::new();
+    let mut stack: Vec<usize> = plan.instances[i].deps().collect();
+    while let Some(d) = stack.pop() {
+        if needed.insert(d) {
+            stack.extend(plan.instances[d].deps());
+        }
+    }
+    let mut entries: BTreeMap<usize, Entry> = BTreeMap::new();
+    for &d in &needed {
+        let digest = |u: usize| entries[&u].manifest.output_digest.clone();
+        let key = plan.key_inputs(recipe, d, &digest, fingerprints).key();
+        match store.lookup(&key) {
+            Ok(Some(entry)) => {
+                entries.insert(d, entry);
+            }
+            Ok(None) => {
+                return Outcome::Failed {
+                    message: format!(
+                        "upstream `{}` is not in the cache ({}): a worker computes an instance only \
+                         once everything it reads is committed",
+                        plan.instances[d].label,
+                        key.short()
+                    ),
+                }
+            }
+            Err(e) => return Outcome::Failed { message: error_chain(&e) },
+        }
+    }
+    let holds = Mutex::new(Vec::new());
+    let outcome = run_instance(
+        recipe,
+        plan,
+        i,
+        &entries,
+        store,
+        fingerprints,
+        dataset_problems,
+        options,
+        reporter,
+        &holds,
+    );
+    reporter.finished(&plan.instances[i], &outcome);
+    outcome
 }
 
 /// The remote's entry for `key`, pulled into the store under `lock`: `None` (after a warning

@@ -41,11 +41,11 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), DeviceEr
         DeviceChoice::Cpu => Ok((Device::Cpu, None)),
         DeviceChoice::Auto => {
             if cfg!(feature = "cuda") {
-                match Device::new_cuda(0) {
+                match open_cuda(0) {
                     Ok(device) => Ok((device, None)),
-                    Err(e) => Ok((
+                    Err(message) => Ok((
                         Device::Cpu,
-                        Some(format!("no usable CUDA device ({}); running on the CPU", first_line(&e))),
+                        Some(format!("no usable CUDA device ({message}); running on the CPU")),
                     )),
                 }
             } else {
@@ -56,11 +56,49 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), DeviceEr
             if !cfg!(feature = "cuda") {
                 return Err(DeviceError::NoCudaSupport { ordinal });
             }
-            Device::new_cuda(ordinal)
+            open_cuda(ordinal)
                 .map(|d| (d, None))
-                .map_err(|e| DeviceError::Unavailable { ordinal, message: first_line(&e) })
+                .map_err(|message| DeviceError::Unavailable { ordinal, message })
         }
     }
+}
+
+/// Opens CUDA device `ordinal`, first making sure (in a build that loads CUDA at run time) that
+/// the libraries candle will call can be loaded: a missing one would otherwise be a panic deep
+/// inside the first kernel launch or matrix product.
+fn open_cuda(ordinal: usize) -> Result<Device, String> {
+    let missing = missing_cuda_libraries();
+    if !missing.is_empty() {
+        return Err(format!(
+            "cannot load {} (install the NVIDIA driver, and put the CUDA 13 libraries on \
+             LD_LIBRARY_PATH)",
+            missing.join(", ")
+        ));
+    }
+    Device::new_cuda(ordinal).map_err(|e| first_line(&e))
+}
+
+/// The CUDA libraries this build needs and cannot find. A build that links them (plain
+/// `--features cuda`) cannot start without them, so it finds none missing.
+#[cfg(feature = "cuda-dynamic-loading")]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    use candle_core::cuda_backend::cudarc;
+    // SAFETY: each call only tries to dlopen the library under its usual names and closes it.
+    let present = unsafe {
+        [
+            ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
+            ("libcublas", cudarc::cublas::sys::is_culib_present()),
+            ("libcublasLt", cudarc::cublaslt::sys::is_culib_present()),
+            ("libcurand", cudarc::curand::sys::is_culib_present()),
+            ("libnvrtc", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    present.into_iter().filter(|(_, found)| !found).map(|(name, _)| name).collect()
+}
+
+#[cfg(not(feature = "cuda-dynamic-loading"))]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    Vec::new()
 }
 
 /// The message of a candle error without the backtrace candle appends when RUST_BACKTRACE is

@@ -68,6 +68,7 @@ fn format_of(command: &Command) -> Format {
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
         Command::BenchTrain { .. } | Command::BenchKnn { .. } => true,
+        Command::Worker { .. } => false,
     };
     if json {
         Format::Json
@@ -88,19 +89,33 @@ fn depth(verify: VerifyArg) -> cache::Verification {
 fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
     use commands::{PlanView, RunRequest};
     match command {
-        Command::Run { recipe, only, force, jobs, json: _, cache, remote, remote_read_only } => {
-            commands::run(
-                &RunRequest {
-                    recipe: &recipe,
-                    only: &only,
-                    force: &force,
-                    jobs,
-                    cache: cache.cache,
-                    remote: remote.as_deref(),
-                    remote_read_only,
-                },
-                shell,
-            )
+        Command::Run {
+            recipe,
+            only,
+            force,
+            jobs,
+            json: _,
+            cache,
+            remote,
+            remote_read_only,
+            executor,
+            detach,
+        } => commands::run(
+            &RunRequest {
+                recipe: &recipe,
+                only: &only,
+                force: &force,
+                jobs,
+                cache: cache.cache,
+                remote: remote.as_deref(),
+                remote_read_only,
+                slurm: executor == super::args::ExecutorChoice::Slurm,
+                detach,
+            },
+            shell,
+        ),
+        Command::Worker { recipe, instance, force, cache } => {
+            commands::worker(&recipe, &instance, force, cache.cache, shell)
         }
         Command::Push { recipe, remote, json: _, cache } => {
             remote::push(&recipe, remote.remote.as_deref(), cache.cache, shell)

@@ -20,6 +20,13 @@ pub struct Cli {
     pub color: ColorChoice,
 }
 
+/// Where `run` computes stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorChoice {
+    Local,
+    Slurm,
+}
+
 #[derive(Debug, Args)]
 pub struct VerifyArg {
     /// Re-hash every cached file (by default: presence, type and size are checked)
@@ -75,6 +82,26 @@ pub enum Command {
         /// With --remote: pull, never push (CI)
         #[arg(long, requires = "remote")]
         remote_read_only: bool,
+        /// Where stages are computed: on this machine's threads, or each instance as one Slurm
+        /// job committing into the shared cache (see [executor.slurm] in the recipe)
+        #[arg(long, value_enum, default_value_t = ExecutorChoice::Local, value_name = "EXECUTOR")]
+        executor: ExecutorChoice,
+        /// With --executor slurm: submit the coordinator itself as a small job and return, so
+        /// that it survives logout (`pipeline status` shows where it stands)
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Compute one instance whose upstream entries are cached (what a Slurm job runs)
+    Worker {
+        recipe: PathBuf,
+        /// The instance, as `run` labels it (`zeta[delta=0.95]@1`)
+        #[arg(long, value_name = "LABEL")]
+        instance: String,
+        /// Recompute even when cached
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Upload the cache entries a recipe uses that the remote lacks
     Push {

@@ -91,6 +91,9 @@ pub struct RunRequest<'a> {
     /// `--remote` (`default`: the configured one), and whether it is only read.
     pub remote: Option<&'a str>,
     pub remote_read_only: bool,
+    /// `--executor slurm`, and `--detach`.
+    pub slurm: bool,
+    pub detach: bool,
 }
 
 pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
@@ -98,11 +101,26 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let recipe = load(request.recipe, shell)?;
     let only = selectors(&recipe, request.only, "--only")?;
     let force = selectors(&recipe, request.force, "--force")?;
-    let (device, notice) = stages::device::select(recipe.device).map_err(EngineError::Device)?;
+    if request.detach && !request.slurm {
+        return Err(EngineError::Usage("--detach needs --executor slurm".into()).into());
+    }
+    let store = open_store(request.cache.clone())?;
+    if request.detach {
+        return super::slurm::detach(request, &recipe, &store, shell);
+    }
+    // The coordinator computes nothing itself: the device is the jobs' business.
+    let (device, notice) = if request.slurm {
+        (stages::device::Device::Cpu, None)
+    } else {
+        stages::device::select(recipe.device).map_err(EngineError::Device)?
+    };
     if let Some(notice) = notice {
         shell.warn(&notice);
     }
-    let store = open_store(request.cache.clone())?;
+    let slurm = match request.slurm {
+        true => Some(super::slurm::start(&recipe, request.recipe, &store, shell)?),
+        false => None,
+    };
     let plan = plan_for(&recipe, &only);
     warn_of_unusable_data(&recipe, &plan, shell);
     let forced = instances_of(&plan, &force);
@@ -117,7 +135,10 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         }
         None => None,
     };
-    let options = RunOptions { jobs: request.jobs, forced, device, remote };
+    // Under Slurm every ready instance is a job of its own: the threads only wait for them.
+    let jobs = if slurm.is_some() { plan.instances.len().clamp(1, 512) } else { request.jobs };
+    let executor = slurm.as_deref().map(|s| s as &dyn crate::run::Executor);
+    let options = RunOptions { jobs, forced, device, remote, executor };
     let outcomes = execute(&recipe, &plan, &store, &fingerprints, &problems, &options, shell);
 
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
@@ -149,6 +170,40 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         ),
     );
     Ok(Status::Success)
+}
+
+/// `pipeline worker`: computes one instance whose upstream entries are in the cache (what a
+/// Slurm job runs). Exits with success when the entry is committed (or already was).
+pub fn worker(
+    path: &Path,
+    label: &str,
+    force: bool,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
+    let plan = Plan::new(&recipe, None);
+    let Some(i) = plan.instances.iter().position(|instance| instance.label == label) else {
+        let labels: Vec<&str> = plan.instances.iter().map(|i| i.label.as_str()).take(12).collect();
+        return Err(EngineError::Usage(format!(
+            "{}: no instance labelled `{label}` (some that are: {})",
+            path.display(),
+            labels.join(", ")
+        ))
+        .into());
+    };
+    let (device, notice) = stages::device::select(recipe.device).map_err(EngineError::Device)?;
+    if let Some(notice) = notice {
+        shell.warn(&notice);
+    }
+    let store = open_store(cache)?;
+    let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
+    let problems: BTreeMap<String, String> = problems.into_iter().collect();
+    let forced = if force { BTreeSet::from([i]) } else { BTreeSet::new() };
+    let options = RunOptions { jobs: 1, forced, device, remote: None, executor: None };
+    let outcome =
+        crate::run::execute_one(&recipe, &plan, i, &store, &fingerprints, &problems, &options, shell);
+    Ok(if outcome.entry().is_some() { Status::Success } else { Status::Failure })
 }
 
 /// Warns, before anything runs, of every stage of the plan that reads a dataset it cannot use

@@ -9,5 +9,6 @@ mod loading;
 mod metrics;
 mod remote;
 pub mod shell;
+mod slurm;
 
 pub use app::main;

@@ -200,6 +200,11 @@ impl Reporter for Shell {
     fn progress<'a>(&'a self, instance: &'a Instance) -> Box<dyn Progress + 'a> {
         Box::new(StageProgress { shell: self, label: &instance.label })
     }
+
+    fn job(&self, instance: &Instance, job: &str, what: &str) {
+        self.status("Slurm", &format!("{}: job {job} {what}", instance.label));
+        self.event(serde_json::json!({"event": "job", "stage": instance.id, "job": job, "state": what}));
+    }
 }
 
 /// A stage's progress: bars on a terminal, its summaries as plain lines.

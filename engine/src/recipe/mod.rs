@@ -6,11 +6,13 @@
 //! through its own typed parameters, then references and cycles ([`crate::graph`]).
 pub mod diagnostic;
 pub mod env;
+pub mod resources;
 pub mod sweep;
 pub mod tree;
 
 use crate::graph::StageGraph;
 use diagnostic::{did_you_mean, Diagnostic, Source};
+use resources::{FieldProblem, Resources, SlurmSettings};
 use stages::data::{DatasetSpec, FORMATS};
 use stages::device::DeviceChoice;
 use stages::{BuildError, Input, ParamError, Stage, StageKind, Target};
@@ -34,6 +36,8 @@ pub struct StageDecl {
     pub name_span: Range<usize>,
     /// The stage's table, to locate its fields in later messages.
     pub node: Node,
+    /// What its instances ask a cluster for (`resources = {…}`); part of no cache key.
+    pub resources: Resources,
 }
 
 /// One variant of a swept stage: the value index of each swept field, and the stage built with
@@ -95,6 +99,8 @@ pub struct Recipe {
     /// `[remote] url`: where `push`, `pull` and `run --remote` go unless told otherwise. Not part
     /// of any cache key.
     pub remote: Option<String>,
+    /// `[executor.slurm]`: how `run --executor slurm` submits. Not part of any cache key.
+    pub slurm: SlurmSettings,
     pub datasets: BTreeMap<String, DatasetSpec>,
     /// Stages in the order the recipe declares them.
     pub stages: Vec<StageDecl>,
@@ -199,7 +205,7 @@ struct Validator<'a> {
     diagnostics: Vec<Diagnostic>,
 }
 
-const SECTIONS: &[&str] = &["recipe", "remote", "datasets", "stages"];
+const SECTIONS: &[&str] = &["recipe", "remote", "executor", "datasets", "stages"];
 const REMOTE_KEYS: &[&str] = &["url"];
 /// The longest recipe, stage or dataset name: names become file names in the cache and appear
 /// in every message.
@@ -276,6 +282,7 @@ impl Validator<'_> {
         };
 
         let remote = root.get("remote").and_then(|entry| self.remote(entry));
+        let slurm = root.get("executor").map(|entry| self.executor(entry)).unwrap_or_default();
 
         let mut datasets = BTreeMap::new();
         if let Some(entry) = root.get("datasets") {
@@ -366,6 +373,7 @@ impl Validator<'_> {
                 seeds,
                 device,
                 remote,
+                slurm,
                 datasets,
                 stages,
                 graph,
@@ -445,6 +453,28 @@ impl Validator<'_> {
                 );
                 None
             }
+        }
+    }
+
+    /// `[executor]`: settings per executor (only `slurm` has any).
+    fn executor(&mut self, entry: &Entry) -> SlurmSettings {
+        let Some(table) = self.table(entry, "[executor]") else { return SlurmSettings::default() };
+        self.unknown_keys(table, &["slurm"], "[executor]");
+        let Some(slurm) = table.get("slurm") else { return SlurmSettings::default() };
+        let kinds: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
+        match resources::read_slurm(&slurm.node, &kinds) {
+            Ok(settings) => settings,
+            Err(problems) => {
+                self.field_problems(table, &problems);
+                SlurmSettings::default()
+            }
+        }
+    }
+
+    /// Reports problems whose paths are relative to `table`.
+    fn field_problems(&mut self, table: &Node, problems: &[FieldProblem]) {
+        for p in problems {
+            self.error(table.locate(&p.path), p.message.clone());
         }
     }
 
@@ -585,11 +615,27 @@ impl Validator<'_> {
         let mut known: Vec<&str> = kind.fields().to_vec();
         known.push("kind");
         known.push("zip");
+        known.push("resources");
         self.unknown_keys(table, &known, &format!("{what} (kind `{}`)", kind.name()));
         let mut json = self.without_unknown(table, &known);
         if let Some(object) = json.as_object_mut() {
             object.remove("zip");
+            object.remove("resources");
         }
+        let resources = match table.get("resources") {
+            Some(entry) => match resources::read_resources(&entry.node, &["resources"]) {
+                Ok(r) => r,
+                Err(problems) => {
+                    let problems: Vec<FieldProblem> = problems
+                        .into_iter()
+                        .map(|p| FieldProblem { message: format!("{what}: {}", p.message), ..p })
+                        .collect();
+                    self.field_problems(table, &problems);
+                    return None;
+                }
+            },
+            None => Resources::default(),
+        };
         let sweep = self.sweep(table, kind, &what)?;
         let fields = sweep.as_ref().map(|s| s.fields.as_slice()).unwrap_or_default();
         let combos = sweep::combinations(fields, sweep.as_ref().is_some_and(|s| s.zip));
@@ -658,6 +704,7 @@ impl Validator<'_> {
             inputs,
             name_span: entry.key_span.clone(),
             node,
+            resources,
         })
     }
 

@@ -1,0 +1,113 @@
+//! `run --executor slurm`: starting the executor (Ctrl-C cancels the jobs it submitted) and
+//! `--detach`, which submits the coordinator itself as a job so that it survives logout.
+use super::commands::RunRequest;
+use super::exit::Status;
+use super::shell::Shell;
+use crate::error::EngineError;
+use crate::executor::slurm::SlurmExecutor;
+use crate::recipe::Recipe;
+use cache::Store;
+use std::sync::Arc;
+
+/// The executor for this run; Ctrl-C cancels what it submitted and exits with 130.
+pub fn start(
+    recipe: &Recipe,
+    recipe_path: &std::path::Path,
+    store: &Store,
+    shell: &Shell,
+) -> Result<Arc<SlurmExecutor>, EngineError> {
+    let executor = Arc::new(
+        SlurmExecutor::new(recipe, recipe_path, store.root())
+            .map_err(|e| EngineError::Usage(e.to_string()))?,
+    );
+    let on_interrupt = Arc::clone(&executor);
+    // A second handler cannot be installed (tests run several commands in one process): the
+    // first one stays, which is fine for a command line that runs one command.
+    let _ = ctrlc::set_handler(move || {
+        let cancelled = on_interrupt.cancel_submitted();
+        eprintln!(
+            "interrupted: cancelled {} job(s) this run submitted{}",
+            cancelled.len(),
+            if cancelled.is_empty() { String::new() } else { format!(" ({})", cancelled.join(", ")) }
+        );
+        std::process::exit(130);
+    });
+    shell.status(
+        "Slurm",
+        &format!("submitting to the cluster; job logs under {}", store.root().join("logs/slurm").display()),
+    );
+    Ok(executor)
+}
+
+/// Submits `pipeline run RECIPE --executor slurm` (with the request's flags) as one small job.
+pub fn detach(request: &RunRequest, recipe: &Recipe, store: &Store, shell: &Shell) -> anyhow::Result<Status> {
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let binary = std::env::current_exe()?;
+    let logs = store.root().join("logs").join("slurm");
+    std::fs::create_dir_all(&logs)?;
+    let log = absolute(&logs.join(format!("coordinator-{}-%j.log", recipe.name)));
+    let mut command = vec![
+        binary.display().to_string(),
+        "run".into(),
+        absolute(request.recipe).display().to_string(),
+        "--executor".into(),
+        "slurm".into(),
+        "--cache".into(),
+        absolute(store.root()).display().to_string(),
+    ];
+    for only in request.only {
+        command.extend(["--only".to_string(), only.clone()]);
+    }
+    for force in request.force {
+        command.extend(["--force".to_string(), force.clone()]);
+    }
+    if let Some(remote) = request.remote {
+        command.extend(["--remote".to_string(), remote.to_string()]);
+        if request.remote_read_only {
+            command.push("--remote-read-only".into());
+        }
+    }
+    let quoted: Vec<String> = command
+        .iter()
+        .map(|w| shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| w.clone()))
+        .collect();
+    let mut args = vec![
+        "--parsable".to_string(),
+        format!("--job-name=pipeline-coordinator-{}", recipe.name),
+        format!("--output={}", log.display()),
+        "--cpus-per-task=1".into(),
+        "--mem=1G".into(),
+    ];
+    for (flag, value) in [
+        ("partition", &recipe.slurm.partition),
+        ("account", &recipe.slurm.account),
+        ("qos", &recipe.slurm.qos),
+    ] {
+        if let Some(value) = value {
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    args.push(format!("--wrap=exec {}", quoted.join(" ")));
+    let output = std::process::Command::new("sbatch")
+        .args(&args)
+        .output()
+        .map_err(|e| EngineError::Usage(format!("cannot run sbatch: {e}")))?;
+    if !output.status.success() {
+        return Err(EngineError::Usage(format!(
+            "sbatch refused the coordinator: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+        .into());
+    }
+    let id = String::from_utf8_lossy(&output.stdout).trim().split(';').next().unwrap_or_default().to_string();
+    shell.status(
+        "Detached",
+        &format!(
+            "the coordinator is job {id}; its log: {}; `pipeline status {}` shows where the run stands",
+            log.display().to_string().replace("%j", &id),
+            request.recipe.display()
+        ),
+    );
+    shell.emit(serde_json::json!({"event": "detached", "job": id}));
+    Ok(Status::Success)
+}
