@@ -48,10 +48,14 @@ rm -rf "$home.new"
 mkdir -p "$home.new/lib64"
 for d in bin include nvvm; do ln -s "$cu13/$d" "$home.new/$d"; done
 for f in "$cu13"/lib/*.so.* "$cu13"/lib/*.a; do [ -e "$f" ] && ln -s "$f" "$home.new/lib64/$(basename "$f")"; done
-for lib in cudart nvrtc curand cublas cublasLt; do
+for lib in nvrtc curand cublas cublasLt; do
     versioned="$(cd "$cu13/lib" && ls "lib$lib.so."* | grep -v -e builtins -e '\.alt\.' | head -1)"
     ln -s "$cu13/lib/$versioned" "$home.new/lib64/lib$lib.so"
 done
+# candle-kernels links `-lcudart` for its statically compiled kernels. A linker script in its
+# place makes that the static CUDA runtime, which loads the driver only when first called, so
+# the binary needs no CUDA library to start.
+printf 'GROUP ( %s )\n' "$cu13/lib/libcudart_static.a" > "$home.new/lib64/libcudart.so"
 rm -rf "$home"
 mv "$home.new" "$home"
 
@@ -105,8 +109,8 @@ done | tar --null -T - -cf - | tar -xf - -C "$src"
     --bin pipeline --config "patch.crates-io.candle-core.path=\"$patched\"")
 binary="$PWD/target/cuda/release/pipeline"
 needed="$(readelf -d "$binary" | grep NEEDED || true)"
-for lib in libcuda libcublas libcurand libnvrtc libcudart; do
-    if grep -q "$lib" <<<"$needed"; then
+for lib in libcuda libcudart libcublas libcublasLt libcurand libnvrtc; do
+    if grep -q "\[$lib\.so" <<<"$needed"; then
         say "$binary links $lib at load time: it would not start without it"
         exit 1
     fi

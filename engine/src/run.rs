@@ -488,6 +488,7 @@ pub fn execute_one(
         }
     }
     let mut entries: BTreeMap<usize, Entry> = BTreeMap::new();
+    let mut missing = None;
     for &d in &needed {
         let digest = |u: usize| entries[&u].manifest.output_digest.clone();
         let key = plan.key_inputs(recipe, d, &digest, fingerprints).key();
@@ -496,31 +497,38 @@ pub fn execute_one(
                 entries.insert(d, entry);
             }
             Ok(None) => {
-                return Outcome::Failed {
-                    message: format!(
-                        "upstream `{}` is not in the cache ({}): a worker computes an instance only \
-                         once everything it reads is committed",
-                        plan.instances[d].label,
-                        key.short()
-                    ),
-                }
+                missing = Some(format!(
+                    "upstream `{}` is not in the cache ({}): a worker computes an instance only once \
+                     everything it reads is committed",
+                    plan.instances[d].label,
+                    key.short()
+                ));
+                break;
             }
-            Err(e) => return Outcome::Failed { message: error_chain(&e) },
+            Err(e) => {
+                missing = Some(error_chain(&e));
+                break;
+            }
         }
     }
-    let holds = Mutex::new(Vec::new());
-    let outcome = run_instance(
-        recipe,
-        plan,
-        i,
-        &entries,
-        store,
-        fingerprints,
-        dataset_problems,
-        options,
-        reporter,
-        &holds,
-    );
+    let outcome = match missing {
+        Some(message) => Outcome::Failed { message },
+        None => {
+            let holds = Mutex::new(Vec::new());
+            run_instance(
+                recipe,
+                plan,
+                i,
+                &entries,
+                store,
+                fingerprints,
+                dataset_problems,
+                options,
+                reporter,
+                &holds,
+            )
+        }
+    };
     reporter.finished(&plan.instances[i], &outcome);
     outcome
 }

@@ -3,8 +3,9 @@
 //! `squeue` per interval serves every waiting instance (no `sacct`, which is often disabled);
 //! the committed entry, not the job's state, is the proof of success.
 //!
-//! Jobs are named after the instance's cache key (`pipeline-<16 hex>`), so a coordinator started
-//! again re-attaches to the jobs still queued or running instead of submitting them twice.
+//! Jobs are named after the cache and the instance's key (`pipeline-<16 hex>`), so a
+//! coordinator started again re-attaches to the jobs still queued or running instead of
+//! submitting them twice, and two caches never share a job.
 use super::squeue::{self, JobRow, Meaning};
 use crate::recipe::resources::{Resources, SlurmSettings};
 use crate::recipe::Recipe;
@@ -157,6 +158,15 @@ impl SlurmExecutor {
         args
     }
 
+    /// The job name of the instance with `key`: the same for every coordinator on this cache.
+    pub fn job_name(&self, key: &cache::CacheKey) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.cache.as_os_str().as_encoded_bytes());
+        hasher.update(b"\0");
+        hasher.update(key.as_str().as_bytes());
+        format!("{JOB_PREFIX}{}", &hasher.finalize().to_hex()[..16])
+    }
+
     fn log_path(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.log"))
     }
@@ -171,14 +181,13 @@ impl SlurmExecutor {
         ids
     }
 
-    fn submit(&self, args: &[String]) -> Result<String, String> {
+    fn submit(&self, args: &[String], resources: &Resources) -> Result<String, String> {
         let output =
             Command::new("sbatch").args(args).output().map_err(|e| format!("cannot run sbatch: {e}"))?;
         if !output.status.success() {
-            return Err(format!(
-                "sbatch refused the job: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            let said = String::from_utf8_lossy(&output.stderr);
+            let said: Vec<&str> = said.lines().map(|l| l.trim_start_matches("sbatch: error: ")).collect();
+            return Err(format!("sbatch refused the job ({}): {}", describe(resources), said.join("; ")));
         }
         let text = String::from_utf8_lossy(&output.stdout);
         let id = text.trim().split(';').next().unwrap_or_default().to_string();
@@ -281,7 +290,7 @@ fn log_tail(path: &Path) -> String {
 
 impl Executor for SlurmExecutor {
     fn compute(&self, job: &JobSpec, reporter: &dyn Reporter) -> Result<(), String> {
-        let name = format!("{JOB_PREFIX}{}", &job.key.as_str()[..16]);
+        let name = self.job_name(job.key);
         let resources = self.resources(job.resources, job.kind);
         let args = self.sbatch_args(&name, &job.instance.label, &resources, job.forced);
         let log = self.log_path(&name);
@@ -293,7 +302,7 @@ impl Executor for SlurmExecutor {
             }
             None => {
                 let since = Instant::now();
-                let id = self.submit(&args)?;
+                let id = self.submit(&args, &resources)?;
                 reporter.job(job.instance, &id, &format!("submitted ({})", describe(&resources)));
                 (id, since)
             }
@@ -350,7 +359,7 @@ impl Executor for SlurmExecutor {
                 Meaning::Failed(why) => return Err(format!("job {id}: {why}; {}", log_tail(&log))),
             };
             since = Instant::now();
-            let new_id = self.submit(&args)?;
+            let new_id = self.submit(&args, &resources)?;
             reporter.job(job.instance, &new_id, &format!("resubmitted: job {id} {again}; it resumes"));
             id = new_id;
             last = None;
@@ -358,7 +367,7 @@ impl Executor for SlurmExecutor {
     }
 
     fn log_of(&self, job: &JobSpec) -> Option<String> {
-        let name = format!("{JOB_PREFIX}{}", &job.key.as_str()[..16]);
+        let name = self.job_name(job.key);
         Some(log_tail(&self.log_path(&name)))
     }
 }

@@ -1,0 +1,322 @@
+//! `run --executor slurm` on a real Slurm cluster, through the real binary: the single-node
+//! cluster of `scripts/slurm-cluster.sh` (CI starts it and sets `SLURM_CONF`). Without a
+//! cluster these tests are skipped with a notice, unless `PIPELINE_REQUIRE_SLURM=1` (CI)
+//! makes that a failure. The worker test needs no cluster.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether a cluster answers; panics when one is required and none does.
+fn cluster() -> bool {
+    let answers = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("squeue").args(["-h", "--me"]).output().is_ok_and(|o| o.status.success());
+    if !answers {
+        let required = std::env::var("PIPELINE_REQUIRE_SLURM").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "PIPELINE_REQUIRE_SLURM=1 but no Slurm cluster answers (bash scripts/slurm-cluster.sh start)"
+        );
+        eprintln!("note: no Slurm cluster (SLURM_CONF unset or squeue fails); skipped");
+    }
+    answers
+}
+
+/// Small requests that fit the CI node, and a quick poll.
+const EXECUTOR: &str = r#"
+[executor.slurm]
+defaults = { cpus = 1, mem = "500M", time = "0:20:00" }
+poll_seconds = 0.2
+"#;
+
+fn slurm_run(recipe: &Path, cache: &Path, extra: &[&str]) -> (std::process::Output, Vec<Value>) {
+    let mut args = vec!["--executor", "slurm"];
+    args.extend_from_slice(extra);
+    run(recipe, cache, &args)
+}
+
+/// Every output file of every committed entry: (entry, path) → bytes.
+fn outputs(cache: &Path) -> BTreeMap<(String, String), Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for entry in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
+        for name in manifest["files"].as_object().unwrap().keys() {
+            let key = entry.file_name().to_string_lossy().into_owned();
+            all.insert((key, name.clone()), std::fs::read(entry.path().join("out").join(name)).unwrap());
+        }
+    }
+    all
+}
+
+/// The job ids the coordinator's events name for `stage`, in order.
+fn jobs_of(events: &[Value], stage: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for e in events.iter().filter(|e| e["event"] == "job" && e["stage"] == stage) {
+        let id = e["job"].as_str().unwrap().to_string();
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+fn scontrol_job(id: &str) -> String {
+    let out = Command::new("scontrol").args(["show", "job", "-o", id]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_worker_refuses_an_instance_whose_upstream_is_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(1, "[\"msp\"]"));
+    let out = pipeline()
+        .args(["worker", "--instance", "first", "--cache"])
+        .arg(dir.path().join("cache"))
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("upstream `base` is not in the cache"), "{}", stderr(&out));
+    let out = pipeline().args(["worker", "--instance", "nope"]).arg(&recipe).output().unwrap();
+    assert!(stderr(&out).contains("no instance labelled `nope`"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_smoke_recipe_under_slurm_gives_the_local_bytes_and_asks_for_its_gpu() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_recipe(2, "[\"msp\", \"energy\"]")
+        .replace("checkpoint_every = 1\n", "checkpoint_every = 1\nresources = { gpus = 1 }\n")
+        + EXECUTOR;
+    let recipe = write_recipe(dir.path(), &text);
+    let (local, slurm) = (dir.path().join("local"), dir.path().join("slurm"));
+    let (out, _) = run(&recipe, &local, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, events) = slurm_run(&recipe, &slurm, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished").len(), 5, "every instance computed by a job");
+    assert_eq!(outputs(&local), outputs(&slurm), "same keys, same bytes as the local executor");
+
+    let base = jobs_of(&events, "base@0");
+    assert_eq!(base.len(), 1);
+    let job = scontrol_job(&base[0]);
+    assert!(job.contains("gres/gpu=1") || job.contains("gres:gpu:1"), "a GPU request: {job}");
+    let table = jobs_of(&events, "table");
+    let job = scontrol_job(&table[0]);
+    assert!(!job.contains("gpu"), "the report asks for no GPU: {job}");
+
+    // Everything cached: no job at all.
+    let (out, events) = slurm_run(&recipe, &slurm, &[]);
+    assert!(out.status.success());
+    assert_eq!(stages_with(&events, "reused").len(), 5);
+    assert!(events.iter().all(|e| e["event"] != "job"));
+}
+
+#[test]
+fn a_failing_job_skips_its_dependents_shows_its_log_and_the_rest_finishes() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"[recipe]
+name = "failing"
+device = "cpu"
+
+[datasets.id]
+format = "idx"
+root = "{data}"
+classes = [0, 1, 2]
+limit = 192
+
+[stages.good]
+kind = "train"
+data = "id"
+widths = [4, 8]
+strides = [2, 2]
+epochs = 1
+batch_size = 32
+lr = 0.05
+
+[stages.broken]
+kind = "train"
+data = "id"
+widths = [4, 8]
+strides = [2, 2]
+epochs = 2
+batch_size = 32
+lr = 1e30
+
+[stages.after]
+kind = "checkpoint"
+from = "broken"
+epoch = 1
+{EXECUTOR}"#,
+        data = data_dir().display()
+    );
+    let recipe = write_recipe(dir.path(), &text);
+    let (out, events) = slurm_run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(!out.status.success());
+    assert_eq!(stages_with(&events, "finished"), ["good@0"]);
+    assert_eq!(stages_with(&events, "skipped"), ["after@0"]);
+    let failure = events.iter().find(|e| e["event"] == "failed").expect("a failure event");
+    assert_eq!(failure["stage"], "broken@0");
+    let message = failure["error"].as_str().unwrap();
+    assert!(message.contains("FAILED") && message.contains("line(s) of"), "{message}");
+    assert!(message.contains("training diverged"), "the log's tail says why: {message}");
+}
+
+/// Starts `run --executor slurm --json` in the background; returns the child and a channel of
+/// its events.
+fn spawn_coordinator(recipe: &Path, cache: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
+    let mut child = pipeline()
+        .args(["run", "--json", "--executor", "slurm", "--cache"])
+        .arg(cache)
+        .arg(recipe)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if send.send(event).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (child, receive)
+}
+
+/// A recipe with one training stage long enough to be caught running.
+fn long_training(dir: &Path, epochs: usize) -> PathBuf {
+    let text = format!(
+        r#"[recipe]
+name = "long"
+device = "cpu"
+
+[datasets.id]
+format = "idx"
+root = "{data}"
+classes = [0, 1, 2, 3]
+limit = 1000
+
+[stages.base]
+kind = "train"
+data = "id"
+widths = [8, 16]
+strides = [2, 2]
+epochs = {epochs}
+batch_size = 32
+lr = 0.05
+checkpoint_every = 2
+{EXECUTOR}"#,
+        data = data_dir().display()
+    );
+    write_recipe(dir, &text)
+}
+
+/// The epochs done of the resume state under `cache`, if any.
+fn epochs_done(cache: &Path) -> Option<u64> {
+    std::fs::read_dir(cache.join("resume")).ok()?.flatten().find_map(|item| {
+        let latest: Value =
+            serde_json::from_slice(&std::fs::read(item.path().join("latest.json")).ok()?).ok()?;
+        latest["epochs_done"].as_u64()
+    })
+}
+
+fn wait_for(what: &str, seconds: u64, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_restarted_coordinator_reattaches_to_its_job_and_a_requeued_job_resumes_bit_identically() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 8);
+    let (local, slurm) = (dir.path().join("local"), dir.path().join("slurm"));
+    let (out, _) = run(&recipe, &local, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The coordinator is killed while its job runs; the job goes on.
+    let (mut first, events) = spawn_coordinator(&recipe, &slurm);
+    let mut job = None;
+    wait_for("the job to run", 120, || {
+        while let Ok(e) = events.try_recv() {
+            if e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("running") {
+                job = e["job"].as_str().map(str::to_string);
+            }
+        }
+        job.is_some()
+    });
+    let job = job.unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Requeued after two epochs: Slurm restarts it (after releasing its begin time), and the
+    // training resumes from its last finished epoch.
+    wait_for("two finished epochs", 120, || epochs_done(&slurm).is_some_and(|d| d >= 2));
+    let requeue = Command::new("scontrol").args(["requeue", &job]).output().unwrap();
+    assert!(requeue.status.success(), "{}", String::from_utf8_lossy(&requeue.stderr));
+    wait_for("the requeued job to be released", 60, || {
+        let _ = Command::new("scontrol").args(["update", &format!("jobid={job}"), "begintime=now"]).output();
+        let state = scontrol_job(&job);
+        state.contains("JobState=RUNNING")
+            || state.contains("JobState=COMPLETED")
+            || state.contains("Restarts=1")
+    });
+
+    // A second coordinator finds the job by its name instead of submitting another.
+    let (out, events) = slurm_run(&recipe, &slurm, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(jobs_of(&events, "base@0"), std::slice::from_ref(&job), "no second job: {events:?}");
+    assert!(stderr(&out).contains("re-attached"), "{}", stderr(&out));
+    let log = std::fs::read_dir(slurm.join("logs/slurm"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(log.contains("resuming after epoch"), "the requeued job resumed: {log}");
+    assert_eq!(outputs(&local), outputs(&slurm), "bit-identical to the uninterrupted local run");
+    let shown = scontrol_job(&job);
+    let restarts: BTreeSet<&str> = shown.split_whitespace().filter(|w| w.starts_with("Restarts=")).collect();
+    assert_eq!(restarts, BTreeSet::from(["Restarts=1"]));
+}
+
+#[test]
+fn a_request_no_node_can_meet_fails_at_once_with_the_reason() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_recipe(1, "[\"msp\"]")
+        .replace("checkpoint_every = 1\n", "checkpoint_every = 1\nresources = { mem = \"900T\" }\n")
+        + EXECUTOR;
+    let recipe = write_recipe(dir.path(), &text);
+    let started = Instant::now();
+    let (out, events) = slurm_run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(!out.status.success());
+    let failure = events.iter().find(|e| e["event"] == "failed").expect("a failure event");
+    let message = failure["error"].as_str().unwrap();
+    assert!(
+        message.contains("900T") && (message.contains("never start") || message.contains("sbatch refused")),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
