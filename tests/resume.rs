@@ -183,3 +183,111 @@ fn a_damaged_resume_state_is_not_used() {
     }
     assert_eq!(differences(&whole, &damaged), [] as [(String, String); 0]);
 }
+
+/// A base model, then POEM and OE fine-tunes long enough to be killed mid-run.
+fn outlier_recipe(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"[recipe]
+name = "resume-outliers"
+device = "cpu"
+
+[datasets.id]
+format = "idx"
+root = "{data}"
+classes = [0, 1, 2]
+limit = 192
+
+[datasets.aux]
+format = "idx"
+root = "{data}"
+classes = [6, 7]
+limit = 192
+
+[stages.base]
+kind = "train"
+data = "id"
+widths = [4, 8]
+strides = [2, 2]
+epochs = 2
+batch_size = 32
+lr = 0.05
+
+[stages.poem]
+kind = "poem"
+model = "base"
+data = "id"
+aux = "aux"
+aux_batch_size = 16
+epochs = 60
+batch_size = 32
+crop_padding = 2
+checkpoint_every = 20
+
+[stages.oe]
+kind = "oe"
+model = "base"
+data = "id"
+aux = "aux"
+aux_batch_size = 16
+epochs = 80
+batch_size = 32
+crop_padding = 2
+checkpoint_every = 20
+"#,
+        data = data_dir().display()
+    );
+    write_recipe(dir, &text)
+}
+
+#[test]
+fn killed_poem_and_oe_fine_tunes_resume_with_their_outlier_state_and_the_uninterrupted_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = outlier_recipe(dir.path());
+    let (whole, interrupted) = (dir.path().join("whole"), dir.path().join("interrupted"));
+    let (out, _) = run(&recipe, &whole, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(run(&recipe, &interrupted, &["--only", "base"]).0.status.success());
+
+    for (stage, epochs) in [("poem", 60), ("oe", 80)] {
+        let mut child = pipeline()
+            .args(["run", "--quiet", "--only", stage, "--cache"])
+            .arg(&interrupted)
+            .arg(&recipe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if resume_progress(&interrupted).is_some_and(|(done, total)| total == epochs && done >= 3) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("`{stage}` ended ({status}) before it could be killed mid-run");
+            }
+            assert!(Instant::now() < deadline, "no resume state for `{stage}`");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (done, _) = resume_progress(&interrupted).unwrap();
+        let rerun = pipeline()
+            .args(["run", "--only", stage])
+            .arg(&recipe)
+            .arg("--cache")
+            .arg(&interrupted)
+            .output()
+            .unwrap();
+        assert!(rerun.status.success(), "{}", stderr(&rerun));
+        assert!(
+            stderr(&rerun).contains(&format!("{stage}: resuming after epoch {done}/{epochs}")),
+            "{}",
+            stderr(&rerun)
+        );
+    }
+    assert_eq!(
+        differences(&whole, &interrupted),
+        [] as [(String, String); 0],
+        "weights, checkpoints, history and POEM's selection log are bit-identical"
+    );
+}

@@ -264,6 +264,17 @@ pub fn plan(
             None
         }
     };
+    // Where a Slurm run of this cache stands (`run --executor slurm [--detach]`), if Slurm answers.
+    let slurm_jobs = match view {
+        PlanView::EveryStage => crate::executor::slurm::jobs_by_name(),
+        PlanView::WhatWillRun { .. } => None,
+    };
+    let cache_root = std::path::absolute(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
+    if let Some(row) =
+        slurm_jobs.as_ref().and_then(|jobs| jobs.get(&crate::executor::slurm::coordinator_name(&recipe.name)))
+    {
+        shell.out(&format!("coordinator: {}", crate::executor::slurm::describe_row(row)));
+    }
     let (mut total_seconds, mut estimated, mut unestimated, mut unmeasured) = (0.0, 0usize, 0usize, 0usize);
     let mut to_run = 0;
     let mut rows = Vec::new();
@@ -316,10 +327,17 @@ pub fn plan(
                     "stage": instance.id, "label": instance.label, "kind": kind, "cached": false, "params": params,
                     "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
                 }));
+                let job = key.as_ref().and_then(|key| {
+                    let name = crate::executor::slurm::job_name(&cache_root, key);
+                    slurm_jobs.as_ref()?.get(&name).map(crate::executor::slurm::describe_row)
+                });
                 if !swept {
                     shell.out(&format!("will run  {} ({kind}){duration}", instance.label));
                     for reason in reasons {
                         shell.out(&format!("            {reason}"));
+                    }
+                    if let Some(job) = &job {
+                        shell.out(&format!("            Slurm {job}"));
                     }
                 }
             }

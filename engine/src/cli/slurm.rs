@@ -73,7 +73,7 @@ pub fn detach(request: &RunRequest, recipe: &Recipe, store: &Store, shell: &Shel
         .collect();
     let mut args = vec![
         "--parsable".to_string(),
-        format!("--job-name=pipeline-coordinator-{}", recipe.name),
+        format!("--job-name={}", crate::executor::slurm::coordinator_name(&recipe.name)),
         format!("--output={}", log.display()),
         "--cpus-per-task=1".into(),
         "--mem=1G".into(),

@@ -158,13 +158,9 @@ impl SlurmExecutor {
         args
     }
 
-    /// The job name of the instance with `key`: the same for every coordinator on this cache.
+    /// The job name of the instance with `key`.
     pub fn job_name(&self, key: &cache::CacheKey) -> String {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(self.cache.as_os_str().as_encoded_bytes());
-        hasher.update(b"\0");
-        hasher.update(key.as_str().as_bytes());
-        format!("{JOB_PREFIX}{}", &hasher.finalize().to_hex()[..16])
+        job_name(&self.cache, key)
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
@@ -251,6 +247,49 @@ impl SlurmExecutor {
 }
 
 const JOB_PREFIX: &str = "pipeline-";
+
+/// The job name of the instance with `key` computed into the cache at `cache` (an absolute
+/// path): the same for every coordinator on this cache, different for another cache.
+pub fn job_name(cache: &Path, key: &cache::CacheKey) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(cache.as_os_str().as_encoded_bytes());
+    hasher.update(b"\0");
+    hasher.update(key.as_str().as_bytes());
+    format!("{JOB_PREFIX}{}", &hasher.finalize().to_hex()[..16])
+}
+
+/// The name `run --detach` gives the coordinator of the recipe named `recipe`.
+pub fn coordinator_name(recipe: &str) -> String {
+    format!("{JOB_PREFIX}coordinator-{recipe}")
+}
+
+/// This user's jobs that Slurm still shows, by name (the newest of each name), or `None` where
+/// there is no Slurm to ask: for `pipeline status`.
+pub fn jobs_by_name() -> Option<BTreeMap<String, JobRow>> {
+    if std::env::var_os("SLURM_CONF").is_none() && !Path::new("/etc/slurm/slurm.conf").exists() {
+        return None;
+    }
+    let rows = query_squeue().ok()?;
+    let mut named: BTreeMap<String, JobRow> = BTreeMap::new();
+    for row in rows {
+        let newer = named
+            .get(&row.name)
+            .is_none_or(|old| old.id.parse::<u64>().unwrap_or(0) < row.id.parse::<u64>().unwrap_or(0));
+        if newer {
+            named.insert(row.name.clone(), row);
+        }
+    }
+    Some(named)
+}
+
+/// A job's row as status shows it: "job 12 running on node7".
+pub fn describe_row(row: &JobRow) -> String {
+    match row.state.as_str() {
+        "RUNNING" => format!("job {} running on {}", row.id, row.node),
+        "PENDING" => format!("job {} pending ({})", row.id, row.reason),
+        other => format!("job {} {}", row.id, other.to_lowercase()),
+    }
+}
 
 /// Every job of this user that Slurm still shows, finished ones included.
 fn query_squeue() -> Result<Vec<JobRow>, String> {

@@ -14,7 +14,7 @@ use crate::stage::RunContext;
 use crate::stage::StageParams;
 use crate::training::bayes::{closest_to_boundary, posterior, RingBuffer};
 use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
-use crate::training::fit::FitConfig;
+use crate::training::fit::{FitConfig, SideRecord};
 use crate::training::losses::OutlierTerm;
 use crate::training::losses::{check_energy, default_energy_weight, default_m_in, default_m_out};
 use crate::training::outliers::{fine_tune_with_outliers, Candidates, OutlierChoice};
@@ -178,5 +178,28 @@ impl OutlierChoice for ThompsonOutliers {
         });
         self.ring.push(chosen.clone());
         Ok(chosen)
+    }
+
+    fn record(&self) -> SideRecord {
+        SideRecord {
+            streams: [("thompson".to_string(), self.rng.get_word_pos())].into(),
+            values: serde_json::json!({ "ring": self.ring, "log": self.log }),
+        }
+    }
+
+    fn restore(&mut self, record: &SideRecord) -> Result<(), StageError> {
+        let broken = |what: &str| StageError::Internal(format!("POEM's resume state: {what}"));
+        let position =
+            record.streams.get("thompson").copied().ok_or_else(|| broken("no `thompson` stream"))?;
+        let ring: RingBuffer = serde_json::from_value(record.values["ring"].clone())
+            .map_err(|e| broken(&format!("ring buffer: {e}")))?;
+        if ring.capacity() != self.ring.capacity() {
+            return Err(broken("the ring buffer was recorded with another ring_epochs"));
+        }
+        self.log =
+            serde_json::from_value(record.values["log"].clone()).map_err(|e| broken(&format!("log: {e}")))?;
+        self.ring = ring;
+        self.rng.set_word_pos(position);
+        Ok(())
     }
 }

@@ -177,6 +177,7 @@ impl StageParams for Train {
                 snapshot: &|| Ok(params.values()),
                 trained: &|| params.values(),
                 restore: Some(&|values| params.restore(values)),
+                side: None,
                 label: "train",
             },
         )

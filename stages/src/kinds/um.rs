@@ -70,6 +70,7 @@ impl StageParams for Um {
                 snapshot: &|| Ok(params.values()),
                 trained: &|| params.values(),
                 restore: Some(&|values| params.restore(values)),
+                side: None,
                 label: "um",
             },
         )

@@ -102,6 +102,7 @@ impl StageParams for Umap {
                 snapshot: &|| masked.snapshot(),
                 trained: &|| masked.trained_values(),
                 restore: Some(&|values| masked.restore(values)),
+                side: None,
                 label: "umap",
             },
         )?;

@@ -84,7 +84,7 @@ pub fn closest_to_boundary(beta: &[f64], candidates: &[Vec<f64>], count: usize) 
 }
 
 /// The outliers of the last `capacity` epochs; each epoch's selection replaces the oldest.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RingBuffer {
     slots: Vec<Vec<usize>>,
     next: usize,
@@ -115,6 +115,10 @@ impl RingBuffer {
 
     pub fn epochs_held(&self) -> usize {
         self.slots.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 }
 

@@ -190,6 +190,23 @@ impl StepOutput {
 /// Puts back the tensors a training job's `trained` returned.
 pub type Restore<'a> = dyn Fn(&BTreeMap<String, Tensor>) -> Result<(), StageError> + 'a;
 
+/// A stage's own state outside its tensors, at an epoch's end: its random streams' positions
+/// and whatever else it carries from epoch to epoch (POEM's ring buffer and log), as JSON.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SideRecord {
+    pub streams: BTreeMap<String, u128>,
+    pub values: serde_json::Value,
+}
+
+/// How [`fit`] records and puts back a stage's [`SideRecord`].
+pub struct Side<'a> {
+    pub record: &'a dyn Fn() -> SideRecord,
+    pub restore: &'a dyn Fn(&SideRecord) -> Result<(), StageError>,
+}
+
+/// Stream names of a side record inside the resume state's streams.
+const SIDE_STREAM: &str = "side.";
+
 /// What [`fit`] trains and how.
 pub struct Fit<'a> {
     /// Written as `model.json`.
@@ -209,6 +226,8 @@ pub struct Fit<'a> {
     /// epoch ([`crate::training::resume`]); `None` for a stage whose state is not all in
     /// `trained` (it starts over).
     pub restore: Option<&'a Restore<'a>>,
+    /// The stage's state outside `trained`, for resuming; `None` when it has none.
+    pub side: Option<Side<'a>>,
     /// Prefix of progress lines (`train`, `um`, `umap`).
     pub label: &'static str,
 }
@@ -234,6 +253,14 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                 sgd.set_buffers(state.momentum)?;
                 shuffle_rng.set_word_pos(state.streams.get("shuffle").copied().unwrap_or(0));
                 dropout_rng.set_word_pos(state.streams.get("dropout").copied().unwrap_or(0));
+                if let Some(side) = &job.side {
+                    let streams = state
+                        .streams
+                        .iter()
+                        .filter_map(|(k, &v)| k.strip_prefix(SIDE_STREAM).map(|k| (k.to_string(), v)))
+                        .collect();
+                    (side.restore)(&SideRecord { streams, values: state.side.clone() })?;
+                }
                 history = serde_json::from_value(state.history)
                     .map_err(|e| StageError::Internal(format!("resume history: {e}")))?;
                 kept = state.kept;
@@ -313,17 +340,21 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
             kept.push(done);
         }
         if let (Some(dir), true) = (resume_dir, done < config.epochs) {
+            let side = job.side.as_ref().map(|side| (side.record)()).unwrap_or_default();
+            let mut streams = BTreeMap::from([
+                ("shuffle".to_string(), shuffle_rng.get_word_pos()),
+                ("dropout".to_string(), dropout_rng.get_word_pos()),
+            ]);
+            streams.extend(side.streams.into_iter().map(|(k, v)| (format!("{SIDE_STREAM}{k}"), v)));
             let state = resume::State {
                 epochs_done: done,
                 epochs_total: config.epochs,
                 history: serde_json::to_value(&history).expect("history serialises"),
                 kept: kept.clone(),
-                streams: BTreeMap::from([
-                    ("shuffle".to_string(), shuffle_rng.get_word_pos()),
-                    ("dropout".to_string(), dropout_rng.get_word_pos()),
-                ]),
+                streams,
                 trained: (job.trained)(),
                 momentum: sgd.buffers(),
+                side: side.values,
             };
             resume::save(dir, &state, ctx.out_dir)?;
         }

@@ -8,7 +8,7 @@ use crate::models::{Mode, Network, Parameters};
 use crate::stage::RunContext;
 use crate::training::constraint::resolve_zeta;
 use crate::training::fine_tuning::FineTuneSetup;
-use crate::training::fit::{batch, fit, load_model_and_data, Fit, FitConfig, StepOutput};
+use crate::training::fit::{batch, fit, load_model_and_data, Fit, FitConfig, Side, SideRecord, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
 use crate::training::losses::OutlierTerm;
@@ -95,6 +95,10 @@ pub trait OutlierChoice {
         candidates: &Candidates,
         ctx: &RunContext,
     ) -> Result<Vec<usize>, StageError>;
+    /// What the choice carries from epoch to epoch (its random stream, POEM's memory).
+    fn record(&self) -> SideRecord;
+    /// Puts back what [`OutlierChoice::record`] returned.
+    fn restore(&mut self, record: &SideRecord) -> Result<(), StageError>;
 }
 
 /// Uniformly random outliers, reshuffled every epoch (OE, energy-bounded fine-tuning).
@@ -117,6 +121,21 @@ impl OutlierChoice for RandomOutliers {
             chosen.extend(round.into_iter().take(count - chosen.len()));
         }
         Ok(chosen)
+    }
+
+    fn record(&self) -> SideRecord {
+        SideRecord {
+            streams: [("outliers".to_string(), self.rng.get_word_pos())].into(),
+            ..Default::default()
+        }
+    }
+
+    fn restore(&mut self, record: &SideRecord) -> Result<(), StageError> {
+        let position = record.streams.get("outliers").copied();
+        self.rng.set_word_pos(
+            position.ok_or_else(|| StageError::Internal("resume state: no `outliers` stream".into()))?,
+        );
+        Ok(())
     }
 }
 
@@ -160,7 +179,22 @@ pub fn fine_tune_with_outliers(
     let params = Parameters::trainable(&spec, values)?;
     let net = Network::new(&spec, &params, ctx.device)?;
     let chosen: RefCell<(Vec<usize>, usize)> = RefCell::new((Vec::new(), 0));
-    let mut crop_rng = crate::math::rng::derive(ctx.seed, "outlier-crop");
+    let crop_rng = RefCell::new(crate::math::rng::derive(ctx.seed, "outlier-crop"));
+    let choice = RefCell::new(choice);
+    // What a resumed run needs beside the weights: the crop stream and the choice's state (the
+    // epoch's outliers are chosen again at its start, from the restored state).
+    let record = || {
+        let mut record = choice.borrow().record();
+        record.streams.insert("outlier-crop".to_string(), crop_rng.borrow().get_word_pos());
+        record
+    };
+    let restore_side = |record: &SideRecord| {
+        let crop = record.streams.get("outlier-crop").copied();
+        crop_rng.borrow_mut().set_word_pos(
+            crop.ok_or_else(|| StageError::Internal("resume state: no `outlier-crop` stream".into()))?,
+        );
+        choice.borrow_mut().restore(record)
+    };
     fit(
         ctx,
         &id,
@@ -170,7 +204,7 @@ pub fn fine_tune_with_outliers(
             vars: params.trainable_vars(),
             before_epoch: &mut |epoch| {
                 let candidates = Candidates { pool: &pool, net: &net, id: &id, aux: &aux };
-                let outliers = choice.choose(epoch, per_epoch, &candidates, ctx)?;
+                let outliers = choice.borrow_mut().choose(epoch, per_epoch, &candidates, ctx)?;
                 *chosen.borrow_mut() = (outliers, 0);
                 Ok(())
             },
@@ -181,7 +215,8 @@ pub fn fine_tune_with_outliers(
                     state.1 += 1;
                     state.0[start..start + aux_batch].to_vec()
                 };
-                let (outliers, _) = batch(&aux, &indices, config.crop_padding, &mut crop_rng, ctx.device)?;
+                let (outliers, _) =
+                    batch(&aux, &indices, config.crop_padding, &mut crop_rng.borrow_mut(), ctx.device)?;
                 let n = images.dim(0)?;
                 let joined = Tensor::cat(&[images, &outliers], 0)?;
                 let logits = net.forward(&joined, mode)?.logits;
@@ -197,9 +232,8 @@ pub fn fine_tune_with_outliers(
             },
             snapshot: &|| Ok(params.values()),
             trained: &|| params.values(),
-            // The outlier schedule and POEM's posterior live in the closures above and are not
-            // recorded: these stages start over after a kill.
-            restore: None,
+            restore: Some(&|values| params.restore(values)),
+            side: Some(Side { record: &record, restore: &restore_side }),
             label,
         },
     )

@@ -32,6 +32,9 @@ pub struct State {
     /// What training changes.
     pub trained: BTreeMap<String, Tensor>,
     pub momentum: Vec<Option<Tensor>>,
+    /// The stage's own state beside its tensors (POEM's ring buffer and log): JSON, its
+    /// floats kept bit for bit.
+    pub side: serde_json::Value,
 }
 
 /// `latest.json`.
@@ -47,6 +50,8 @@ struct Latest {
     momentum: Vec<bool>,
     tensors_blake3: String,
     checkpoints_blake3: BTreeMap<usize, String>,
+    #[serde(default)]
+    side: serde_json::Value,
 }
 
 /// Floats as their bit patterns (`"f64:<hex>"`): JSON text round-trips an f64 only to within
@@ -132,6 +137,7 @@ pub fn save(dir: &Path, state: &State, out_dir: &Path) -> Result<(), StageError>
         momentum: state.momentum.iter().map(Option::is_some).collect(),
         tensors_blake3: digest(&folder.join(TENSORS))?,
         checkpoints_blake3,
+        side: exact_floats(&state.side),
     };
     let tmp = dir.join("latest.json.tmp");
     crate::formats::json::write_json(&tmp, &latest)?;
@@ -199,6 +205,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<(State, Vec<PathBuf>)>
         streams,
         trained: tensors,
         momentum,
+        side: plain_floats(&latest.side),
     };
     Ok(Some((state, checkpoints)))
 }
