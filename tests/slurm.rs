@@ -320,3 +320,30 @@ fn a_request_no_node_can_meet_fails_at_once_with_the_reason() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn a_detached_coordinator_runs_as_a_job_and_status_follows_it() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &(tiny_recipe(2, "[\"msp\"]") + EXECUTOR));
+    let cache = dir.path().join("cache");
+    let out = pipeline()
+        .args(["run", "--executor", "slurm", "--detach", "--cache"])
+        .arg(&cache)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the coordinator is job"), "{}", stderr(&out));
+    let status = || {
+        let out = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for("the detached run to finish", 180, || status().contains("0 of 5 stage(s) will run"));
+    let text = status();
+    assert!(text.contains("coordinator: job") && text.contains("completed"), "{text}");
+    let out = pipeline().args(["run", "--detach"]).arg(&recipe).output().unwrap();
+    assert!(stderr(&out).contains("--detach needs --executor slurm"), "{}", stderr(&out));
+}

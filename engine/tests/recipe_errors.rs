@@ -197,3 +197,54 @@ fn a_remote_table_names_the_default_remote_and_changes_no_key() {
     let errors = load(&format!("[remote]\n\n{body}")).err().expect("invalid");
     assert!(errors.iter().any(|d| d.message.contains("[remote] has no `url`")));
 }
+
+#[test]
+fn resources_and_the_slurm_table_are_checked_at_their_position_and_change_no_key() {
+    let body = "[datasets.noise]\nformat = \"uniform-noise\"\ncount = 8\n\n[stages.base]\nkind = \"train\"\ndata = \"noise\"\n";
+    let with = load(&format!(
+        "{body}resources = {{ gpus = 1, cpus = 8, mem = \"32G\", time = \"12:00:00\" }}\n\n\
+         [executor.slurm]\npartition = \"gpu\"\nextra = [\"--constraint=a100\"]\ndefaults = {{ mem = \"8G\" }}\n\
+         kinds.train = {{ time = \"2-00:00:00\" }}\n"
+    ))
+    .expect("valid");
+    let without = load(body).expect("valid");
+    assert_eq!(with.stages[0].stage().params(), without.stages[0].stage().params(), "in no cache key");
+    assert_eq!(with.stages[0].resources.gpus, Some(1));
+    assert_eq!(with.stages[0].resources.mem.as_deref(), Some("32G"));
+    assert_eq!(with.slurm.partition.as_deref(), Some("gpu"));
+    assert_eq!(with.slurm.extra, ["--constraint=a100"]);
+    assert_eq!(with.slurm.kinds["train"].time.as_deref(), Some("2-00:00:00"));
+
+    let text = format!(
+        "{body}resources = {{ gpus = -1, mem = \"32000\", time = \"12h\", disk = 3 }}\n\n\
+         [executor.slurm]\npartition = \"gpu partition\"\nretries = \"many\"\nkinds.trian = {{ cpus = 2 }}\nqueue = 1\n"
+    );
+    let errors = load(&text).err().expect("invalid");
+    let rendered: Vec<String> =
+        errors.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect();
+    let line = line_of(&text, "resources =");
+    let column = |needle: &str| text.lines().nth(line - 1).unwrap().find(needle).unwrap() + 1;
+    for (col, needle) in [
+        (column("-1"), "`gpus` must be a whole number"),
+        (column("\"32000\""), "has no unit; write \"32000M\" or \"32000G\""),
+        (column("\"12h\""), "is not a Slurm time"),
+        (column("3 }"), "unknown resource `disk`"),
+    ] {
+        assert!(
+            rendered.iter().any(|r| r.starts_with(&format!("{line}:{col}:")) && r.contains(needle)),
+            "{needle} at {line}:{col} in {rendered:?}"
+        );
+    }
+    for (needle, message) in [
+        ("partition =", "`partition` must be a name"),
+        ("retries =", "`retries` must be a whole number"),
+        ("kinds.trian", "unknown stage kind `trian`"),
+        ("queue =", "unknown key `queue` in [executor.slurm]"),
+    ] {
+        let at = line_of(&text, needle);
+        assert!(
+            rendered.iter().any(|r| r.starts_with(&format!("{at}:")) && r.contains(message)),
+            "{message} in {rendered:?}"
+        );
+    }
+}

@@ -106,7 +106,20 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     }
     let store = open_store(request.cache.clone())?;
     if request.detach {
-        return super::slurm::detach(request, &recipe, &store, shell);
+        let mut flags = Vec::new();
+        for only in request.only {
+            flags.extend(["--only".to_string(), only.clone()]);
+        }
+        for force in request.force {
+            flags.extend(["--force".to_string(), force.clone()]);
+        }
+        if let Some(remote) = request.remote {
+            flags.extend(["--remote".to_string(), remote.to_string()]);
+            if request.remote_read_only {
+                flags.push("--remote-read-only".into());
+            }
+        }
+        return super::slurm::detach(request.recipe, &flags, &recipe, &store, shell);
     }
     // The coordinator computes nothing itself: the device is the jobs' business.
     let (device, notice) = if request.slurm {

@@ -1,6 +1,5 @@
 //! `run --executor slurm`: starting the executor (Ctrl-C cancels the jobs it submitted) and
 //! `--detach`, which submits the coordinator itself as a job so that it survives logout.
-use super::commands::RunRequest;
 use super::exit::Status;
 use super::shell::Shell;
 use crate::error::EngineError;
@@ -39,8 +38,14 @@ pub fn start(
     Ok(executor)
 }
 
-/// Submits `pipeline run RECIPE --executor slurm` (with the request's flags) as one small job.
-pub fn detach(request: &RunRequest, recipe: &Recipe, store: &Store, shell: &Shell) -> anyhow::Result<Status> {
+/// Submits `pipeline run RECIPE --executor slurm FLAGS…` as one small job.
+pub fn detach(
+    recipe_path: &std::path::Path,
+    flags: &[String],
+    recipe: &Recipe,
+    store: &Store,
+    shell: &Shell,
+) -> anyhow::Result<Status> {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let binary = std::env::current_exe()?;
     let logs = store.root().join("logs").join("slurm");
@@ -49,24 +54,13 @@ pub fn detach(request: &RunRequest, recipe: &Recipe, store: &Store, shell: &Shel
     let mut command = vec![
         binary.display().to_string(),
         "run".into(),
-        absolute(request.recipe).display().to_string(),
+        absolute(recipe_path).display().to_string(),
         "--executor".into(),
         "slurm".into(),
         "--cache".into(),
         absolute(store.root()).display().to_string(),
     ];
-    for only in request.only {
-        command.extend(["--only".to_string(), only.clone()]);
-    }
-    for force in request.force {
-        command.extend(["--force".to_string(), force.clone()]);
-    }
-    if let Some(remote) = request.remote {
-        command.extend(["--remote".to_string(), remote.to_string()]);
-        if request.remote_read_only {
-            command.push("--remote-read-only".into());
-        }
-    }
+    command.extend(flags.iter().cloned());
     let quoted: Vec<String> = command
         .iter()
         .map(|w| shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| w.clone()))
@@ -105,7 +99,7 @@ pub fn detach(request: &RunRequest, recipe: &Recipe, store: &Store, shell: &Shel
         &format!(
             "the coordinator is job {id}; its log: {}; `pipeline status {}` shows where the run stands",
             log.display().to_string().replace("%j", &id),
-            request.recipe.display()
+            recipe_path.display()
         ),
     );
     shell.emit(serde_json::json!({"event": "detached", "job": id}));
