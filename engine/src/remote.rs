@@ -56,6 +56,9 @@ pub fn project_remote(path: &Path) -> Result<Option<String>, RemoteConfigError> 
     #[serde(deny_unknown_fields)]
     struct Project {
         remote: Option<RemoteTable>,
+        /// Site settings for the executors, read by [`crate::recipe::project`].
+        #[allow(dead_code)]
+        executor: Option<toml::Value>,
     }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -4,9 +4,27 @@ use super::exit::Status;
 use super::shell::Shell;
 use crate::error::EngineError;
 use crate::executor::slurm::SlurmExecutor;
+use crate::recipe::project;
+use crate::recipe::resources::SlurmSettings;
 use crate::recipe::Recipe;
 use cache::Store;
 use std::sync::Arc;
+
+/// The recipe's `[executor.slurm]` over the nearest `pipeline.toml`'s (site settings: partition,
+/// account, default resources); the project file's errors are printed with their positions.
+pub fn settings(recipe: &Recipe, shell: &Shell) -> Result<SlurmSettings, EngineError> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| std::path::PathBuf::from("."));
+    let Some(path) = project::find(&cwd) else { return Ok(recipe.slurm.clone()) };
+    match project::slurm_settings(&path) {
+        Ok(site) => Ok(recipe.slurm.over(&site)),
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                shell.diagnostic(&d.render());
+            }
+            Err(EngineError::Recipe { path, count: diagnostics.len() })
+        }
+    }
+}
 
 /// The executor for this run; Ctrl-C cancels what it submitted and exits with 130.
 pub fn start(
@@ -15,8 +33,9 @@ pub fn start(
     store: &Store,
     shell: &Shell,
 ) -> Result<Arc<SlurmExecutor>, EngineError> {
+    let settings = settings(recipe, shell)?;
     let executor = Arc::new(
-        SlurmExecutor::new(recipe, recipe_path, store.root())
+        SlurmExecutor::new(recipe, recipe_path, store.root(), settings)
             .map_err(|e| EngineError::Usage(e.to_string()))?,
     );
     let on_interrupt = Arc::clone(&executor);
@@ -47,6 +66,7 @@ pub fn detach(
     shell: &Shell,
 ) -> anyhow::Result<Status> {
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let site = settings(recipe, shell)?;
     let binary = std::env::current_exe()?;
     let logs = store.root().join("logs").join("slurm");
     std::fs::create_dir_all(&logs)?;
@@ -72,11 +92,7 @@ pub fn detach(
         "--cpus-per-task=1".into(),
         "--mem=1G".into(),
     ];
-    for (flag, value) in [
-        ("partition", &recipe.slurm.partition),
-        ("account", &recipe.slurm.account),
-        ("qos", &recipe.slurm.qos),
-    ] {
+    for (flag, value) in [("partition", &site.partition), ("account", &site.account), ("qos", &site.qos)] {
         if let Some(value) = value {
             args.push(format!("--{flag}={value}"));
         }

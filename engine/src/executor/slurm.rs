@@ -65,22 +65,28 @@ pub enum SlurmError {
 }
 
 impl SlurmExecutor {
-    /// An executor for `recipe` (read from `recipe_path`) committing into the cache at `cache`;
-    /// asks `squeue` once for the jobs of an earlier coordinator to re-attach to.
-    pub fn new(recipe: &Recipe, recipe_path: &Path, cache: &Path) -> Result<SlurmExecutor, SlurmError> {
+    /// An executor for `recipe` (read from `recipe_path`) committing into the cache at `cache`,
+    /// submitting with `settings` (the recipe's over the project's); asks `squeue` once for the
+    /// jobs of an earlier coordinator to re-attach to.
+    pub fn new(
+        recipe: &Recipe,
+        recipe_path: &Path,
+        cache: &Path,
+        settings: SlurmSettings,
+    ) -> Result<SlurmExecutor, SlurmError> {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let cache = absolute(cache);
         let logs = cache.join("logs").join("slurm");
         std::fs::create_dir_all(&logs).map_err(|source| SlurmError::Logs { path: logs.clone(), source })?;
         let binary = std::env::current_exe().map_err(SlurmError::Binary)?;
         let executor = SlurmExecutor {
-            settings: recipe.slurm.clone(),
+            poll: Duration::from_secs_f64(settings.poll_seconds.unwrap_or(DEFAULT_POLL)),
+            settings,
             gpu_recipe: recipe.device != stages::device::DeviceChoice::Cpu,
             binary,
             recipe: absolute(recipe_path),
             cache,
             logs,
-            poll: Duration::from_secs_f64(recipe.slurm.poll_seconds.unwrap_or(DEFAULT_POLL)),
             queue: Mutex::new(Queue::default()),
             changed: Condvar::new(),
             submitted: Mutex::new(BTreeSet::new()),
@@ -334,18 +340,20 @@ impl Executor for SlurmExecutor {
         let args = self.sbatch_args(&name, &job.instance.label, &resources, job.forced);
         let log = self.log_path(&name);
         let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-        let (mut id, mut since) = match attached {
+        // Only a poll that starts after the job is known to Slurm (sbatch has returned) may
+        // say that it is gone.
+        let mut id = match attached {
             Some(id) => {
                 reporter.job(job.instance, &id, "re-attached (submitted by an earlier coordinator)");
-                (id, Instant::now() - self.poll * 2)
+                id
             }
             None => {
-                let since = Instant::now();
                 let id = self.submit(&args, &resources)?;
                 reporter.job(job.instance, &id, &format!("submitted ({})", describe(&resources)));
-                (id, since)
+                id
             }
         };
+        let mut since = Instant::now();
         let mut last: Option<JobRow> = None;
         let mut out_of_time = 0;
         let mut lost = 0;
@@ -397,8 +405,8 @@ impl Executor for SlurmExecutor {
                 }
                 Meaning::Failed(why) => return Err(format!("job {id}: {why}; {}", log_tail(&log))),
             };
-            since = Instant::now();
             let new_id = self.submit(&args, &resources)?;
+            since = Instant::now();
             reporter.job(job.instance, &new_id, &format!("resubmitted: job {id} {again}; it resumes"));
             id = new_id;
             last = None;

@@ -6,6 +6,7 @@
 //! through its own typed parameters, then references and cycles ([`crate::graph`]).
 pub mod diagnostic;
 pub mod env;
+pub mod project;
 pub mod resources;
 pub mod sweep;
 pub mod tree;

@@ -207,6 +207,28 @@ pub struct SlurmSettings {
     pub retries: Option<u32>,
 }
 
+impl SlurmSettings {
+    /// These settings (a recipe's), with what they leave open taken from `site` (the project's
+    /// `pipeline.toml`).
+    pub fn over(&self, site: &SlurmSettings) -> SlurmSettings {
+        let mut kinds = site.kinds.clone();
+        for (kind, resources) in &self.kinds {
+            let merged = resources.or(&site.kinds.get(kind).cloned().unwrap_or_default());
+            kinds.insert(kind.clone(), merged);
+        }
+        SlurmSettings {
+            partition: self.partition.clone().or_else(|| site.partition.clone()),
+            account: self.account.clone().or_else(|| site.account.clone()),
+            qos: self.qos.clone().or_else(|| site.qos.clone()),
+            extra: if self.extra.is_empty() { site.extra.clone() } else { self.extra.clone() },
+            defaults: self.defaults.or(&site.defaults),
+            kinds,
+            poll_seconds: self.poll_seconds.or(site.poll_seconds),
+            retries: self.retries.or(site.retries),
+        }
+    }
+}
+
 pub const SLURM_KEYS: &[&str] =
     &["partition", "account", "qos", "extra", "defaults", "kinds", "poll_seconds", "retries"];
 
@@ -319,6 +341,40 @@ mod tests {
         assert!(check_memory("32X").unwrap_err().contains("unknown unit"));
         assert!(check_memory("G").is_err());
         assert!(check_memory("-3G").is_err());
+    }
+
+    #[test]
+    fn a_recipe_s_slurm_settings_go_over_the_site_s() {
+        let site = SlurmSettings {
+            partition: Some("gpu".into()),
+            account: Some("lab".into()),
+            defaults: Resources { mem: Some("8G".into()), cpus: Some(2), ..Default::default() },
+            kinds: [(
+                "train".to_string(),
+                Resources { time: Some("2-0".into()), gpus: Some(1), ..Default::default() },
+            )]
+            .into(),
+            retries: Some(5),
+            ..Default::default()
+        };
+        let recipe = SlurmSettings {
+            partition: Some("short".into()),
+            defaults: Resources { mem: Some("1G".into()), ..Default::default() },
+            kinds: [("train".to_string(), Resources { gpus: Some(2), ..Default::default() })].into(),
+            ..Default::default()
+        };
+        let merged = recipe.over(&site);
+        assert_eq!(merged.partition.as_deref(), Some("short"));
+        assert_eq!(merged.account.as_deref(), Some("lab"));
+        assert_eq!(
+            merged.defaults,
+            Resources { mem: Some("1G".into()), cpus: Some(2), ..Default::default() }
+        );
+        assert_eq!(
+            merged.kinds["train"],
+            Resources { gpus: Some(2), time: Some("2-0".into()), ..Default::default() }
+        );
+        assert_eq!(merged.retries, Some(5));
     }
 
     #[test]
