@@ -104,6 +104,16 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     if request.detach && !request.slurm {
         return Err(EngineError::Usage("--detach needs --executor slurm".into()).into());
     }
+    // The coordinator computes nothing itself: the device is the jobs' business. Elsewhere a
+    // device that cannot be had is an error before anything (even the cache) is touched.
+    let (device, notice) = if request.slurm {
+        (stages::device::Device::Cpu, None)
+    } else {
+        stages::device::select(recipe.device).map_err(EngineError::Device)?
+    };
+    if let Some(notice) = notice {
+        shell.warn(&notice);
+    }
     let store = open_store(request.cache.clone())?;
     if request.detach {
         let mut flags = Vec::new();
@@ -120,15 +130,6 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
             }
         }
         return super::slurm::detach(request.recipe, &flags, &recipe, &store, shell);
-    }
-    // The coordinator computes nothing itself: the device is the jobs' business.
-    let (device, notice) = if request.slurm {
-        (stages::device::Device::Cpu, None)
-    } else {
-        stages::device::select(recipe.device).map_err(EngineError::Device)?
-    };
-    if let Some(notice) = notice {
-        shell.warn(&notice);
     }
     let slurm = match request.slurm {
         true => Some(super::slurm::start(&recipe, request.recipe, &store, shell)?),
