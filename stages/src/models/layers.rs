@@ -57,7 +57,7 @@ impl BatchNorm2d {
 
     /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::kernels::fused_bn`]), op by op elsewhere.
     pub fn forward_relu(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
-        if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+        if !super::kernels::dispatch::custom_applies(x) {
             return Ok(self.forward(x, mode)?.relu()?);
         }
         let c = x.dim(1)?;

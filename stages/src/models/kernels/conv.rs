@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 /// Convolution without bias, square kernel, equal stride and padding on both axes.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
+    if !super::dispatch::custom_applies(x) {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
     let (n, c, h, w) = x.dims4()?;
