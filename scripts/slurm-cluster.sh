@@ -35,7 +35,8 @@ install)
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             slurmctld slurmd slurm-client munge >/dev/null
     fi
-    sbatch --version
+    # (`sbatch --version` would fail here: without SLURM_CONF it looks for a cluster first.)
+    dpkg-query -W -f='${Package} ${Version}\n' slurmctld slurmd slurm-client munge
     exit 0
     ;;
 stop)
