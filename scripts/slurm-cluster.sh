@@ -8,7 +8,8 @@
 #   bash scripts/slurm-cluster.sh start     # prints `export SLURM_CONF=…`
 #   bash scripts/slurm-cluster.sh stop
 #
-# Environment: SLURM_SCRATCH (default target/slurm), SLURM_CPUS (default: nproc),
+# Environment: SLURM_SCRATCH (default target/slurm), SLURM_CPUS (default: twice nproc, so that
+# the tests' small jobs may share the cores, as `SlurmdParameters=config_overrides` allows),
 # SLURM_MEM_MB (default 4000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ esac
 
 stop
 host="$(hostname -s)"
-cpus="${SLURM_CPUS:-$(nproc)}"
+cpus="${SLURM_CPUS:-$(( $(nproc) * 2 ))}"
 mem="${SLURM_MEM_MB:-4000}"
 rm -rf "$scratch/state" "$scratch/spool"
 mkdir -p "$scratch/state" "$scratch/spool" "$scratch/munge" "$scratch/dev" "$scratch/log"
@@ -95,6 +96,7 @@ SchedulerParameters=sched_min_interval=100000,batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+SlurmdParameters=config_overrides
 MinJobAge=3600
 GresTypes=gpu
 StateSaveLocation=$scratch/state

@@ -293,10 +293,76 @@ fn a_restarted_coordinator_reattaches_to_its_job_and_a_requeued_job_resumes_bit_
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .collect::<String>();
     assert!(log.contains("resuming after epoch"), "the requeued job resumed: {log}");
+    // At most the epoch in progress is lost: the rerun resumes after the last epoch the killed
+    // attempt finished.
+    let (before, after) = log.split_once("resuming after epoch ").unwrap();
+    let resumed: usize = after.split('/').next().unwrap().parse().unwrap();
+    let finished = before
+        .match_indices("train epoch ")
+        .filter_map(|(at, _)| before[at + 12..].split('/').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap();
+    assert_eq!(resumed, finished, "resumed after the last finished epoch: {log}");
     assert_eq!(outputs(&local), outputs(&slurm), "bit-identical to the uninterrupted local run");
     let shown = scontrol_job(&job);
     let restarts: BTreeSet<&str> = shown.split_whitespace().filter(|w| w.starts_with("Restarts=")).collect();
     assert_eq!(restarts, BTreeSet::from(["Restarts=1"]));
+}
+
+#[test]
+fn a_job_that_hits_its_time_limit_is_resubmitted_and_resumes() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Well over Slurm's shortest time limit (one minute; Slurm enforces it within about half a
+    // minute more); allowed many attempts, since how much each gets done depends on the load.
+    let recipe = long_training(dir.path(), 4000);
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("checkpoint_every = 2\n", "checkpoint_every = 500\nresources = { time = \"1\" }\n")
+        + "retries = 20\n";
+    std::fs::write(&recipe, text).unwrap();
+    let (out, events) = slurm_run(&recipe, &dir.path().join("cache"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let resubmitted: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "job" && e["state"].as_str().unwrap_or_default().contains("hit its time limit")
+        })
+        .collect();
+    assert!(!resubmitted.is_empty(), "the first job ran out of time and was resubmitted: {events:?}");
+    let log: String = std::fs::read_dir(dir.path().join("cache/logs/slurm"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(log.contains("resuming after epoch"), "{log}");
+}
+
+#[test]
+fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 40);
+    let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
+    let mut job = None;
+    wait_for("the job to run", 120, || {
+        while let Ok(e) = events.try_recv() {
+            if e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("running") {
+                job = e["job"].as_str().map(str::to_string);
+            }
+        }
+        job.is_some()
+    });
+    let job = job.unwrap();
+    let signal = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted");
+    wait_for("the job to be cancelled", 60, || scontrol_job(&job).contains("JobState=CANCELLED"));
 }
 
 #[test]
@@ -341,7 +407,7 @@ fn a_detached_coordinator_runs_as_a_job_and_status_follows_it() {
         let out = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    wait_for("the detached run to finish", 180, || status().contains("0 of 5 stage(s) will run"));
+    wait_for("the detached run to finish", 400, || status().contains("0 of 5 stage(s) will run"));
     // The coordinator's job ends a moment after its last stage is committed.
     wait_for("the coordinator's job to complete", 60, || {
         let text = status();

@@ -85,6 +85,9 @@ pub struct JobSpec<'a> {
     pub resources: &'a Resources,
     /// Recompute even though the entry exists.
     pub forced: bool,
+    /// Whether the instance's entry is committed now (a job killed just after committing has
+    /// still done its work).
+    pub committed: &'a dyn Fn() -> bool,
 }
 
 pub struct RunOptions<'a> {
@@ -365,7 +368,15 @@ fn run_instance(
         // The job takes the key's lock itself (on its node); this process holds none meanwhile.
         drop(lock);
         reporter.started(instance, &key);
-        let job = JobSpec { instance, key: &key, kind: decl.kind.name(), resources: &decl.resources, forced };
+        let committed = || matches!(store.lookup(&key), Ok(Some(_)));
+        let job = JobSpec {
+            instance,
+            key: &key,
+            kind: decl.kind.name(),
+            resources: &decl.resources,
+            forced,
+            committed: &committed,
+        };
         let started = Instant::now();
         let ended = executor.compute(&job, reporter);
         let seconds = started.elapsed().as_secs_f64();

@@ -384,6 +384,7 @@ impl Executor for SlurmExecutor {
                     continue;
                 }
                 Meaning::Ended => return Ok(()),
+                Meaning::Lost | Meaning::OutOfTime if (job.committed)() => return Ok(()),
                 Meaning::Lost => {
                     lost += 1;
                     if lost > MAX_LOST {
