@@ -50,7 +50,7 @@ def worker(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, shape = bench_net(args.net)
-    model.train()
+    model.eval() if args.eval else model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
     images = torch.rand(args.batch, *shape)
     labels = torch.randint(0, 10, (args.batch,))
@@ -59,17 +59,22 @@ def worker(args):
         if step == args.warmup:
             rss_before, reset = proc_status("VmRSS"), reset_peak()
         start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-        loss.backward()
-        opt.step()
-        value = loss.item()
+        if args.eval:
+            # Scoring: evaluation mode, no autograd graph, the logits read back.
+            with torch.inference_mode():
+                value = model(images).sum().item()
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            opt.step()
+            value = loss.item()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
         if value != value:
             raise SystemExit(f"loss is NaN at step {step}")
     print(json.dumps({
-        "framework": "pytorch " + torch.__version__, "net": args.net, "batch": args.batch,
+        "framework": "pytorch " + torch.__version__, "net": args.net, "mode": "eval" if args.eval else "train", "batch": args.batch,
         "threads": torch.get_num_threads(), "learnable_weights": learnable(model),
         "step_seconds": times, "peak_rss_bytes": proc_status("VmHWM") if reset else None,
         "rss_before_bytes": rss_before,
@@ -91,13 +96,16 @@ def compare(args):
     rows = []
     for net in args.nets:
         model, shape = bench_net(net)
-        flops = training_flops(model, shape, args.batch)
+        # A forward pass is about a third of a training step's work.
+        flops = training_flops(model, shape, args.batch) / (3 if args.eval else 1)
         warmup, steps = STEPS[net]
         for threads in args.threads:
             base = dict(os.environ)
             ours_env = {**base, "RAYON_NUM_THREADS": str(threads)}
             torch_env = {**base, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
             common = ["--net", net, "--batch", str(args.batch), "--warmup", str(warmup), "--steps", str(steps)]
+            if args.eval:
+                common.append("--eval")
             ours_cmd = [args.binary, "bench-train", *common]
             torch_cmd = [sys.executable, os.path.abspath(__file__), "worker", *common, "--threads", str(threads)]
             ours, theirs = [], []
@@ -129,7 +137,8 @@ def compare(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
-    print(f"worst step-time ratio vs PyTorch: {max(r['ratio'] for r in rows):.2f}")
+    what = "evaluation-batch" if args.eval else "step"
+    print(f"worst {what}-time ratio vs PyTorch: {max(r['ratio'] for r in rows):.2f}")
 
 
 def main():
@@ -138,6 +147,7 @@ def main():
     w = sub.add_parser("worker", help="one PyTorch run, one JSON line")
     for p in (parser, w):
         p.add_argument("--batch", type=int, default=64)
+        p.add_argument("--eval", action="store_true", help="time evaluation-mode forward passes (scoring) instead of training steps")
     w.add_argument("--net", required=True, choices=sorted(STEPS))
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--warmup", type=int, default=1)

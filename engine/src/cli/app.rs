@@ -155,8 +155,8 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             metrics::metrics(&id, &ood, convention, shell)
         }
         Command::Compare { before, after, json: _ } => metrics::compare(&before, &after, shell),
-        Command::BenchTrain { net, batch, warmup, steps, seed, device } => {
-            bench::bench_train(&net, batch, warmup, steps, seed, &device, shell)
+        Command::BenchTrain { net, eval, batch, warmup, steps, seed, device } => {
+            bench::bench_train(&net, eval, batch, warmup, steps, seed, &device, shell)
         }
         Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
         Command::Fetch { name, to, archive, json: _ } => {

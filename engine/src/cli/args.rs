@@ -239,6 +239,9 @@ pub enum Command {
         /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100 or wrn-40-4
         #[arg(long)]
         net: String,
+        /// Time evaluation-mode forward passes (scoring) instead of training steps
+        #[arg(long)]
+        eval: bool,
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Untimed steps first

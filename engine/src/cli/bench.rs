@@ -19,8 +19,10 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bench_train(
     net: &str,
+    eval: bool,
     batch: usize,
     warmup: usize,
     steps: usize,
@@ -42,16 +44,37 @@ pub fn bench_train(
     }
     let mut rss_before = None;
     let mut peak_reset = false;
-    let times =
-        stages::estimate::throughput::time_training_steps(&spec, batch, warmup, steps, seed, &device, || {
-            rss_before = proc_status_bytes("VmRSS");
-            peak_reset = reset_peak_rss();
-        })
-        .with_context(|| format!("benchmarking {net}"))?;
+    let before_timed = || {
+        rss_before = proc_status_bytes("VmRSS");
+        peak_reset = reset_peak_rss();
+    };
+    let times = if eval {
+        stages::estimate::throughput::time_evaluation_batches(
+            &spec,
+            batch,
+            warmup,
+            steps,
+            seed,
+            &device,
+            before_timed,
+        )
+    } else {
+        stages::estimate::throughput::time_training_steps(
+            &spec,
+            batch,
+            warmup,
+            steps,
+            seed,
+            &device,
+            before_timed,
+        )
+    }
+    .with_context(|| format!("benchmarking {net}"))?;
     let peak = proc_status_bytes("VmHWM");
     let line = serde_json::json!({
         "framework": "pipeline",
         "net": net,
+        "mode": if eval { "eval" } else { "train" },
         "batch": batch,
         "threads": rayon::current_num_threads(),
         "device": device::describe(&device),

@@ -86,6 +86,43 @@ pub fn time_training_steps(
     Ok(times)
 }
 
+/// Seconds of each of `steps` evaluation-mode forward passes (batch-norm running statistics, no
+/// gradient graph: the network holds detached weights) of a batch of `batch` seeded random
+/// images, after `warmup` untimed ones: what scoring costs per batch.
+pub fn time_evaluation_batches(
+    spec: &ModelSpec,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    seed: u64,
+    device: &Device,
+    mut before_timed: impl FnMut(),
+) -> Result<Vec<f64>, StageError> {
+    let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
+    let net = Network::new(spec, &Parameters::frozen(spec, values)?, device)?;
+    let mut data_rng = rng::derive(seed, "bench-data");
+    let [c, h, w] = spec.input_shape;
+    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
+    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        if step == warmup {
+            before_timed();
+        }
+        let start = Instant::now();
+        let logits = net.forward(&images, &mut Mode::Eval)?.logits;
+        // Reading a value waits for the batch to finish (asynchronous devices).
+        let total: f32 = logits.sum_all()?.to_scalar()?;
+        if !total.is_finite() {
+            return Err(StageError::Unsuitable(format!("benchmark logits sum to {total} at batch {step}")));
+        }
+        if step >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +146,16 @@ mod tests {
         let mut marked = 0;
         let times = time_training_steps(&spec, 4, 1, 2, 0, &Device::Cpu, || marked += 1).unwrap();
         assert_eq!(times.len(), 2);
+        assert_eq!(marked, 1);
+        assert!(times.iter().all(|&t| t > 0.0));
+    }
+
+    #[test]
+    fn evaluation_batches_are_timed_after_the_warmup() {
+        let spec = bench_spec("small-cnn").unwrap();
+        let mut marked = 0;
+        let times = time_evaluation_batches(&spec, 8, 2, 3, 0, &Device::Cpu, || marked += 1).unwrap();
+        assert_eq!(times.len(), 3);
         assert_eq!(marked, 1);
         assert!(times.iter().all(|&t| t > 0.0));
     }
