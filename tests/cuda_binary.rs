@@ -5,7 +5,6 @@
 //! after building.
 mod common;
 use common::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,23 +14,6 @@ fn cuda_binary() -> Option<PathBuf> {
         eprintln!("note: PIPELINE_CUDA_BINARY is not set; the CUDA binary's checks are skipped");
     }
     path
-}
-
-/// Every committed output: (entry, file) → bytes.
-fn outputs(cache: &Path) -> BTreeMap<(String, String), Vec<u8>> {
-    let mut all = BTreeMap::new();
-    for entry in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
-        let key = entry.file_name().to_string_lossy().into_owned();
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
-        for name in manifest["files"].as_object().unwrap().keys() {
-            all.insert(
-                (key.clone(), name.clone()),
-                std::fs::read(entry.path().join("out").join(name)).unwrap(),
-            );
-        }
-    }
-    all
 }
 
 #[test]
@@ -57,7 +39,11 @@ fn the_cuda_binary_starts_without_a_driver_and_computes_the_cpu_bytes() {
         return;
     }
     assert!(stderr(&out).contains("no usable CUDA device (cannot load libcuda"), "{}", stderr(&out));
-    assert_eq!(outputs(&cpu), outputs(&cuda), "the CUDA build computes the CPU build's bytes on the CPU");
+    assert_eq!(
+        outputs_by_key(&cpu),
+        outputs_by_key(&cuda),
+        "the CUDA build computes the CPU build's bytes on the CPU"
+    );
 
     let strict = write_recipe(dir.path(), &text.replace("device = \"cpu\"", "device = \"cuda\""));
     let out = Command::new(&binary).arg("run").arg(&strict).arg("--cache").arg(&cuda).output().unwrap();

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,20 +37,6 @@ fn slurm_run(recipe: &Path, cache: &Path, extra: &[&str]) -> (std::process::Outp
     let mut args = vec!["--executor", "slurm"];
     args.extend_from_slice(extra);
     run(recipe, cache, &args)
-}
-
-/// Every output file of every committed entry: (entry, path) → bytes.
-fn outputs(cache: &Path) -> BTreeMap<(String, String), Vec<u8>> {
-    let mut all = BTreeMap::new();
-    for entry in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
-        let manifest: Value =
-            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
-        for name in manifest["files"].as_object().unwrap().keys() {
-            let key = entry.file_name().to_string_lossy().into_owned();
-            all.insert((key, name.clone()), std::fs::read(entry.path().join("out").join(name)).unwrap());
-        }
-    }
-    all
 }
 
 /// The job ids the coordinator's events name for `stage`, in order.
@@ -102,7 +88,7 @@ fn the_smoke_recipe_under_slurm_gives_the_local_bytes_and_asks_for_its_gpu() {
     let (out, events) = slurm_run(&recipe, &slurm, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stages_with(&events, "finished").len(), 5, "every instance computed by a job");
-    assert_eq!(outputs(&local), outputs(&slurm), "same keys, same bytes as the local executor");
+    assert_eq!(outputs_by_key(&local), outputs_by_key(&slurm), "same keys, same bytes as the local executor");
 
     let base = jobs_of(&events, "base@0");
     assert_eq!(base.len(), 1);
@@ -226,6 +212,20 @@ checkpoint_every = 2
     write_recipe(dir, &text)
 }
 
+/// The id of the first job the coordinator reports running (waits up to two minutes).
+fn running_job(events: &std::sync::mpsc::Receiver<Value>) -> String {
+    let mut job = None;
+    wait_for("the job to run", 120, || {
+        while let Ok(e) = events.try_recv() {
+            if e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("running") {
+                job = e["job"].as_str().map(str::to_string);
+            }
+        }
+        job.is_some()
+    });
+    job.unwrap()
+}
+
 /// The epochs done of the resume state under `cache`, if any.
 fn epochs_done(cache: &Path) -> Option<u64> {
     std::fs::read_dir(cache.join("resume")).ok()?.flatten().find_map(|item| {
@@ -256,16 +256,7 @@ fn a_restarted_coordinator_reattaches_to_its_job_and_a_requeued_job_resumes_bit_
 
     // The coordinator is killed while its job runs; the job goes on.
     let (mut first, events) = spawn_coordinator(&recipe, &slurm);
-    let mut job = None;
-    wait_for("the job to run", 120, || {
-        while let Ok(e) = events.try_recv() {
-            if e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("running") {
-                job = e["job"].as_str().map(str::to_string);
-            }
-        }
-        job.is_some()
-    });
-    let job = job.unwrap();
+    let job = running_job(&events);
     first.kill().unwrap();
     first.wait().unwrap();
 
@@ -303,7 +294,11 @@ fn a_restarted_coordinator_reattaches_to_its_job_and_a_requeued_job_resumes_bit_
         .max()
         .unwrap();
     assert_eq!(resumed, finished, "resumed after the last finished epoch: {log}");
-    assert_eq!(outputs(&local), outputs(&slurm), "bit-identical to the uninterrupted local run");
+    assert_eq!(
+        outputs_by_key(&local),
+        outputs_by_key(&slurm),
+        "bit-identical to the uninterrupted local run"
+    );
     let shown = scontrol_job(&job);
     let restarts: BTreeSet<&str> = shown.split_whitespace().filter(|w| w.starts_with("Restarts=")).collect();
     assert_eq!(restarts, BTreeSet::from(["Restarts=1"]));
@@ -348,16 +343,7 @@ fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
     let dir = tempfile::tempdir().unwrap();
     let recipe = long_training(dir.path(), 40);
     let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
-    let mut job = None;
-    wait_for("the job to run", 120, || {
-        while let Ok(e) = events.try_recv() {
-            if e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("running") {
-                job = e["job"].as_str().map(str::to_string);
-            }
-        }
-        job.is_some()
-    });
-    let job = job.unwrap();
+    let job = running_job(&events);
     let signal = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(signal.success());
     let status = child.wait().unwrap();

@@ -8,8 +8,7 @@ use cache::{CacheKey, Manifest, Store, Verification};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The file that names a project's default remote: `[remote] url = "…"`.
-pub const PROJECT_FILE: &str = "pipeline.toml";
+pub use crate::recipe::project::PROJECT_FILE;
 
 /// Why no remote address could be worked out.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +40,10 @@ pub fn remote_url(
     if let Some(url) = recipe.and_then(|r| r.remote.clone()) {
         return Ok(Some(url));
     }
-    for dir in start.ancestors() {
-        let path = dir.join(PROJECT_FILE);
-        if path.is_file() {
-            return project_remote(&path);
-        }
+    match crate::recipe::project::find(start) {
+        Some(path) => project_remote(&path),
+        None => Ok(None),
     }
-    Ok(None)
 }
 
 /// The `[remote] url` of a `pipeline.toml`; errors name the file, line and column.
@@ -185,5 +181,10 @@ mod tests {
         std::fs::write(&path, "[remote]\nurl = \"s3://lab/ood\"\nbucket = 3\n").unwrap();
         let err = project_remote(&path).unwrap_err().to_string();
         assert!(err.contains("pipeline.toml") && err.contains("3:1") && err.contains("bucket"), "{err}");
+
+        // Site settings for the executors beside the remote do not disturb it.
+        std::fs::write(&path, "[remote]\nurl = \"/srv/cache\"\n\n[executor.slurm]\npartition = \"gpu\"\n")
+            .unwrap();
+        assert_eq!(project_remote(&path).unwrap().as_deref(), Some("/srv/cache"));
     }
 }

@@ -119,3 +119,20 @@ pub fn write_recipe(dir: &Path, text: &str) -> PathBuf {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Every output file of every committed entry in `cache`: (entry key, file) → bytes.
+pub fn outputs_by_key(cache: &Path) -> std::collections::BTreeMap<(String, String), Vec<u8>> {
+    let mut all = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(cache.join("objects")).unwrap().flatten() {
+        let key = entry.file_name().to_string_lossy().into_owned();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
+        for name in manifest["files"].as_object().unwrap().keys() {
+            all.insert(
+                (key.clone(), name.clone()),
+                std::fs::read(entry.path().join("out").join(name)).unwrap(),
+            );
+        }
+    }
+    all
+}

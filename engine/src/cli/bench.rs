@@ -48,28 +48,13 @@ pub fn bench_train(
         rss_before = proc_status_bytes("VmRSS");
         peak_reset = reset_peak_rss();
     };
-    let times = if eval {
-        stages::estimate::throughput::time_evaluation_batches(
-            &spec,
-            batch,
-            warmup,
-            steps,
-            seed,
-            &device,
-            before_timed,
-        )
+    let time = if eval {
+        stages::estimate::throughput::time_evaluation_batches
     } else {
-        stages::estimate::throughput::time_training_steps(
-            &spec,
-            batch,
-            warmup,
-            steps,
-            seed,
-            &device,
-            before_timed,
-        )
-    }
-    .with_context(|| format!("benchmarking {net}"))?;
+        stages::estimate::throughput::time_training_steps
+    };
+    let times = time(&spec, batch, warmup, steps, seed, &device, before_timed)
+        .with_context(|| format!("benchmarking {net}"))?;
     let peak = proc_status_bytes("VmHWM");
     let line = serde_json::json!({
         "framework": "pipeline",

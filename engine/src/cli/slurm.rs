@@ -3,7 +3,7 @@
 use super::exit::Status;
 use super::shell::Shell;
 use crate::error::EngineError;
-use crate::executor::slurm::SlurmExecutor;
+use crate::executor::slurm::{self, SlurmExecutor};
 use crate::recipe::project;
 use crate::recipe::resources::SlurmSettings;
 use crate::recipe::Recipe;
@@ -81,35 +81,19 @@ pub fn detach(
         absolute(store.root()).display().to_string(),
     ];
     command.extend(flags.iter().cloned());
-    let quoted: Vec<String> = command
-        .iter()
-        .map(|w| shlex::try_quote(w).map(|q| q.into_owned()).unwrap_or_else(|_| w.clone()))
-        .collect();
     let mut args = vec![
         "--parsable".to_string(),
-        format!("--job-name={}", crate::executor::slurm::coordinator_name(&recipe.name)),
+        format!("--job-name={}", slurm::coordinator_name(&recipe.name)),
         format!("--output={}", log.display()),
         "--cpus-per-task=1".into(),
         "--mem=1G".into(),
     ];
-    for (flag, value) in [("partition", &site.partition), ("account", &site.account), ("qos", &site.qos)] {
-        if let Some(value) = value {
-            args.push(format!("--{flag}={value}"));
-        }
-    }
-    args.push(format!("--wrap=exec {}", quoted.join(" ")));
-    let output = std::process::Command::new("sbatch")
-        .args(&args)
-        .output()
-        .map_err(|e| EngineError::Usage(format!("cannot run sbatch: {e}")))?;
-    if !output.status.success() {
-        return Err(EngineError::Usage(format!(
-            "sbatch refused the coordinator: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-        .into());
-    }
-    let id = String::from_utf8_lossy(&output.stdout).trim().split(';').next().unwrap_or_default().to_string();
+    args.extend(site.placement_args());
+    args.push(slurm::wrap(&command));
+    let id = slurm::sbatch(&args).map_err(|refusal| {
+        let (slurm::Submission::Refused(why) | slurm::Submission::Broken(why)) = refusal;
+        EngineError::Usage(format!("sbatch refused the coordinator: {why}"))
+    })?;
     shell.status(
         "Detached",
         &format!(

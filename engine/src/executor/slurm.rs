@@ -135,18 +135,9 @@ impl SlurmExecutor {
         if let Some(gpus) = resources.gpus.filter(|&g| g > 0) {
             args.push(format!("--gres=gpu:{gpus}"));
         }
-        for (flag, value) in [
-            ("partition", &self.settings.partition),
-            ("account", &self.settings.account),
-            ("qos", &self.settings.qos),
-        ] {
-            if let Some(value) = value {
-                args.push(format!("--{flag}={value}"));
-            }
-        }
+        args.extend(self.settings.placement_args());
         args.extend(self.settings.extra.iter().cloned());
         let mut command = vec![
-            "exec".to_string(),
             self.binary.display().to_string(),
             "worker".into(),
             self.recipe.display().to_string(),
@@ -158,9 +149,7 @@ impl SlurmExecutor {
         if forced {
             command.push("--force".into());
         }
-        let quoted: Vec<String> =
-            command.iter().map(|word| if word == "exec" { word.clone() } else { quote(word) }).collect();
-        args.push(format!("--wrap={}", quoted.join(" ")));
+        args.push(wrap(&command));
         args
     }
 
@@ -184,18 +173,10 @@ impl SlurmExecutor {
     }
 
     fn submit(&self, args: &[String], resources: &Resources) -> Result<String, String> {
-        let output =
-            Command::new("sbatch").args(args).output().map_err(|e| format!("cannot run sbatch: {e}"))?;
-        if !output.status.success() {
-            let said = String::from_utf8_lossy(&output.stderr);
-            let said: Vec<&str> = said.lines().map(|l| l.trim_start_matches("sbatch: error: ")).collect();
-            return Err(format!("sbatch refused the job ({}): {}", describe(resources), said.join("; ")));
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        let id = text.trim().split(';').next().unwrap_or_default().to_string();
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!("sbatch printed no job id: {text:?}"));
-        }
+        let id = sbatch(args).map_err(|refusal| match refusal {
+            Submission::Refused(said) => format!("sbatch refused the job ({}): {said}", describe(resources)),
+            Submission::Broken(why) => why,
+        })?;
         self.submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         Ok(id)
     }
@@ -307,6 +288,39 @@ fn query_squeue() -> Result<Vec<JobRow>, String> {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
     Ok(squeue::parse(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Why `sbatch` gave no job id.
+pub enum Submission {
+    /// It refused the job; what it said, one line per error.
+    Refused(String),
+    /// It could not be run, or printed no job id.
+    Broken(String),
+}
+
+/// Runs `sbatch --parsable …`; the job id it printed.
+pub fn sbatch(args: &[String]) -> Result<String, Submission> {
+    let output = Command::new("sbatch")
+        .args(args)
+        .output()
+        .map_err(|e| Submission::Broken(format!("cannot run sbatch: {e}")))?;
+    if !output.status.success() {
+        let said = String::from_utf8_lossy(&output.stderr);
+        let said: Vec<&str> = said.lines().map(|l| l.trim_start_matches("sbatch: error: ")).collect();
+        return Err(Submission::Refused(said.join("; ")));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let id = text.trim().split(';').next().unwrap_or_default().to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        return Err(Submission::Broken(format!("sbatch printed no job id: {text:?}")));
+    }
+    Ok(id)
+}
+
+/// `--wrap=exec WORD…`, each word quoted for the job's shell.
+pub fn wrap(command: &[String]) -> String {
+    let quoted: Vec<String> = command.iter().map(|word| quote(word)).collect();
+    format!("--wrap=exec {}", quoted.join(" "))
 }
 
 /// A word for the job's shell command line.

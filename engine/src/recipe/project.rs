@@ -1,5 +1,6 @@
 //! A project's `pipeline.toml`: site settings that belong to the machine or cluster rather than
-//! to an experiment. `[remote]` is read by [`crate::remote`]; this module reads
+//! to an experiment. This module finds the file; `[remote]` is read by `crate::remote`; this
+//! module reads
 //! `[executor.slurm]` (partition, account, default resources…), which a recipe's own
 //! `[executor.slurm]` overrides field by field. Errors carry the file, line and column.
 use super::diagnostic::{Diagnostic, Source};
@@ -7,9 +8,12 @@ use super::resources::{read_slurm, SlurmSettings};
 use super::tree::Node;
 use std::path::{Path, PathBuf};
 
+/// The project file: `[remote] url = "…"`, `[executor.slurm]`.
+pub const PROJECT_FILE: &str = "pipeline.toml";
+
 /// The nearest `pipeline.toml` from `start` upwards, if any.
 pub fn find(start: &Path) -> Option<PathBuf> {
-    start.ancestors().map(|dir| dir.join(crate::remote::PROJECT_FILE)).find(|p| p.is_file())
+    start.ancestors().map(|dir| dir.join(PROJECT_FILE)).find(|p| p.is_file())
 }
 
 /// The `[executor.slurm]` table of the project file at `path` (default settings without one).
@@ -58,7 +62,6 @@ mod tests {
         let settings = slurm_settings(&path).unwrap();
         assert_eq!(settings.partition.as_deref(), Some("gpu"));
         assert_eq!(settings.defaults.mem.as_deref(), Some("4G"));
-        assert_eq!(crate::remote::project_remote(&path).unwrap().as_deref(), Some("/srv/cache"));
 
         std::fs::write(&path, "[executor.slurm]\ndefaults = { time = \"forever\" }\n").unwrap();
         let errors = slurm_settings(&path).unwrap_err();

@@ -208,6 +208,14 @@ pub struct SlurmSettings {
 }
 
 impl SlurmSettings {
+    /// `--partition`, `--account` and `--qos`, for those that are set.
+    pub fn placement_args(&self) -> Vec<String> {
+        [("partition", &self.partition), ("account", &self.account), ("qos", &self.qos)]
+            .into_iter()
+            .filter_map(|(flag, value)| value.as_ref().map(|v| format!("--{flag}={v}")))
+            .collect()
+    }
+
     /// These settings (a recipe's), with what they leave open taken from `site` (the project's
     /// `pipeline.toml`).
     pub fn over(&self, site: &SlurmSettings) -> SlurmSettings {

@@ -43,6 +43,21 @@ pub fn bench_spec(name: &str) -> Option<ModelSpec> {
 }
 
 /// Wall-clock seconds of each timed training step (after `warmup` untimed ones).
+/// The seeded random batch the benchmarks run on: images in [0, 1) and labels.
+fn bench_batch(
+    spec: &ModelSpec,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<(Tensor, Tensor), StageError> {
+    let mut data_rng = rng::derive(seed, "bench-data");
+    let [c, h, w] = spec.input_shape;
+    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
+    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
+    let labels: Vec<u32> = (0..batch).map(|_| data_rng.random_range(0..spec.num_classes as u32)).collect();
+    Ok((images, Tensor::from_vec(labels, batch, device)?))
+}
+
 pub fn time_training_steps(
     spec: &ModelSpec,
     batch: usize,
@@ -57,12 +72,7 @@ pub fn time_training_steps(
     let net = Network::new(spec, &params, device)?;
     let config = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
     let mut sgd = Sgd::new(params.trainable_vars(), config);
-    let mut data_rng = rng::derive(seed, "bench-data");
-    let [c, h, w] = spec.input_shape;
-    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
-    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
-    let labels: Vec<u32> = (0..batch).map(|_| data_rng.random_range(0..spec.num_classes as u32)).collect();
-    let labels = Tensor::from_vec(labels, batch, device)?;
+    let (images, labels) = bench_batch(spec, batch, seed, device)?;
     let mut dropout_rng = rng::derive(seed, "bench-dropout");
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
@@ -100,10 +110,7 @@ pub fn time_evaluation_batches(
 ) -> Result<Vec<f64>, StageError> {
     let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
     let net = Network::new(spec, &Parameters::frozen(spec, values)?, device)?;
-    let mut data_rng = rng::derive(seed, "bench-data");
-    let [c, h, w] = spec.input_shape;
-    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
-    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
+    let (images, _) = bench_batch(spec, batch, seed, device)?;
     let mut times = Vec::with_capacity(steps);
     for step in 0..warmup + steps {
         if step == warmup {
