@@ -278,6 +278,22 @@ impl<'a> Matrix<'a> {
 /// `dst` must be valid for writes (and for reads when `accumulate`) of lhs.rows·rhs.cols values
 /// that nothing else accesses during the call; when not accumulating they may be uninitialised.
 unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix) {
+    // SAFETY: forwarded from the caller.
+    unsafe { matmul_strided(dst, rhs.cols, 1, accumulate, lhs, rhs) }
+}
+
+/// `dst = lhs · rhs` (or `+=`) where dst element (i, j) is at `i·dst_row_stride + j·dst_col_stride`.
+///
+/// # Safety
+/// As [`matmul_into`], for every element the strides reach.
+unsafe fn matmul_strided(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    dst_col_stride: usize,
+    accumulate: bool,
+    lhs: Matrix,
+    rhs: Matrix,
+) {
     assert!(lhs.cols == rhs.rows && lhs.fits() && rhs.fits(), "matmul_into: operands do not fit");
     // SAFETY: the operands' extents were checked above; the caller guarantees `dst`.
     unsafe {
@@ -286,8 +302,8 @@ unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix)
             rhs.cols,
             lhs.cols,
             dst,
-            1,
-            rhs.cols as isize,
+            dst_col_stride as isize,
+            dst_row_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -446,25 +462,30 @@ impl CustomOp2 for WeightGradient {
             for b in group * per_group..((group + 1) * per_group).min(g.n) {
                 let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
                 let image = &x[b * image_len..][..image_len];
-                // SAFETY: `acc` holds o·rows initialised values owned by this closure.
+                // SAFETY: `acc` holds o·rows initialised values owned by this closure; it is
+                // the gradient transposed (rows × o), so that the product's destination is
+                // column-major, the orientation the gemm kernel works in without swapping the
+                // operands: the gradient (o × columns) is then the packed operand, not the
+                // larger column matrix.
                 if g.is_pointwise() {
                     let cols_t = Matrix::row_major(image, rows, columns).transposed();
-                    unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                    unsafe { matmul_strided(acc.as_mut_ptr(), 1, o, true, grad_b, cols_t) };
                 } else {
                     with_scratch(rows * columns, |cols| {
                         g.im2col(image, cols);
                         let cols_t = Matrix::row_major(cols, rows, columns).transposed();
-                        unsafe { matmul_into(acc.as_mut_ptr(), true, grad_b, cols_t) };
+                        unsafe { matmul_strided(acc.as_mut_ptr(), 1, o, true, grad_b, cols_t) };
                     });
                 }
             }
             acc
         };
         let mut sums: Vec<Vec<f32>> = (0..groups).into_par_iter().map(partial).collect();
-        let mut total = sums.swap_remove(0);
+        let mut total_t = sums.swap_remove(0);
         for other in sums {
-            total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
+            total_t.iter_mut().zip(other).for_each(|(t, v)| *t += v);
         }
+        let total = (0..o * rows).map(|i| total_t[(i % rows) * o + i / rows]).collect();
         Ok((CpuStorage::F32(total), Shape::from((o, g.c, g.k, g.k))))
     }
 }
