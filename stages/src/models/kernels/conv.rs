@@ -118,8 +118,9 @@ impl Geometry {
                         if self.stride == 1 {
                             target[lo..hi].copy_from_slice(&pixels[first..first + (hi - lo)]);
                         } else {
-                            for (j, t) in target[lo..hi].iter_mut().enumerate() {
-                                *t = pixels[first + j * self.stride];
+                            let sources = pixels[first..].iter().step_by(self.stride);
+                            for (t, &v) in target[lo..hi].iter_mut().zip(sources) {
+                                *t = v;
                             }
                         }
                     }
