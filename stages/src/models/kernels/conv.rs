@@ -88,6 +88,31 @@ impl Geometry {
         (self.c * self.k * self.k, ho * wo)
     }
 
+    /// For a stride-1 convolution (not pointwise) with `o` outputs and weight `w` (O, C, k, k): the
+    /// geometry on its output gradient (N, O, Ho, Wo) and the weight (C, O, k, k), each kernel
+    /// turned by 180°, whose convolution is the input gradient.
+    fn transposed(&self, o: usize, w: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+        if self.stride != 1 || self.is_pointwise() || self.padding >= self.k {
+            return None;
+        }
+        let (ho, wo) = self.output();
+        let k = self.k;
+        let geometry =
+            Geometry { n: self.n, c: o, h: ho, w: wo, k, stride: 1, padding: k - 1 - self.padding };
+        let mut flipped = vec![0f32; w.len()];
+        for oc in 0..o {
+            for ch in 0..self.c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        flipped[((ch * o + oc) * k + (k - 1 - ki)) * k + (k - 1 - kj)] =
+                            w[((oc * self.c + ch) * k + ki) * k + kj];
+                    }
+                }
+            }
+        }
+        Some((geometry, flipped))
+    }
+
     /// A 1×1 convolution with stride 1 and no padding: the image is its own column matrix.
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.padding == 0
@@ -322,6 +347,28 @@ unsafe fn matmul_strided(
     }
 }
 
+/// The convolution of `x` (N, C, H, W) with `w` (O, C, k, k): per image im2col and one product
+/// W · cols into the (O, Ho·Wo) output, images in parallel.
+fn convolve(g: Geometry, o: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (rows, columns) = g.cols_shape();
+    let weight = Matrix::row_major(w, o, rows);
+    let image_len = g.c * g.h * g.w;
+    // SAFETY: each image's product writes all of its O·Ho·Wo outputs (no accumulation).
+    unsafe {
+        filled_in_chunks(g.n * o * columns, o * columns, |b, chunk| {
+            let image = &x[b * image_len..][..image_len];
+            if g.is_pointwise() {
+                matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(image, rows, columns));
+            } else {
+                with_scratch(rows * columns, |cols| {
+                    g.im2col(image, cols);
+                    matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(cols, rows, columns));
+                });
+            }
+        })
+    }
+}
+
 /// The convolution: (N, C, H, W) ⊛ (O, C, k, k) → (N, O, Ho, Wo).
 struct Conv2d {
     g: Geometry,
@@ -343,28 +390,7 @@ impl CustomOp2 for Conv2d {
         let (g, o) = (self.g, self.o);
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let w = contiguous_f32(s2, l2, "conv2d weight")?;
-        let (rows, columns) = g.cols_shape();
-        let weight = Matrix::row_major(w, o, rows);
-        let image_len = g.c * g.h * g.w;
-        // SAFETY: each image's product writes all of its O·Ho·Wo outputs (no accumulation).
-        let out = unsafe {
-            filled_in_chunks(g.n * o * columns, o * columns, |b, chunk| {
-                let image = &x[b * image_len..][..image_len];
-                if g.is_pointwise() {
-                    matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(image, rows, columns));
-                } else {
-                    with_scratch(rows * columns, |cols| {
-                        g.im2col(image, cols);
-                        matmul_into(
-                            chunk.as_mut_ptr(),
-                            false,
-                            weight,
-                            Matrix::row_major(cols, rows, columns),
-                        );
-                    });
-                }
-            })
-        };
+        let out = convolve(g, o, x, w);
         let (ho, wo) = g.output();
         Ok((CpuStorage::F32(out), Shape::from((g.n, o, ho, wo))))
     }
@@ -408,6 +434,14 @@ impl CustomOp2 for InputGradient {
         let w = contiguous_f32(s2, l2, "conv2d weight")?;
         let (rows, columns) = g.cols_shape();
         let o = w.len() / rows;
+        if let Some((transposed, flipped)) = g.transposed(o, w) {
+            // A stride-1 convolution's input gradient is itself a convolution: of the output
+            // gradient with the flipped kernel, channels swapped, padding k − 1 − p. That runs
+            // im2col and one product per image, where Wᵀ · grad then col2im would write a
+            // C·k·k × H·W matrix and scatter-add it back.
+            let dx = convolve(transposed, g.c, grad, &flipped);
+            return Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))));
+        }
         let weight_t = Matrix::row_major(w, o, rows).transposed();
         let image_len = g.c * g.h * g.w;
         // SAFETY: a pointwise product writes the whole image; otherwise the image is zeroed
