@@ -121,32 +121,45 @@ impl Geometry {
     /// One image (C, H, W) → its column matrix (C·k·k, Ho·Wo); writes every element.
     fn im2col(&self, image: &[f32], cols: &mut [f32]) {
         let (ho, wo) = self.output();
-        let (rows, columns) = self.cols_shape();
-        for row in 0..rows {
-            let (ch, ki, kj) = (row / (self.k * self.k), (row / self.k) % self.k, row % self.k);
-            let (lo, hi) = self.valid_columns(kj, wo);
-            let plane = &image[ch * self.h * self.w..][..self.h * self.w];
-            let line = &mut cols[row * columns..][..columns];
-            if self.stride == 1 && ho == self.h && wo == self.w {
-                self.shifted_plane(plane, line, ki, kj);
-                continue;
+        let (_, columns) = self.cols_shape();
+        let same = self.stride == 1 && ho == self.h && wo == self.w;
+        // Rows in (channel, ki, kj) order, with no division per row: on an 8×8 plane the
+        // divisions cost as much as copying the row.
+        let valid: Vec<(usize, usize)> = (0..self.k).map(|kj| self.valid_columns(kj, wo)).collect();
+        let mut lines = cols.chunks_exact_mut(columns.max(1));
+        for plane in image.chunks_exact(self.h * self.w).take(self.c) {
+            for ki in 0..self.k {
+                for (kj, &(lo, hi)) in valid.iter().enumerate() {
+                    let Some(line) = lines.next() else { return };
+                    if same {
+                        self.shifted_plane(plane, line, ki, kj);
+                    } else {
+                        self.strided_row(plane, line, ki, kj, (lo, hi));
+                    }
+                }
             }
-            for oy in 0..ho {
-                let target = &mut line[oy * wo..][..wo];
-                match self.source_row(ki, oy).filter(|_| hi > lo) {
-                    None => target.fill(0.0),
-                    Some(y) => {
-                        target[..lo].fill(0.0);
-                        target[hi..].fill(0.0);
-                        let first = lo * self.stride + kj - self.padding;
-                        let pixels = &plane[y * self.w..][..self.w];
-                        if self.stride == 1 {
-                            target[lo..hi].copy_from_slice(&pixels[first..first + (hi - lo)]);
-                        } else {
-                            let sources = pixels[first..].iter().step_by(self.stride);
-                            for (t, &v) in target[lo..hi].iter_mut().zip(sources) {
-                                *t = v;
-                            }
+        }
+    }
+
+    /// One im2col row of any convolution: per output row, the input pixels at columns
+    /// `lo..hi` (see [`Geometry::valid_columns`]) and zeros elsewhere.
+    fn strided_row(&self, plane: &[f32], line: &mut [f32], ki: usize, kj: usize, (lo, hi): (usize, usize)) {
+        let (ho, wo) = self.output();
+        for oy in 0..ho {
+            let target = &mut line[oy * wo..][..wo];
+            match self.source_row(ki, oy).filter(|_| hi > lo) {
+                None => target.fill(0.0),
+                Some(y) => {
+                    target[..lo].fill(0.0);
+                    target[hi..].fill(0.0);
+                    let first = lo * self.stride + kj - self.padding;
+                    let pixels = &plane[y * self.w..][..self.w];
+                    if self.stride == 1 {
+                        target[lo..hi].copy_from_slice(&pixels[first..first + (hi - lo)]);
+                    } else {
+                        let sources = pixels[first..].iter().step_by(self.stride);
+                        for (t, &v) in target[lo..hi].iter_mut().zip(sources) {
+                            *t = v;
                         }
                     }
                 }
