@@ -120,6 +120,31 @@ fn lane_sum<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> f32) ->
     acc.iter().sum::<f32>() + tail
 }
 
+/// Two sums as [`lane_sum`] computes each, in one pass over the planes: the same partial sums
+/// in the same order, so the same values.
+#[inline]
+fn lane_sum_pair<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> (f32, f32)) -> (f32, f32) {
+    let len = planes[0].len();
+    let full = len / LANES;
+    let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+    for block in 0..full {
+        let blocks: [&[f32]; K] = planes.map(|p| &p[block * LANES..][..LANES]);
+        for lane in 0..LANES {
+            let (a, b) = f(blocks.map(|p| p[lane]));
+            first[lane] += a;
+            second[lane] += b;
+        }
+    }
+    // -0.0, the start of `Iterator::sum` for floats, which `lane_sum` uses for its tail.
+    let (mut tail_first, mut tail_second) = (-0f32, -0f32);
+    for i in full * LANES..len {
+        let (a, b) = f(planes.map(|p| p[i]));
+        tail_first += a;
+        tail_second += b;
+    }
+    (first.iter().sum::<f32>() + tail_first, second.iter().sum::<f32>() + tail_second)
+}
+
 /// Per-channel `mean` and `1/√(var + eps)` used by a forward pass, kept for its backward.
 #[derive(Debug, Clone)]
 struct Normaliser {
@@ -277,8 +302,12 @@ impl CustomOp3 for BatchNormReluBackward {
                 for b in 0..p.n {
                     let start = (b * p.c + ch) * p.hw;
                     let planes = [&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]];
-                    sum_g += lane_sum(planes, |[gv, yv, _]| masked(gv, yv)) as f64;
-                    sum_gx += lane_sum(planes, |[gv, yv, xv]| masked(gv, yv) * (xv - mu)) as f64 * s as f64;
+                    let (plane_g, plane_gx) = lane_sum_pair(planes, |[gv, yv, xv]| {
+                        let g = masked(gv, yv);
+                        (g, g * (xv - mu))
+                    });
+                    sum_g += plane_g as f64;
+                    sum_gx += plane_gx as f64 * s as f64;
                 }
                 (sum_g, sum_gx)
             })
