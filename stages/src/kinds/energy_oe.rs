@@ -43,7 +43,7 @@ impl FineTuning for EnergyOe {
 
 impl StageParams for EnergyOe {
     const KIND: &'static str = "energy-oe";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

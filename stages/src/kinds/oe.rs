@@ -46,7 +46,7 @@ impl FineTuning for Oe {
 
 impl StageParams for Oe {
     const KIND: &'static str = "oe";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

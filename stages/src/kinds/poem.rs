@@ -85,7 +85,7 @@ impl FineTuning for Poem {
 
 impl StageParams for Poem {
     const KIND: &'static str = "poem";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

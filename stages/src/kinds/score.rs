@@ -175,7 +175,7 @@ impl ScoreIndex {
 
 impl StageParams for Score {
     const KIND: &'static str = "score";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Scores];
 
     fn inputs(&self) -> Vec<Input> {

@@ -103,7 +103,7 @@ impl Train {
 
 impl StageParams for Train {
     const KIND: &'static str = "train";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

@@ -43,7 +43,7 @@ impl FineTuning for Um {
 
 impl StageParams for Um {
     const KIND: &'static str = "um";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

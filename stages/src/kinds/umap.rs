@@ -66,7 +66,7 @@ impl FineTuning for Umap {
 
 impl StageParams for Umap {
     const KIND: &'static str = "umap";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();
