@@ -92,7 +92,7 @@ impl Geometry {
     /// geometry on its output gradient (N, O, Ho, Wo) and the weight (C, O, k, k), each kernel
     /// turned by 180°, whose convolution is the input gradient.
     fn transposed(&self, o: usize, w: &[f32]) -> Option<(Geometry, Vec<f32>)> {
-        if self.stride != 1 || self.is_pointwise() || self.padding >= self.k {
+        if !self.has_transpose() {
             return None;
         }
         let (ho, wo) = self.output();
@@ -111,6 +111,11 @@ impl Geometry {
             }
         }
         Some((geometry, flipped))
+    }
+
+    /// Whether [`Geometry::transposed`] applies: stride 1, not pointwise, padding below k.
+    fn has_transpose(&self) -> bool {
+        self.stride == 1 && !self.is_pointwise() && self.padding < self.k
     }
 
     /// A 1×1 convolution with stride 1 and no padding: the image is its own column matrix.
@@ -617,6 +622,16 @@ impl CustomOp2 for Conv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
+        if w.track_op() && self.g.has_transpose() {
+            // Stride 1: both gradients from one im2col of the output gradient per image.
+            let input = x.track_op();
+            let op = StrideOneGradients { g: self.g, o: self.o, input };
+            let both = grad.apply_op3_no_bwd(w, &x.contiguous()?, &op)?;
+            let input_len = if input { x.elem_count() } else { 0 };
+            let dx = if input { Some(both.narrow(0, 0, input_len)?.reshape(x.shape())?) } else { None };
+            let dw = both.narrow(0, input_len, w.elem_count())?.reshape(w.shape())?;
+            return Ok((dx, Some(dw)));
+        }
         // The first layer's input (the images) needs no gradient, unless asked for (ODIN).
         let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGradient(self.g))?) } else { None };
         let dw = if w.track_op() {
@@ -680,6 +695,100 @@ impl CustomOp2 for InputGradient {
 
 /// Images per partial sum of the weight gradient.
 const IMAGES_PER_PARTIAL_SUM: usize = 8;
+
+/// Both gradients of a stride-1 convolution from (∂L/∂out, weight, x), with one im2col per
+/// image: that of the output gradient in the transposed geometry ([`Geometry::transposed`]).
+/// Its column matrix G (O·k·k × H·W) gives the input gradient as W′ · G (W′ the flipped,
+/// channel-swapped kernel) and the weight gradient as Σ over images of x · Gᵀ (C × O·k·k), read
+/// back with the kernel flipped: ∂W[o, c, ki, kj] = Σ_q x[c, q] · G[(o, k−1−ki, k−1−kj), q]. So
+/// the backward runs one im2col per image instead of two. Returns the input gradient (when
+/// `input`) followed by the weight gradient, flat. The weight gradient does not depend on
+/// `input`, and is summed in fixed groups of images as in [`WeightGradient`].
+struct StrideOneGradients {
+    g: Geometry,
+    o: usize,
+    input: bool,
+}
+
+impl candle_core::CustomOp3 for StrideOneGradients {
+    fn name(&self) -> &'static str {
+        "conv2d-stride-1-gradients"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.g, self.o);
+        let grad = contiguous_f32(s1, l1, "conv2d gradient")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let x = contiguous_f32(s3, l3, "conv2d input")?;
+        let Some((t, flipped)) = g.transposed(o, w) else {
+            candle_core::bail!("conv2d: stride-1 gradients of a {:?} convolution", g)
+        };
+        // The transposed geometry's column matrix: rows (o, ki, kj), one column per input pixel.
+        let (rows, columns) = t.cols_shape();
+        let (image_len, grad_len) = (g.c * g.h * g.w, o * t.h * t.w);
+        let flipped = Matrix::row_major(&flipped, g.c, rows);
+        let per_group = IMAGES_PER_PARTIAL_SUM;
+        let input_len = if self.input { g.n * image_len } else { 0 };
+        let mut out: Vec<f32> = Vec::with_capacity(input_len + o * g.c * g.k * g.k);
+        let group_sum = |group: usize, mut dx: Option<&mut [std::mem::MaybeUninit<f32>]>| {
+            // ∂W′ (C × O·k·k), column-major: (c, r) at r·C + c.
+            let mut acc = vec![0f32; g.c * rows];
+            for b in group * per_group..((group + 1) * per_group).min(g.n) {
+                let grad_b = &grad[b * grad_len..][..grad_len];
+                let x_b = Matrix::row_major(&x[b * image_len..][..image_len], g.c, columns);
+                with_scratch(rows * columns, |cols| {
+                    t.im2col(grad_b, cols);
+                    let cols = Matrix::row_major(cols, rows, columns);
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let target = &mut dx[(b - group * per_group) * image_len..][..image_len];
+                        // SAFETY: the product writes all C·H·W values of this image's slot.
+                        unsafe { matmul_into(target.as_mut_ptr().cast(), false, flipped, cols) };
+                    }
+                    // SAFETY: `acc` holds C·O·k·k initialised values owned by this closure.
+                    unsafe { matmul_strided(acc.as_mut_ptr(), 1, g.c, true, x_b, cols.transposed()) };
+                });
+            }
+            acc
+        };
+        let groups = g.n.div_ceil(per_group).max(1);
+        let mut sums: Vec<Vec<f32>> = if self.input {
+            out.spare_capacity_mut()[..input_len]
+                .par_chunks_mut(per_group * image_len)
+                .enumerate()
+                .map(|(group, dx)| group_sum(group, Some(dx)))
+                .collect()
+        } else {
+            (0..groups).into_par_iter().map(|group| group_sum(group, None)).collect()
+        };
+        // SAFETY: every image's input gradient was written above (when asked for).
+        unsafe { out.set_len(input_len) };
+        let mut total = sums.swap_remove(0);
+        for other in sums {
+            total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
+        }
+        let k = g.k;
+        for oc in 0..o {
+            for ch in 0..g.c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let r = (oc * k + (k - 1 - ki)) * k + (k - 1 - kj);
+                        out.push(total[r * g.c + ch]);
+                    }
+                }
+            }
+        }
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
 
 /// ∂L/∂W from (x, ∂L/∂out): Σ over images of grad · colsᵀ, in partial sums over fixed groups
 /// of images computed in parallel.
@@ -878,19 +987,26 @@ mod tests {
         assert_eq!(d, 0.0);
     }
 
-    /// The weight gradient is bit-identical whatever the number of threads.
+    /// Both gradients are bit-identical whatever the number of threads, for stride 1 (one
+    /// im2col of the output gradient) and stride 2 (im2col of the input, col2im).
     #[test]
     fn gradients_do_not_depend_on_the_number_of_threads() {
         let x = crate::math::rng::test_images(11, &[19, 3, 9, 7]);
-        let probe = crate::math::rng::test_images(12, &[19, 4, 9, 7]);
         let weights = crate::math::rng::test_images(13, &[4, 3, 3, 3]);
         let gradient = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                let weight = Var::from_tensor(&weights).unwrap();
-                let out = conv2d(&x, weight.as_tensor(), 1, 1).unwrap();
-                let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                values(grads.get(weight.as_tensor()).unwrap())
+                let mut all = Vec::new();
+                for stride in [1, 2] {
+                    let input = Var::from_tensor(&x).unwrap();
+                    let weight = Var::from_tensor(&weights).unwrap();
+                    let out = conv2d(input.as_tensor(), weight.as_tensor(), stride, 1).unwrap();
+                    let probe = crate::math::rng::test_images(12, out.dims());
+                    let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    all.extend(values(grads.get(weight.as_tensor()).unwrap()));
+                    all.extend(values(grads.get(input.as_tensor()).unwrap()));
+                }
+                all
             })
         };
         let one = gradient(1);
