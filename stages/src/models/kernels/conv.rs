@@ -1,12 +1,19 @@
 //! A CPU 2-D convolution as a candle custom op: per image, im2col into a reused scratch buffer
-//! and one matrix product through the `gemm` crate straight into the (N, O, Ho, Wo) output;
-//! the weight gradient is Σ over images of grad·colsᵀ (per-thread partial sums), the input
-//! gradient Wᵀ·grad followed by col2im, the adjoint of im2col. 1×1 convolutions with stride 1
-//! skip im2col (the image already is the column matrix). Images are processed in parallel with
-//! rayon, each product single-threaded. candle's own CPU conv2d runs at 5–30 GFLOP/s and its
-//! backward at 2–18 (../shared/CANDLE_NOTES.md); composing im2col with candle's matmul costs a
-//! transposed copy of every output and of every gradient, plus candle's gradient bookkeeping
-//! for each of those nodes. Other devices keep candle's conv2d.
+//! and one matrix product through the `gemm` crate straight into the (N, O, Ho, Wo) output.
+//! 1×1 convolutions with stride 1 skip im2col (the image already is the column matrix);
+//! strided ones build their rows from stride² phase planes ([`Phases`]), so that every row is
+//! a shifted copy of contiguous runs. Backward:
+//! - stride 1 ([`StrideOneGradients`]): the input gradient is itself a convolution, of the
+//!   output gradient with the flipped kernel; one im2col of the output gradient per image gives
+//!   it and the weight gradient;
+//! - otherwise: the input gradient Wᵀ·grad followed by col2im (the adjoint of im2col), the
+//!   weight gradient Σ over images of grad·colsᵀ ([`WeightGradient`]).
+//!
+//! Weight gradients are summed in fixed groups of images (the same bits for any thread count)
+//! into a transposed accumulator, so that gemm keeps its column-major destination and packs the
+//! small operand. Images run in parallel with rayon, each product single-threaded. candle's own
+//! CPU conv2d runs at 5–30 GFLOP/s and its backward at 2–18 (../shared/CANDLE_NOTES.md). Other
+//! devices keep candle's conv2d.
 use super::buffers::{contiguous_f32, filled_in_chunks};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
