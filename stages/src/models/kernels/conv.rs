@@ -973,6 +973,29 @@ mod tests {
         }
     }
 
+    /// With fixed weights (ODIN's input gradient through an evaluation network) the input
+    /// gradient alone takes its own path ([`InputGradient`]); it matches the direct loops for
+    /// strides 1 and 2 and the input gradient computed together with the weight gradient.
+    #[test]
+    fn the_input_gradient_with_fixed_weights_matches_direct_loops() {
+        for (seed, stride) in [(21u64, 1usize), (22, 2)] {
+            let (n, c, h, w, o, k, padding) = (2, 3, 7, 6, 4, 3, 1);
+            let g = Geometry { n, c, h, w, k, stride, padding };
+            let x = Var::from_tensor(&crate::math::rng::test_images(seed, &[n, c, h, w])).unwrap();
+            let weights = (crate::math::rng::test_images(seed + 10, &[o, c, k, k]) - 0.5).unwrap();
+            let out = conv2d(x.as_tensor(), &weights, stride, padding).unwrap();
+            let probe = crate::math::rng::test_images(seed + 20, out.dims());
+            let (_, dx, _) = reference(x.as_tensor(), &weights, &probe, g, o);
+            let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let alone = values(grads.get(x.as_tensor()).unwrap());
+            close(&alone, &dx, 1e-5, &format!("stride {stride}: input gradient"));
+            let weight = Var::from_tensor(&weights).unwrap();
+            let both = conv2d(x.as_tensor(), weight.as_tensor(), stride, padding).unwrap();
+            let grads = (&both * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            close(&alone, &values(grads.get(x.as_tensor()).unwrap()), 1e-5, "alone and together");
+        }
+    }
+
     /// An input that needs no gradient (the images) gets none, and the weight gradient is the
     /// same as when the input is a variable.
     #[test]
