@@ -703,6 +703,16 @@ impl CustomOp2 for InputGradient {
 /// Images per partial sum of the weight gradient.
 const IMAGES_PER_PARTIAL_SUM: usize = 8;
 
+/// The element-wise sum of the per-group partial sums, always in the same order (the first
+/// group, then the last, then the second, third, …), whatever the number of threads.
+fn add_partial_sums(mut sums: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut total = sums.swap_remove(0);
+    for other in sums {
+        total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
 /// Both gradients of a stride-1 convolution from (∂L/∂out, weight, x), with one im2col per
 /// image: that of the output gradient in the transposed geometry ([`Geometry::transposed`]).
 /// Its column matrix G (O·k·k × H·W) gives the input gradient as W′ · G (W′ the flipped,
@@ -766,7 +776,7 @@ impl candle_core::CustomOp3 for StrideOneGradients {
             acc
         };
         let groups = g.n.div_ceil(per_group).max(1);
-        let mut sums: Vec<Vec<f32>> = if self.input {
+        let sums: Vec<Vec<f32>> = if self.input {
             out.spare_capacity_mut()[..input_len]
                 .par_chunks_mut(per_group * image_len)
                 .enumerate()
@@ -777,10 +787,7 @@ impl candle_core::CustomOp3 for StrideOneGradients {
         };
         // SAFETY: every image's input gradient was written above (when asked for).
         unsafe { out.set_len(input_len) };
-        let mut total = sums.swap_remove(0);
-        for other in sums {
-            total.iter_mut().zip(other).for_each(|(t, v)| *t += v);
-        }
+        let total = add_partial_sums(sums);
         let k = g.k;
         for oc in 0..o {
             for ch in 0..g.c {
@@ -845,11 +852,8 @@ impl CustomOp2 for WeightGradient {
             }
             acc
         };
-        let mut sums: Vec<Vec<f32>> = (0..groups).into_par_iter().map(partial).collect();
-        let mut total_t = sums.swap_remove(0);
-        for other in sums {
-            total_t.iter_mut().zip(other).for_each(|(t, v)| *t += v);
-        }
+        let sums: Vec<Vec<f32>> = (0..groups).into_par_iter().map(partial).collect();
+        let total_t = add_partial_sums(sums);
         let total = (0..o * rows).map(|i| total_t[(i % rows) * o + i / rows]).collect();
         Ok((CpuStorage::F32(total), Shape::from((o, g.c, g.k, g.k))))
     }
