@@ -1,6 +1,6 @@
 //! A project's `pipeline.toml`: site settings that belong to the machine or cluster rather than
-//! to an experiment. This module finds the file; `[remote]` is read by `crate::remote`; this
-//! module reads
+//! to an experiment. This module finds the file; `[remote]` is read by the remote-cache module;
+//! this module reads
 //! `[executor.slurm]` (partition, account, default resources…), which a recipe's own
 //! `[executor.slurm]` overrides field by field. Errors carry the file, line and column.
 use super::diagnostic::{Diagnostic, Source};

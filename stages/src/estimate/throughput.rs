@@ -42,7 +42,6 @@ pub fn bench_spec(name: &str) -> Option<ModelSpec> {
     })
 }
 
-/// Wall-clock seconds of each timed training step (after `warmup` untimed ones).
 /// The seeded random batch the benchmarks run on: images in [0, 1) and labels.
 fn bench_batch(
     spec: &ModelSpec,
@@ -58,6 +57,29 @@ fn bench_batch(
     Ok((images, Tensor::from_vec(labels, batch, device)?))
 }
 
+/// Runs `step(index)` `warmup + steps` times and returns the wall-clock seconds of the last
+/// `steps`, calling `before_timed` once before the first timed one.
+fn timed(
+    warmup: usize,
+    steps: usize,
+    mut before_timed: impl FnMut(),
+    mut step: impl FnMut(usize) -> Result<(), StageError>,
+) -> Result<Vec<f64>, StageError> {
+    let mut times = Vec::with_capacity(steps);
+    for index in 0..warmup + steps {
+        if index == warmup {
+            before_timed();
+        }
+        let start = Instant::now();
+        step(index)?;
+        if index >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// Wall-clock seconds of each timed training step (after `warmup` untimed ones).
 pub fn time_training_steps(
     spec: &ModelSpec,
     batch: usize,
@@ -65,7 +87,7 @@ pub fn time_training_steps(
     steps: usize,
     seed: u64,
     device: &Device,
-    mut before_timed: impl FnMut(),
+    before_timed: impl FnMut(),
 ) -> Result<Vec<f64>, StageError> {
     let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
     let params = Parameters::trainable(spec, values)?;
@@ -74,12 +96,7 @@ pub fn time_training_steps(
     let mut sgd = Sgd::new(params.trainable_vars(), config);
     let (images, labels) = bench_batch(spec, batch, seed, device)?;
     let mut dropout_rng = rng::derive(seed, "bench-dropout");
-    let mut times = Vec::with_capacity(steps);
-    for step in 0..warmup + steps {
-        if step == warmup {
-            before_timed();
-        }
-        let start = Instant::now();
+    timed(warmup, steps, before_timed, |step| {
         let forward = net.forward(&images, &mut Mode::Train { rng: &mut dropout_rng })?;
         let loss = crate::training::losses::cross_entropy(&forward.logits, &labels)?;
         let grads = loss.backward()?;
@@ -89,11 +106,8 @@ pub fn time_training_steps(
         if !value.is_finite() {
             return Err(StageError::Unsuitable(format!("benchmark loss is {value} at step {step}")));
         }
-        if step >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    Ok(times)
+        Ok(())
+    })
 }
 
 /// Seconds of each of `steps` evaluation-mode forward passes (batch-norm running statistics, no
@@ -106,28 +120,20 @@ pub fn time_evaluation_batches(
     steps: usize,
     seed: u64,
     device: &Device,
-    mut before_timed: impl FnMut(),
+    before_timed: impl FnMut(),
 ) -> Result<Vec<f64>, StageError> {
     let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
     let net = Network::new(spec, &Parameters::frozen(spec, values)?, device)?;
     let (images, _) = bench_batch(spec, batch, seed, device)?;
-    let mut times = Vec::with_capacity(steps);
-    for step in 0..warmup + steps {
-        if step == warmup {
-            before_timed();
-        }
-        let start = Instant::now();
+    timed(warmup, steps, before_timed, |step| {
         let logits = net.forward(&images, &mut Mode::Eval)?.logits;
         // Reading a value waits for the batch to finish (asynchronous devices).
         let total: f32 = logits.sum_all()?.to_scalar()?;
         if !total.is_finite() {
             return Err(StageError::Unsuitable(format!("benchmark logits sum to {total} at batch {step}")));
         }
-        if step >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    Ok(times)
+        Ok(())
+    })
 }
 
 #[cfg(test)]

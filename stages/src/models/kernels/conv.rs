@@ -650,7 +650,9 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// ∂L/∂x from (∂L/∂out, weight): per image col2im(Wᵀ · grad).
+/// ∂L/∂x from (∂L/∂out, weight) alone (the weights need no gradient, or the convolution is
+/// strided): per image a convolution of the output gradient with the flipped kernel for
+/// stride 1 ([`Geometry::transposed`]), else col2im(Wᵀ · grad).
 struct InputGradient(Geometry);
 
 impl CustomOp2 for InputGradient {
