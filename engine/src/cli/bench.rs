@@ -53,7 +53,8 @@ pub fn bench_train(
     } else {
         stages::estimate::throughput::time_training_steps
     };
-    let times = time(&spec, batch, warmup, steps, seed, &device, before_timed)
+    // On a thread of the pool, as `run` computes a stage when it runs one at a time.
+    let times = rayon::scope(|_| time(&spec, batch, warmup, steps, seed, &device, before_timed))
         .with_context(|| format!("benchmarking {net}"))?;
     let peak = proc_status_bytes("VmHWM");
     let line = serde_json::json!({
