@@ -11,6 +11,7 @@
 use super::buffers::{contiguous_f32, filled_in_chunks};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 /// Batch statistics of a forward pass in training mode, per channel.
@@ -105,7 +106,7 @@ impl Planes {
 const LANES: usize = 16;
 
 /// Σ f(values at i) over the equally long `planes`, in [`LANES`] partial sums.
-#[inline]
+#[inline(always)]
 fn lane_sum<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> f32) -> f32 {
     let len = planes[0].len();
     let full = len / LANES;
@@ -122,7 +123,7 @@ fn lane_sum<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> f32) ->
 
 /// Two sums as [`lane_sum`] computes each, in one pass over the planes: the same partial sums
 /// in the same order, so the same values.
-#[inline]
+#[inline(always)]
 fn lane_sum_pair<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> (f32, f32)) -> (f32, f32) {
     let len = planes[0].len();
     let full = len / LANES;
@@ -143,6 +144,60 @@ fn lane_sum_pair<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> (f
         tail_second += b;
     }
     (first.iter().sum::<f32>() + tail_first, second.iter().sum::<f32>() + tail_second)
+}
+
+/// The targets the plane loops below are also compiled for, picked at run time by CPU
+/// (the binary's baseline is SSE2): vector width changes no value, since every loop keeps its
+/// [`LANES`] partial sums in the same order and Rust never fuses a multiply and an add.
+macro_rules! plane_loop {
+    ($($item:item)*) => {$(
+        #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+        $item
+    )*};
+}
+
+plane_loop! {
+    /// Σ v over one plane.
+    fn plane_sum(plane: &[f32]) -> f32 {
+        lane_sum([plane], |[v]| v)
+    }
+
+    /// Σ (v − mu)² over one plane.
+    fn plane_centred_squares(plane: &[f32], mu: f32) -> f32 {
+        lane_sum([plane], |[v]| (v - mu) * (v - mu))
+    }
+
+    /// One plane of the forward output: `(v − mu)·scale + shift`, then the ReLU if asked.
+    fn normalise_plane(source: &[f32], out: &mut [MaybeUninit<f32>], (mu, scale, shift): (f32, f32, f32), relu: bool) {
+        for (slot, &v) in out.iter_mut().zip(source) {
+            let z = (v - mu) * scale + shift;
+            slot.write(if relu && z < 0.0 { 0.0 } else { z });
+        }
+    }
+
+    /// Σ g and Σ g·(x − mu) over one plane, g masked by the ReLU where y ≤ 0.
+    fn plane_gradient_sums(g: &[f32], y: &[f32], x: &[f32], mu: f32, relu: bool) -> (f32, f32) {
+        lane_sum_pair([g, y, x], |[gv, yv, xv]| {
+            let g = if relu && yv <= 0.0 { 0.0 } else { gv };
+            (g, g * (xv - mu))
+        })
+    }
+
+    /// One plane of the input gradient: `scale·(g − mean_g − x̂·mean_gx)`, x̂ = (x − mu)·s, g
+    /// masked by the ReLU where y ≤ 0.
+    fn plane_input_gradient(
+        out: &mut [MaybeUninit<f32>],
+        [g, y, x]: [&[f32]; 3],
+        (mu, s, scale): (f32, f32, f32),
+        (mean_g, mean_gx): (f32, f32),
+        relu: bool,
+    ) {
+        for (((slot, &gv), &yv), &xv) in out.iter_mut().zip(g).zip(y).zip(x) {
+            let x_hat = (xv - mu) * s;
+            let g = if relu && yv <= 0.0 { 0.0 } else { gv };
+            slot.write(scale * (g - mean_g - x_hat * mean_gx));
+        }
+    }
 }
 
 /// Per-channel `mean` and `1/√(var + eps)` used by a forward pass, kept for its backward.
@@ -194,10 +249,9 @@ impl CustomOp3 for BatchNormRelu {
                 let moments: Vec<(f32, f32)> = (0..p.c)
                     .into_par_iter()
                     .map(|ch| {
-                        let mean = p.channel_sum(x, ch, |plane| lane_sum([plane], |[v]| v)) / m;
+                        let mean = p.channel_sum(x, ch, plane_sum) / m;
                         let mu = mean as f32;
-                        let var =
-                            p.channel_sum(x, ch, |plane| lane_sum([plane], |[v]| (v - mu) * (v - mu))) / m;
+                        let var = p.channel_sum(x, ch, |plane| plane_centred_squares(plane, mu)) / m;
                         (mu, var as f32)
                     })
                     .collect();
@@ -217,12 +271,8 @@ impl CustomOp3 for BatchNormRelu {
         let out = unsafe {
             filled_in_chunks(p.len(), p.hw, |plane, chunk| {
                 let ch = plane % p.c;
-                let (mu, scale, shift) = (mean[ch], inv_std[ch] * gamma[ch], beta[ch]);
-                let source = &x[plane * p.hw..][..p.hw];
-                for (slot, &v) in chunk.slots().iter_mut().zip(source) {
-                    let z = (v - mu) * scale + shift;
-                    slot.write(if relu && z < 0.0 { 0.0 } else { z });
-                }
+                let affine = (mean[ch], inv_std[ch] * gamma[ch], beta[ch]);
+                normalise_plane(&x[plane * p.hw..][..p.hw], chunk.slots(), affine, relu);
             })
         };
         *lock(&self.saved)? = Some(Normaliser { mean, inv_std });
@@ -292,8 +342,7 @@ impl CustomOp3 for BatchNormReluBackward {
         let g = contiguous_f32(s3, l3, "batch norm backward")?;
         let Normaliser { mean, inv_std } = &self.normaliser;
         let relu = self.relu;
-        // g masked by the ReLU: where y = 0 the output did not depend on x.
-        let masked = |gv: f32, yv: f32| if relu && yv <= 0.0 { 0.0 } else { gv };
+        // g is masked by the ReLU: where y = 0 the output did not depend on x.
         let sums: Vec<(f64, f64)> = (0..p.c)
             .into_par_iter()
             .map(|ch| {
@@ -301,11 +350,13 @@ impl CustomOp3 for BatchNormReluBackward {
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for b in 0..p.n {
                     let start = (b * p.c + ch) * p.hw;
-                    let planes = [&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]];
-                    let (plane_g, plane_gx) = lane_sum_pair(planes, |[gv, yv, xv]| {
-                        let g = masked(gv, yv);
-                        (g, g * (xv - mu))
-                    });
+                    let (plane_g, plane_gx) = plane_gradient_sums(
+                        &g[start..][..p.hw],
+                        &y[start..][..p.hw],
+                        &x[start..][..p.hw],
+                        mu,
+                        relu,
+                    );
                     sum_g += plane_g as f64;
                     sum_gx += plane_gx as f64 * s as f64;
                 }
@@ -323,11 +374,8 @@ impl CustomOp3 for BatchNormReluBackward {
                 let (mean_g, mean_gx) =
                     if batch { ((sums[ch].0 / m) as f32, (sums[ch].1 / m) as f32) } else { (0.0, 0.0) };
                 let start = plane * p.hw;
-                let (gp, yp, xp) = (&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]);
-                for (((slot, &gv), &yv), &xv) in chunk.slots().iter_mut().zip(gp).zip(yp).zip(xp) {
-                    let x_hat = (xv - mu) * s;
-                    slot.write(scale * (masked(gv, yv) - mean_g - x_hat * mean_gx));
-                }
+                let planes = [&g[start..][..p.hw], &y[start..][..p.hw], &x[start..][..p.hw]];
+                plane_input_gradient(chunk.slots(), planes, (mu, s, scale), (mean_g, mean_gx), relu);
             })
         };
         let (sum_g, sum_gx) = sums.iter().map(|&(a, b)| (a as f32, b as f32)).unzip();
