@@ -443,6 +443,45 @@ mod tests {
         }
     }
 
+    /// The plane loops run the AVX-512 or AVX2 version where the CPU has one; each gives the
+    /// bits of the same arithmetic written out here one element at a time, in the same lane
+    /// order (a plane of 75 values: four full blocks of 16 lanes and a tail).
+    #[test]
+    fn plane_loops_give_the_bits_of_the_scalar_arithmetic() {
+        let values = |seed: u64| -> Vec<f32> {
+            values(&crate::math::rng::test_images(seed, &[75]).affine(4.0, -2.0).unwrap())
+        };
+        let (g, y, x) = (values(1), values(2).iter().map(|v| v.max(0.0)).collect::<Vec<f32>>(), values(3));
+        let lanes = |f: &dyn Fn(usize) -> f32| -> f32 {
+            let mut acc = [0f32; LANES];
+            for i in 0..75 / LANES * LANES {
+                acc[i % LANES] += f(i);
+            }
+            let tail: f32 = (75 / LANES * LANES..75).map(f).sum();
+            acc.iter().sum::<f32>() + tail
+        };
+        let (mu, scale, shift, s) = (0.3f32, 1.7f32, -0.2f32, 0.9f32);
+        assert_eq!(plane_sum(&x).to_bits(), lanes(&|i| x[i]).to_bits());
+        assert_eq!(plane_centred_squares(&x, mu).to_bits(), lanes(&|i| (x[i] - mu) * (x[i] - mu)).to_bits());
+        let masked = |i: usize| if y[i] <= 0.0 { 0.0 } else { g[i] };
+        let (sum_g, sum_gx) = plane_gradient_sums(&g, &y, &x, mu, true);
+        assert_eq!(sum_g.to_bits(), lanes(&masked).to_bits());
+        assert_eq!(sum_gx.to_bits(), lanes(&|i| masked(i) * (x[i] - mu)).to_bits());
+        let mut out = vec![MaybeUninit::new(f32::NAN); 75];
+        normalise_plane(&x, &mut out, (mu, scale, shift), true);
+        for (i, slot) in out.iter().enumerate() {
+            let z = (x[i] - mu) * scale + shift;
+            // SAFETY: every slot was initialised above.
+            assert_eq!(unsafe { slot.assume_init() }.to_bits(), if z < 0.0 { 0f32 } else { z }.to_bits());
+        }
+        plane_input_gradient(&mut out, [&g, &y, &x], (mu, s, scale), (0.11, -0.05), true);
+        for (i, slot) in out.iter().enumerate() {
+            let expected = scale * (masked(i) - 0.11 - (x[i] - mu) * s * -0.05);
+            // SAFETY: as above.
+            assert_eq!(unsafe { slot.assume_init() }.to_bits(), expected.to_bits(), "input gradient [{i}]");
+        }
+    }
+
     /// Forward values and the gradients of Σ w·out (w random) with respect to x, γ and β agree
     /// with the op-by-op version to 1e-5, in training and evaluation mode, with and without ReLU.
     #[test]
