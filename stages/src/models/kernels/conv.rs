@@ -281,10 +281,21 @@ fn shift_copy(plane: &[f32], line: &mut [f32], (h, w): (usize, usize), (dy, dx):
     for oy in first_row..end_row {
         let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
         if dx < 0 {
-            row[..(-dx) as usize].fill(0.0);
+            zero_short_run(&mut row[..(-dx) as usize]);
         } else if dx > 0 {
-            row[(w - dx) as usize..].fill(0.0);
+            zero_short_run(&mut row[(w - dx) as usize..]);
         }
+    }
+}
+
+/// Zeroes the one or two columns a 3×3 or 5×5 kernel's shift pushes out of a row: written as
+/// stores, since `fill` there is a call to memset for every row of every im2col line.
+#[inline(always)]
+fn zero_short_run(run: &mut [f32]) {
+    match run {
+        [a] => *a = 0.0,
+        [a, b] => (*a, *b) = (0.0, 0.0),
+        _ => run.fill(0.0),
     }
 }
 
@@ -299,9 +310,9 @@ fn shift_add(line: &mut [f32], plane: &mut [f32], (h, w): (usize, usize), (dy, d
     for oy in first_row..end_row {
         let row = &mut line[(oy * w) as usize..((oy + 1) * w) as usize];
         if dx < 0 {
-            row[..(-dx) as usize].fill(0.0);
+            zero_short_run(&mut row[..(-dx) as usize]);
         } else if dx > 0 {
-            row[(w - dx) as usize..].fill(0.0);
+            zero_short_run(&mut row[(w - dx) as usize..]);
         }
     }
     let start = (first_row * w + (-dx).max(0)) as usize;
