@@ -94,16 +94,34 @@ impl Planes {
         self.n * self.hw
     }
 
-    /// Σ over the planes of channel `ch` of `plane_sum(plane)` (f32 within a plane of h·w
-    /// values, f64 across the batch).
-    fn channel_sum(&self, data: &[f32], ch: usize, plane_sum: impl Fn(&[f32]) -> f32) -> f64 {
-        (0..self.n).map(|b| plane_sum(&data[(b * self.c + ch) * self.hw..][..self.hw]) as f64).sum()
+    /// `f(i)` for every plane `i`, in parallel, walking memory in order: a plane's result
+    /// depends on that plane alone, so how the work is split changes no value. The per-channel
+    /// totals are then added up in image order ([`Planes::channel_total`]).
+    fn each_plane<T: Send>(&self, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+        (0..self.n * self.c).into_par_iter().map(f).collect()
+    }
+
+    /// Plane `i` of `data`.
+    fn plane<'a>(&self, data: &'a [f32], i: usize) -> &'a [f32] {
+        &data[i * self.hw..][..self.hw]
+    }
+
+    /// Σ over the images, in order and in f64, of channel `ch`'s per-plane values.
+    fn channel_total(&self, per_plane: &[f32], ch: usize) -> f64 {
+        (0..self.n).map(|b| per_plane[b * self.c + ch] as f64).sum()
     }
 }
 
 /// Independent partial sums, so that the compiler can vectorise a reduction (a single f32
 /// accumulator is a chain of dependent additions).
 const LANES: usize = 16;
+
+/// Block `block` of [`LANES`] values of each plane, as arrays: with the length in the type the
+/// lane loops below compile to vector code (as slices, every lane was checked and summed alone).
+#[inline(always)]
+fn lane_block<const K: usize>(planes: [&[f32]; K], block: usize) -> [&[f32; LANES]; K] {
+    planes.map(|p| p[block * LANES..][..LANES].try_into().expect("a block of LANES values"))
+}
 
 /// Σ f(values at i) over the equally long `planes`, in [`LANES`] partial sums.
 #[inline(always)]
@@ -112,7 +130,7 @@ fn lane_sum<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> f32) ->
     let full = len / LANES;
     let mut acc = [0f32; LANES];
     for block in 0..full {
-        let blocks: [&[f32]; K] = planes.map(|p| &p[block * LANES..][..LANES]);
+        let blocks = lane_block(planes, block);
         for (lane, slot) in acc.iter_mut().enumerate() {
             *slot += f(blocks.map(|b| b[lane]));
         }
@@ -129,7 +147,7 @@ fn lane_sum_pair<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> (f
     let full = len / LANES;
     let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
     for block in 0..full {
-        let blocks: [&[f32]; K] = planes.map(|p| &p[block * LANES..][..LANES]);
+        let blocks = lane_block(planes, block);
         for lane in 0..LANES {
             let (a, b) = f(blocks.map(|p| p[lane]));
             first[lane] += a;
@@ -248,16 +266,11 @@ impl CustomOp3 for BatchNormRelu {
             Statistics::Fixed { mean, variance } => (mean.clone(), variance.clone()),
             Statistics::Batch => {
                 let m = p.count() as f64;
-                let moments: Vec<(f32, f32)> = (0..p.c)
-                    .into_par_iter()
-                    .map(|ch| {
-                        let mean = p.channel_sum(x, ch, plane_sum) / m;
-                        let mu = mean as f32;
-                        let var = p.channel_sum(x, ch, |plane| plane_centred_squares(plane, mu)) / m;
-                        (mu, var as f32)
-                    })
-                    .collect();
-                let (mean, variance): (Vec<f32>, Vec<f32>) = moments.into_iter().unzip();
+                let sums = p.each_plane(|i| plane_sum(p.plane(x, i)));
+                let mean: Vec<f32> = (0..p.c).map(|ch| (p.channel_total(&sums, ch) / m) as f32).collect();
+                let squares = p.each_plane(|i| plane_centred_squares(p.plane(x, i), mean[i % p.c]));
+                let variance: Vec<f32> =
+                    (0..p.c).map(|ch| (p.channel_total(&squares, ch) / m) as f32).collect();
                 *lock(&self.batch_out)? = Some(BatchStatistics {
                     mean: mean.clone(),
                     variance: variance.clone(),
@@ -345,20 +358,15 @@ impl CustomOp3 for BatchNormReluBackward {
         let Normaliser { mean, inv_std } = &self.normaliser;
         let relu = self.relu;
         // g is masked by the ReLU: where y = 0 the output did not depend on x.
+        let per_plane = p.each_plane(|i| {
+            plane_gradient_sums(p.plane(g, i), p.plane(y, i), p.plane(x, i), mean[i % p.c], relu)
+        });
         let sums: Vec<(f64, f64)> = (0..p.c)
-            .into_par_iter()
             .map(|ch| {
-                let (mu, s) = (mean[ch], inv_std[ch]);
+                let s = inv_std[ch];
                 let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
                 for b in 0..p.n {
-                    let start = (b * p.c + ch) * p.hw;
-                    let (plane_g, plane_gx) = plane_gradient_sums(
-                        &g[start..][..p.hw],
-                        &y[start..][..p.hw],
-                        &x[start..][..p.hw],
-                        mu,
-                        relu,
-                    );
+                    let (plane_g, plane_gx) = per_plane[b * p.c + ch];
                     sum_g += plane_g as f64;
                     sum_gx += plane_gx as f64 * s as f64;
                 }
