@@ -4,7 +4,7 @@
 //! y = conv3×3(o) (the block's stride) → BN → ReLU → dropout → conv3×3; plus the shortcut, a
 //! 1×1 conv of the pre-activated o where the width or stride changes, the raw x otherwise.
 use super::builder::Scope;
-use super::kernels::conv::conv2d;
+use super::kernels::conv::{conv2d, conv2d_add};
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Forward, Mode};
 use super::spec::ModelSpec;
 use crate::error::StageError;
@@ -98,12 +98,11 @@ impl WideResNet {
             let mut y = conv2d(&activated, &block.conv1, block.stride, 1)?;
             y = block.bn2.forward_relu(&y, mode)?;
             y = dropout(&y, self.dropout, mode, &self.device)?;
-            y = conv2d(&y, &block.conv2, 1, 1)?;
             let shortcut = match &block.shortcut {
                 Some(weight) => conv2d(&activated, weight, block.stride, 0)?,
                 None => x.clone(),
             };
-            x = (y + shortcut)?;
+            x = conv2d_add(&y, &block.conv2, 1, 1, &shortcut)?;
         }
         let features = global_avg_pool(&self.bn.forward_relu(&x, mode)?)?;
         let logits = self.ends.logits(&features)?;

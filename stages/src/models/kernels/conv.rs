@@ -25,16 +25,35 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
     if !super::dispatch::custom_applies(x) {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
-    let (n, c, h, w) = x.dims4()?;
-    let (o, c_w, k, k2) = weight.dims4()?;
-    if c != c_w || k != k2 {
-        candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", x.dims(), weight.dims());
+    let (g, o) = Geometry::of(x, weight, stride, padding)?;
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g, o })
+}
+
+/// `conv2d(x, weight) + residual` (a residual block's last convolution and its shortcut) as
+/// one op: each image's output gets the residual added while it is still in cache, and the
+/// backward hands the output gradient to the residual as it is, without a separate sum node
+/// whose operands' gradients candle would each accumulate (a zeroed tensor plus the gradient).
+/// The same values as the two ops.
+pub fn conv2d_add(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    if !super::dispatch::custom_applies(x) {
+        return x.conv2d(weight, padding, stride, 1, 1)? + residual;
     }
-    if h + 2 * padding < k || w + 2 * padding < k || stride == 0 {
-        candle_core::bail!("conv2d: a {k}×{k} kernel does not fit a {h}×{w} input with padding {padding}");
+    let (g, o) = Geometry::of(x, weight, stride, padding)?;
+    let (ho, wo) = g.output();
+    if residual.dims() != [g.n, o, ho, wo] {
+        candle_core::bail!(
+            "conv2d_add: residual {:?} does not fit the output {:?}",
+            residual.dims(),
+            [g.n, o, ho, wo]
+        );
     }
-    let geometry = Geometry { n, c, h, w, k, stride, padding };
-    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d { g: geometry, o })
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &residual.contiguous()?, Conv2dAdd { g, o })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +68,21 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of convolving `x` (N, C, H, W) with `weight` (O, C, k, k), and O.
+    fn of(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<(Geometry, usize)> {
+        let (n, c, h, w) = x.dims4()?;
+        let (o, c_w, k, k2) = weight.dims4()?;
+        if c != c_w || k != k2 {
+            candle_core::bail!("conv2d: input {:?} and weight {:?} do not fit", x.dims(), weight.dims());
+        }
+        if h + 2 * padding < k || w + 2 * padding < k || stride == 0 {
+            candle_core::bail!(
+                "conv2d: a {k}×{k} kernel does not fit a {h}×{w} input with padding {padding}"
+            );
+        }
+        Ok((Geometry { n, c, h, w, k, stride, padding }, o))
+    }
+
     fn output(&self) -> (usize, usize) {
         (
             (self.h + 2 * self.padding - self.k) / self.stride + 1,
@@ -621,6 +655,11 @@ unsafe fn matmul_strided(
 /// The convolution of `x` (N, C, H, W) with `w` (O, C, k, k): per image im2col and one product
 /// W · cols into the (O, Ho·Wo) output, images in parallel.
 fn convolve(g: Geometry, o: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    convolve_then_add(g, o, x, w, None)
+}
+
+/// [`convolve`], then each image's output plus its part of `residual` (N, O, Ho, Wo), if any.
+fn convolve_then_add(g: Geometry, o: usize, x: &[f32], w: &[f32], residual: Option<&[f32]>) -> Vec<f32> {
     let (rows, columns) = g.cols_shape();
     let weight = Matrix::row_major(w, o, rows);
     let image_len = g.c * g.h * g.w;
@@ -635,6 +674,13 @@ fn convolve(g: Geometry, o: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
                     g.im2col(image, cols);
                     matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(cols, rows, columns));
                 });
+            }
+            if let Some(residual) = residual {
+                // SAFETY: the product above wrote every element of the chunk.
+                let out = std::slice::from_raw_parts_mut(chunk.as_mut_ptr(), o * columns);
+                for (v, r) in out.iter_mut().zip(&residual[b * o * columns..][..o * columns]) {
+                    *v += r;
+                }
             }
         })
     }
@@ -673,26 +719,75 @@ impl CustomOp2 for Conv2d {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        if w.track_op() && self.g.has_transpose() {
-            // Stride 1: both gradients from one im2col of the output gradient per image.
-            let input = x.track_op();
-            let op = StrideOneGradients { g: self.g, o: self.o, input };
-            let both = grad.apply_op3_no_bwd(w, &x.contiguous()?, &op)?;
-            let input_len = if input { x.elem_count() } else { 0 };
-            let dx = if input { Some(both.narrow(0, 0, input_len)?.reshape(x.shape())?) } else { None };
-            let dw = both.narrow(0, input_len, w.elem_count())?.reshape(w.shape())?;
-            return Ok((dx, Some(dw)));
-        }
-        // The first layer's input (the images) needs no gradient, unless asked for (ODIN).
-        let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGradient(self.g))?) } else { None };
-        let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &WeightGradient(self.g, self.o))?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        convolution_gradients(self.g, self.o, x, w, grad)
     }
+}
+
+/// The convolution plus a residual: (N, C, H, W) ⊛ (O, C, k, k) + (N, O, Ho, Wo).
+struct Conv2dAdd {
+    g: Geometry,
+    o: usize,
+}
+
+impl candle_core::CustomOp3 for Conv2dAdd {
+    fn name(&self) -> &'static str {
+        "conv2d-im2col-gemm-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (g, o) = (self.g, self.o);
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let residual = contiguous_f32(s3, l3, "conv2d residual")?;
+        let out = convolve_then_add(g, o, x, w, Some(residual));
+        let (ho, wo) = g.output();
+        Ok((CpuStorage::F32(out), Shape::from((g.n, o, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = convolution_gradients(self.g, self.o, x, w, grad)?;
+        Ok((dx, dw, residual.track_op().then(|| grad.clone())))
+    }
+}
+
+/// ∂L/∂x (when `x` needs it) and ∂L/∂W (when `w` does) of a convolution from ∂L/∂out.
+fn convolution_gradients(
+    g: Geometry,
+    o: usize,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.contiguous()?;
+    if w.track_op() && g.has_transpose() {
+        // Stride 1: both gradients from one im2col of the output gradient per image.
+        let input = x.track_op();
+        let op = StrideOneGradients { g, o, input };
+        let both = grad.apply_op3_no_bwd(w, &x.contiguous()?, &op)?;
+        let input_len = if input { x.elem_count() } else { 0 };
+        let dx = if input { Some(both.narrow(0, 0, input_len)?.reshape(x.shape())?) } else { None };
+        let dw = both.narrow(0, input_len, w.elem_count())?.reshape(w.shape())?;
+        return Ok((dx, Some(dw)));
+    }
+    // The first layer's input (the images) needs no gradient, unless asked for (ODIN).
+    let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &InputGradient(g))?) } else { None };
+    let dw = if w.track_op() { Some(x.apply_op2_no_bwd(&grad, &WeightGradient(g, o))?) } else { None };
+    Ok((dx, dw))
 }
 
 /// ∂L/∂x from (∂L/∂out, weight) alone (the weights need no gradient, or the convolution is
@@ -1049,6 +1144,41 @@ mod tests {
 
     /// An input that needs no gradient (the images) gets none, and the weight gradient is the
     /// same as when the input is a variable.
+    /// conv2d_add gives what conv2d followed by a sum gives, to the bit, forward and backward
+    /// (input, weight and residual gradients), stride 1 and 2; a residual of the wrong shape is
+    /// an error.
+    #[test]
+    fn conv2d_add_equals_the_convolution_plus_the_residual() {
+        for (seed, (stride, padding)) in [(1usize, 1usize), (2, 1)].into_iter().enumerate() {
+            let (n, c, h, w, o, k) = (3, 2, 8, 7, 4, 3);
+            let x = Var::from_tensor(&crate::math::rng::test_images(seed as u64, &[n, c, h, w])).unwrap();
+            let weight = Var::from_tensor(
+                &(crate::math::rng::test_images(50 + seed as u64, &[o, c, k, k]) - 0.5).unwrap(),
+            )
+            .unwrap();
+            let plain = conv2d(x.as_tensor(), weight.as_tensor(), stride, padding).unwrap();
+            let residual =
+                Var::from_tensor(&crate::math::rng::test_images(70 + seed as u64, plain.dims())).unwrap();
+            let fused =
+                conv2d_add(x.as_tensor(), weight.as_tensor(), stride, padding, residual.as_tensor()).unwrap();
+            let summed = (&plain + residual.as_tensor()).unwrap();
+            assert_eq!(values(&fused), values(&summed), "stride {stride} output");
+            let probe = crate::math::rng::test_images(90 + seed as u64, plain.dims());
+            let fused_grads = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let summed_grads = (&summed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, var) in [("input", &x), ("weight", &weight), ("residual", &residual)] {
+                assert_eq!(
+                    values(fused_grads.get(var.as_tensor()).unwrap()),
+                    values(summed_grads.get(var.as_tensor()).unwrap()),
+                    "stride {stride} {name} gradient"
+                );
+            }
+            let wrong =
+                Tensor::zeros((n, o, 2, 2), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            assert!(conv2d_add(x.as_tensor(), weight.as_tensor(), stride, padding, &wrong).is_err());
+        }
+    }
+
     #[test]
     fn every_nth_and_its_adjoint_match_step_by() {
         for (len, s, room) in [(7, 2, 4), (6, 2, 3), (7, 2, 3), (6, 2, 5), (8, 3, 3), (1, 2, 1), (0, 2, 2)] {
