@@ -364,6 +364,9 @@ fn shift_add(line: &mut [f32], plane: &mut [f32], (h, w): (usize, usize), (dy, d
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
 fn split_into_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) {
     let (g, s) = (phases_of.g, phases_of.g.stride);
+    if s == 2 {
+        return split_into_two_phases(phases_of, image, phases);
+    }
     for (plane, target) in image.chunks_exact(g.h * g.w).zip(phases.chunks_exact_mut(phases_of.per_channel()))
     {
         for (index, phase) in target.chunks_exact_mut(phases_of.plane()).enumerate() {
@@ -375,6 +378,48 @@ fn split_into_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) {
                     None => 0,
                 };
                 line[written..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// [`split_into_phases`] for stride 2: each image row is read once and dealt into the two
+/// phase rows it feeds (even and odd columns), rather than read once per phase.
+#[inline(always)]
+fn split_into_two_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) {
+    let (g, cols, plane_len) = (phases_of.g, phases_of.cols, phases_of.plane());
+    for (plane, target) in image.chunks_exact(g.h * g.w).zip(phases.chunks_exact_mut(phases_of.per_channel()))
+    {
+        // Phase (a, b) is plane 2a + b: the even and odd columns of the rows y ≡ a (mod 2).
+        let (top, bottom) = target.split_at_mut(2 * plane_len);
+        let [(even_0, odd_0), (even_1, odd_1)] =
+            [top.split_at_mut(plane_len), bottom.split_at_mut(plane_len)];
+        for u in 0..phases_of.rows {
+            for a in 0..2 {
+                let (even, odd) =
+                    if a == 0 { (&mut *even_0, &mut *odd_0) } else { (&mut *even_1, &mut *odd_1) };
+                let (even, odd) = (&mut even[u * cols..][..cols], &mut odd[u * cols..][..cols]);
+                let y = 2 * u + a;
+                if y >= g.h {
+                    even.fill(0.0);
+                    odd.fill(0.0);
+                    continue;
+                }
+                let row = &plane[y * g.w..][..g.w];
+                let pairs = row.chunks_exact(2);
+                let last = pairs.remainder().first().copied();
+                let full = pairs.len();
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                // cols = ⌈w/2⌉: an odd row's last pixel is the even phase's last column, and
+                // the odd phase's last column is outside the image.
+                even[full..].fill(0.0);
+                odd[full..].fill(0.0);
+                if let Some(v) = last {
+                    even[full] = v;
+                }
             }
         }
     }
