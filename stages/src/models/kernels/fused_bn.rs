@@ -117,7 +117,8 @@ impl Planes {
 const LANES: usize = 16;
 
 /// Block `block` of [`LANES`] values of each plane, as arrays: with the length in the type the
-/// lane loops below compile to vector code (as slices, every lane was checked and summed alone).
+/// lane loops below compile to vector code (over slices the compiler kept the partial sums in
+/// memory and added most lanes one at a time).
 #[inline(always)]
 fn lane_block<const K: usize>(planes: [&[f32]; K], block: usize) -> [&[f32; LANES]; K] {
     planes.map(|p| p[block * LANES..][..LANES].try_into().expect("a block of LANES values"))
