@@ -359,25 +359,43 @@ fn shift_add(line: &mut [f32], plane: &mut [f32], (h, w): (usize, usize), (dy, d
 }
 
 // The stride-2 gathers and scatters of the phase planes, compiled for AVX-512 and AVX2 too
-// and picked at run time (as the batch-norm loops): with SSE2 alone they were an eighth of the
-// small CNN's step. Copies and additions in the same order: the same values on any CPU.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn split_into_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) {
-    let (g, s) = (phases_of.g, phases_of.g.stride);
-    if s == 2 {
-        return split_into_two_phases(phases_of, image, phases);
+// ([`cpu_variants`]): with SSE2 alone they were an eighth of the small CNN's step. Copies and
+// additions in the same order: the same values on any CPU.
+cpu_variants! {
+    fn split_into_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) {
+        let (g, s) = (phases_of.g, phases_of.g.stride);
+        if s == 2 {
+            return split_into_two_phases(phases_of, image, phases);
+        }
+        for (plane, target) in image.chunks_exact(g.h * g.w).zip(phases.chunks_exact_mut(phases_of.per_channel()))
+        {
+            for (index, phase) in target.chunks_exact_mut(phases_of.plane()).enumerate() {
+                let (a, b) = (index / s, index % s);
+                for (u, line) in phase.chunks_exact_mut(phases_of.cols).enumerate() {
+                    let y = u * s + a;
+                    let written = match plane[y.min(g.h) * g.w..].get(..g.w).filter(|_| y < g.h) {
+                        Some(row) => every_nth(row.get(b..).unwrap_or(&[]), s, line),
+                        None => 0,
+                    };
+                    line[written..].fill(0.0);
+                }
+            }
+        }
     }
-    for (plane, target) in image.chunks_exact(g.h * g.w).zip(phases.chunks_exact_mut(phases_of.per_channel()))
-    {
-        for (index, phase) in target.chunks_exact_mut(phases_of.plane()).enumerate() {
-            let (a, b) = (index / s, index % s);
-            for (u, line) in phase.chunks_exact_mut(phases_of.cols).enumerate() {
-                let y = u * s + a;
-                let written = match plane[y.min(g.h) * g.w..].get(..g.w).filter(|_| y < g.h) {
-                    Some(row) => every_nth(row.get(b..).unwrap_or(&[]), s, line),
-                    None => 0,
-                };
-                line[written..].fill(0.0);
+
+    fn merge_phases_into(phases_of: &Phases, phases: &[f32], image: &mut [f32]) {
+        let (g, s) = (phases_of.g, phases_of.g.stride);
+        for (plane, source) in image.chunks_exact_mut(g.h * g.w).zip(phases.chunks_exact(phases_of.per_channel()))
+        {
+            for (index, phase) in source.chunks_exact(phases_of.plane()).enumerate() {
+                let (a, b) = (index / s, index % s);
+                for (u, line) in phase.chunks_exact(phases_of.cols).enumerate() {
+                    let y = u * s + a;
+                    if y >= g.h || b >= g.w {
+                        continue;
+                    }
+                    add_every_nth(line, &mut plane[y * g.w..][..g.w][b..], s);
+                }
             }
         }
     }
@@ -425,49 +443,20 @@ fn split_into_two_phases(phases_of: &Phases, image: &[f32], phases: &mut [f32]) 
     }
 }
 
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-fn merge_phases_into(phases_of: &Phases, phases: &[f32], image: &mut [f32]) {
-    let (g, s) = (phases_of.g, phases_of.g.stride);
-    for (plane, source) in image.chunks_exact_mut(g.h * g.w).zip(phases.chunks_exact(phases_of.per_channel()))
-    {
-        for (index, phase) in source.chunks_exact(phases_of.plane()).enumerate() {
-            let (a, b) = (index / s, index % s);
-            for (u, line) in phase.chunks_exact(phases_of.cols).enumerate() {
-                let y = u * s + a;
-                if y >= g.h || b >= g.w {
-                    continue;
-                }
-                add_every_nth(line, &mut plane[y * g.w..][..g.w][b..], s);
-            }
-        }
-    }
-}
-
-/// `target[i] = source[i·s]` for as many i as both allow; returns that count. Stride 2 (every
-/// strided convolution here) has its own loop, which the compiler turns into vector shuffles;
-/// `step_by` compiles to a scalar loop that took a tenth of the small CNN's step.
+/// `target[i] = source[i·s]` for as many i as both allow; returns that count (strides other
+/// than 2, which [`split_into_two_phases`] deals with row by row).
 #[inline(always)]
 fn every_nth(source: &[f32], s: usize, target: &mut [f32]) -> usize {
     let count = source.len().div_ceil(s).min(target.len());
-    if s == 2 {
-        let pairs = source.chunks_exact(2);
-        let last = pairs.remainder().first().copied();
-        let full = pairs.len().min(count);
-        for (t, pair) in target[..full].iter_mut().zip(pairs) {
-            *t = pair[0];
-        }
-        if let (true, Some(v)) = (full < count, last) {
-            target[full] = v;
-        }
-    } else {
-        for (t, v) in target[..count].iter_mut().zip(source.iter().step_by(s)) {
-            *t = *v;
-        }
+    for (t, v) in target[..count].iter_mut().zip(source.iter().step_by(s)) {
+        *t = *v;
     }
     count
 }
 
-/// The adjoint of [`every_nth`]: `target[i·s] += source[i]`.
+/// The adjoint of [`every_nth`]: `target[i·s] += source[i]`. Stride 2 (every strided
+/// convolution here) has its own loop over `chunks_exact` pairs, which the compiler turns into
+/// vector shuffles; `step_by` compiles to a scalar loop.
 #[inline(always)]
 fn add_every_nth(source: &[f32], target: &mut [f32], s: usize) {
     if s == 2 {
@@ -1202,8 +1191,6 @@ mod tests {
         }
     }
 
-    /// An input that needs no gradient (the images) gets none, and the weight gradient is the
-    /// same as when the input is a variable.
     /// conv2d_add gives what conv2d followed by a sum gives, to the bit, forward and backward
     /// (input, weight and residual gradients), stride 1 and 2; a residual of the wrong shape is
     /// an error.
@@ -1258,6 +1245,8 @@ mod tests {
         }
     }
 
+    /// An input that needs no gradient (the images) gets none, and the weight gradient is the
+    /// same as when the input is a variable.
     #[test]
     fn the_input_gradient_is_skipped_when_nothing_needs_it() {
         let x = crate::math::rng::test_images(7, &[3, 2, 6, 5]);

@@ -165,19 +165,9 @@ fn lane_sum_pair<const K: usize>(planes: [&[f32]; K], f: impl Fn([f32; K]) -> (f
     (first.iter().sum::<f32>() + tail_first, second.iter().sum::<f32>() + tail_second)
 }
 
-/// The targets the plane loops below are also compiled for, picked at run time by CPU (the
-/// binary's baseline is SSE2): AVX-512 where the CPU has the Ice Lake / Zen 4 set (multiversion
-/// asks for all of it, to keep off older parts that slow down under AVX-512), else AVX2.
-/// Vector width changes no value: every loop keeps its [`LANES`] partial sums in the same
-/// order, and Rust never fuses a multiply and an add.
-macro_rules! plane_loop {
-    ($($item:item)*) => {$(
-        #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
-        $item
-    )*};
-}
-
-plane_loop! {
+// The plane loops, also compiled for AVX-512 and AVX2 ([`cpu_variants`]): each keeps its
+// [`LANES`] partial sums in the same order, so the values do not depend on the CPU.
+cpu_variants! {
     /// Σ v over one plane.
     fn plane_sum(plane: &[f32]) -> f32 {
         lane_sum([plane], |[v]| v)

@@ -1,6 +1,18 @@
 //! CPU kernels written by hand for speed: the convolution as im2col + gemm ([`conv`]), batch
 //! norm + ReLU in one pass ([`fused_bn`]), the buffers they share ([`buffers`]), and when they apply ([`dispatch`]). All the
 //! crate's `unsafe` code lives here.
+/// Compiles each item it wraps three times, for AVX-512 (the Ice Lake / Zen 4 set: multiversion
+/// asks for all of it, to keep off older parts that slow down under AVX-512), for AVX2 and for
+/// the binary's SSE2 baseline, and picks one at run time by CPU. For element loops whose values
+/// do not depend on the vector width: the same operations in the same order (Rust never fuses a
+/// multiply and an add).
+macro_rules! cpu_variants {
+    ($($item:item)*) => {$(
+        #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+        $item
+    )*};
+}
+
 pub(crate) mod buffers;
 pub mod conv;
 pub mod dispatch;
