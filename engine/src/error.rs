@@ -85,6 +85,8 @@ impl EngineError {
             EngineError::Usage(_) | EngineError::Recipe { .. } => ErrorClass::Usage,
             EngineError::Dataset { .. } => ErrorClass::Data,
             EngineError::Fetch(crate::fetch::FetchError::Io { .. }) => ErrorClass::Io,
+            // A set with no archive to download: the request, not the data, is at fault.
+            EngineError::Fetch(crate::fetch::FetchError::Manual { .. }) => ErrorClass::Usage,
             EngineError::Fetch(_) => ErrorClass::Data,
             EngineError::Device(_) => ErrorClass::Device,
             EngineError::Cache { .. } | EngineError::Remote(_) | EngineError::RemoteUnreachable(_) => {

@@ -184,6 +184,11 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn reads(&self) -> Vec<(String, data::Split)> {
         self.workload().map(|w| w.reads).unwrap_or_default()
     }
+    /// The upstream stages of which it reads exactly one instance per seed although it combines
+    /// variants (a selection over one training's checkpoints): `check` refuses them swept.
+    fn one_instance_of(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A configured stage, ready to run.
@@ -197,6 +202,7 @@ pub trait Stage: Send + Sync {
     fn model_source(&self) -> Option<workload::ModelSource>;
     fn workload(&self) -> Option<workload::Workload>;
     fn reads(&self) -> Vec<(String, data::Split)>;
+    fn one_instance_of(&self) -> Vec<String>;
 }
 
 impl<P: StageParams> Stage for P {
@@ -223,6 +229,9 @@ impl<P: StageParams> Stage for P {
     }
     fn reads(&self) -> Vec<(String, data::Split)> {
         StageParams::reads(self)
+    }
+    fn one_instance_of(&self) -> Vec<String> {
+        StageParams::one_instance_of(self)
     }
 }
 

@@ -119,7 +119,7 @@ fn malformed_or_missing_files_name_the_path() {
     let missing =
         DatasetSpec::from_json(serde_json::json!({"format": "cifar10-bin", "root": dir.path()})).unwrap();
     let err = missing.load(Split::Train).unwrap_err().to_string();
-    assert!(err.contains("data_batch_1.bin") && err.contains("cifar-10-binary.tar.gz"), "{err}");
+    assert!(err.contains("data_batch_1.bin") && err.contains("pipeline fetch cifar10"), "{err}");
     for name in
         ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"]
     {

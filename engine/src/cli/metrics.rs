@@ -17,8 +17,12 @@ pub fn metrics(id: &Path, ood: &[PathBuf], convention: Convention, shell: &Shell
     let mut per_file: Vec<(String, OodMetrics)> = Vec::new();
     for path in ood {
         let scores = read_scores(path)?;
-        let m = ood_metrics_with(convention, &id_scores, &scores)
-            .map_err(|e| anyhow::anyhow!("`{}` against `{}`: {e}", path.display(), id.display()))?;
+        // Scores that cannot be ranked (NaN, none at all) are a data error, exit status 3.
+        let m =
+            ood_metrics_with(convention, &id_scores, &scores).map_err(|e| stages::StageError::Format {
+                path: path.clone(),
+                message: format!("against `{}`: {e}", id.display()),
+            })?;
         per_file.push((path.display().to_string(), m));
     }
     let n = per_file.len() as f64;

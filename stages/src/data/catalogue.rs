@@ -2,6 +2,7 @@
 //! MD5 checksum, and the folder it yields under the data directory (`${PIPELINE_DATA:-data}` in
 //! the recipes). Sets without a stable published archive and checksum (the OOD papers' LSUN,
 //! iSUN, Places365, iNaturalist and TinyImageNet subsets) say how to get them by hand.
+use std::path::Path;
 
 /// How a downloaded file becomes the folder the recipes read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,9 +151,43 @@ pub fn find(name: &str) -> Option<&'static CatalogueEntry> {
     ENTRIES.iter().find(|e| e.name.eq_ignore_ascii_case(name))
 }
 
+/// The catalogue entry a recipe's folder `root` is (or is inside of), by its folder name.
+pub fn for_folder(root: &Path) -> Option<&'static CatalogueEntry> {
+    root.ancestors().filter_map(|p| p.file_name()).find_map(|f| ENTRIES.iter().find(|e| f == e.folder))
+}
+
+/// How to get the data set `name` of the catalogue into `root` (the folder a recipe reads):
+/// the `pipeline fetch` command, with `--to` when `root` is not where fetch puts it by default,
+/// or for sets without an archive what to do by hand.
+pub fn how_to_get(name: &str, root: &Path) -> String {
+    let Some(entry) = find(name) else { return String::new() };
+    // `fetch` unpacks into DATA/<folder>; DTD's recipes read DATA/dtd/images.
+    let folder = root.ancestors().find(|p| p.file_name().is_some_and(|f| f == entry.folder)).unwrap_or(root);
+    let parent = folder.parent().filter(|p| !p.as_os_str().is_empty());
+    match entry.origin {
+        Origin::Download { .. } => match parent {
+            Some(parent) => format!("get it with `pipeline fetch {} --to {}`", entry.name, parent.display()),
+            None => format!("get it with `pipeline fetch {}`", entry.name),
+        },
+        Origin::Manual(how) => how.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn how_to_get_names_the_fetch_command_and_folder() {
+        let root = Path::new("/data/cifar-10-batches-bin");
+        assert_eq!(how_to_get("cifar10", root), "get it with `pipeline fetch cifar10 --to /data`");
+        let dtd = Path::new("/d/dtd/images");
+        assert_eq!(how_to_get("textures", dtd), "get it with `pipeline fetch textures --to /d`");
+        assert!(how_to_get("places365", Path::new("/d/places365")).contains("DATA/places365"));
+        assert_eq!(how_to_get("imagenet", root), "");
+        assert_eq!(for_folder(dtd).map(|e| e.name), Some("textures"));
+        assert!(for_folder(Path::new("/d/other")).is_none());
+    }
 
     #[test]
     fn every_download_has_an_md5_and_a_file_name() {

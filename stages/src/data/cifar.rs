@@ -67,7 +67,8 @@ fn check_common(classes: &Option<Vec<u32>>, limit: Option<usize>, total: usize) 
     problems
 }
 
-fn require(root: &Path, name: &str, archive: &str) -> Result<PathBuf, StageError> {
+/// `root/name`, or an error saying how to get it (`fetch` names the catalogue entry).
+fn require(root: &Path, name: &str, fetch: &str) -> Result<PathBuf, StageError> {
     let path = root.join(name);
     if path.is_file() {
         Ok(path)
@@ -75,8 +76,9 @@ fn require(root: &Path, name: &str, archive: &str) -> Result<PathBuf, StageError
         Err(StageError::Format {
             path,
             message: format!(
-                "missing CIFAR file `{name}` in `{}` (unpack {archive} from https://www.cs.toronto.edu/~kriz/cifar.html there)",
-                root.display()
+                "missing CIFAR file `{name}` in `{}` ({})",
+                root.display(),
+                super::catalogue::how_to_get(fetch, root)
             ),
         })
     }
@@ -110,13 +112,42 @@ impl Cifar10Spec {
             Split::Train => (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
             Split::Test => vec!["test_batch.bin".into()],
         };
-        names.iter().map(|n| require(&self.root, n, "cifar-10-binary.tar.gz")).collect()
+        names.iter().map(|n| require(&self.root, n, "cifar10")).collect()
     }
 
     pub(super) fn files(&self) -> Result<Vec<PathBuf>, StageError> {
         let mut files = self.split_files(Split::Train)?;
         files.extend(self.split_files(Split::Test)?);
         Ok(files)
+    }
+
+    /// The files of a split, and (for `check`) a `skip` that leaves no image of the listed
+    /// classes, found from the label bytes alone (one read per record, not the 150 MB).
+    pub(super) fn check_split(&self, split: Split) -> Result<(), StageError> {
+        let files = self.split_files(split)?;
+        let Some(skip) = self.skip.filter(|&s| s > 0) else { return Ok(()) };
+        let listed = |label: u8| self.classes.as_ref().is_none_or(|c| c.contains(&(label as u32)));
+        let mut available = 0usize;
+        for path in &files {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(path).map_err(StageError::io("cannot read", path))?;
+            let len = file.metadata().map_err(StageError::io("cannot read", path))?.len();
+            let record = (1 + IMAGE_BYTES) as u64;
+            let mut label = [0u8; 1];
+            for at in (0..len / record).map(|r| r * record) {
+                file.seek(SeekFrom::Start(at))
+                    .and_then(|_| file.read_exact(&mut label))
+                    .map_err(StageError::io("cannot read", path))?;
+                available += usize::from(listed(label[0]));
+            }
+        }
+        if skip >= available {
+            return Err(StageError::Unsuitable(format!(
+                "`skip = {skip}` leaves no image: `{}` has {available} of the listed classes in this split",
+                self.root.display()
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {
@@ -144,12 +175,12 @@ impl Cifar100Spec {
         check_common(&self.classes, self.limit, self.total())
     }
 
-    fn split_file(&self, split: Split) -> Result<PathBuf, StageError> {
+    pub(super) fn split_file(&self, split: Split) -> Result<PathBuf, StageError> {
         let name = match split {
             Split::Train => "train.bin",
             Split::Test => "test.bin",
         };
-        require(&self.root, name, "cifar-100-binary.tar.gz")
+        require(&self.root, name, "cifar100")
     }
 
     pub(super) fn files(&self) -> Result<Vec<PathBuf>, StageError> {

@@ -59,8 +59,16 @@ impl ImageFolderSpec {
         if !self.root.is_dir() {
             return Err(StageError::Format {
                 path: self.root.clone(),
-                message: "missing image folder (expected a folder of .png/.jpg files, searched recursively)"
-                    .into(),
+                message: match super::catalogue::for_folder(&self.root) {
+                    Some(entry) => format!(
+                        "missing image folder ({})",
+                        super::catalogue::how_to_get(entry.name, &self.root)
+                    ),
+                    None => {
+                        "missing image folder (expected a folder of .png/.jpg files, searched recursively)"
+                            .into()
+                    }
+                },
             });
         }
         let mut files = Vec::new();

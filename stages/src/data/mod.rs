@@ -138,7 +138,15 @@ impl DatasetSpec {
     pub fn shape(&self, split: Split) -> Result<[usize; 3], StageError> {
         match self {
             DatasetSpec::Idx(spec) => spec.shape(split),
-            DatasetSpec::Cifar10Bin(_) | DatasetSpec::Cifar100Bin(_) | DatasetSpec::SvhnMat(_) => {
+            DatasetSpec::Cifar10Bin(spec) => {
+                spec.check_split(split)?;
+                Ok([3, 32, 32])
+            }
+            DatasetSpec::Cifar100Bin(spec) => {
+                spec.split_file(split)?;
+                Ok([3, 32, 32])
+            }
+            DatasetSpec::SvhnMat(_) => {
                 self.files()?;
                 Ok([3, 32, 32])
             }

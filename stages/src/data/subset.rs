@@ -57,6 +57,15 @@ impl ClassFilter {
             set.labels.push(new_label);
             set.pixels.extend(pixels.iter().map(|&p| p as f32 / 255.0));
         }
+        if set.is_empty() && self.skip > 0 {
+            return Err(StageError::Format {
+                path: path.into(),
+                message: format!(
+                    "`skip = {}` leaves no image: the split has {skipped} of the classes {:?}",
+                    self.skip, self.classes
+                ),
+            });
+        }
         if set.is_empty() {
             return Err(StageError::Format {
                 path: path.into(),

@@ -100,10 +100,10 @@ impl SvhnSpec {
 }
 
 fn missing(path: &Path) -> StageError {
+    let root = path.parent().unwrap_or(path);
     StageError::Format {
         path: path.into(),
-        message: "missing SVHN file (download test_32x32.mat from http://ufldl.stanford.edu/housenumbers/)"
-            .into(),
+        message: format!("missing SVHN file ({})", super::catalogue::how_to_get("svhn", root)),
     }
 }
 

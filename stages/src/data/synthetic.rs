@@ -88,6 +88,9 @@ impl GaussianNoiseSpec {
         if !(self.std.is_finite() && self.std > 0.0) {
             problems.push(ParamError::new(&["std"], "must be a positive number"));
         }
+        if !self.mean.is_finite() {
+            problems.push(ParamError::new(&["mean"], "must be a finite 32-bit float"));
+        }
         problems
     }
 
@@ -104,8 +107,23 @@ impl GaussianNoiseSpec {
 impl UniformNoiseSpec {
     pub(super) fn check(&self) -> Vec<ParamError> {
         let mut problems = check_common(self.count, self.shape);
+        // Pixels are f32: a bound past f32's range (1e39) becomes infinite, and the range to
+        // draw from would be empty or infinite.
+        for (field, value) in [("low", self.low), ("high", self.high)] {
+            if !value.is_finite() {
+                problems.push(ParamError::new(
+                    &[field],
+                    format!("must be a finite 32-bit float (±{:e})", f32::MAX),
+                ));
+            }
+        }
+        if problems.iter().any(|p| p.path == ["low"] || p.path == ["high"]) {
+            return problems;
+        }
         if self.low.partial_cmp(&self.high) != Some(std::cmp::Ordering::Less) {
             problems.push(ParamError::new(&["high"], "must be greater than `low`"));
+        } else if !(self.high - self.low).is_finite() {
+            problems.push(ParamError::new(&["high"], "`high` − `low` must be a finite 32-bit float"));
         }
         problems
     }

@@ -33,8 +33,9 @@ pub fn check_datasets(
             .clone()
     };
     let mut problems = Vec::new();
+    let mut models = ModelInputs::default();
     for (&name, stage) in stages {
-        let model = model_input(stages, stage.model_source(), &mut shape_of);
+        let model = models.of(stages, stage.model_source(), &mut shape_of);
         for (dataset, split) in stage.reads() {
             let problem = match (shape_of(&dataset, split), &model) {
                 (Err(message), _) => {
@@ -64,25 +65,52 @@ fn split_name(split: Split) -> &'static str {
 /// The image shape of a dataset split, or why it cannot be read.
 type ShapeOf<'a> = dyn FnMut(&str, Split) -> Result<[usize; 3], String> + 'a;
 
-/// The input shape of the model behind `source` and the dataset it is trained on: the first
-/// dataset the stage that builds it (its model source is an architecture) reads. `None` when it
-/// cannot be told (a missing stage or dataset, reported elsewhere).
-fn model_input(
-    stages: &BTreeMap<&str, &dyn Stage>,
-    source: Option<ModelSource>,
-    shape_of: &mut ShapeOf,
-) -> Option<([usize; 3], String)> {
-    let mut source = source?;
-    for _ in 0..=stages.len() {
-        let ModelSource::Upstream(name) = source else { return None };
-        let stage = stages.get(name.as_str())?;
-        match stage.model_source()? {
-            ModelSource::Architecture(_) => {
-                let (dataset, split) = stage.reads().into_iter().next()?;
-                return shape_of(&dataset, split).ok().map(|shape| (shape, dataset));
+/// The input shape of the model behind each stage, and the dataset it is trained on, found
+/// once per stage: a chain of 100,000 fine-tunings is walked once, not once per stage.
+#[derive(Default)]
+struct ModelInputs {
+    /// Stage name → what [`ModelInputs::of`] found for the model it builds or passes on.
+    known: HashMap<String, Option<([usize; 3], String)>>,
+}
+
+impl ModelInputs {
+    /// The input shape of the model behind `source` and the dataset it is trained on: the
+    /// first dataset the stage that builds it (its model source is an architecture) reads.
+    /// `None` when it cannot be told (a missing stage or dataset, reported elsewhere, or a
+    /// cycle).
+    fn of(
+        &mut self,
+        stages: &BTreeMap<&str, &dyn Stage>,
+        source: Option<ModelSource>,
+        shape_of: &mut ShapeOf,
+    ) -> Option<([usize; 3], String)> {
+        let ModelSource::Upstream(first) = source? else { return None };
+        // Walk up to a stage already known or to the one that builds the model, then record
+        // the answer for every stage passed on the way.
+        let mut walked: Vec<String> = Vec::new();
+        let mut name = first;
+        let answer = loop {
+            if let Some(known) = self.known.get(&name) {
+                break known.clone();
             }
-            upstream => source = upstream,
+            if walked.len() > stages.len() {
+                break None;
+            }
+            let Some(stage) = stages.get(name.as_str()) else { break None };
+            walked.push(name.clone());
+            match stage.model_source() {
+                Some(ModelSource::Architecture(_)) => {
+                    break stage.reads().into_iter().next().and_then(|(dataset, split)| {
+                        shape_of(&dataset, split).ok().map(|shape| (shape, dataset))
+                    });
+                }
+                Some(ModelSource::Upstream(upstream)) => name = upstream,
+                None => break None,
+            }
+        };
+        for name in walked {
+            self.known.insert(name, answer.clone());
         }
+        answer
     }
-    None
 }

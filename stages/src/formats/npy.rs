@@ -77,22 +77,47 @@ pub fn read_f32_rows(path: &Path) -> Result<Vec<Vec<f32>>, StageError> {
     Ok(values.chunks(columns.max(1)).take(rows).map(<[f32]>::to_vec).collect())
 }
 
+/// The longest header dictionary read (numpy writes under 4 KiB; version 2 allows 4 GiB).
+const MAX_HEADER: usize = 1 << 20;
+
 /// Reads a one-dimensional float32 or float64 array (little-endian, C order) as f64.
+///
+/// The header is read and checked first, and the size it declares compared with the file's,
+/// before any data is read: a file that is not `.npy` (or `/dev/zero`) is refused after a few
+/// bytes, not after reading it whole.
 pub fn read_f64(path: &Path) -> Result<Vec<f64>, StageError> {
-    let bytes = std::fs::read(path).map_err(StageError::io("cannot read", path))?;
+    use std::io::Read;
     let bad = |message: &str| StageError::Format { path: path.into(), message: message.to_string() };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    let mut file = std::fs::File::open(path).map_err(StageError::io("cannot read", path))?;
+    let metadata = file.metadata().map_err(StageError::io("cannot read", path))?;
+    let mut read_up_to = |n: usize| -> Result<Vec<u8>, StageError> {
+        let mut bytes = Vec::with_capacity(n.min(MAX_HEADER));
+        (&mut file).take(n as u64).read_to_end(&mut bytes).map_err(StageError::io("cannot read", path))?;
+        Ok(bytes)
+    };
+    let preamble = read_up_to(10)?;
+    if preamble.len() < 10 || &preamble[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (missing the \\x93NUMPY magic)"));
     }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+    let (header_len, start) = match preamble[6] {
+        1 => (u16::from_le_bytes([preamble[8], preamble[9]]) as usize, 10),
+        2 | 3 => {
+            let more = read_up_to(2)?;
+            if more.len() < 2 {
+                return Err(bad("truncated header"));
+            }
+            (u32::from_le_bytes([preamble[8], preamble[9], more[0], more[1]]) as usize, 12)
         }
         _ => return Err(bad("unsupported .npy version")),
     };
-    let dict = bytes.get(start..start + header_len).ok_or_else(|| bad("truncated header"))?;
-    let dict = std::str::from_utf8(dict).map_err(|_| bad("the header is not text"))?;
+    if header_len > MAX_HEADER {
+        return Err(bad(&format!("a header of {header_len} bytes is not a score file's")));
+    }
+    let dict = read_up_to(header_len)?;
+    if dict.len() < header_len {
+        return Err(bad("truncated header"));
+    }
+    let dict = std::str::from_utf8(&dict).map_err(|_| bad("the header is not text"))?;
     let header =
         Header::parse(dict).map_err(|e| bad(&format!("unreadable header ({e}): {}", dict.trim())))?;
     let width = match header.descr.as_str() {
@@ -111,8 +136,20 @@ pub fn read_f64(path: &Path) -> Result<Vec<f64>, StageError> {
     if dims.len() != 1 {
         return Err(bad(&format!("expected a one-dimensional array, found shape {dims:?}")));
     }
-    let data = &bytes[start + header_len..];
-    if dims[0].checked_mul(width) != Some(data.len()) {
+    let expected = dims[0].checked_mul(width);
+    if metadata.is_file() {
+        let held = metadata.len().saturating_sub((start + header_len) as u64);
+        if expected.map(|n| n as u64) != Some(held) {
+            return Err(bad(&format!("holds {held} data bytes for {} values of {width} bytes", dims[0])));
+        }
+    }
+    // A pipe or device has no size to compare: read one byte more than declared, at most.
+    let limit = expected.map_or(u64::MAX, |n| n as u64 + 1);
+    let mut data = Vec::new();
+    data.try_reserve_exact(expected.unwrap_or(0).min(limit as usize))
+        .map_err(|_| bad(&format!("{} values do not fit in memory", dims[0])))?;
+    file.take(limit).read_to_end(&mut data).map_err(StageError::io("cannot read", path))?;
+    if Some(data.len()) != expected {
         return Err(bad(&format!("holds {} data bytes for {} values of {width} bytes", data.len(), dims[0])));
     }
     Ok(if width == 4 {

@@ -23,6 +23,10 @@ use std::collections::BTreeMap;
 fn default_delta() -> f64 {
     0.975
 }
+/// The most masks ζ may be averaged over: each is a full evaluation pass over the training set,
+/// so 10^12 of them would never end.
+const MAX_DRAWS: usize = 10_000;
+
 fn default_draws() -> usize {
     1
 }
@@ -73,11 +77,18 @@ impl StageParams for EstimateLossConstraint {
         if !(self.delta > 0.0 && self.delta <= 1.0) {
             problems.push(ParamError::new(&["delta"], "must be in (0, 1]: the fraction of weights kept"));
         }
-        for (field, ok) in [
-            ("draws", self.draws > 0),
-            ("batch_size", self.batch_size > 0),
-            ("batches", self.batches != Some(0)),
-        ] {
+        problems.extend(ParamError::batch_size("batch_size", self.batch_size));
+        if self.draws > MAX_DRAWS {
+            problems.push(ParamError::new(
+                &["draws"],
+                format!(
+                    "{} masks is more than the most this accepts, {MAX_DRAWS} (each one is a pass over the \
+                     training set; the paper uses one)",
+                    self.draws
+                ),
+            ));
+        }
+        for (field, ok) in [("draws", self.draws > 0), ("batches", self.batches != Some(0))] {
             if !ok {
                 problems.push(ParamError::new(&[field], "must be greater than 0"));
             }

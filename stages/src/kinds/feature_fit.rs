@@ -47,9 +47,7 @@ impl StageParams for FeatureFit {
 
     fn check(&self) -> Vec<ParamError> {
         let mut problems = Vec::new();
-        if self.batch_size == 0 {
-            problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
-        }
+        problems.extend(ParamError::batch_size("batch_size", self.batch_size));
         if !(0.0..=100.0).contains(&self.react_percentile) {
             problems.push(ParamError::new(&["react_percentile"], "must be in [0, 100]"));
         }

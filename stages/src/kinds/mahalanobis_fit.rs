@@ -40,11 +40,7 @@ impl StageParams for MahalanobisFit {
     }
 
     fn check(&self) -> Vec<ParamError> {
-        if self.batch_size == 0 {
-            vec![ParamError::new(&["batch_size"], "must be greater than 0")]
-        } else {
-            Vec::new()
-        }
+        ParamError::batch_size("batch_size", self.batch_size).into_iter().collect()
     }
 
     fn model_source(&self) -> Option<crate::estimate::workload::ModelSource> {

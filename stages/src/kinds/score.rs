@@ -202,9 +202,7 @@ impl StageParams for Score {
         if self.methods.is_empty() {
             problems.push(ParamError::new(&["methods"], "needs at least one method"));
         }
-        if self.batch_size == 0 {
-            problems.push(ParamError::new(&["batch_size"], "must be greater than 0"));
-        }
+        problems.extend(ParamError::batch_size("batch_size", self.batch_size));
         let wants_mahalanobis = self.methods.iter().any(|m| m.get().needs_gaussian());
         match (&self.mahalanobis, wants_mahalanobis) {
             (None, true) => problems.push(ParamError::new(
@@ -440,12 +438,8 @@ impl Score {
             for &method in &self.methods {
                 let scores = method.get().score(&input)?;
                 if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
-                    return Err(StageError::NonFiniteScore {
-                        method: method.name().to_string(),
-                        dataset: name.clone(),
-                        index,
-                        value,
-                    });
+                    let logits = pass.logits.get(index).map_or(&[][..], Vec::as_slice);
+                    return Err(StageError::non_finite_score(method.name(), name, index, value, logits));
                 }
                 let path = dir.join(ScoreIndex::file(method, name));
                 let folder = path.parent().expect("score files live in a method folder");

@@ -169,9 +169,7 @@ impl StageParams for Select {
         if self.max_id_acc_drop.is_some_and(|d| d.is_nan() || d < 0.0) {
             problems.push(ParamError::new(&["max_id_acc_drop"], "must be a non-negative number of points"));
         }
-        if self.batch_size == 0 {
-            problems.push(ParamError::new(&["batch_size"], "must be at least 1"));
-        }
+        problems.extend(ParamError::batch_size("batch_size", self.batch_size));
         problems
     }
 
@@ -181,6 +179,14 @@ impl StageParams for Select {
 
     fn reads(&self) -> Vec<(String, Split)> {
         std::iter::once(&self.id).chain(&self.ood).map(|d| (d.clone(), self.split)).collect()
+    }
+
+    fn one_instance_of(&self) -> Vec<String> {
+        match self.over {
+            // The checkpoints of one training: a swept one would be several trainings.
+            Over::Checkpoints => vec![self.from.clone()],
+            Over::Variants => Vec::new(),
+        }
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
@@ -336,12 +342,9 @@ impl Select {
         };
         let scores = self.method.get().score(&input)?;
         if let Some((index, &value)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
-            return Err(StageError::NonFiniteScore {
-                method: self.method.name().to_string(),
-                dataset: if is_id { self.id.clone() } else { "a validation OOD set".into() },
-                index,
-                value,
-            });
+            let dataset = if is_id { self.id.as_str() } else { "a validation OOD set" };
+            let logits = pass.logits.get(index).map_or(&[][..], Vec::as_slice);
+            return Err(StageError::non_finite_score(self.method.name(), dataset, index, value, logits));
         }
         Ok((scores, accuracy))
     }

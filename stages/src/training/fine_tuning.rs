@@ -140,10 +140,17 @@ impl OutlierSetup<'_> {
         if constraint.is_some() && zeta.is_some() {
             problems.extend(check_zeta_source(constraint, zeta));
         }
-        for (field, value) in [("aux_batch_size", self.aux_batch_size), ("pool_size", self.pool_size)] {
-            if value == Some(0) {
-                problems.push(ParamError::new(&[field], "must be greater than 0"));
-            }
+        if let Some(n) = self.aux_batch_size {
+            problems.extend(ParamError::batch_size("aux_batch_size", n));
+        }
+        match self.pool_size {
+            Some(0) => problems.push(ParamError::new(&["pool_size"], "must be greater than 0")),
+            // The pool is held in memory as images: more than 2^24 is a typo, not a pool.
+            Some(n) if n > 1 << 24 => problems.push(ParamError::new(
+                &["pool_size"],
+                format!("{n} outliers is more than the most this accepts, {}", 1 << 24),
+            )),
+            _ => {}
         }
         if self.aux == data {
             problems

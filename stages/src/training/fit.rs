@@ -152,9 +152,8 @@ impl FitConfig {
     /// Range checks of the shared fields.
     pub fn check(&self) -> Vec<ParamError> {
         let mut problems = Vec::new();
-        for (field, ok) in
-            [("epochs", self.epochs > 0), ("batch_size", self.batch_size > 0), ("lr", self.sgd.lr > 0.0)]
-        {
+        problems.extend(ParamError::batch_size("batch_size", self.batch_size));
+        for (field, ok) in [("epochs", self.epochs > 0), ("lr", self.sgd.lr > 0.0)] {
             if !ok {
                 problems.push(ParamError::new(&[field], "must be greater than 0"));
             }
