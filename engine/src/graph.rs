@@ -1,5 +1,6 @@
 //! The stage graph: an edge from every stage to each stage that reads it. Built once, checked
-//! for cycles (reported as a path), then read only.
+//! for cycles (reported as a path), then read only. Every walk keeps its own stack or queue,
+//! so a graph of any depth is handled without recursion.
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 use std::collections::{BTreeSet, VecDeque};
@@ -22,10 +23,8 @@ impl StageGraph {
                 graph.update_edge(nodes[j], nodes[i], ());
             }
         }
-        if let Some(cycle) = find_cycle(&graph) {
-            return Err(cycle);
-        }
-        // Kahn's algorithm, taking the earliest-declared ready stage first: a stable order.
+        // Kahn's algorithm, taking the earliest-declared ready stage first: a stable order. A
+        // stage it never reaches is on a cycle or downstream of one.
         let mut indegree: Vec<usize> =
             nodes.iter().map(|&n| graph.neighbors_directed(n, Direction::Incoming).count()).collect();
         let mut ready: BTreeSet<usize> = (0..upstream.len()).filter(|&i| indegree[i] == 0).collect();
@@ -39,6 +38,9 @@ impl StageGraph {
                     ready.insert(j);
                 }
             }
+        }
+        if order.len() < upstream.len() {
+            return Err(find_cycle(&graph).expect("a graph Kahn's algorithm cannot order has a cycle"));
         }
         Ok(StageGraph { graph, order })
     }
@@ -83,9 +85,11 @@ impl StageGraph {
     }
 }
 
-/// A cycle as the nodes along it, if the graph has one.
+/// A cycle as the nodes along it, if the graph has one. Kosaraju's algorithm, whose depth-first
+/// searches keep their own stack: petgraph's Tarjan recurses once per node and overflows the
+/// thread's stack on a chain of 100,000 stages.
 fn find_cycle(graph: &DiGraph<usize, ()>) -> Option<Vec<usize>> {
-    let component = petgraph::algo::tarjan_scc(graph)
+    let component = petgraph::algo::kosaraju_scc(graph)
         .into_iter()
         .filter(|c| c.len() > 1)
         .min_by_key(|c| c.iter().map(|n| graph[*n]).min())?;

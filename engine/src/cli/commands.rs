@@ -49,6 +49,9 @@ pub enum CheckScope {
 }
 
 pub fn check(paths: &[PathBuf], scope: CheckScope, shell: &Shell) -> anyhow::Result<Status> {
+    for path in paths {
+        super::loading::readable(path)?;
+    }
     let mut all = Vec::new();
     for path in paths {
         // The recipe first; then the datasets its stages read (headers only).
@@ -75,7 +78,7 @@ pub fn check(paths: &[PathBuf], scope: CheckScope, shell: &Shell) -> anyhow::Res
     }
     shell.emit(serde_json::json!({ "valid": all.is_empty(), "errors": all }));
     if !all.is_empty() && !shell.json() {
-        let n = all.len();
+        let n = crate::recipe::diagnostic::error_count(&all);
         shell.error(&format!("{n} error{} found", if n == 1 { "" } else { "s" }));
     }
     Ok(if all.is_empty() { Status::Success } else { Status::Failure })
@@ -225,9 +228,25 @@ pub fn worker(
 /// stages will fail; the independent ones still run.
 fn warn_of_unusable_data(recipe: &Recipe, plan: &Plan, shell: &Shell) {
     let stages: BTreeSet<usize> = plan.instances.iter().map(|i| i.stage).collect();
-    for d in recipe.check_data(Some(&stages)) {
+    let (diagnostics, unusable) = recipe.data_problems(Some(&stages));
+    for d in &diagnostics {
         shell.diagnostic(&d.render_as(Severity::Warning));
     }
+    if unusable.is_empty() {
+        return;
+    }
+    // The instances that cannot run: those of the stages above, and everything downstream.
+    let mut blocked = vec![false; plan.instances.len()];
+    for (i, instance) in plan.instances.iter().enumerate() {
+        blocked[i] = unusable.contains(&instance.stage) || instance.deps().any(|d| blocked[d]);
+    }
+    let n = blocked.iter().filter(|&&b| b).count();
+    shell.warn(&format!(
+        "{n} of {} instances cannot run for want of data (they, or a stage they read, need a dataset \
+         above); the other {} can",
+        plan.instances.len(),
+        plan.instances.len() - n
+    ));
 }
 
 /// Which instances `plan` lists.
@@ -293,6 +312,11 @@ pub fn plan(
     let mut to_run = 0;
     let mut rows = Vec::new();
     let mut summarised = BTreeSet::new();
+    // Each stage's instances, found once (not once per swept stage).
+    let mut by_stage: Vec<Vec<usize>> = vec![Vec::new(); recipe.stages.len()];
+    for (i, instance) in plan.instances.iter().enumerate() {
+        by_stage[instance.stage].push(i);
+    }
     for (instance, verdict) in plan.instances.iter().zip(&verdicts) {
         let kind = recipe.stages[instance.stage].kind.name();
         // A swept stage is one line, with its values, however many instances it has.
@@ -300,7 +324,7 @@ pub fn plan(
         let params: serde_json::Map<String, serde_json::Value> =
             instance.params.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
         if swept && summarised.insert(instance.stage) {
-            shell.out(&sweep_line(&recipe, &plan, &verdicts, instance.stage, view));
+            shell.out(&sweep_line(&recipe, &plan, &verdicts, &by_stage[instance.stage], view));
         }
         match verdict {
             Verdict::Cached { key, .. } => {
@@ -383,39 +407,66 @@ pub fn plan(
     Ok(Status::Success)
 }
 
-/// One line for every instance of a swept stage: how many will run and how many are cached,
-/// the values of each swept parameter, the seeds, and the first reasons.
-fn sweep_line(recipe: &Recipe, plan: &Plan, verdicts: &[Verdict], stage: usize, view: PlanView) -> String {
-    let decl = &recipe.stages[stage];
-    let mine: Vec<usize> = (0..plan.instances.len()).filter(|&i| plan.instances[i].stage == stage).collect();
-    let mut values: Vec<(String, Vec<String>)> = Vec::new();
+/// The first values of a list, and how many more there are: a sweep of 10^6 values is one short
+/// line.
+fn shown_list(values: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    if values.len() <= SHOWN {
+        return values.join(", ");
+    }
+    format!("{}, … {} more", values[..SHOWN].join(", "), values.len() - SHOWN)
+}
+
+/// One line for every instance of a swept stage (`mine`, plan indices): how many will run and
+/// how many are cached, the values of each swept parameter (the first few of a long sweep), the
+/// seeds, and the first reasons. Linear in the stage's instances.
+fn sweep_line(recipe: &Recipe, plan: &Plan, verdicts: &[Verdict], mine: &[usize], view: PlanView) -> String {
+    use std::collections::HashSet;
+    let Some(&first) = mine.first() else { return String::new() };
+    let decl = &recipe.stages[plan.instances[first].stage];
+    // Each swept parameter's values in first-seen order, and the set of them seen.
+    let mut values: Vec<(&str, Vec<&str>, HashSet<&str>)> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
+    let mut seen_seeds: HashSet<u64> = HashSet::new();
     let mut reasons: Vec<&str> = Vec::new();
+    let mut seen_reasons: HashSet<&str> = HashSet::new();
     let mut running = 0;
-    for &i in &mine {
+    for &i in mine {
         let instance = &plan.instances[i];
-        for (name, value) in &instance.params {
-            match values.iter_mut().find(|(n, _)| n == name) {
-                Some((_, list)) if !list.contains(value) => list.push(value.clone()),
-                Some(_) => {}
-                None => values.push((name.clone(), vec![value.clone()])),
+        for (k, (name, value)) in instance.params.iter().enumerate() {
+            // Instances of one stage list the same parameters in the same order.
+            let slot = match values.get(k) {
+                Some((n, _, _)) if *n == name.as_str() => k,
+                _ => match values.iter().position(|(n, _, _)| *n == name.as_str()) {
+                    Some(at) => at,
+                    None => {
+                        values.push((name.as_str(), Vec::new(), HashSet::new()));
+                        values.len() - 1
+                    }
+                },
+            };
+            let (_, list, set) = &mut values[slot];
+            if set.insert(value.as_str()) {
+                list.push(value.as_str());
             }
         }
-        if let Some(seed) = instance.seed.filter(|s| !seeds.contains(s)) {
+        if let Some(seed) = instance.seed.filter(|s| seen_seeds.insert(*s)) {
             seeds.push(seed);
         }
         if let Verdict::Run { reasons: why, .. } = &verdicts[i] {
             running += 1;
             for reason in why {
-                if !reasons.contains(&reason.as_str()) {
+                if seen_reasons.insert(reason.as_str()) {
                     reasons.push(reason);
                 }
             }
         }
     }
-    let axes: Vec<String> = values.iter().map(|(n, v)| format!("{n} ∈ {{{}}}", v.join(", "))).collect();
+    let axes: Vec<String> = values.iter().map(|(n, v, _)| format!("{n} ∈ {{{}}}", shown_list(v))).collect();
     let seeds = if seeds.len() > 1 {
-        format!(" × seeds {{{}}}", seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))
+        let seeds: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+        format!(" × seeds {{{}}}", shown_list(&seeds))
     } else {
         String::new()
     };
@@ -605,7 +656,7 @@ pub fn gc(
         };
         match mode {
             GcMode::DryRun => shell.out(&format!("would delete {key} ({size} bytes)")),
-            GcMode::Delete => store.remove(unused.key_lock()).map_err(cache_error)?,
+            GcMode::Delete => store.remove_unused(unused).map_err(cache_error)?,
         }
         removed.push(key.as_str().to_string());
         bytes += size;

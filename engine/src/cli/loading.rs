@@ -8,14 +8,30 @@ use cache::remote::Remote;
 use cache::Store;
 use std::path::{Path, PathBuf};
 
-/// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error.
+/// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error, one
+/// that cannot be read an I/O error.
 pub fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
+    readable(path)?;
     Recipe::load(path).map_err(|diagnostics| {
         for d in &diagnostics {
             shell.diagnostic(&d.render());
         }
-        EngineError::Recipe { path: path.to_path_buf(), count: diagnostics.len() }
+        EngineError::Recipe {
+            path: path.to_path_buf(),
+            count: crate::recipe::diagnostic::error_count(&diagnostics),
+        }
     })
+}
+
+/// A recipe named on the command line that cannot be read (missing, a folder, no permission)
+/// is an I/O error, exit status 6, not an invalid recipe.
+pub fn readable(path: &Path) -> Result<(), EngineError> {
+    let metadata = std::fs::metadata(path).map_err(EngineError::io("read the recipe", path))?;
+    if metadata.is_dir() {
+        return Err(EngineError::io("read the recipe", path)(std::io::Error::other("it is a folder")));
+    }
+    std::fs::File::open(path).map_err(EngineError::io("read the recipe", path))?;
+    Ok(())
 }
 
 pub fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {

@@ -21,7 +21,7 @@ pub fn settings(recipe: &Recipe, shell: &Shell) -> Result<SlurmSettings, EngineE
             for d in &diagnostics {
                 shell.diagnostic(&d.render());
             }
-            Err(EngineError::Recipe { path, count: diagnostics.len() })
+            Err(EngineError::Recipe { path, count: crate::recipe::diagnostic::error_count(&diagnostics) })
         }
     }
 }

@@ -108,6 +108,8 @@ pub struct Recipe {
     pub graph: StageGraph,
     /// For each stage, the sweep groups its instances range over (empty without sweeps).
     pub groups: Vec<Vec<Group>>,
+    /// Stage name → index in `stages`.
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl Recipe {
@@ -131,7 +133,7 @@ impl Recipe {
                 let before = String::from_utf8_lossy(&bytes[..at]).into_owned();
                 let line_end = bytes[at..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |n| at + n);
                 let text = before.clone() + &String::from_utf8_lossy(&bytes[at..line_end]);
-                let source = Source { path: path.to_path_buf(), text };
+                let source = Source::new(path, text);
                 return Err(vec![Diagnostic::new(
                     &source,
                     before.len()..before.len() + 1,
@@ -142,20 +144,23 @@ impl Recipe {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let dir = dir.canonicalize().unwrap_or(dir);
-        let source = Source { path: path.to_path_buf(), text };
+        let source = Source::new(path, text);
         let (root, diagnostics) = Node::parse(&source, &|s| env::expand(s, env))?;
-        Validator { source: &source, diagnostics }.recipe(&root, path, dir).map(|mut r| {
-            r.source = source.clone();
-            r
-        })
+        Validator { source: &source, diagnostics, limit: InstanceLimit::default() }
+            .recipe(&root, path, dir)
+            .map(|mut r| {
+                r.source = source.clone();
+                r
+            })
+            .map_err(|diagnostics| diagnostic::bounded(diagnostics, path))
     }
 
     pub fn stage(&self, name: &str) -> Option<&StageDecl> {
-        self.stages.iter().find(|s| s.name == name)
+        self.stage_index(name).map(|i| &self.stages[i])
     }
 
     pub fn stage_index(&self, name: &str) -> Option<usize> {
-        self.stages.iter().position(|s| s.name == name)
+        self.by_name.get(name).copied()
     }
 
     /// The stages of `only` (every stage when `None`) by name.
@@ -169,41 +174,116 @@ impl Recipe {
     }
 
     /// The datasets that stages cannot use (missing files, images of another shape than their
-    /// model's), read from headers without running anything, each at the field that names the
-    /// dataset. Only the stages of `only` are checked (every stage when `None`); the model
-    /// behind a stage is followed through every stage.
+    /// model's), read from headers without running anything. Each problem is said once, at the
+    /// field of the first stage (in recipe order) that meets it, with the other stages that
+    /// meet it counted: a missing CIFAR folder is one message, not one per stage. Only the
+    /// stages of `only` are checked (every stage when `None`); the model behind a stage is
+    /// followed through every stage.
     pub fn check_data(&self, only: Option<&BTreeSet<usize>>) -> Vec<Diagnostic> {
+        self.data_problems(only).0
+    }
+
+    /// [`Recipe::check_data`]'s diagnostics, and the stages (indices) that meet a problem.
+    pub fn data_problems(&self, only: Option<&BTreeSet<usize>>) -> (Vec<Diagnostic>, BTreeSet<usize>) {
         let all = self.stage_map(None);
         let problems = stages::estimate::preflight::check_datasets(&all, &self.datasets);
-        let mut diagnostics: Vec<Diagnostic> = problems
+        // (dataset, message) → the stages (indices) that meet it.
+        let mut grouped: BTreeMap<(String, String), BTreeSet<usize>> = BTreeMap::new();
+        for problem in problems {
+            let Some(index) = self.stage_index(&problem.stage) else { continue };
+            if only.is_some_and(|set| !set.contains(&index)) {
+                continue;
+            }
+            grouped.entry((problem.dataset, problem.message)).or_default().insert(index);
+        }
+        let unusable: BTreeSet<usize> = grouped.values().flatten().copied().collect();
+        let mut diagnostics: Vec<Diagnostic> = grouped
             .into_iter()
-            .filter_map(|problem| {
-                let index = self.stage_index(&problem.stage)?;
-                if only.is_some_and(|set| !set.contains(&index)) {
-                    return None;
-                }
-                let decl = &self.stages[index];
+            .map(|((dataset, message), stages)| {
+                let first = *stages.first().expect("a group has a stage");
+                let decl = &self.stages[first];
                 let span = decl
                     .inputs
                     .iter()
-                    .find(|i| matches!(&i.target, Target::Dataset { name } if *name == problem.dataset))
+                    .find(|i| matches!(&i.target, Target::Dataset { name } if *name == dataset))
                     .map(|i| decl.node.locate(&i.field))
                     .unwrap_or(decl.name_span.clone());
-                Some(Diagnostic::new(
-                    &self.source,
-                    span,
-                    format!("stage `{}`: {}", decl.name, problem.message),
-                ))
+                let others = match stages.len() - 1 {
+                    0 => String::new(),
+                    n => {
+                        let named: Vec<&str> =
+                            stages.iter().skip(1).take(3).map(|&i| self.stages[i].name.as_str()).collect();
+                        let more = if n > 3 { format!(" and {} more", n - 3) } else { String::new() };
+                        format!(
+                            " (and {n} other stage{} read it: {}{more})",
+                            if n == 1 { "" } else { "s" },
+                            named.join(", ")
+                        )
+                    }
+                };
+                Diagnostic::new(&self.source, span, format!("stage `{}`: {message}{others}", decl.name))
             })
             .collect();
         diagnostics.sort_by_key(|d| (d.line, d.column));
-        diagnostics
+        (diagnostics, unusable)
     }
 }
 
 struct Validator<'a> {
     source: &'a Source,
     diagnostics: Vec<Diagnostic>,
+    limit: InstanceLimit,
+}
+
+/// The most instances a recipe may expand to unless its `[recipe] max_instances` says
+/// otherwise. A plan holds about 1 KB per instance and a cached run checks one cache entry per
+/// instance, so 100,000 instances plan in about a second in 100 MB and a cached run takes
+/// seconds; no cluster accepts that many jobs in one go (Slurm's default MaxJobCount is 10,000).
+/// A sweep past it is far more often a mistake (a range one zero too long, two sweeps crossed
+/// that were meant to be zipped) than an experiment, and is refused before anything is built.
+pub const DEFAULT_MAX_INSTANCES: usize = 100_000;
+
+/// The instance budget of the recipe being read: its limit, and how many stage variants may
+/// still be built (every variant is at least one instance, so variants are counted as they are
+/// built, before the whole expansion is counted from the sweep groups).
+struct InstanceLimit {
+    max: usize,
+    /// Where `max_instances` was written, if it was.
+    span: Option<Range<usize>>,
+    variants_left: usize,
+}
+
+impl Default for InstanceLimit {
+    fn default() -> InstanceLimit {
+        InstanceLimit { max: DEFAULT_MAX_INSTANCES, span: None, variants_left: DEFAULT_MAX_INSTANCES }
+    }
+}
+
+impl InstanceLimit {
+    /// How the limit is named in messages.
+    fn describe(&self) -> String {
+        let n = thousands(self.max as u128);
+        match self.span {
+            Some(_) => format!("the recipe's limit of {n} instances (`[recipe] max_instances`)"),
+            None => format!(
+                "the limit of {n} instances (raise it with `max_instances = N` under [recipe] if this \
+                 size is meant)"
+            ),
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 const SECTIONS: &[&str] = &["recipe", "remote", "executor", "datasets", "stages"];
@@ -211,7 +291,7 @@ const REMOTE_KEYS: &[&str] = &["url"];
 /// The longest recipe, stage or dataset name: names become file names in the cache and appear
 /// in every message.
 const MAX_NAME: usize = 128;
-const RECIPE_KEYS: &[&str] = &["name", "description", "seeds", "device"];
+const RECIPE_KEYS: &[&str] = &["name", "description", "seeds", "device", "max_instances"];
 
 impl Validator<'_> {
     fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
@@ -316,7 +396,8 @@ impl Validator<'_> {
             None => self.error(0..0, "the recipe declares no stages (add a [stages.NAME] table)"),
         }
 
-        let declared: BTreeSet<String> = stages.iter().map(|s: &StageDecl| s.name.clone()).collect();
+        let by_name: std::collections::HashMap<String, usize> =
+            stages.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
         let all_stage_names: BTreeSet<String> = root
             .get("stages")
             .map(|e| e.node.entries().iter().map(|e| e.key.clone()).collect())
@@ -327,17 +408,12 @@ impl Validator<'_> {
             .map(|e| e.node.entries().iter().map(|e| e.key.clone()).collect())
             .unwrap_or_default();
         for decl in &stages {
-            self.references(decl, &stages, &declared, &all_stage_names, &all_dataset_names);
+            self.references(decl, &stages, &by_name, &all_stage_names, &all_dataset_names);
         }
         // References to stages that do not exist were reported above; they add no edge.
         let upstream: Vec<Vec<usize>> = stages
             .iter()
-            .map(|decl| {
-                decl.upstream()
-                    .iter()
-                    .filter_map(|name| stages.iter().position(|s| s.name == *name))
-                    .collect()
-            })
+            .map(|decl| decl.upstream().iter().filter_map(|name| by_name.get(*name).copied()).collect())
             .collect();
         let graph = match StageGraph::new(&upstream) {
             Ok(graph) => Some(graph),
@@ -363,6 +439,10 @@ impl Validator<'_> {
             }
         };
         let groups = graph.as_ref().map(|g| self.groups(&stages, g)).unwrap_or_default();
+        if self.diagnostics.is_empty() {
+            self.count_instances(&stages, &groups, seeds.len());
+            self.one_instance_reads(&stages, &groups);
+        }
         if let Some(graph) = &graph {
             self.leakage(&stages, graph);
         }
@@ -379,6 +459,7 @@ impl Validator<'_> {
                 stages,
                 graph,
                 groups,
+                by_name,
             }),
             _ => {
                 self.diagnostics.sort_by_key(|d| (d.line, d.column));
@@ -421,6 +502,17 @@ impl Validator<'_> {
                     Err(_) => self.error(
                         node.span.clone(),
                         "`seeds` must be an array of non-negative integers, e.g. [0, 1, 2]",
+                    ),
+                },
+                "max_instances" => match node.to_json().as_u64() {
+                    Some(n) if n >= 1 => {
+                        let n = usize::try_from(n).unwrap_or(usize::MAX);
+                        self.limit =
+                            InstanceLimit { max: n, span: Some(node.span.clone()), variants_left: n };
+                    }
+                    _ => self.error(
+                        node.span.clone(),
+                        format!("`max_instances` must be a positive integer, found {}", node.to_json()),
                     ),
                 },
                 "device" => match node.as_str().map(DeviceChoice::parse) {
@@ -639,7 +731,32 @@ impl Validator<'_> {
         };
         let sweep = self.sweep(table, kind, &what)?;
         let fields = sweep.as_ref().map(|s| s.fields.as_slice()).unwrap_or_default();
-        let combos = sweep::combinations(fields, sweep.as_ref().is_some_and(|s| s.zip));
+        let zip = sweep.as_ref().is_some_and(|s| s.zip);
+        // Counted before anything is built: a sweep past the limit is refused in a moment.
+        let count = sweep::variant_count(fields, zip);
+        // An unswept stage is one variant: a long recipe of them is counted as a whole below.
+        if !fields.is_empty() && count > self.limit.variants_left as u128 {
+            let before = self.limit.max - self.limit.variants_left;
+            let already = if before > 0 {
+                format!(" (the stages before it already make {})", thousands(before as u128))
+            } else {
+                String::new()
+            };
+            let span = fields.first().map_or(entry.key_span.clone(), |f| f.span.clone());
+            self.error(
+                span,
+                format!(
+                    "{what}: its sweep makes {} variants ({}), more than {}{already}",
+                    thousands(count),
+                    sweep::describe_count(fields, zip),
+                    self.limit.describe()
+                ),
+            );
+            self.limit.variants_left = 0;
+            return None;
+        }
+        self.limit.variants_left = self.limit.variants_left.saturating_sub(count as usize);
+        let combos = sweep::combinations(fields, zip);
         let with = |combo: &[usize]| {
             let mut json = json.clone();
             if let Some(object) = json.as_object_mut() {
@@ -691,6 +808,29 @@ impl Validator<'_> {
         }
         if failed {
             return None;
+        }
+        // Two values that give the same parameters (`[1, 1.0]`) would be two variants with one
+        // cache key.
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (v, variant) in variants.iter().enumerate() {
+            let first = *seen.entry(variant.stage.params().to_string()).or_insert(v);
+            if first == v {
+                continue;
+            }
+            let differing =
+                fields.iter().enumerate().find(|(k, _)| variants[first].indices[*k] != variant.indices[*k]);
+            if let Some((k, field)) = differing {
+                let (a, b) = (variants[first].indices[k], variant.indices[k]);
+                self.error(
+                    field.value_spans[b].clone(),
+                    format!(
+                        "{what}: the sweep of `{}` lists {} and {}, which give the same stage (one cache \
+                         key); list each value once",
+                        field.name, field.values[a], field.values[b]
+                    ),
+                );
+                return None;
+            }
         }
         // A stage whose header is an implicit table has an empty span: fall back to its key.
         let node = Node {
@@ -757,6 +897,125 @@ impl Validator<'_> {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Refuses a recipe whose stages expand to more instances than the limit, counted from the
+    /// sweep groups (sweeps crossed between stages included) without expanding anything, at the
+    /// stage that makes the most, saying where the count comes from.
+    fn count_instances(&mut self, stages: &[StageDecl], groups: &[Vec<Group>], seeds: usize) {
+        let per_stage: Vec<u128> = stages
+            .iter()
+            .zip(groups)
+            .map(|(decl, groups)| {
+                let seeds = if decl.kind.across_seeds() { 1 } else { seeds as u128 };
+                groups.iter().fold(seeds, |acc, g| acc.saturating_mul(g.len as u128))
+            })
+            .collect();
+        let total = per_stage.iter().fold(0u128, |acc, &n| acc.saturating_add(n));
+        if total <= self.limit.max as u128 {
+            return;
+        }
+        let Some((largest, &count)) = per_stage.iter().enumerate().max_by_key(|(i, &n)| (n, usize::MAX - i))
+        else {
+            return;
+        };
+        if count <= self.limit.max as u128 {
+            // No stage alone is past the limit: many stages together are. Said at the stage
+            // where the running count (in recipe order) passes it.
+            let mut running = 0u128;
+            let crossing = per_stage
+                .iter()
+                .position(|&n| {
+                    running = running.saturating_add(n);
+                    running > self.limit.max as u128
+                })
+                .unwrap_or(largest);
+            self.error(
+                stages[crossing].name_span.clone(),
+                format!(
+                    "the recipe expands to {} instances over {} stages (the most, {}, from stage `{}`); \
+                     stage `{}` passes {}",
+                    thousands(total),
+                    thousands(stages.len() as u128),
+                    thousands(count),
+                    stages[largest].name,
+                    stages[crossing].name,
+                    self.limit.describe()
+                ),
+            );
+            return;
+        }
+        let decl = &stages[largest];
+        let mut factors = Vec::new();
+        if !decl.kind.across_seeds() {
+            factors.push(format!("{seeds} seed{}", if seeds == 1 { "" } else { "s" }));
+        }
+        for group in &groups[largest] {
+            let names: Vec<String> = group
+                .axes
+                .iter()
+                .map(|a| {
+                    if a.stage == largest {
+                        format!("`{}`", a.field)
+                    } else {
+                        format!("`{}.{}`", stages[a.stage].name, a.field)
+                    }
+                })
+                .collect();
+            factors.push(format!("{} {}", names.join(" = "), thousands(group.len as u128)));
+        }
+        let whole = if count < total {
+            format!("; the recipe as a whole makes {}", thousands(total))
+        } else {
+            String::new()
+        };
+        let span = decl
+            .sweep
+            .as_ref()
+            .and_then(|s| s.fields.first())
+            .map_or(decl.name_span.clone(), |f| f.span.clone());
+        self.error(
+            span,
+            format!(
+                "stage `{}` expands to {} instances ({}){whole}: more than {}",
+                decl.name,
+                thousands(count),
+                factors.join(" × "),
+                self.limit.describe()
+            ),
+        );
+    }
+
+    /// A stage that reads one instance of an upstream per seed (a selection over one training's
+    /// checkpoints) may not read a swept one: refused here rather than failing at run time.
+    fn one_instance_reads(&mut self, stages: &[StageDecl], groups: &[Vec<Group>]) {
+        for decl in stages {
+            for name in decl.stage().one_instance_of() {
+                let Some(u) = stages.iter().position(|s| s.name == name) else { continue };
+                if groups[u].is_empty() {
+                    continue;
+                }
+                let variants: u128 = groups[u].iter().fold(1u128, |acc, g| acc.saturating_mul(g.len as u128));
+                let span = decl
+                    .inputs
+                    .iter()
+                    .find(|i| matches!(&i.target, Target::Stage { name: n, .. } if *n == name))
+                    .map_or(decl.name_span.clone(), |i| decl.node.locate(&i.field));
+                self.error_help(
+                    span,
+                    format!(
+                        "stage `{}` reads a single run of `{name}` per seed, but `{name}` has {} variants \
+                         per seed (it is swept)",
+                        decl.name,
+                        thousands(variants)
+                    ),
+                    Some(format!(
+                        "do not sweep `{name}`, or read its variants instead (a `select` does with \
+                         `over = \"variants\"`)"
+                    )),
+                );
             }
         }
     }
@@ -869,7 +1128,7 @@ impl Validator<'_> {
         &mut self,
         decl: &StageDecl,
         stages: &[StageDecl],
-        declared: &BTreeSet<String>,
+        declared: &std::collections::HashMap<String, usize>,
         all_names: &BTreeSet<String>,
         datasets: &BTreeSet<String>,
     ) {
@@ -889,7 +1148,9 @@ impl Validator<'_> {
                     self.error(span, format!("stage `{}` refers to itself in `{field}`", decl.name));
                 }
                 Target::Stage { name, .. } if !all_names.contains(name) => {
-                    let help = did_you_mean(name, declared.iter().map(String::as_str));
+                    let mut names: Vec<&str> = declared.keys().map(String::as_str).collect();
+                    names.sort_unstable();
+                    let help = did_you_mean(name, names);
                     self.error_help(
                         span,
                         format!("stage `{}`, field `{field}`: no stage named `{name}`", decl.name),
@@ -897,7 +1158,7 @@ impl Validator<'_> {
                     );
                 }
                 Target::Stage { name, expects } => {
-                    if let Some(target) = stages.iter().find(|s| &s.name == name) {
+                    if let Some(target) = declared.get(name).map(|&i| &stages[i]) {
                         if !target.kind.produces().contains(expects) {
                             self.error(
                                 span,

@@ -101,6 +101,29 @@ pub fn combinations(fields: &[SweptField], zip: bool) -> Vec<Vec<usize>> {
     product(&fields.iter().map(|f| f.values.len()).collect::<Vec<_>>())
 }
 
+/// How many variants [`combinations`] would make, counted without making them (saturating:
+/// a count past `u128` is `u128::MAX`).
+pub fn variant_count(fields: &[SweptField], zip: bool) -> u128 {
+    match (fields.first(), zip) {
+        (None, _) => 1,
+        (Some(first), true) => first.values.len() as u128,
+        (Some(_), false) => fields.iter().fold(1u128, |acc, f| acc.saturating_mul(f.values.len() as u128)),
+    }
+}
+
+/// Where a variant count comes from: "`lr` 10 × `wd` 1,000", or "`lr` and `wd` zipped, 10 each".
+pub fn describe_count(fields: &[SweptField], zip: bool) -> String {
+    let names: Vec<String> = fields.iter().map(|f| format!("`{}`", f.name)).collect();
+    match (fields.first(), zip) {
+        (Some(first), true) => format!("{} zipped, {} each", names.join(" and "), first.values.len()),
+        _ => fields
+            .iter()
+            .map(|f| format!("`{}` {}", f.name, super::thousands(f.values.len() as u128)))
+            .collect::<Vec<_>>()
+            .join(" × "),
+    }
+}
+
 /// Every index vector `i` with `i[k] < lengths[k]`, the last index varying fastest (one empty
 /// vector for no lengths).
 pub fn product(lengths: &[usize]) -> Vec<Vec<usize>> {
@@ -178,6 +201,20 @@ mod tests {
         assert_eq!(cross[5], vec![1, 2]);
         let fields = [field("a", 3), field("b", 3)];
         assert_eq!(combinations(&fields, true), vec![vec![0, 0], vec![1, 1], vec![2, 2]]);
+    }
+
+    #[test]
+    fn variants_are_counted_without_being_made() {
+        let fields = [field("a", 1000), field("b", 1000), field("c", 1000)];
+        assert_eq!(variant_count(&fields, false), 1_000_000_000);
+        assert_eq!(variant_count(&fields, true), 1000);
+        assert_eq!(variant_count(&[], false), 1);
+        assert_eq!(describe_count(&fields[..2], false), "`a` 1,000 × `b` 1,000");
+        assert_eq!(describe_count(&fields[..2], true), "`a` and `b` zipped, 1000 each");
+        let huge: Vec<SweptField> = (0..40).map(|i| field(&i.to_string(), 100)).collect();
+        assert_eq!(variant_count(&huge, false), u128::MAX, "saturates instead of overflowing");
+        assert_eq!(super::super::thousands(1_234_567), "1,234,567");
+        assert_eq!(super::super::thousands(999), "999");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! A recipe's TOML as a tree of JSON values that remembers where each key and value was
 //! written, so every later error can point at its line and column.
-use super::diagnostic::{Diagnostic, Source};
+use super::diagnostic::{left_out, Diagnostic, Source, MAX_DIAGNOSTICS};
 use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -37,13 +37,19 @@ impl Node {
     ) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let (table, errors) = DeTable::parse_recoverable(&source.text);
         if !errors.is_empty() {
-            return Err(errors
+            // The first errors only: one bad 129 KB line can give 20,000 of them.
+            let mut shown: Vec<Diagnostic> = errors
                 .iter()
+                .take(MAX_DIAGNOSTICS)
                 .map(|e| {
                     let span = e.span().unwrap_or(0..0);
                     Diagnostic::new(source, span, format!("invalid TOML: {}", e.message().trim()))
                 })
-                .collect());
+                .collect();
+            if errors.len() > MAX_DIAGNOSTICS {
+                shown.push(left_out(errors.len() - MAX_DIAGNOSTICS, &source.path));
+            }
+            return Err(shown);
         }
         let mut diagnostics = Vec::new();
         let span = table.span();
@@ -181,7 +187,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
-        let source = Source { path: "t.toml".into(), text: text.into() };
+        let source = Source::new("t.toml", text);
         Node::parse(&source, &|s| Ok(s.to_string()))
     }
 
