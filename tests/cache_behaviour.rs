@@ -250,8 +250,15 @@ fn gc_keeps_entries_held_by_a_running_pipeline() {
     assert_eq!(real["deleted"].as_array().unwrap().len(), ALL.len() - 1);
     assert_eq!(real["in_use"], serde_json::json!([keys[0].1]));
     assert!(store.entry_dir(&held_key).join("manifest.json").is_file(), "the held entry is kept");
+    // Deleted entries leave no lock files behind (issue 32); the held one keeps its own.
+    let locks: Vec<String> = std::fs::read_dir(cache.join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(locks.iter().all(|name| name.starts_with(&keys[0].1)), "{locks:?}");
     drop(hold);
     assert_eq!(gc(&[])["deleted"], serde_json::json!([keys[0].1]), "released, it goes");
+    assert_eq!(std::fs::read_dir(cache.join("locks")).unwrap().count(), 0, "no lock file is left");
 }
 
 /// `gc` refuses, deleting nothing, when a recipe's dataset cannot be fingerprinted (an unset

@@ -104,6 +104,44 @@ fn each_class_of_error_has_its_own_exit_status() {
     // Data: a score file that is not a .npy file.
     let out = pipeline().arg("metrics").arg(&file).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    // The cases README's table got wrong (issue 32). A recipe that does not exist is a file
+    // named on the command line that cannot be read: I/O, 6, for `run` and `check` alike.
+    for command in ["run", "check", "plan"] {
+        let out = pipeline().arg(command).arg(dir.path().join("nope.toml")).output().unwrap();
+        assert_eq!(out.status.code(), Some(6), "{command}: {}", stderr(&out));
+        assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+    }
+    // A NaN score is data that is not what it should be: 3.
+    let nan = dir.path().join("nan.npy");
+    let fine = dir.path().join("fine.npy");
+    stages::formats::npy::write_f64(&nan, &[0.5, f64::NAN]).unwrap();
+    stages::formats::npy::write_f64(&fine, &[0.1, 0.2]).unwrap();
+    let out = pipeline().arg("metrics").arg(&fine).arg(&nan).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NaN"), "{}", stderr(&out));
+    // A set with no archive to fetch: the request is the problem, 2, and it says what to do.
+    let out = pipeline().arg("fetch").arg("places365").arg("--to").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("places365"), "{}", stderr(&out));
+}
+
+/// `metrics` reads a file's header and compares the size it declares with the file's before
+/// reading any data: a 6 GiB sparse file and /dev/zero are refused at once (issue 32).
+#[test]
+fn metrics_reads_the_header_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let fine = dir.path().join("fine.npy");
+    stages::formats::npy::write_f64(&fine, &[0.1, 0.2, 0.3]).unwrap();
+    let big = dir.path().join("big.npy");
+    std::fs::copy(&fine, &big).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&big).unwrap().set_len(6 << 30).unwrap();
+    let out = pipeline().arg("metrics").arg(&fine).arg(&big).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("data bytes for 3 values"), "{}", stderr(&out));
+    let out = pipeline().arg("metrics").arg(&fine).arg("/dev/zero").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a .npy file"), "{}", stderr(&out));
 }
 
 /// Instances are named as the run log names them (`base@1`) by `show`, `--only`, `--force` and

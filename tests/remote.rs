@@ -528,3 +528,45 @@ fn pull_and_gc_stop_with_exit_status_5_when_the_remote_cannot_be_reached() {
     assert_eq!(gc.status.code(), Some(5), "{}", stderr(&gc));
     assert!(stderr(&gc).contains("nothing was deleted"), "{}", stderr(&gc));
 }
+
+/// A folder remote is created by the first upload, not by opening it: a push with nothing to
+/// send, a pull or a status leave no folder chain behind; the first real push creates it
+/// (issue 32).
+#[test]
+fn a_folder_remote_is_created_by_the_first_upload_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(1, r#"["energy"]"#));
+    let remote = dir.path().join("x/y/z");
+    let url = format!("file://{}", remote.display());
+    let empty = dir.path().join("empty-cache");
+    let push = |cache: &Path| {
+        pipeline()
+            .arg("push")
+            .arg(&recipe)
+            .arg("--remote")
+            .arg(&url)
+            .arg("--cache")
+            .arg(cache)
+            .output()
+            .unwrap()
+    };
+    let out = push(&empty);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.path().join("x").exists(), "nothing pushed, nothing created");
+    let out = pipeline()
+        .arg("pull")
+        .arg(&recipe)
+        .arg("--remote")
+        .arg(&url)
+        .arg("--cache")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!dir.path().join("x").exists(), "a pull creates nothing: {}", stderr(&out));
+    let computed = dir.path().join("computed");
+    let (out, _) = run(&recipe, &computed, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = push(&computed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(remote.join("entries").is_dir(), "the first upload creates the folder");
+}

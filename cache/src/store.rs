@@ -55,6 +55,60 @@ impl Entry {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    Exclusive,
+    Shared,
+}
+
+/// Locks the file at `path` (created if missing), waiting for it when `wait`; `None` when it is
+/// taken and `wait` is false. Lock files are deleted with their entry ([`Store::remove_unused`]),
+/// so a lock taken on a file that is no longer the one at `path` is let go and taken again on
+/// the file that is.
+fn lock_path_file(path: &Path, mode: LockMode, wait: bool) -> Result<Option<File>, CacheError> {
+    loop {
+        let file = Store::open_lock_file(path)?;
+        let taken = match (mode, wait) {
+            (LockMode::Exclusive, true) => file.lock().map(|()| true),
+            (LockMode::Shared, true) => file.lock_shared().map(|()| true),
+            (LockMode::Exclusive, false) => match file.try_lock() {
+                Ok(()) => Ok(true),
+                Err(fs::TryLockError::WouldBlock) => Ok(false),
+                Err(fs::TryLockError::Error(e)) => Err(e),
+            },
+            (LockMode::Shared, false) => match file.try_lock_shared() {
+                Ok(()) => Ok(true),
+                Err(fs::TryLockError::WouldBlock) => Ok(false),
+                Err(fs::TryLockError::Error(e)) => Err(e),
+            },
+        }
+        .map_err(CacheError::io("cannot lock", path))?;
+        if !taken {
+            return Ok(None);
+        }
+        if same_file(&file, path) {
+            return Ok(Some(file));
+        }
+    }
+}
+
+/// Whether `file` is the file at `path` now (it may have been deleted, or replaced by another).
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
+    }
+}
+
 /// An exclusive lock on one key, released on drop or when the process dies.
 #[derive(Debug)]
 pub struct KeyLock {
@@ -249,22 +303,32 @@ impl Store {
 
     /// Takes the key's lock, waiting while another process or thread holds it.
     pub fn lock(&self, key: &CacheKey) -> Result<KeyLock, CacheError> {
-        let file = self.lock_file(key)?;
-        let path = self.lock_path(key);
-        file.lock().map_err(CacheError::io("cannot lock", &path))?;
+        let file = lock_path_file(&self.lock_path(key), LockMode::Exclusive, true)?
+            .expect("a waiting lock is always taken");
         Ok(KeyLock { key: key.clone(), _file: file })
     }
 
     /// Takes the key's lock if it is free.
     pub fn try_lock(&self, key: &CacheKey) -> Result<Option<KeyLock>, CacheError> {
-        let file = self.lock_file(key)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(KeyLock { key: key.clone(), _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                Err(CacheError::Io { action: "cannot lock", path: self.lock_path(key), source: e })
+        Ok(lock_path_file(&self.lock_path(key), LockMode::Exclusive, false)?
+            .map(|file| KeyLock { key: key.clone(), _file: file }))
+    }
+
+    /// Deletes an entry nobody uses, and its two lock files, so `gc` leaves nothing of it behind.
+    /// Whoever opened a lock file before it went away finds, once it has the lock, that the file
+    /// is no longer the one at the path, and takes the new one ([`lock_path_file`]).
+    pub fn remove_unused(&self, unused: UnusedLock) -> Result<(), CacheError> {
+        self.remove(unused.key_lock())?;
+        let key = unused.key_lock().key().clone();
+        for path in [self.readers_path(&key), self.lock_path(&key)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::Io { action: "cannot remove", path, source: e }),
             }
         }
+        drop(unused);
+        Ok(())
     }
 
     fn lock_path(&self, key: &CacheKey) -> PathBuf {
@@ -289,9 +353,8 @@ impl Store {
     /// (what `gc` deletes under) is refused while any process holds one. Waits only while a
     /// `gc` is deleting this very entry.
     pub fn hold(&self, key: &CacheKey) -> Result<ReadHold, CacheError> {
-        let path = self.readers_path(key);
-        let file = Self::open_lock_file(&path)?;
-        file.lock_shared().map_err(CacheError::io("cannot lock", &path))?;
+        let file = lock_path_file(&self.readers_path(key), LockMode::Shared, true)?
+            .expect("a waiting lock is always taken");
         Ok(ReadHold { _file: file })
     }
 
@@ -299,17 +362,8 @@ impl Store {
     /// when a process computes the key or holds it ([`Store::hold`]).
     pub fn try_lock_unused(&self, key: &CacheKey) -> Result<Option<UnusedLock>, CacheError> {
         let Some(key_lock) = self.try_lock(key)? else { return Ok(None) };
-        let path = self.readers_path(key);
-        let readers = Self::open_lock_file(&path)?;
-        match readers.try_lock() {
-            Ok(()) => Ok(Some(UnusedLock { key_lock, _readers: readers })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(CacheError::Io { action: "cannot lock", path, source: e }),
-        }
-    }
-
-    fn lock_file(&self, key: &CacheKey) -> Result<File, CacheError> {
-        Self::open_lock_file(&self.lock_path(key))
+        Ok(lock_path_file(&self.readers_path(key), LockMode::Exclusive, false)?
+            .map(|readers| UnusedLock { key_lock, _readers: readers }))
     }
 
     /// A fresh staging folder for the locked key. Leftovers of interrupted runs for the same key
@@ -622,6 +676,35 @@ mod tests {
         let held = store.lock(&key).unwrap();
         assert!(store.try_lock(&key).unwrap().is_none());
         drop(held);
+        assert!(store.try_lock(&key).unwrap().is_some());
+    }
+
+    /// gc deletes an entry's lock files; a process that opened the old lock file before and
+    /// waited on it takes the new one, so two holders never hold "the" lock at once.
+    #[test]
+    fn deleted_lock_files_are_not_held_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path()).unwrap());
+        let entry = commit_one(&store, &inputs(3), b"x");
+        let key = entry.key.clone();
+        let unused = store.try_lock_unused(&key).unwrap().expect("nobody uses it");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (store, key) = (store.clone(), key.clone());
+            std::thread::spawn(move || {
+                let lock = store.lock(&key).unwrap();
+                tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                drop(lock);
+            })
+        };
+        // Let the waiter open the old lock file and block on it.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        store.remove_unused(unused).unwrap();
+        assert!(!store.entry_dir(&key).exists());
+        rx.recv().unwrap();
+        assert!(store.try_lock(&key).unwrap().is_none(), "the waiter holds the lock at the path");
+        waiter.join().unwrap();
         assert!(store.try_lock(&key).unwrap().is_some());
     }
 

@@ -13,12 +13,6 @@ pub use crate::recipe::project::PROJECT_FILE;
 /// Why no remote address could be worked out.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteConfigError {
-    #[error("cannot read `{}`", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("`{}`: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
 }
@@ -48,34 +42,19 @@ pub fn remote_url(
 
 /// The `[remote] url` of a `pipeline.toml`; errors name the file, line and column.
 pub fn project_remote(path: &Path) -> Result<Option<String>, RemoteConfigError> {
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Project {
-        remote: Option<RemoteTable>,
-        /// Site settings for the executors, read by [`crate::recipe::project`].
-        #[allow(dead_code)]
-        executor: Option<toml::Value>,
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct RemoteTable {
-        url: String,
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| RemoteConfigError::Read { path: path.into(), source })?;
-    let project: Project = toml::from_str(&text).map_err(|e| {
-        let position = e
-            .span()
-            .map(|span| {
-                let before = &text[..span.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
-                format!("{line}:{column}: ")
+    crate::recipe::project::read(path).map(|project| project.remote).map_err(|diagnostics| {
+        let message: Vec<String> = diagnostics
+            .iter()
+            .map(|d| {
+                if d.line == 0 {
+                    d.message.clone()
+                } else {
+                    format!("{}:{}: {}", d.line, d.column, d.message)
+                }
             })
-            .unwrap_or_default();
-        RemoteConfigError::Invalid { path: path.into(), message: format!("{position}{}", e.message()) }
-    })?;
-    Ok(project.remote.map(|r| r.url).filter(|u| !u.trim().is_empty()))
+            .collect();
+        RemoteConfigError::Invalid { path: path.into(), message: message.join("; ") }
+    })
 }
 
 /// Where an instance's result is, as far as the local cache and the remote know.

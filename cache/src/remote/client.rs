@@ -49,6 +49,36 @@ pub struct Remote {
     pub(super) parallel: usize,
 }
 
+/// A folder remote at `path`, created by the first write rather than on opening: a pull or a
+/// push with nothing to send leaves no folder chain behind. The store is rooted at the nearest
+/// folder that exists, with the rest of `path` as a prefix (written files create the folders
+/// under it).
+fn folder_store(path: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let absolute = cwd.join(path);
+    let existing = absolute
+        .ancestors()
+        .find(|p| p.is_dir())
+        .ok_or_else(|| format!("no folder of `{}` exists", absolute.display()))?;
+    let rest = absolute.strip_prefix(existing).map_err(|e| e.to_string())?;
+    let root = LocalFileSystem::new_with_prefix(existing).map_err(|e| e.to_string())?;
+    let mut parts = Vec::new();
+    for part in rest.components() {
+        match part {
+            std::path::Component::Normal(name) => parts.push(
+                name.to_str().ok_or_else(|| format!("`{}` is not UTF-8", absolute.display()))?.to_string(),
+            ),
+            // `..` below a folder that does not exist: nothing sensible to write to.
+            _ => return Err(format!("`{}` goes through a folder that does not exist", absolute.display())),
+        }
+    }
+    if parts.is_empty() {
+        return Ok(Arc::new(root));
+    }
+    let prefix = ObjectPath::parse(parts.join("/")).map_err(|e| e.to_string())?;
+    Ok(Arc::new(PrefixStore::new(root, prefix)))
+}
+
 impl std::fmt::Debug for Remote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Remote").field("url", &self.url).finish()
@@ -87,9 +117,7 @@ impl Remote {
             if path.is_empty() {
                 return Err(RemoteError::Address { url: url.to_string() });
             }
-            std::fs::create_dir_all(path)
-                .map_err(|e| open_error(format!("cannot create the folder: {e}")))?;
-            Arc::new(LocalFileSystem::new_with_prefix(path).map_err(|e| open_error(e.to_string()))?)
+            folder_store(std::path::Path::new(path)).map_err(open_error)?
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
