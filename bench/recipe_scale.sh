@@ -15,8 +15,10 @@ cache="$work/cache"
 
 measure() { # label recipe command...
   local label=$1 recipe=$2; shift 2
-  /usr/bin/time -o "$work/time" -f "%e %M %x" "$bin" "$@" "$recipe" --cache "$cache" > /dev/null 2> "$work/err"
-  awk -v l="$label" '{ printf "| %s | %.2f s | %.0f MB | %s |\n", l, $1, $2 / 1024, $3 }' "$work/time"
+  local cache_flag=()
+  case "$1" in plan|status|run) cache_flag=(--cache "$cache") ;; esac
+  /usr/bin/time -o "$work/time" -f "%e %M %x" "$bin" "$@" "$recipe" "${cache_flag[@]}" > /dev/null 2> "$work/err"
+  tail -1 "$work/time" | awk -v l="$label" '{ printf "| %s | %.2f s | %.0f MB | %s |\n", l, $1, $2 / 1024, $3 }'
 }
 
 echo "| recipe, command | wall | peak memory | exit |"

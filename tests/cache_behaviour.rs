@@ -365,3 +365,42 @@ fn status_and_run_find_damaged_entries_without_opening_special_files() {
     let text = status();
     assert!(text.contains("will run  base (train)") && text.contains("output digest"), "{text}");
 }
+
+/// A run lets go of each entry's hold once nothing left in it reads the entry, so a run of more
+/// instances than the process may open files still completes (issue 32: a cached run of 20,000
+/// instances failed every instance past the open-file limit).
+#[test]
+fn a_run_of_more_instances_than_open_files_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let batch_sizes: Vec<String> = (1..=150).map(|b| b.to_string()).collect();
+    let text = tiny_recipe(1, r#"["energy"]"#).replace(
+        "[stages.scores_first]",
+        &format!(
+            "[stages.swept]\nkind = \"score\"\nmodel = \"base\"\nid = \"id\"\nood = [\"ood\"]\nmethods = [\"msp\"]\n\
+             batch_size = {{ sweep = [{}] }}\n\n[stages.scores_first]",
+            batch_sizes.join(", ")
+        ),
+    );
+    let recipe = write_recipe(dir.path(), &text);
+    let (out, _) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Cached, under an open-file limit below the number of instances (155).
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec '{}' run '{}' --cache '{}' --json",
+            env!("CARGO_BIN_EXE_pipeline"),
+            recipe.display(),
+            cache.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "reused")
+        .count();
+    assert_eq!(done, 155, "every instance reused");
+}

@@ -9,7 +9,7 @@ use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
 use stages::{Progress, RunContext, UpstreamTag};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
@@ -141,6 +141,9 @@ enum Slot {
 struct Board {
     slots: Vec<Slot>,
     unfinished_deps: Vec<usize>,
+    /// How many of each instance's dependents are not finished yet: once none is (and it is
+    /// finished itself), nothing in this run reads its entry any more and its hold is let go.
+    unfinished_dependents: Vec<usize>,
     ready: BinaryHeap<Reverse<usize>>,
     running: usize,
     done: usize,
@@ -149,6 +152,7 @@ struct Board {
 impl Board {
     /// Marks `i` done; dependents whose upstream is all done become ready, or are skipped
     /// (and reported) when one of their upstream instances did not finish.
+    /// Returns the instances whose entries nothing in this run reads any more.
     fn finish(
         &mut self,
         i: usize,
@@ -156,11 +160,21 @@ impl Board {
         plan: &Plan,
         dependents: &[Vec<usize>],
         reporter: &dyn Reporter,
-    ) {
+    ) -> Vec<usize> {
+        let mut released = Vec::new();
         let mut stack = vec![(i, outcome)];
         while let Some((i, outcome)) = stack.pop() {
             self.slots[i] = Slot::Done(outcome);
             self.done += 1;
+            if self.unfinished_dependents[i] == 0 {
+                released.push(i);
+            }
+            for u in plan.instances[i].deps().collect::<BTreeSet<usize>>() {
+                self.unfinished_dependents[u] -= 1;
+                if self.unfinished_dependents[u] == 0 && matches!(self.slots[u], Slot::Done(_)) {
+                    released.push(u);
+                }
+            }
             for &d in &dependents[i] {
                 self.unfinished_deps[d] -= 1;
                 if self.unfinished_deps[d] > 0 {
@@ -181,6 +195,7 @@ impl Board {
                 }
             }
         }
+        released
     }
 }
 
@@ -208,11 +223,16 @@ pub fn execute(
     let board = Mutex::new(Board {
         slots: (0..n).map(|_| Slot::Pending).collect(),
         unfinished_deps,
+        unfinished_dependents: dependents.iter().map(Vec::len).collect(),
         ready,
         running: 0,
         done: 0,
     });
-    let holds = Mutex::new(Vec::new());
+    // Each instance's hold on its entry, from when it is looked up until nothing in this run
+    // reads it any more: a `gc` meanwhile cannot delete what the run still needs, and a run of
+    // 100,000 instances does not keep 100,000 lock files open (the open-file limit is often
+    // 1,024 to 20,000).
+    let holds: Mutex<HashMap<usize, ReadHold>> = Mutex::new(HashMap::new());
     let changed = Condvar::new();
     let worker = || loop {
         let next = {
@@ -263,12 +283,16 @@ pub fn execute(
         .unwrap_or_else(|panic| Outcome::Failed {
             message: format!("internal error: {}", panic_text(&*panic)),
         });
-        {
+        let released = {
             let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
             board.running -= 1;
-            board.finish(i, outcome, plan, &dependents, reporter);
-        }
+            board.finish(i, outcome, plan, &dependents, reporter)
+        };
         changed.notify_all();
+        let mut held = holds.lock().unwrap_or_else(|e| e.into_inner());
+        for r in released {
+            held.remove(&r);
+        }
     };
     std::thread::scope(|scope| {
         for _ in 0..options.jobs.max(1) {
@@ -298,7 +322,7 @@ fn run_instance(
     dataset_problems: &BTreeMap<String, String>,
     options: &RunOptions,
     reporter: &dyn Reporter,
-    holds: &Mutex<Vec<ReadHold>>,
+    holds: &Mutex<HashMap<usize, ReadHold>>,
 ) -> Outcome {
     let instance = &plan.instances[i];
     let decl = &recipe.stages[instance.stage];
@@ -311,9 +335,12 @@ fn run_instance(
     let digest = |d: usize| entries[&d].manifest.output_digest.clone();
     let inputs = plan.key_inputs(recipe, i, &digest, fingerprints);
     let key = inputs.key();
-    // Held until the run ends, so that a `gc` meanwhile leaves this entry alone.
+    // Held until nothing in this run reads the entry any more, so that a `gc` meanwhile
+    // leaves it alone.
     match store.hold(&key) {
-        Ok(hold) => holds.lock().unwrap_or_else(|e| e.into_inner()).push(hold),
+        Ok(hold) => {
+            holds.lock().unwrap_or_else(|e| e.into_inner()).insert(i, hold);
+        }
         Err(e) => return failed(error_chain(&e)),
     }
     let forced = options.forced.contains(&i);
@@ -540,7 +567,7 @@ pub fn execute_one(
     let outcome = match missing {
         Some(message) => Outcome::Failed { message },
         None => {
-            let holds = Mutex::new(Vec::new());
+            let holds = Mutex::new(HashMap::new());
             run_instance(
                 recipe,
                 plan,

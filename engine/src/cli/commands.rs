@@ -321,14 +321,19 @@ pub fn plan(
         let kind = recipe.stages[instance.stage].kind.name();
         // A swept stage is one line, with its values, however many instances it has.
         let swept = !recipe.groups[instance.stage].is_empty();
-        let params: serde_json::Map<String, serde_json::Value> =
-            instance.params.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+        let params: serde_json::Map<String, serde_json::Value> = if shell.json() {
+            instance.params.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect()
+        } else {
+            serde_json::Map::new()
+        };
         if swept && summarised.insert(instance.stage) {
             shell.out(&sweep_line(&recipe, &plan, &verdicts, &by_stage[instance.stage], view));
         }
         match verdict {
             Verdict::Cached { key, .. } => {
-                rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str(), "params": params}));
+                if shell.json() {
+                    rows.push(serde_json::json!({"stage": instance.id, "label": instance.label, "kind": kind, "cached": true, "key": key.as_str(), "params": params}));
+                }
                 if view == PlanView::EveryStage && !swept {
                     shell.out(&format!("cached    {} ({kind}) {}", instance.label, key.short()));
                 }
@@ -361,10 +366,14 @@ pub fn plan(
                     }
                     Some(Estimate::NotEstimated) | None => String::new(),
                 };
-                rows.push(serde_json::json!({
-                    "stage": instance.id, "label": instance.label, "kind": kind, "cached": false, "params": params,
-                    "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
-                }));
+                // The per-instance JSON rows are built only for --json (they are most of the
+                // memory of a large plan otherwise).
+                if shell.json() {
+                    rows.push(serde_json::json!({
+                        "stage": instance.id, "label": instance.label, "kind": kind, "cached": false, "params": params,
+                        "key": key.as_ref().map(|k| k.as_str()), "reasons": reasons, "estimated_seconds": seconds,
+                    }));
+                }
                 let job = key.as_ref().and_then(|key| {
                     let name = crate::executor::slurm::job_name(&cache_root, key);
                     slurm_jobs.as_ref()?.get(&name).map(crate::executor::slurm::describe_row)

@@ -86,6 +86,9 @@ pub struct Estimator<'a> {
     pub measure: bool,
     /// Images and shape per (dataset, is the train split).
     sizes: HashMap<(String, bool), DatasetSize>,
+    /// The architecture behind each stage's model, found once: a chain of 100,000 fine-tunings
+    /// is walked once, not once per stage.
+    architectures: HashMap<String, crate::models::Architecture>,
 }
 
 impl<'a> Estimator<'a> {
@@ -104,6 +107,7 @@ impl<'a> Estimator<'a> {
             table,
             measure,
             sizes: HashMap::new(),
+            architectures: HashMap::new(),
         }
     }
 
@@ -112,20 +116,31 @@ impl<'a> Estimator<'a> {
     }
 
     /// The architecture behind a model source, following upstream stages.
-    fn architecture(&self, source: &ModelSource) -> Result<crate::models::Architecture, EstimateError> {
+    fn architecture(&mut self, source: &ModelSource) -> Result<crate::models::Architecture, EstimateError> {
         let mut source = source.clone();
-        for _ in 0..=self.stages.len() {
+        let mut walked: Vec<String> = Vec::new();
+        let architecture = loop {
             match source {
-                ModelSource::Architecture(a) => return Ok(a),
+                ModelSource::Architecture(a) => break a,
                 ModelSource::Upstream(name) => {
+                    if let Some(known) = self.architectures.get(&name) {
+                        break known.clone();
+                    }
+                    if walked.len() > self.stages.len() {
+                        return Err(EstimateError::ModelCycle);
+                    }
                     source = self
                         .stage(&name)?
                         .model_source()
-                        .ok_or_else(|| EstimateError::NoModel(name.clone()))?
+                        .ok_or_else(|| EstimateError::NoModel(name.clone()))?;
+                    walked.push(name);
                 }
             }
+        };
+        for name in walked {
+            self.architectures.insert(name, architecture.clone());
         }
-        Err(EstimateError::ModelCycle)
+        Ok(architecture)
     }
 
     fn size(&mut self, dataset: &str, split: Split) -> DatasetSize {
