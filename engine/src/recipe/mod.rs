@@ -236,9 +236,9 @@ struct Validator<'a> {
 }
 
 /// The most instances a recipe may expand to unless its `[recipe] max_instances` says
-/// otherwise. A plan holds about 1 KB per instance and a cached run checks one cache entry per
-/// instance, so 100,000 instances plan in about a second in 100 MB and a cached run takes
-/// seconds; no cluster accepts that many jobs in one go (Slurm's default MaxJobCount is 10,000).
+/// otherwise. At 100,000 instances `plan` takes 1–3 s and 180–310 MB and a cached run about
+/// 10 s (bench/README.md, "Recipe scale"); no cluster accepts that many jobs in one go
+/// (Slurm's default MaxJobCount is 10,000).
 /// A sweep past it is far more often a mistake (a range one zero too long, two sweeps crossed
 /// that were meant to be zipped) than an experiment, and is refused before anything is built.
 pub const DEFAULT_MAX_INSTANCES: usize = 100_000;
