@@ -199,6 +199,7 @@ kind = "select"
 from = "um"
 id = "val_id"
 ood = ["{on}"]
+split = "test"
 
 [stages.scores_pick]
 kind = "score"

@@ -4,6 +4,7 @@
 //! (`image-folder`), and seeded synthetic noise (`gaussian-noise`, `uniform-noise`).
 pub mod catalogue;
 mod cifar;
+pub mod extent;
 pub(crate) mod idx;
 mod image_folder;
 pub mod image_set;
@@ -12,6 +13,7 @@ mod svhn;
 mod synthetic;
 
 pub use cifar::{Cifar100Labels, Cifar100Spec, Cifar10Spec};
+pub use extent::Extent;
 pub use idx::IdxSpec;
 pub use image_folder::ImageFolderSpec;
 pub use image_set::{ImageSet, Split};
