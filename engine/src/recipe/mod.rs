@@ -315,6 +315,7 @@ impl Validator<'_> {
             }
             None => self.error(0..0, "the recipe declares no stages (add a [stages.NAME] table)"),
         }
+        self.fill_lineage(&mut stages);
 
         let declared: BTreeSet<String> = stages.iter().map(|s: &StageDecl| s.name.clone()).collect();
         let all_stage_names: BTreeSet<String> = root
@@ -707,6 +708,45 @@ impl Validator<'_> {
             node,
             resources,
         })
+    }
+
+    /// Gives every report the declarations of its score stages, their models and what a
+    /// selection chooses among (`lineage`, see [`stages::kinds::report::lineage`]): rebuilt
+    /// with them, a report reads the selections and constraint stages it reports on, and its
+    /// `ood_groups` are checked against its score stages' OOD sets.
+    fn fill_lineage(&mut self, stages: &mut [StageDecl]) {
+        use stages::kinds::report::lineage::{derive, Declared};
+        let declared = |name: &str| -> Option<Declared> {
+            let decl = stages.iter().find(|s| s.name == name)?;
+            let mut params = decl.stage().params();
+            if let (Some(sweep), Some(object)) = (&decl.sweep, params.as_object_mut()) {
+                for field in &sweep.fields {
+                    object.insert(field.name.clone(), serde_json::json!({ "sweep": field.values }));
+                }
+            }
+            Some(Declared { stage: name.to_string(), kind: decl.kind.name().to_string(), params })
+        };
+        let mut rebuilt = Vec::new();
+        for (i, decl) in stages.iter().enumerate() {
+            if decl.kind.name() != "report" || decl.variants.len() != 1 {
+                continue;
+            }
+            let mut params = decl.stage().params();
+            let scores: Vec<String> = serde_json::from_value(params["scores"].clone()).unwrap_or_default();
+            params["lineage"] = serde_json::to_value(derive(&scores, &declared)).unwrap_or_default();
+            rebuilt.push((i, decl.kind.build(params)));
+        }
+        for (i, built) in rebuilt {
+            let what = format!("stage `{}`", stages[i].name);
+            match built {
+                Ok(stage) => {
+                    stages[i].inputs = stage.inputs();
+                    stages[i].variants[0].stage = stage;
+                }
+                Err(BuildError::Type(problem)) => self.param_errors(&stages[i].node, &[problem], &what),
+                Err(BuildError::Invalid(problems)) => self.param_errors(&stages[i].node, &problems, &what),
+            }
+        }
     }
 
     /// The leakage guard: the images a `select` stage chooses on (its ID and OOD sets, in the
