@@ -117,7 +117,7 @@ classes = [9, 8]
     let id = leaks.iter().find(|d| d.message.contains("dataset `val_0_5`")).expect("ID alias");
     assert_eq!(id.line, line_of("id = \"val_0_5\"", "[stages.pick]"));
     let score_id = line_of("id = \"test_0_5\"", "[stages.scores_pick]");
-    assert!(id.message.contains(&format!("field `id`, dataset `test_0_5` (")), "{}", id.message);
+    assert!(id.message.contains("field `id`, dataset `test_0_5` ("), "{}", id.message);
     assert!(id.message.contains(&format!(":{score_id}:")), "{}", id.message);
     assert!(id.message.contains("positions 0..the end of classes [0, 1, 2, 3, 4, 5]"), "{}", id.message);
     // The OOD position.

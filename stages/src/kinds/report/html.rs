@@ -16,21 +16,22 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Plain text with `code` spans, as HTML.
+fn inline(text: &str) -> String {
+    let mut html = String::new();
+    for (k, part) in escape(text).split('`').enumerate() {
+        if k % 2 == 1 {
+            let _ = write!(html, "<code>{part}</code>");
+        } else {
+            html.push_str(part);
+        }
+    }
+    html
+}
+
 /// Plain text with `code` spans and blank-line paragraphs, as HTML.
 fn paragraphs(text: &str) -> String {
-    text.split("\n\n")
-        .map(|p| {
-            let mut html = String::new();
-            for (k, part) in escape(p).split('`').enumerate() {
-                if k % 2 == 1 {
-                    let _ = write!(html, "<code>{part}</code>");
-                } else {
-                    html.push_str(part);
-                }
-            }
-            format!("<p>{html}</p>\n")
-        })
-        .collect()
+    text.split("\n\n").map(|p| format!("<p>{}</p>\n", inline(p))).collect()
 }
 
 /// The whole page.
@@ -242,7 +243,7 @@ fn selections(report: &ReportFile, page: &mut String) {
         }
         page.push_str("</table>\n");
         if let Some(note) = &s.note {
-            let _ = writeln!(page, "<p class=\"note\">⚠ {}.</p>", escape(note));
+            let _ = writeln!(page, "<p class=\"note\">⚠ {}.</p>", inline(note));
         }
     }
 }
