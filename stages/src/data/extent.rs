@@ -7,7 +7,7 @@
 //! positions `skip .. skip + limit` of the class-filtered stream. Image folders have no split and
 //! no classes: the first `limit` files of the folder. Synthetic noise is identical exactly when
 //! its whole declaration is (same count, shape, distribution and seed), whatever the split.
-use super::{DatasetSpec, Split};
+use super::image_set::Split;
 use std::path::{Path, PathBuf};
 
 /// The images one split of a dataset declaration resolves to.
@@ -30,7 +30,7 @@ pub enum Extent {
 
 /// The root as the file system resolves it (symbolic links, `.`, `..`), or, where it does not
 /// exist, with `.` and `..` resolved in the text.
-fn resolved(root: &Path) -> PathBuf {
+pub(crate) fn resolved(root: &Path) -> PathBuf {
     std::fs::canonicalize(root).unwrap_or_else(|_| {
         let mut out = PathBuf::new();
         for part in root.components() {
@@ -46,7 +46,7 @@ fn resolved(root: &Path) -> PathBuf {
     })
 }
 
-fn split_name(split: Split) -> &'static str {
+pub(crate) fn split_name(split: Split) -> &'static str {
     match split {
         Split::Train => "train",
         Split::Test => "test",
@@ -61,44 +61,15 @@ fn sorted(classes: &Option<Vec<u32>>) -> Option<Vec<u32>> {
     })
 }
 
-fn files(source: String, classes: &Option<Vec<u32>>, skip: Option<usize>, limit: Option<usize>) -> Extent {
+/// The samples of `classes` at `skip .. skip + limit` of `source`.
+pub(crate) fn files(
+    source: String,
+    classes: &Option<Vec<u32>>,
+    skip: Option<usize>,
+    limit: Option<usize>,
+) -> Extent {
     let start = skip.unwrap_or(0);
     Extent::Files { source, classes: sorted(classes), start, end: limit.map(|l| start + l) }
-}
-
-impl DatasetSpec {
-    /// The images `split` of this declaration resolves to.
-    pub fn extent(&self, split: Split) -> Extent {
-        let at = |format: &str, root: &Path, extra: String| {
-            format!("{format} at {} ({} split{extra})", resolved(root).display(), split_name(split))
-        };
-        match self {
-            DatasetSpec::Idx(spec) => {
-                let given = match split {
-                    Split::Train => &spec.train_files,
-                    Split::Test => &spec.test_files,
-                };
-                let extra = given.as_ref().map(|[i, l]| format!(", files {i} and {l}")).unwrap_or_default();
-                files(at("idx", &spec.root, extra), &spec.classes, spec.skip, spec.limit)
-            }
-            DatasetSpec::Cifar10Bin(spec) => {
-                files(at("cifar10-bin", &spec.root, String::new()), &spec.classes, spec.skip, spec.limit)
-            }
-            DatasetSpec::Cifar100Bin(spec) => {
-                let extra = format!(", {:?} labels", spec.labels).to_lowercase();
-                files(at("cifar100-bin", &spec.root, extra), &spec.classes, None, spec.limit)
-            }
-            DatasetSpec::SvhnMat(spec) => {
-                files(at("svhn-mat", &spec.root, String::new()), &spec.classes, None, spec.limit)
-            }
-            // A folder has no split: both read the same files.
-            DatasetSpec::ImageFolder(spec) => {
-                files(format!("image-folder at {}", resolved(&spec.root).display()), &None, None, spec.limit)
-            }
-            DatasetSpec::GaussianNoise(spec) => Extent::Generated(format!("gaussian-noise {spec:?}")),
-            DatasetSpec::UniformNoise(spec) => Extent::Generated(format!("uniform-noise {spec:?}")),
-        }
-    }
 }
 
 impl Extent {
@@ -154,6 +125,7 @@ fn end_min(a: Option<usize>, b: Option<usize>) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::DatasetSpec;
 
     fn spec(json: serde_json::Value) -> DatasetSpec {
         DatasetSpec::from_json(json).unwrap()

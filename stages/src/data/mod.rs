@@ -153,6 +153,40 @@ impl DatasetSpec {
         }
     }
 
+    /// The images `split` of this declaration resolves to ([`extent`]).
+    pub fn extent(&self, split: Split) -> Extent {
+        use extent::{files, resolved, split_name};
+        let at = |format: &str, root: &Path, extra: String| {
+            format!("{format} at {} ({} split{extra})", resolved(root).display(), split_name(split))
+        };
+        match self {
+            DatasetSpec::Idx(spec) => {
+                let given = match split {
+                    Split::Train => &spec.train_files,
+                    Split::Test => &spec.test_files,
+                };
+                let extra = given.as_ref().map(|[i, l]| format!(", files {i} and {l}")).unwrap_or_default();
+                files(at("idx", &spec.root, extra), &spec.classes, spec.skip, spec.limit)
+            }
+            DatasetSpec::Cifar10Bin(spec) => {
+                files(at("cifar10-bin", &spec.root, String::new()), &spec.classes, spec.skip, spec.limit)
+            }
+            DatasetSpec::Cifar100Bin(spec) => {
+                let extra = format!(", {:?} labels", spec.labels).to_lowercase();
+                files(at("cifar100-bin", &spec.root, extra), &spec.classes, None, spec.limit)
+            }
+            DatasetSpec::SvhnMat(spec) => {
+                files(at("svhn-mat", &spec.root, String::new()), &spec.classes, None, spec.limit)
+            }
+            // A folder has no split: both read the same files.
+            DatasetSpec::ImageFolder(spec) => {
+                files(format!("image-folder at {}", resolved(&spec.root).display()), &None, None, spec.limit)
+            }
+            DatasetSpec::GaussianNoise(spec) => Extent::Generated(format!("gaussian-noise {spec:?}")),
+            DatasetSpec::UniformNoise(spec) => Extent::Generated(format!("uniform-noise {spec:?}")),
+        }
+    }
+
     /// Loads one split. Synthetic sets have no splits and give the same images for both.
     pub fn load(&self, split: Split) -> Result<ImageSet, StageError> {
         match self {

@@ -8,7 +8,7 @@ use super::model::{
     BacktrackRow, MethodParameters, OodGroup, ReportFile, Row, Scope, ScoreSample, SeedChoice, SeedScores,
     SelectionReport, Summary, ALL,
 };
-use super::Report;
+use super::params::Report;
 use crate::error::StageError;
 use crate::formats::npy;
 use crate::kinds::score::ScoreIndex;
