@@ -535,7 +535,9 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
         assert!(header.contains(column), "{column} in {header}");
     }
     let html = std::fs::read_to_string(sweeps.join("report.html")).unwrap();
-    assert!(html.contains("each metric against each swept parameter"));
+    // Per group, the curves come first and the long sweep table is folded below them.
+    let curves = html.find("Each metric against each swept parameter").expect("sweep curves");
+    assert!(curves < html.find("<details><summary>Table, group").expect("a folded group table"));
     assert!(html.matches("class=\"band\"").count() >= 3, "bands of ± std");
 
     // The selection report says plainly whether the selected models beat the control.

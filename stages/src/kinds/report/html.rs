@@ -1,9 +1,9 @@
 //! `report.html`: one self-contained page (inline SVG, no network) that opens with what a reader
-//! wants first: per OOD group (then over all sets) the summary table with inverted scores
-//! flagged, the paired verdicts against the baseline, what each selection chose, then the plots
-//! (sweeps and the backtracking curve per group, ROC curves of every seed in the table's
-//! convention, score histograms ID vs OOD of the first seed); the full per-set table last, folded
-//! in a `<details>`.
+//! wants first. Per OOD group, then over all sets: the sweep curves and the backtracking curve,
+//! the paired verdicts against the baseline, then the summary table with inverted scores
+//! flagged (folded when a sweep makes it long). Then what each selection chose, ROC curves of
+//! every seed in the table's convention, score histograms ID vs OOD of the first seed, and the
+//! full per-set table last, folded in a `<details>`.
 use super::model::{fpr_header, BacktrackRow, Comparison, ReportFile, Row, Scope, ScoreSample, Summary, ALL};
 use crate::metrics::{cut_points, Convention};
 use std::fmt::Write as _;
@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 const COLOURS: [&str; 8] =
     ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 const ID_COLOUR: &str = "#444444";
+/// Summary tables longer than this many rows (a sweep's) are folded below their plots.
+const FOLD_ABOVE: usize = 16;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -45,30 +47,20 @@ pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
          td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:nth-child(-n+3),th{{text-align:left}}\
          tr.mean td{{font-weight:bold;background:#f4f4f4}} td.inv{{background:#fde2e1;color:#a40000}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}\
          figure{{margin:0}} figcaption{{font-size:13px;text-align:center}} svg text{{font-size:11px;fill:#333}}\
-         p.note{{background:#fff4d6;padding:4px 8px}} details summary{{cursor:pointer;font-size:1.3em;font-weight:bold;margin:1em 0}}\
+         p.note{{background:#fff4d6;padding:4px 8px}} details summary{{cursor:pointer;font-size:1.1em;font-weight:bold;margin:0.8em 0}}\
          </style></head><body>\n<h1>{title}</h1>\n{}",
         paragraphs(&super::markdown::preamble(report))
     );
+    // Per group, then all sets: its curves, its verdicts, then its table (folded when long).
     for target in report.targets() {
-        let _ = writeln!(page, "<h2>Summary: {}</h2>", escape(&report.target_title(&target)));
-        let rows: Vec<&Row> = report.summary_rows(&target).collect();
-        page.push_str(&table(report, &rows));
-        verdicts(report, &target, &mut page);
-    }
-    selections(report, &mut page);
-    for target in report.targets() {
+        let title = inline(&report.target_title(&target));
+        let _ = writeln!(page, "<h2>Summary: {title}</h2>");
         let sweeps = sweep_curves(report, &target);
         if !sweeps.is_empty() {
-            let _ = writeln!(
-                page,
-                "<h2>Sweeps, {}: each metric against each swept parameter (band: ± std over seeds)</h2>\n<div class=\"grid\">",
-                escape(&report.target_title(&target))
-            );
+            page.push_str("<h3>Each metric against each swept parameter (band: ± std over seeds)</h3>\n<div class=\"grid\">\n");
             page.push_str(&sweeps);
             page.push_str("</div>\n");
         }
-    }
-    for target in report.targets() {
         let scope = if target == ALL { Scope::All } else { Scope::Group };
         let curve: Vec<BacktrackRow> = report
             .backtracking
@@ -77,15 +69,23 @@ pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
             .cloned()
             .collect();
         if !curve.is_empty() {
-            let _ = writeln!(
-                page,
-                "<h2>Backtracking, {}: metrics per checkpoint (mean over seeds)</h2>\n<div class=\"grid\">",
-                escape(&report.target_title(&target))
+            page.push_str(
+                "<h3>Backtracking: metrics per checkpoint (mean over seeds)</h3>\n<div class=\"grid\">\n",
             );
             page.push_str(&backtracking(&curve, report.convention));
             page.push_str("</div>\n");
         }
+        verdicts(report, &target, &mut page);
+        let rows: Vec<&Row> = report.summary_rows(&target).collect();
+        if rows.len() > FOLD_ABOVE {
+            let _ = writeln!(page, "<details><summary>Table, {title} ({} rows)</summary>", rows.len());
+            page.push_str(&table(report, &rows));
+            page.push_str("</details>\n");
+        } else {
+            page.push_str(&table(report, &rows));
+        }
     }
+    selections(report, &mut page);
     let positive = match report.convention {
         Convention::IdPositive => "ID positive, as the table: x is the fraction of OOD images accepted as ID, y of ID images kept; FPR95 is x where y = 0.95",
         Convention::OpenOod => "OOD positive, as the table (OpenOOD): x is the fraction of ID images flagged, y of OOD images flagged",
