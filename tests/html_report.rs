@@ -52,10 +52,15 @@ fn report_html_renders_in_a_browser_without_console_errors() {
         !html.contains("src=\"http") && !html.contains("href=\"http"),
         "the page loads nothing from the network"
     );
-    // 2 backtracking panels (MSP, Energy of the base model), 8 ROC panels (4 score stages × 2
-    // methods), 16 histograms (8 × 2 OOD sets).
-    let expected_plots = 2 + 8 + 16;
+    // 6 backtracking panels (MSP, Energy of the base model, for each of the 2 groups and all
+    // sets), 8 ROC panels (4 score stages × 2 methods, every seed in each), 16 histograms (8 × 2
+    // OOD sets).
+    let expected_plots = 6 + 8 + 16;
     assert_eq!(html.matches("<svg").count(), expected_plots);
+    // Summaries and plots first, the full per-set table folded at the end.
+    let (summary, details) = (html.find("<h2>Summary: group").unwrap(), html.find("<details>").unwrap());
+    assert!(summary < html.find("<h2>ROC curves").unwrap() && html.find("<h2>ROC curves").unwrap() < details);
+    assert!(html.contains("ID positive, as the table"), "the ROC says which class is positive");
 
     let png = dir.path().join("report.png");
     let shot = headless(&browser, &dir.path().join("profile-a"))
@@ -84,5 +89,6 @@ fn report_html_renders_in_a_browser_without_console_errors() {
         .unwrap();
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert_eq!(dom.matches("<svg").count(), expected_plots);
-    assert!(dom.matches("<polyline").count() >= 8 * 3, "ROC curves and diagonals are drawn");
+    // Each ROC panel: the diagonal and 2 seeds × 2 OOD sets.
+    assert!(dom.matches("<polyline").count() >= 8 * 5, "ROC curves of every seed and diagonals are drawn");
 }

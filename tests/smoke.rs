@@ -17,14 +17,21 @@ fn smoke_recipe_runs_end_to_end_and_writes_a_report() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["convention"], "idpos");
-    let rows = report["rows"].as_array().unwrap();
+    let all_rows = report["rows"].as_array().unwrap();
+    // Groups: mnist_6_9 alone, noise = gaussian + uniform (scores_all tests on uniform only).
+    let groups: Vec<&str> =
+        report["groups"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(groups, ["mnist_6_9", "noise"]);
+    let group_rows: Vec<&serde_json::Value> = all_rows.iter().filter(|r| r["scope"] == "group").collect();
+    assert_eq!(group_rows.len(), 2 * 2 + 2 + 4 * 2, "one row per group of each (stage, method)");
+    let rows: Vec<&serde_json::Value> = all_rows.iter().filter(|r| r["scope"] != "group").collect();
     // scores_base: 2 methods × (3 sets + mean); scores_first: 1 method × 4;
     // scores_all: 4 methods (MSP, ODIN, Energy, Mahalanobis) × (2 sets + mean).
     assert_eq!(rows.len(), 8 + 4 + 12);
     for method in ["odin", "mahalanobis"] {
         assert!(rows.iter().any(|r| r["scores"] == "scores_all" && r["method"] == method), "{method} row");
     }
-    for row in rows {
+    for row in all_rows {
         for metric in ["fpr95", "auroc", "aupr_in", "aupr_out", "id_accuracy"] {
             let v = row[metric]["mean"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&v), "{metric} = {v}");
@@ -40,11 +47,37 @@ fn smoke_recipe_runs_end_to_end_and_writes_a_report() {
     };
     let mean = (of("mnist_6_9") + of("gaussian") + of("uniform")) / 3.0;
     assert!((of("mean") - mean).abs() < 1e-12);
+    // The noise group's row is the mean of its two sets, with their summed size.
+    let noise = group_rows
+        .iter()
+        .find(|r| r["scores"] == "scores_base" && r["method"] == "energy" && r["ood"] == "noise")
+        .unwrap();
+    assert!(
+        (noise["auroc"]["mean"].as_f64().unwrap() - (of("gaussian") + of("uniform")) / 2.0).abs() < 1e-12
+    );
+    let size = |ood: &str| {
+        rows.iter().find(|r| r["scores"] == "scores_base" && r["ood"] == ood).unwrap()["n_ood"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(noise["n_ood"].as_u64().unwrap(), size("gaussian") + size("uniform"));
+    // Every row whose set has a mean AUROC below 50% says so.
+    for r in &rows {
+        let inverted = r["auroc"]["mean"].as_f64().unwrap() < 0.5;
+        assert_eq!(
+            r["scope"] == "set" && inverted,
+            r["scope"] == "set" && r["inverted"].as_array().is_some_and(|a| !a.is_empty()),
+            "{r}"
+        );
+    }
     let csv = std::fs::read_to_string(report_dir.join("report.csv")).unwrap();
-    assert!(csv.starts_with("scores,method,ood,seeds,fpr95_idpos_mean"));
-    assert_eq!(csv.lines().count(), 1 + 24);
+    assert!(csv.starts_with("record,scores,method,ood,scope,epoch,seed,seeds,n_id,n_ood,fpr95_idpos_mean"));
+    let records = |kind: &str| csv.lines().filter(|l| l.starts_with(&format!("{kind},"))).count();
+    assert_eq!((records("summary"), records("seed")), (all_rows.len(), all_rows.len()), "one seed");
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
-    assert!(md.contains("| scores_base | energy | **mean** |"));
+    assert!(md.contains("| scores_base | energy | **mean** |"), "{md}");
+    assert!(md.contains("## Summary: group `noise` (gaussian, uniform)"), "{md}");
+    assert!(md.contains("| odin | T = 1000, ε = 0.0014 |"), "ODIN's hyper-parameters: {md}");
 
     // show, dag and check on the same recipe.
     let show = pipeline()
@@ -125,16 +158,31 @@ fn unleashing_mask_smoke_recipe_runs_with_two_seeds_and_a_backtracking_curve() {
         serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
             .unwrap();
     assert_eq!(report["seeds"], 2);
-    let rows = report["rows"].as_array().unwrap();
+    let all_rows = report["rows"].as_array().unwrap();
+    let rows: Vec<&serde_json::Value> = all_rows.iter().filter(|r| r["scope"] != "group").collect();
     assert_eq!(rows.len(), 4 * 2 * 3, "4 score stages × 2 methods × (2 sets + mean)");
-    for row in rows {
+    assert_eq!(all_rows.len(), 4 * 2 * 5, "and one group per set by default");
+    // UM and UMAP rows show the ζ each seed's model used: its constraint stage's estimate.
+    for (stage, seed) in [("scores_um", 0), ("scores_umap", 1)] {
+        let zeta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(outputs_of(&events, &format!("zeta@{seed}")).join("constraint.json")).unwrap(),
+        )
+        .unwrap();
+        let row = rows.iter().find(|r| r["scores"] == stage).unwrap();
+        assert_eq!(row["zeta"]["values"][seed], zeta["zeta"], "{stage}");
+    }
+    let control = rows.iter().find(|r| r["scores"] == "scores_control").unwrap();
+    assert_eq!(control["zeta"]["values"], serde_json::json!([0.0, 0.0]), "the control's written ζ = 0");
+    assert!(rows.iter().find(|r| r["scores"] == "scores_base").unwrap().get("zeta").is_none());
+    for row in &rows {
         assert_eq!(row["fpr95"]["values"].as_array().unwrap().len(), 2, "one value per seed");
     }
     // Backtracking: the base model at epochs 1 and 2, for both methods; the last epoch equals
     // the main row of the same model.
     let curve = report["backtracking"].as_array().unwrap();
-    assert_eq!(curve.len(), 4);
-    let last = curve.iter().find(|b| b["epoch"] == 2 && b["method"] == "energy").unwrap();
+    assert_eq!(curve.len(), 4 * 5, "2 epochs × 2 methods × (2 sets, 2 groups, all sets)");
+    let last =
+        curve.iter().find(|b| b["epoch"] == 2 && b["method"] == "energy" && b["ood"] == "mean").unwrap();
     let main = rows
         .iter()
         .find(|r| r["scores"] == "scores_base" && r["method"] == "energy" && r["ood"] == "mean")
@@ -165,7 +213,8 @@ fn outlier_exposure_smoke_recipe_runs_oe_energy_and_poem() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(outputs_of(&events, "table").join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(report["rows"].as_array().unwrap().len(), 5 * 3);
+    // 5 score stages × (2 sets, 2 groups of one set each, all sets).
+    assert_eq!(report["rows"].as_array().unwrap().len(), 5 * 5);
 }
 
 #[test]
@@ -381,7 +430,9 @@ fn the_posthoc_suite_runs_on_every_model_kind() {
         for &method in methods {
             let found = rows
                 .iter()
-                .filter(|r| r["scores"] == format!("scores_{model}") && r["method"] == method)
+                .filter(|r| {
+                    r["scores"] == format!("scores_{model}") && r["method"] == method && r["scope"] != "group"
+                })
                 .count();
             assert_eq!(found, 3, "{model} / {method}: two OOD sets and their mean");
         }
@@ -455,8 +506,26 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sweeps.join("report.json")).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
-    // (2 δ + 3 ζ + 4 δ×keep variants) × 2 methods × (2 sets + mean).
-    assert_eq!(rows.len(), (2 + 3 + 4) * 2 * 3);
+    // (2 δ + 3 ζ + 4 δ×keep variants) × 2 methods × (2 sets + 2 groups + mean).
+    assert_eq!(rows.len(), (2 + 3 + 4) * 2 * 5);
+    // ζ as used: um_zeta's swept value; um's from its δ's constraint estimate of that seed.
+    for r in rows.iter().filter(|r| r["scores"] == "scores_um_zeta") {
+        let written: f64 = r["params"]["um_zeta.zeta"].as_str().unwrap().parse().unwrap();
+        assert_eq!(r["zeta"]["values"], serde_json::json!([written, written]));
+    }
+    for r in rows.iter().filter(|r| r["scores"] == "scores_um") {
+        let delta = r["params"]["zeta.delta"].as_str().unwrap();
+        for seed in [0, 1] {
+            let c: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(
+                    outputs_of(&events, &format!("zeta[delta={delta}]@{seed}")).join("constraint.json"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(r["zeta"]["values"][seed], c["zeta"], "δ = {delta}, seed {seed}");
+        }
+    }
     assert!(rows.iter().all(|r| r["fpr95"]["values"].as_array().unwrap().len() == 2), "2 seeds in every row");
     let umap_row = rows.iter().find(|r| r["scores"] == "scores_umap").unwrap();
     assert_eq!(umap_row["params"].as_object().unwrap().len(), 2, "keep and zeta.delta");
@@ -466,13 +535,44 @@ fn sweep_smoke_recipe_selects_on_validation_data_and_reports_by_swept_parameter(
         assert!(header.contains(column), "{column} in {header}");
     }
     let html = std::fs::read_to_string(sweeps.join("report.html")).unwrap();
-    assert!(html.contains("Sweeps: each metric against each swept parameter"));
+    // Per group, the curves come first and the long sweep table is folded below them.
+    let curves = html.find("Each metric against each swept parameter").expect("sweep curves");
+    assert!(curves < html.find("<details><summary>Table, group").expect("a folded group table"));
     assert!(html.matches("class=\"band\"").count() >= 3, "bands of ± std");
 
     // The selection report says plainly whether the selected models beat the control.
     let md = std::fs::read_to_string(outputs_of(&events, "selected").join("report.md")).unwrap();
     assert!(md.contains("## Against the baseline `scores_control`"), "{md}");
-    assert!(md.contains("scores_pick_um / energy") && (md.contains("beats") || md.contains("does not beat")));
+    assert!(
+        md.contains("### group `semantic` (mnist_8_9)") && md.contains("### group `noise` (noise)"),
+        "{md}"
+    );
+    assert!(md.contains("On group `semantic` (mnist_8_9), scores_pick_um / energy"), "{md}");
+    // What each selection chose, per seed, as its selected.json says.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs_of(&events, "selected").join("report.json")).unwrap())
+            .unwrap();
+    let pick = report["selections"].as_array().unwrap().iter().find(|s| s["select"] == "pick_um").unwrap();
+    for seed in [0u64, 1] {
+        let selected: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(outputs_of(&events, &format!("pick_um@{seed}")).join("selected.json")).unwrap(),
+        )
+        .unwrap();
+        let chosen = &selected["candidates"][selected["chosen"].as_u64().unwrap() as usize];
+        let zeta = chosen["params"]["zeta"].as_str().unwrap();
+        let row = pick["per_seed"].as_array().unwrap().iter().find(|c| c["seed"] == seed).unwrap();
+        assert_eq!(row["chosen"], format!("zeta={zeta}"));
+        assert_eq!(row["validation_fpr95"], chosen["mean"]["fpr95"]);
+        assert_eq!(row["zeta"].as_f64().unwrap(), zeta.parse::<f64>().unwrap());
+        // ce_control is um_zeta's recipe with ζ = 0: choosing ζ = 0 is choosing the control.
+        assert_eq!(row["same_as_baseline"], zeta.parse::<f64>().unwrap() == 0.0, "{row}");
+    }
+    assert!(md.contains("## What `pick_um` chose (for `scores_pick_um`)"), "{md}");
+    let umap = report["selections"].as_array().unwrap().iter().find(|s| s["select"] == "pick_umap").unwrap();
+    assert!(
+        umap["per_seed"].as_array().unwrap().iter().all(|c| c["zeta"].as_f64().is_some_and(|z| z > 0.0)),
+        "{umap}"
+    );
 
     // `dag --dot` draws each swept stage in a cluster named by its values.
     let dot = pipeline().args(["dag", "--dot"]).arg(&recipe).output().unwrap();

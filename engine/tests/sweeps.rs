@@ -105,7 +105,10 @@ fn sweeps_expand_with_readable_labels_and_fan_out_downstream() {
     assert_eq!(labels_of(&r, "table"), ["table"], "a report combines every variant and seed");
     let plan = Plan::new(&r, None);
     let table = plan.instances.iter().find(|i| i.label == "table").unwrap();
-    assert_eq!(table.deps().count(), 8);
+    // Every score instance, and every ζ estimate (the report shows the ζ each UM model used).
+    let read: Vec<&str> = table.deps().map(|d| r.stages[plan.instances[d].stage].name.as_str()).collect();
+    assert_eq!(read.iter().filter(|s| **s == "scores").count(), 8);
+    assert_eq!(read.iter().filter(|s| **s == "zeta").count(), 4, "{read:?}");
     // Each score instance reads the um instance with the same coordinates and seed.
     for i in plan.instances.iter().filter(|i| r.stages[i.stage].name == "scores") {
         let um = &plan.instances[i.deps().next().unwrap()];
@@ -199,6 +202,7 @@ kind = "select"
 from = "um"
 id = "val_id"
 ood = ["{on}"]
+split = "test"
 
 [stages.scores_pick]
 kind = "score"

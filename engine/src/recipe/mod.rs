@@ -409,6 +409,7 @@ impl Validator<'_> {
             }
             None => self.error(0..0, "the recipe declares no stages (add a [stages.NAME] table)"),
         }
+        self.fill_lineage(&mut stages);
 
         let by_name: std::collections::HashMap<String, usize> =
             stages.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
@@ -458,7 +459,7 @@ impl Validator<'_> {
             self.one_instance_reads(&stages, &groups);
         }
         if let Some(graph) = &graph {
-            self.leakage(&stages, graph);
+            self.leakage(&stages, graph, &datasets);
         }
         match graph {
             Some(graph) if self.diagnostics.is_empty() => Ok(Recipe {
@@ -870,23 +871,77 @@ impl Validator<'_> {
         })
     }
 
-    /// The leakage guard: a dataset a `select` stage chooses on may not be a test set (an ID or
-    /// OOD set of a score stage) of any report downstream of that selection, or the choice
-    /// would have looked at the test sets. Reported at the selection's field, naming the
-    /// score stage's field and its position.
-    fn leakage(&mut self, stages: &[StageDecl], graph: &StageGraph) {
+    /// Gives every report the declarations of its score stages, their models and what a
+    /// selection chooses among (`lineage`, see [`stages::kinds::report::lineage`]): rebuilt
+    /// with them, a report reads the selections and constraint stages it reports on, and its
+    /// `ood_groups` are checked against its score stages' OOD sets.
+    fn fill_lineage(&mut self, stages: &mut [StageDecl]) {
+        use stages::kinds::report::lineage::{derive, Declared};
+        let declared = |name: &str| -> Option<Declared> {
+            let decl = stages.iter().find(|s| s.name == name)?;
+            let mut params = decl.stage().params();
+            if let (Some(sweep), Some(object)) = (&decl.sweep, params.as_object_mut()) {
+                for field in &sweep.fields {
+                    object.insert(field.name.clone(), serde_json::json!({ "sweep": field.values }));
+                }
+            }
+            Some(Declared { stage: name.to_string(), kind: decl.kind.name().to_string(), params })
+        };
+        let mut rebuilt = Vec::new();
+        for (i, decl) in stages.iter().enumerate() {
+            if decl.kind.name() != "report" || decl.variants.len() != 1 {
+                continue;
+            }
+            let mut params = decl.stage().params();
+            let scores: Vec<String> = serde_json::from_value(params["scores"].clone()).unwrap_or_default();
+            params["lineage"] = serde_json::to_value(derive(&scores, &declared)).unwrap_or_default();
+            rebuilt.push((i, decl.kind.build(params)));
+        }
+        for (i, built) in rebuilt {
+            let what = format!("stage `{}`", stages[i].name);
+            match built {
+                Ok(stage) => {
+                    stages[i].inputs = stage.inputs();
+                    stages[i].variants[0].stage = stage;
+                }
+                Err(BuildError::Type(problem)) => self.param_errors(&stages[i].node, &[problem], &what),
+                Err(BuildError::Invalid(problems)) => self.param_errors(&stages[i].node, &problems, &what),
+            }
+        }
+    }
+
+    /// The leakage guard: the images a `select` stage chooses on (its ID and OOD sets, in the
+    /// split it reads) may not be any of the images a score stage of a report downstream of
+    /// that selection tests on (its ID and OOD sets, test split), compared by what the sets
+    /// resolve to ([`stages::data::Extent`]: format, resolved root, split, classes, skip/limit
+    /// range), not by their names. Reported at the selection's field, naming the score stage's
+    /// field and its position.
+    fn leakage(
+        &mut self,
+        stages: &[StageDecl],
+        graph: &StageGraph,
+        datasets: &BTreeMap<String, DatasetSpec>,
+    ) {
+        // The dataset fields of a stage with the split each is read in and its extent.
+        let reads = |decl: &StageDecl| -> Vec<(String, String, Range<usize>, stages::data::Extent)> {
+            let splits = decl.stage().reads();
+            decl.inputs
+                .iter()
+                .filter_map(|i| match &i.target {
+                    Target::Dataset { name } => {
+                        let (_, split) = splits.iter().find(|(d, _)| d == name)?;
+                        let extent = datasets.get(name)?.extent(*split);
+                        Some((name.clone(), i.field.join("."), decl.node.locate(&i.field), extent))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         for (s, select) in stages.iter().enumerate() {
             if select.kind.name() != "select" {
                 continue;
             }
-            let chosen_on: Vec<(&str, Range<usize>)> = select
-                .inputs
-                .iter()
-                .filter_map(|i| match &i.target {
-                    Target::Dataset { name } => Some((name.as_str(), select.node.locate(&i.field))),
-                    _ => None,
-                })
-                .collect();
+            let chosen_on = reads(select);
             let mut reported = BTreeSet::new();
             for r in graph.with_descendants(s) {
                 if stages[r].kind.name() != "report" {
@@ -894,28 +949,31 @@ impl Validator<'_> {
                 }
                 for u in graph.upstream(r) {
                     let score = &stages[u];
-                    for input in &score.inputs {
-                        let Target::Dataset { name } = &input.target else { continue };
-                        let Some((_, span)) = chosen_on.iter().find(|(d, _)| d == name) else { continue };
-                        if !reported.insert((name.clone(), u)) {
-                            continue;
+                    if score.kind.name() != "score" {
+                        continue;
+                    }
+                    for (tested, field, at, extent) in reads(score) {
+                        for (name, _, span, chosen) in &chosen_on {
+                            let Some(why) = chosen.overlap(&extent) else { continue };
+                            if !reported.insert((name.clone(), u, tested.clone())) {
+                                continue;
+                            }
+                            let there = Diagnostic::new(self.source, at.clone(), "");
+                            self.error_help(
+                                span.clone(),
+                                format!(
+                                    "stage `{}` selects on dataset `{name}`, whose images report `{}` also tests on: \
+                                     stage `{}`, field `{field}`, dataset `{tested}` ({}:{}:{}); {why}",
+                                    select.name,
+                                    stages[r].name,
+                                    score.name,
+                                    self.source.path.display(),
+                                    there.line,
+                                    there.column
+                                ),
+                                Some("select on validation data the reports do not test on (a held-out part of a split, declared with `skip`/`limit`, or another split)".into()),
+                            );
                         }
-                        let there = Diagnostic::new(self.source, score.node.locate(&input.field), "");
-                        self.error_help(
-                            span.clone(),
-                            format!(
-                                "stage `{}` selects on dataset `{name}`, which is also a test set of report `{}`: \
-                                 stage `{}`, field `{}` ({}:{}:{})",
-                                select.name,
-                                stages[r].name,
-                                score.name,
-                                input.field.join("."),
-                                self.source.path.display(),
-                                there.line,
-                                there.column
-                            ),
-                            Some("select on validation data the reports do not test on (e.g. a held-out part of a split)".into()),
-                        );
                     }
                 }
             }

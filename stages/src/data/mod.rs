@@ -4,6 +4,7 @@
 //! (`image-folder`), and seeded synthetic noise (`gaussian-noise`, `uniform-noise`).
 pub mod catalogue;
 mod cifar;
+pub mod extent;
 pub(crate) mod idx;
 mod image_folder;
 pub mod image_set;
@@ -12,6 +13,7 @@ mod svhn;
 mod synthetic;
 
 pub use cifar::{Cifar100Labels, Cifar100Spec, Cifar10Spec};
+pub use extent::Extent;
 pub use idx::IdxSpec;
 pub use image_folder::ImageFolderSpec;
 pub use image_set::{ImageSet, Split};
@@ -156,6 +158,40 @@ impl DatasetSpec {
             }
             DatasetSpec::GaussianNoise(spec) => Ok(spec.shape),
             DatasetSpec::UniformNoise(spec) => Ok(spec.shape),
+        }
+    }
+
+    /// The images `split` of this declaration resolves to ([`extent`]).
+    pub fn extent(&self, split: Split) -> Extent {
+        use extent::{files, resolved, split_name};
+        let at = |format: &str, root: &Path, extra: String| {
+            format!("{format} at {} ({} split{extra})", resolved(root).display(), split_name(split))
+        };
+        match self {
+            DatasetSpec::Idx(spec) => {
+                let given = match split {
+                    Split::Train => &spec.train_files,
+                    Split::Test => &spec.test_files,
+                };
+                let extra = given.as_ref().map(|[i, l]| format!(", files {i} and {l}")).unwrap_or_default();
+                files(at("idx", &spec.root, extra), &spec.classes, spec.skip, spec.limit)
+            }
+            DatasetSpec::Cifar10Bin(spec) => {
+                files(at("cifar10-bin", &spec.root, String::new()), &spec.classes, spec.skip, spec.limit)
+            }
+            DatasetSpec::Cifar100Bin(spec) => {
+                let extra = format!(", {:?} labels", spec.labels).to_lowercase();
+                files(at("cifar100-bin", &spec.root, extra), &spec.classes, None, spec.limit)
+            }
+            DatasetSpec::SvhnMat(spec) => {
+                files(at("svhn-mat", &spec.root, String::new()), &spec.classes, None, spec.limit)
+            }
+            // A folder has no split: both read the same files.
+            DatasetSpec::ImageFolder(spec) => {
+                files(format!("image-folder at {}", resolved(&spec.root).display()), &None, None, spec.limit)
+            }
+            DatasetSpec::GaussianNoise(spec) => Extent::Generated(format!("gaussian-noise {spec:?}")),
+            DatasetSpec::UniformNoise(spec) => Extent::Generated(format!("uniform-noise {spec:?}")),
         }
     }
 

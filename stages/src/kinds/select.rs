@@ -72,9 +72,6 @@ fn default_method() -> Method {
 fn default_batch_size() -> usize {
     256
 }
-fn default_split() -> Split {
-    Split::Test
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,9 +85,10 @@ pub struct Select {
     /// The validation OOD datasets: none may be a test set of a report downstream (checked by
     /// `pipeline check`).
     pub ood: Vec<String>,
-    /// Which split of those datasets to read (`"test"` or `"train"`; a held-out part of the
-    /// train split is declared with `skip`).
-    #[serde(default = "default_split")]
+    /// Which split of those datasets to read (`"test"` or `"train"`; a held-out part of a split
+    /// is declared with `skip` or `limit`). Required: a selection that silently read the test
+    /// split would choose on the images the reports test on. Always written into the
+    /// parameters, so recipes that wrote it out keep their cache keys.
     pub split: Split,
     #[serde(default = "default_method")]
     pub method: Method,
@@ -383,15 +381,20 @@ mod tests {
 
     #[test]
     fn parameters_parse_with_defaults_and_fitted_methods_are_refused() {
-        let p: Select =
-            serde_json::from_value(serde_json::json!({"from": "um", "id": "v", "ood": ["o"]})).unwrap();
+        let p: Select = serde_json::from_value(
+            serde_json::json!({"from": "um", "id": "v", "ood": ["o"], "split": "train"}),
+        )
+        .unwrap();
         assert_eq!(
             (p.over, p.metric, p.method.name(), p.split),
-            (Over::Variants, SelectionMetric::Fpr95, "energy", Split::Test)
+            (Over::Variants, SelectionMetric::Fpr95, "energy", Split::Train)
         );
+        let missing =
+            serde_json::from_value::<Select>(serde_json::json!({"from": "um", "id": "v", "ood": ["o"]}));
+        assert!(missing.unwrap_err().to_string().contains("missing field `split`"));
         assert!(p.check().is_empty());
         let p: Select = serde_json::from_value(
-            serde_json::json!({"from": "um", "id": "v", "ood": ["o"], "method": "mahalanobis", "max_id_acc_drop": -1.0}),
+            serde_json::json!({"from": "um", "id": "v", "ood": ["o"], "split": "test", "method": "mahalanobis", "max_id_acc_drop": -1.0}),
         )
         .unwrap();
         let problems: Vec<String> = p.check().iter().map(|e| e.path.join(".")).collect();

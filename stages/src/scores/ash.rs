@@ -6,7 +6,7 @@
 //! The score is the Energy of the logits the linear head gives the shaped vector. Ties among
 //! equal entries keep the lower index.
 use super::head::energy;
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::error::StageError;
 
 /// ASH's percentile p.
@@ -56,6 +56,9 @@ pub fn shape(features: &[f32], shaping: Shaping, p: f64) -> Vec<f64> {
 pub struct Ash(pub Shaping);
 
 impl ScoreMethod for Ash {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        format!("p = {PERCENTILE} (percentile of each sample's activations pruned)")
+    }
     fn name(&self) -> &'static str {
         match self.0 {
             Shaping::Prune => "ash-p",

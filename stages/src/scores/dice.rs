@@ -5,7 +5,7 @@
 //! the sparsified head, logsumexp((W ⊙ mask)·h + b).
 use super::feature_bank::percentile;
 use super::head::{energy, widen};
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::error::StageError;
 
 /// DICE's sparsity p.
@@ -27,6 +27,9 @@ pub fn sparsified(weight: &[Vec<f32>], mean: &[f64], p: f64) -> Vec<Vec<f32>> {
 }
 
 impl ScoreMethod for Dice {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        format!("p = {PERCENTILE} (sparsity percentile of the weight contributions)")
+    }
     fn name(&self) -> &'static str {
         "dice"
     }

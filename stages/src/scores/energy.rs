@@ -1,11 +1,14 @@
 //! Energy (SPEC §7): the negative free energy T·logsumexp(f(x)/T) with T = 1.
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::logsumexp;
 use crate::error::StageError;
 
 pub struct Energy;
 
 impl ScoreMethod for Energy {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        "T = 1".into()
+    }
     fn name(&self) -> &'static str {
         "energy"
     }

@@ -4,7 +4,7 @@
 //! v1.5's) γ = 0.1 and M = 100, all classes when there are fewer. Computed in f64 from the
 //! plain logits.
 use super::head::widen;
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::probabilities;
 use crate::error::StageError;
 
@@ -23,6 +23,9 @@ pub fn generalized_entropy_score(logits: &[f32], gamma: f64, top: usize) -> f64 
 }
 
 impl ScoreMethod for Gen {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        format!("γ = {GAMMA}, M = {TOP}")
+    }
     fn name(&self) -> &'static str {
         "gen"
     }

@@ -5,7 +5,7 @@
 //! then the k-th largest per row; ‖a − b‖ = √(2 − 2·a·b) for unit vectors. OpenOOD v1.5 returns
 //! the squared distance, which ranks the same.
 use super::feature_bank::unit;
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::error::StageError;
 use candle_core::{Device, Tensor};
 
@@ -40,6 +40,9 @@ pub fn knn_scores(queries: &[Vec<f32>], bank: &[Vec<f32>], k: usize) -> Result<V
 }
 
 impl ScoreMethod for Knn {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        format!("k = {K}")
+    }
     fn name(&self) -> &'static str {
         "knn"
     }

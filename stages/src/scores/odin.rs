@@ -1,7 +1,7 @@
 //! ODIN (SPEC §7): with ŷ = argmax f(x), the input is moved against the gradient of
 //! CE(f(x)/T, ŷ) with respect to the raw [0,1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::max_softmax;
 use crate::error::StageError;
 use crate::models::{Mode, Network};
@@ -10,6 +10,9 @@ use candle_core::{Tensor, Var, D};
 pub struct Odin;
 
 impl ScoreMethod for Odin {
+    fn parameters(&self, params: &MethodParams) -> String {
+        format!("T = {}, ε = {}", params.odin_temperature, params.odin_epsilon)
+    }
     fn name(&self) -> &'static str {
         "odin"
     }

@@ -3,7 +3,7 @@
 //! ID training activations (`feature-fit`), then the Energy score of the logits the linear head
 //! gives them: logsumexp(W·min(h, c) + b).
 use super::head::energy;
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::error::StageError;
 
 pub struct React;
@@ -15,6 +15,9 @@ pub fn react_energy(features: &[f32], threshold: f64, weight: &[Vec<f32>], bias:
 }
 
 impl ScoreMethod for React {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        "c = the p-th percentile of the ID training activations, p = the feature-fit stage's `react_percentile` (default 90)".into()
+    }
     fn name(&self) -> &'static str {
         "react"
     }

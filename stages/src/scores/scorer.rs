@@ -66,4 +66,9 @@ pub trait ScoreMethod: Sync {
     }
     /// The score of every image of the set, in order.
     fn score(&self, input: &ScoringInput) -> Result<Vec<f64>, StageError>;
+    /// Its hyper-parameters as it runs with `params`, for reports (`T = 1000, ε = 0.0014`);
+    /// "none" for methods without any.
+    fn parameters(&self, _params: &MethodParams) -> String {
+        "none".into()
+    }
 }

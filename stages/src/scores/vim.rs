@@ -6,7 +6,7 @@
 //! is logsumexp(f(x)) − α‖(x − u)·R‖. D = N/2 for an N-wide feature (OpenOOD's 256 of
 //! ResNet-18's 512), 1000 from N = 2048 on (the paper's).
 use super::head::{logits, widen};
-use super::scorer::{ScoreMethod, ScoringInput};
+use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::logsumexp;
 use crate::error::StageError;
 use crate::math::linalg::Matrix;
@@ -97,6 +97,9 @@ fn residual_norm(x: &[f64], residual: &[Vec<f64>]) -> f64 {
 }
 
 impl ScoreMethod for Vim {
+    fn parameters(&self, _params: &MethodParams) -> String {
+        "D = N/2 for N-wide features (1000 from N = 2048 on)".into()
+    }
     fn name(&self) -> &'static str {
         "vim"
     }

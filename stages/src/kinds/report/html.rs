@@ -1,17 +1,39 @@
-//! `report.html`: one self-contained page (inline SVG, no network) with the report's metrics
-//! table, per-OOD-set score histograms ID vs OOD (the paper's Figure 1(b)(c)), ROC curves, and
-//! the backtracking curve (metrics per checkpoint, Figure 1(a)) when there is one. Plots show the
-//! first seed's scores; the table shows mean ± std over seeds.
-use super::model::{fpr_header, BacktrackRow, ReportFile, Row, ScoreSample, Summary};
+//! `report.html`: one self-contained page (inline SVG, no network) that opens with what a reader
+//! wants first. Per OOD group, then over all sets: the sweep curves and the backtracking curve,
+//! the paired verdicts against the baseline, then the summary table with inverted scores
+//! flagged (folded when a sweep makes it long). Then what each selection chose, ROC curves of
+//! every seed in the table's convention, score histograms ID vs OOD of the first seed, and the
+//! full per-set table last, folded in a `<details>`.
+use super::model::{fpr_header, BacktrackRow, Comparison, ReportFile, Row, Scope, ScoreSample, Summary, ALL};
 use crate::metrics::{cut_points, Convention};
 use std::fmt::Write as _;
 
 const COLOURS: [&str; 8] =
     ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 const ID_COLOUR: &str = "#444444";
+/// Summary tables longer than this many rows (a sweep's) are folded below their plots.
+const FOLD_ABOVE: usize = 16;
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Plain text with `code` spans, as HTML.
+fn inline(text: &str) -> String {
+    let mut html = String::new();
+    for (k, part) in escape(text).split('`').enumerate() {
+        if k % 2 == 1 {
+            let _ = write!(html, "<code>{part}</code>");
+        } else {
+            html.push_str(part);
+        }
+    }
+    html
+}
+
+/// Plain text with `code` spans and blank-line paragraphs, as HTML.
+fn paragraphs(text: &str) -> String {
+    text.split("\n\n").map(|p| format!("<p>{}</p>\n", inline(p))).collect()
 }
 
 /// The whole page.
@@ -21,58 +43,75 @@ pub fn render(report: &ReportFile, samples: &[ScoreSample]) -> String {
     let _ = write!(
         page,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>\
-         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;font-size:14px}}\
+         body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;font-size:14px;margin:0.5em 0}}\
          td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} td:nth-child(-n+3),th{{text-align:left}}\
-         tr.mean td{{font-weight:bold;background:#f4f4f4}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}\
+         tr.mean td{{font-weight:bold;background:#f4f4f4}} td.inv{{background:#fde2e1;color:#a40000}} .grid{{display:flex;flex-wrap:wrap;gap:12px}}\
          figure{{margin:0}} figcaption{{font-size:13px;text-align:center}} svg text{{font-size:11px;fill:#333}}\
-         </style></head><body>\n<h1>{title}</h1>\n<p>Percentages, {}. {}.</p>\n",
-        if report.seeds > 1 { format!("mean ± std over {} seeds", report.seeds) } else { "1 seed".into() },
-        escape(&report.convention_text)
+         p.note{{background:#fff4d6;padding:4px 8px}} details summary{{cursor:pointer;font-size:1.1em;font-weight:bold;margin:0.8em 0}}\
+         </style></head><body>\n<h1>{title}</h1>\n{}",
+        paragraphs(&super::markdown::preamble(report))
     );
-    page.push_str(&table(report));
-    if let (Some(baseline), false) = (&report.baseline, report.comparisons().is_empty()) {
-        let _ =
-            write!(page, "<h2>Against the baseline {} (mean over OOD sets)</h2>\n<ul>\n", escape(baseline));
-        for c in report.comparisons() {
-            let _ = writeln!(
-                page,
-                "<li>{} / {} {} it on FPR95 ({} vs {}) and {} it on AUROC ({} vs {})</li>",
-                escape(&c.row.label()),
-                escape(&c.row.method),
-                if c.beats_on_fpr95() { "beats" } else { "does not beat" },
-                cell(&c.row.fpr95),
-                cell(&c.baseline.fpr95),
-                if c.beats_on_auroc() { "beats" } else { "does not beat" },
-                cell(&c.row.auroc),
-                cell(&c.baseline.auroc)
-            );
+    // Per group, then all sets: its curves, its verdicts, then its table (folded when long).
+    for target in report.targets() {
+        let title = inline(&report.target_title(&target));
+        let _ = writeln!(page, "<h2>Summary: {title}</h2>");
+        let sweeps = sweep_curves(report, &target);
+        if !sweeps.is_empty() {
+            page.push_str("<h3>Each metric against each swept parameter (band: ± std over seeds)</h3>\n<div class=\"grid\">\n");
+            page.push_str(&sweeps);
+            page.push_str("</div>\n");
         }
-        page.push_str("</ul>\n");
+        let scope = if target == ALL { Scope::All } else { Scope::Group };
+        let curve: Vec<BacktrackRow> = report
+            .backtracking
+            .iter()
+            .filter(|b| b.row.scope == scope && b.row.ood == target)
+            .cloned()
+            .collect();
+        if !curve.is_empty() {
+            page.push_str(
+                "<h3>Backtracking: metrics per checkpoint (mean over seeds)</h3>\n<div class=\"grid\">\n",
+            );
+            page.push_str(&backtracking(&curve, report.convention));
+            page.push_str("</div>\n");
+        }
+        verdicts(report, &target, &mut page);
+        let rows: Vec<&Row> = report.summary_rows(&target).collect();
+        if rows.len() > FOLD_ABOVE {
+            let _ = writeln!(page, "<details><summary>Table, {title} ({} rows)</summary>", rows.len());
+            page.push_str(&table(report, &rows));
+            page.push_str("</details>\n");
+        } else {
+            page.push_str(&table(report, &rows));
+        }
     }
-    let sweeps = sweep_curves(report);
-    if !sweeps.is_empty() {
-        page.push_str("<h2>Sweeps: each metric against each swept parameter (mean over OOD sets, band: ± std over seeds)</h2>\n<div class=\"grid\">\n");
-        page.push_str(&sweeps);
-        page.push_str("</div>\n");
-    }
-    if !report.backtracking.is_empty() {
-        page.push_str(
-            "<h2>Backtracking: metrics per checkpoint (mean over OOD sets)</h2>\n<div class=\"grid\">\n",
-        );
-        page.push_str(&backtracking(&report.backtracking, report.convention));
-        page.push_str("</div>\n");
-    }
-    page.push_str("<h2>ROC curves (first seed; OOD positive on the x axis: FPR is ID samples flagged)</h2>\n<div class=\"grid\">\n");
+    selections(report, &mut page);
+    let positive = match report.convention {
+        Convention::IdPositive => "ID positive, as the table: x is the fraction of OOD images accepted as ID, y of ID images kept; FPR95 is x where y = 0.95",
+        Convention::OpenOod => "OOD positive, as the table (OpenOOD): x is the fraction of ID images flagged, y of OOD images flagged",
+    };
+    let _ =
+        writeln!(page, "<h2>ROC curves (every seed, one line each; {positive})</h2>\n<div class=\"grid\">");
     for sample in samples {
-        page.push_str(&roc(sample));
+        page.push_str(&roc(sample, report.convention));
     }
     page.push_str("</div>\n<h2>Score histograms, ID vs OOD (first seed)</h2>\n<div class=\"grid\">\n");
     for sample in samples {
-        for (name, ood) in &sample.ood {
-            page.push_str(&histogram(sample, name, ood));
+        if let Some(first) = sample.seeds.first() {
+            for (name, ood) in &first.ood {
+                page.push_str(&histogram(sample, &first.id, name, ood));
+            }
         }
     }
-    page.push_str("</div>\n<script>console.log('plots: ' + document.querySelectorAll('svg').length);</script>\n</body></html>\n");
+    page.push_str("</div>\n");
+    let set_rows: Vec<&Row> = report.rows.iter().filter(|r| r.scope != Scope::Group).collect();
+    let _ = writeln!(
+        page,
+        "<details><summary>Full table: every OOD set, then all sets ({} rows)</summary>",
+        set_rows.len()
+    );
+    page.push_str(&table(report, &set_rows));
+    page.push_str("</details>\n<script>console.log('plots: ' + document.querySelectorAll('svg').length);</script>\n</body></html>\n");
     page
 }
 
@@ -84,19 +123,41 @@ fn cell(s: &Summary) -> String {
     }
 }
 
-fn table(report: &ReportFile) -> String {
+fn table(report: &ReportFile, rows: &[&Row]) -> String {
     let params = report.param_names();
     let param_heads: String = params.iter().map(|p| format!("<th>{}</th>", escape(p))).collect();
+    let has_zeta = rows.iter().any(|r| r.zeta.is_some());
     let mut out = format!(
-        "<table>\n<tr><th>Scores</th>{param_heads}<th>Method</th><th>OOD set</th><th>{} ↓</th><th>AUROC ↑</th><th>AUPR-In ↑</th>\
-         <th>AUPR-Out ↑</th><th>ID-ACC ↑</th></tr>\n",
-        fpr_header(report.convention)
+        "<table>\n<tr><th>Scores</th>{param_heads}<th>Method</th><th>OOD</th><th>n seeds</th><th>n ID / OOD</th><th>{} ↓</th><th>AUROC ↑</th><th>AUPR-In ↑</th>\
+         <th>AUPR-Out ↑</th><th>ID-ACC ↑</th>{}</tr>\n",
+        fpr_header(report.convention),
+        if has_zeta { "<th>ζ used (per seed)</th>" } else { "" }
     );
-    for r in &report.rows {
-        let class = if r.ood == "mean" { " class=\"mean\"" } else { "" };
+    for r in rows {
+        let class = if r.scope == Scope::All { " class=\"mean\"" } else { "" };
+        let auroc = if r.inverted.is_empty() {
+            format!("<td>{}</td>", cell(&r.auroc))
+        } else {
+            format!(
+                "<td class=\"inv\" title=\"{}\">{} ⚠ {}</td>",
+                escape(super::markdown::INVERTED),
+                cell(&r.auroc),
+                escape(&r.inverted_note())
+            )
+        };
+        let zeta = match (&r.zeta, has_zeta) {
+            (_, false) => String::new(),
+            (None, true) => "<td>–</td>".into(),
+            (Some(z), true) => {
+                format!(
+                    "<td>{}</td>",
+                    z.values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ")
+                )
+            }
+        };
         let _ = writeln!(
             out,
-            "<tr{class}><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr{class}><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td>{auroc}<td>{}</td><td>{}</td><td>{}</td>{zeta}</tr>",
             escape(&r.scores),
             params
                 .iter()
@@ -104,8 +165,10 @@ fn table(report: &ReportFile) -> String {
                 .collect::<String>(),
             escape(&r.method),
             escape(&r.ood),
+            r.fpr95.values.len(),
+            r.n_id,
+            r.n_ood,
             cell(&r.fpr95),
-            cell(&r.auroc),
             cell(&r.aupr_in),
             cell(&r.aupr_out),
             cell(&r.id_accuracy)
@@ -113,6 +176,76 @@ fn table(report: &ReportFile) -> String {
     }
     out.push_str("</table>\n");
     out
+}
+
+/// The paired verdicts against the baseline for one target.
+fn verdicts(report: &ReportFile, target: &str, page: &mut String) {
+    let (Some(baseline), comparisons) = (&report.baseline, report.comparisons(target)) else { return };
+    if comparisons.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        page,
+        "<p>Against the baseline <code>{}</code>, paired over seeds (Δ = mean per-seed difference, model − baseline, in points, with its 95% Student-t interval):</p>\n<ul>",
+        escape(baseline)
+    );
+    for c in comparisons {
+        let (f, a) = (c.fpr95(), c.auroc());
+        let _ = writeln!(
+            page,
+            "<li>{} / {}: FPR95 {} vs {}, Δ {} → <b>{}</b>; AUROC {} vs {}, Δ {} → <b>{}</b> (n = {})</li>",
+            escape(&c.row.label()),
+            escape(&c.row.method),
+            cell(&c.row.fpr95),
+            cell(&c.baseline.fpr95),
+            Comparison::difference(f),
+            Comparison::verdict(f, true).text(),
+            cell(&c.row.auroc),
+            cell(&c.baseline.auroc),
+            Comparison::difference(a),
+            Comparison::verdict(a, false).text(),
+            c.row.fpr95.values.len()
+        );
+    }
+    page.push_str("</ul>\n");
+}
+
+/// What each selection chose, per seed.
+fn selections(report: &ReportFile, page: &mut String) {
+    for s in &report.selections {
+        let _ = writeln!(
+            page,
+            "<h2>What <code>{}</code> chose (for <code>{}</code>)</h2>\n<p>Among <code>{}</code>, by validation {} of {} on ID <code>{}</code> and OOD {}.</p>",
+            escape(&s.select),
+            escape(&s.scores),
+            escape(&s.from),
+            escape(&s.metric),
+            escape(&s.method),
+            escape(&s.validation_id),
+            escape(&s.validation_ood.join(", "))
+        );
+        page.push_str("<table>\n<tr><th>Seed</th><th>Chosen</th><th>ζ used</th><th>Validation FPR95</th><th>Validation AUROC</th><th>Validation ID-ACC</th><th>Candidates (eligible)</th><th>Same recipe as the baseline?</th></tr>\n");
+        for c in &s.per_seed {
+            let _ = writeln!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}{}</td><td>{:.2}</td><td>{} ({})</td>{}</tr>",
+                c.seed.map_or("–".into(), |s| s.to_string()),
+                escape(&c.chosen),
+                c.zeta.map_or("–".into(), |z| format!("{z:.4}")),
+                100.0 * c.validation_fpr95,
+                100.0 * c.validation_auroc,
+                if c.validation_auroc < 0.5 { " ⚠ inverted" } else { "" },
+                100.0 * c.validation_id_accuracy,
+                c.candidates,
+                c.eligible,
+                if c.same_as_baseline { "<td class=\"inv\">yes</td>" } else { "<td>no</td>" }
+            );
+        }
+        page.push_str("</table>\n");
+        if let Some(note) = &s.note {
+            let _ = writeln!(page, "<p class=\"note\">⚠ {}.</p>", inline(note));
+        }
+    }
 }
 
 /// A plotting frame: maps data coordinates into a `w`×`h` panel with margins.
@@ -266,16 +399,26 @@ fn figure(caption: &str, w: f64, h: f64, body: &str) -> String {
     )
 }
 
-/// ROC points (FPR on ID, TPR on OOD: OOD is flagged when its score is low), threshold by
-/// threshold from the lowest score up, from (0, 0): the cut points of
-/// [`crate::metrics::cut_points`] with OOD the positive class on negated scores, the same points
-/// the AUROC of the table integrates.
-pub fn roc_points(id: &[f64], ood: &[f64]) -> Vec<(f64, f64)> {
-    let negated = |scores: &[f64]| scores.iter().map(|s| -s).collect::<Vec<f64>>();
+/// ROC points from (0, 0), threshold by threshold: the cut points of
+/// [`crate::metrics::cut_points`], the same points the AUROC of the table integrates. With ID
+/// positive (SPEC §8) x is the fraction of OOD images scored at or above the threshold
+/// (accepted as ID) and y the fraction of ID images; with OOD positive (OpenOOD) the scores are
+/// negated and x is ID images flagged, y OOD images flagged.
+pub fn roc_points(id: &[f64], ood: &[f64], convention: Convention) -> Vec<(f64, f64)> {
     let (n_id, n_ood) = (id.len().max(1) as f64, ood.len().max(1) as f64);
-    std::iter::once((0.0, 0.0))
-        .chain(cut_points(&negated(ood), &negated(id)).into_iter().map(|(tp, fp)| (fp / n_id, tp / n_ood)))
-        .collect()
+    let points: Vec<(f64, f64)> = match convention {
+        Convention::IdPositive => {
+            cut_points(id, ood).into_iter().map(|(tp, fp)| (fp / n_ood, tp / n_id)).collect()
+        }
+        Convention::OpenOod => {
+            let negated = |scores: &[f64]| scores.iter().map(|s| -s).collect::<Vec<f64>>();
+            cut_points(&negated(ood), &negated(id))
+                .into_iter()
+                .map(|(tp, fp)| (fp / n_id, tp / n_ood))
+                .collect()
+        }
+    };
+    std::iter::once((0.0, 0.0)).chain(points).collect()
 }
 
 /// At most `n` points, evenly spaced along the list (the first and last kept), to keep pages small.
@@ -287,20 +430,48 @@ fn thin(points: Vec<(f64, f64)>, n: usize) -> Vec<(f64, f64)> {
     (0..n).map(|k| points[((k as f64 * step).round() as usize).min(points.len() - 1)]).collect()
 }
 
-fn roc(sample: &ScoreSample) -> String {
+fn roc(sample: &ScoreSample, convention: Convention) -> String {
     let frame = Frame { w: 300.0, h: 260.0, x: (0.0, 1.0), y: (0.0, 1.0) };
-    let mut body = frame.axes("FPR (ID flagged as OOD)", "TPR (OOD flagged)");
+    let (x_label, y_label) = match convention {
+        Convention::IdPositive => ("FPR (OOD accepted as ID)", "TPR (ID kept)"),
+        Convention::OpenOod => ("FPR (ID flagged as OOD)", "TPR (OOD flagged)"),
+    };
+    let mut body = frame.axes(x_label, y_label);
     body.push_str(&frame.polyline(&[(0.0, 0.0), (1.0, 1.0)], "#bbbbbb"));
+    if convention == Convention::IdPositive {
+        // Where the table reads FPR95.
+        let _ = write!(
+            body,
+            "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#999\" stroke-dasharray=\"3 3\"/>",
+            frame.px(0.0),
+            frame.px(1.0),
+            y = frame.py(0.95)
+        );
+    }
     let mut entries = Vec::new();
-    for (k, (name, ood)) in sample.ood.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
-        body.push_str(&frame.polyline(&thin(roc_points(&sample.id, ood), 400), colour));
-        entries.push((name.as_str(), colour));
+    let opacity = if sample.seeds.len() > 1 { 0.7 } else { 1.0 };
+    for seed in &sample.seeds {
+        for (k, (_, ood)) in seed.ood.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            let line = frame.polyline(&thin(roc_points(&seed.id, ood, convention), 300), colour);
+            body.push_str(&line.replace("<polyline ", &format!("<polyline stroke-opacity=\"{opacity}\" ")));
+        }
+    }
+    if let Some(first) = sample.seeds.first() {
+        for (k, (name, _)) in first.ood.iter().enumerate() {
+            entries.push((name.as_str(), COLOURS[k % COLOURS.len()]));
+        }
     }
     // Bottom right: where a useful detector's curves are not.
     let top = frame.h - Frame::BOTTOM - 8.0 - 14.0 * (entries.len() as f64 - 1.0);
     body.push_str(&legend(&entries, 190.0, top));
-    figure(&format!("{} / {}", sample.scores, sample.method), frame.w, frame.h, &body)
+    let seeds = sample.seeds.len();
+    figure(
+        &format!("{} / {} ({seeds} seed{})", sample.scores, sample.method, if seeds == 1 { "" } else { "s" }),
+        frame.w,
+        frame.h,
+        &body,
+    )
 }
 
 /// The scale a method's scores are histogrammed on: MSP as −log(1 − MSP), where confident
@@ -314,11 +485,11 @@ fn histogram_scale(method: &str) -> (fn(f64) -> f64, &'static str) {
     }
 }
 
-fn histogram(sample: &ScoreSample, name: &str, ood: &[f64]) -> String {
+fn histogram(sample: &ScoreSample, id: &[f64], name: &str, ood: &[f64]) -> String {
     const BINS: usize = 40;
     let (scale, scale_label) = histogram_scale(&sample.method);
     let scaled = |values: &[f64]| values.iter().map(|&v| scale(v)).collect::<Vec<f64>>();
-    let (id, ood) = (scaled(&sample.id), scaled(ood));
+    let (id, ood) = (scaled(id), scaled(ood));
     let ood = ood.as_slice();
     let finite = |v: &&f64| v.is_finite();
     let lo = id.iter().chain(ood).filter(finite).copied().fold(f64::INFINITY, f64::min);
@@ -365,9 +536,9 @@ type Series = (&'static str, fn(&BacktrackRow) -> f64, &'static str);
 /// For every swept parameter with numeric values: one figure per (score stage, method, values
 /// of the other parameters), FPR95, AUROC and ID accuracy against the parameter, each a line
 /// through the means with a band of ± one standard deviation over seeds.
-fn sweep_curves(report: &ReportFile) -> String {
+fn sweep_curves(report: &ReportFile, target: &str) -> String {
     let mut out = String::new();
-    let means: Vec<&Row> = report.rows.iter().filter(|r| r.ood == "mean" && !r.params.is_empty()).collect();
+    let means: Vec<&Row> = report.summary_rows(target).filter(|r| !r.params.is_empty()).collect();
     for param in report.param_names() {
         // (scores, method, the other parameters) → the rows along `param`.
         type Curve<'a> = ((String, String, Vec<(String, String)>), Vec<(f64, &'a Row)>);
@@ -419,9 +590,9 @@ fn sweep_curves(report: &ReportFile) -> String {
             body.push_str(&legend(&entries, frame.w + 4.0, 18.0));
             let fixed: Vec<String> = others.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let caption = if fixed.is_empty() {
-                format!("{scores} / {method}: against {param}")
+                format!("{scores} / {method} on {target}: against {param}")
             } else {
-                format!("{scores} / {method}: against {param} ({})", fixed.join(", "))
+                format!("{scores} / {method} on {target}: against {param} ({})", fixed.join(", "))
             };
             out.push_str(&figure(&caption, frame.w + 150.0, frame.h, &body));
         }
@@ -474,10 +645,12 @@ mod tests {
     fn the_plotted_curve_integrates_to_the_tables_auroc() {
         let id = [0.9, 0.8, 0.8, 0.3, 0.1, -0.0];
         let ood = [0.1, 0.5, 0.8, 0.2, 0.0, -2.0];
-        let points = roc_points(&id, &ood);
-        let area: f64 = points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
         let auroc = crate::metrics::ood_metrics(&id, &ood).unwrap().auroc;
-        assert!((area - auroc).abs() < 1e-12, "{area} vs {auroc}");
+        for convention in [Convention::IdPositive, Convention::OpenOod] {
+            let points = roc_points(&id, &ood, convention);
+            let area: f64 = points.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum();
+            assert!((area - auroc).abs() < 1e-12, "{convention:?}: {area} vs {auroc}");
+        }
     }
 
     #[test]
@@ -494,13 +667,18 @@ mod tests {
     }
 
     #[test]
-    fn roc_points_run_from_origin_to_one_one() {
-        let points = roc_points(&[0.9, 0.8, 0.3], &[0.1, 0.5]);
-        assert_eq!(points.first(), Some(&(0.0, 0.0)));
-        assert_eq!(points.last(), Some(&(1.0, 1.0)));
-        // Lowest score first: OOD 0.1 → (0, 0.5); ID 0.3 → (1/3, 0.5); OOD 0.5 → (1/3, 1).
-        assert_eq!(points[1], (0.0, 0.5));
-        assert_eq!(points[3], (1.0 / 3.0, 1.0));
+    fn roc_points_run_from_origin_to_one_one_in_the_tables_convention() {
+        let (id, ood) = ([0.9, 0.8, 0.3], [0.1, 0.5]);
+        // ID positive, highest score first: ID 0.9 → (0, 1/3); ID 0.8 → (0, 2/3); OOD 0.5 →
+        // (1/2, 2/3); ID 0.3 → (1/2, 1); OOD 0.1 → (1, 1). FPR95 is x where y first reaches 0.95.
+        let points = roc_points(&id, &ood, Convention::IdPositive);
+        assert_eq!(
+            points,
+            [(0.0, 0.0), (0.0, 1.0 / 3.0), (0.0, 2.0 / 3.0), (0.5, 2.0 / 3.0), (0.5, 1.0), (1.0, 1.0)]
+        );
+        // OOD positive, lowest score first: OOD 0.1 → (0, 0.5); ID 0.3 → (1/3, 0.5); OOD 0.5 → (1/3, 1).
+        let points = roc_points(&id, &ood, Convention::OpenOod);
+        assert_eq!((points[1], points[3], points.last()), ((0.0, 0.5), (1.0 / 3.0, 1.0), Some(&(1.0, 1.0))));
     }
 
     #[test]

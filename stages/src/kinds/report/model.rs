@@ -1,5 +1,7 @@
 //! What a report holds ([`ReportFile`], written as `report.json`): rows of metrics summarised
-//! over seeds, the backtracking curve, and the score samples the plots draw.
+//! over seeds (per OOD set, per group of sets, and over all sets), the backtracking curve, what
+//! each selection chose, the comparisons with a baseline, and the score samples the plots draw.
+use super::paired::Paired;
 use crate::metrics::{mean_std, Convention};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,7 +30,24 @@ impl Summary {
     }
 }
 
-/// One row of the report: a score stage, a method, an OOD set (or `mean`).
+/// What a row's metrics average over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One OOD set.
+    #[default]
+    Set,
+    /// The plain mean over the sets of one OOD group.
+    Group,
+    /// The plain mean over every OOD set (`ood` is `"mean"`).
+    All,
+}
+
+/// The name of the all-set rows.
+pub const ALL: &str = "mean";
+
+/// One row of the report: a score stage, a method, and an OOD set, a group of sets, or all sets
+/// (`mean`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub scores: String,
@@ -38,6 +57,18 @@ pub struct Row {
     pub params: BTreeMap<String, String>,
     pub method: String,
     pub ood: String,
+    #[serde(default)]
+    pub scope: Scope,
+    /// Images in the ID test set, and in the OOD set(s) the row averages over (summed).
+    pub n_id: usize,
+    pub n_ood: usize,
+    /// The sets of this row whose mean AUROC over seeds is below 50%: the score ranks them as
+    /// more in-distribution than the ID set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inverted: Vec<String>,
+    /// The ζ the model was fine-tuned with, per seed (UM and UMAP models, selected or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeta: Option<Summary>,
     pub fpr95: Summary,
     pub auroc: Summary,
     pub aupr_in: Summary,
@@ -46,6 +77,17 @@ pub struct Row {
 }
 
 impl Row {
+    /// The flag every table shows where a set of this row is inverted, else "".
+    pub fn inverted_note(&self) -> String {
+        if self.inverted.is_empty() {
+            String::new()
+        } else if self.scope == Scope::Set {
+            "inverted".into()
+        } else {
+            format!("inverted on {}", self.inverted.join(", "))
+        }
+    }
+
     /// The score stage with its swept parameters: `scores[delta=0.95]`.
     pub fn label(&self) -> String {
         if self.params.is_empty() {
@@ -56,12 +98,62 @@ impl Row {
     }
 }
 
-/// One point of a backtracking curve: the mean over OOD sets at one checkpoint.
+/// One point of a backtracking curve: one set, group or all sets at one checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BacktrackRow {
     pub epoch: usize,
     #[serde(flatten)]
     pub row: Row,
+}
+
+/// An OOD group: a name and its sets, in the order the score stages list them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OodGroup {
+    pub name: String,
+    pub sets: Vec<String>,
+}
+
+/// One seed's choice of a `select` stage, as its `selected.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeedChoice {
+    pub seed: Option<u64>,
+    /// The variant's swept parameters (`zeta=0`) or the checkpoint (`epoch 5`).
+    pub chosen: String,
+    pub validation_fpr95: f64,
+    pub validation_auroc: f64,
+    pub validation_id_accuracy: f64,
+    pub candidates: usize,
+    pub eligible: usize,
+    /// The ζ the chosen model was fine-tuned with, where it is a UM or UMAP model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeta: Option<f64>,
+    /// The chosen configuration is the baseline model's own (same kind and parameters).
+    pub same_as_baseline: bool,
+}
+
+/// What one selection chose for a reported score stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionReport {
+    pub scores: String,
+    pub select: String,
+    /// The stage chosen among (its variants or checkpoints).
+    pub from: String,
+    pub method: String,
+    pub metric: String,
+    pub validation_id: String,
+    pub validation_ood: Vec<String>,
+    pub per_seed: Vec<SeedChoice>,
+    /// Why a choice equals the baseline's configuration (`ζ = 0 is plain cross-entropy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A method's hyper-parameters as one score stage ran it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodParameters {
+    pub scores: String,
+    pub method: String,
+    pub parameters: String,
 }
 
 /// `report.json`.
@@ -71,65 +163,135 @@ pub struct ReportFile {
     pub convention: Convention,
     pub convention_text: String,
     pub seeds: usize,
+    /// The OOD groups every summary is given for (one per set unless the recipe names them).
+    pub groups: Vec<OodGroup>,
+    /// Rows per set, per group and over all sets.
     pub rows: Vec<Row>,
-    /// Metrics per scored checkpoint (empty unless a score stage scored checkpoints).
+    /// Metrics per scored checkpoint, per set, group and all sets (empty unless a score stage
+    /// scored checkpoints).
     pub backtracking: Vec<BacktrackRow>,
     /// The score stage the others are compared with, if the recipe names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selections: Vec<SelectionReport>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<MethodParameters>,
 }
 
-/// One row against the baseline's row of the same method (means over OOD sets).
+/// One row against the baseline's row of the same method and the same set, group or all sets.
 pub struct Comparison<'a> {
     pub row: &'a Row,
     pub baseline: &'a Row,
 }
 
-impl Comparison<'_> {
-    /// Lower mean FPR95 than the baseline's.
-    pub fn beats_on_fpr95(&self) -> bool {
-        self.row.fpr95.mean < self.baseline.fpr95.mean
-    }
-    /// Higher mean AUROC than the baseline's.
-    pub fn beats_on_auroc(&self) -> bool {
-        self.row.auroc.mean > self.baseline.auroc.mean
-    }
-    /// Whether the means differ by more than either side's standard deviation over seeds (with
-    /// one seed there is no spread to compare with: any difference counts).
-    pub fn clear(a: &Summary, b: &Summary) -> bool {
-        (a.mean - b.mean).abs() > a.std.max(b.std)
-    }
-    /// "yes" / "no", with "within noise" where the difference is inside the seeds' spread.
-    pub fn verdict(beats: bool, a: &Summary, b: &Summary) -> &'static str {
-        match (beats, Self::clear(a, b)) {
-            (true, true) => "yes",
-            (true, false) => "yes, within noise",
-            (false, true) => "no",
-            (false, false) => "no, within noise",
+/// A paired verdict on one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The 95% interval of the paired differences lies wholly on the better side.
+    Better,
+    /// Wholly on the worse side.
+    Worse,
+    /// The interval contains 0.
+    Unclear,
+    /// One seed, or different seeds on the two sides: no interval.
+    NoInterval,
+}
+
+impl Verdict {
+    pub fn text(self) -> &'static str {
+        match self {
+            Verdict::Better => "better",
+            Verdict::Worse => "worse",
+            Verdict::Unclear => "no clear difference",
+            Verdict::NoInterval => "no interval (one seed)",
         }
     }
 }
 
-/// The scores one plot needs: a score stage, a method, the ID scores and each OOD set's scores.
-pub struct ScoreSample {
-    pub scores: String,
-    pub method: String,
+impl Comparison<'_> {
+    /// Per-seed differences of FPR95 (row − baseline, in points of a fraction).
+    pub fn fpr95(&self) -> Option<Paired> {
+        Paired::of(&self.row.fpr95.values, &self.baseline.fpr95.values)
+    }
+    pub fn auroc(&self) -> Option<Paired> {
+        Paired::of(&self.row.auroc.values, &self.baseline.auroc.values)
+    }
+    /// The verdict of a paired difference where `lower_is_better` says which side wins.
+    pub fn verdict(paired: Option<Paired>, lower_is_better: bool) -> Verdict {
+        match paired {
+            None => Verdict::NoInterval,
+            Some(p) => match (p.interval, p.sign()) {
+                (None, _) => Verdict::NoInterval,
+                (_, None) => Verdict::Unclear,
+                (_, Some(above)) if above != lower_is_better => Verdict::Better,
+                _ => Verdict::Worse,
+            },
+        }
+    }
+    /// "−2.31 [−4.02, −0.60]" in points.
+    pub fn difference(paired: Option<Paired>) -> String {
+        match paired {
+            None => "–".into(),
+            Some(Paired { mean, interval: None, .. }) => format!("{:+.2}", 100.0 * mean),
+            Some(Paired { mean, interval: Some((lo, hi)), .. }) => {
+                format!("{:+.2} [{:+.2}, {:+.2}]", 100.0 * mean, 100.0 * lo, 100.0 * hi)
+            }
+        }
+    }
+}
+
+/// One seed's scores of a (score stage, method): ID, and each OOD set's.
+pub struct SeedScores {
+    pub seed: Option<u64>,
     pub id: Vec<f64>,
     pub ood: Vec<(String, Vec<f64>)>,
 }
 
+/// The scores one plot needs: a score stage, a method, every seed's scores.
+pub struct ScoreSample {
+    pub scores: String,
+    pub method: String,
+    pub seeds: Vec<SeedScores>,
+}
+
 impl ReportFile {
-    /// Every non-baseline "mean" row against the baseline's "mean" row of the same method.
-    pub fn comparisons(&self) -> Vec<Comparison<'_>> {
+    /// Every non-baseline row of `target` (a group name, or [`ALL`]) against the baseline's
+    /// row of the same method and target.
+    pub fn comparisons<'a>(&'a self, target: &'a str) -> Vec<Comparison<'a>> {
         let Some(baseline) = &self.baseline else { return Vec::new() };
-        let means = || self.rows.iter().filter(|r| r.ood == "mean");
-        means()
+        let rows = || self.summary_rows(target);
+        rows()
             .filter(|r| &r.scores != baseline)
             .filter_map(|row| {
-                let base = means().find(|b| &b.scores == baseline && b.method == row.method)?;
+                let base = rows().find(|b| &b.scores == baseline && b.method == row.method)?;
                 Some(Comparison { row, baseline: base })
             })
             .collect()
+    }
+
+    /// The rows summarising `target`: a group's rows, or the all-set rows for [`ALL`].
+    pub fn summary_rows<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a Row> + 'a {
+        let scope = if target == ALL { Scope::All } else { Scope::Group };
+        self.rows.iter().filter(move |r| r.scope == scope && r.ood == target)
+    }
+
+    /// What every summary is given for: each group, then all sets.
+    pub fn targets(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.name.clone()).chain(std::iter::once(ALL.to_string())).collect()
+    }
+
+    /// A heading for `target`: `group semantic (mnist_6_9)` or `all OOD sets (mean)`.
+    pub fn target_title(&self, target: &str) -> String {
+        match self.groups.iter().find(|g| g.name == target) {
+            Some(g) => format!("group `{}` ({})", g.name, g.sets.join(", ")),
+            None => "all OOD sets (plain mean)".into(),
+        }
+    }
+
+    /// The set rows, in table order.
+    pub fn set_rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter().filter(|r| r.scope == Scope::Set)
     }
 
     /// The swept parameters any row has, in first-seen order: one column each.
@@ -154,13 +316,17 @@ pub fn fpr_header(convention: Convention) -> &'static str {
     }
 }
 
-/// For each (score stage, method) curve: the checkpoint with the lowest mean FPR95 (the first on
-/// ties) and the last checkpoint.
-pub fn best_epochs(curve: &[BacktrackRow]) -> Vec<(String, String, &BacktrackRow, &BacktrackRow)> {
+/// For each (score stage, method) curve of `target` (a group name, or [`ALL`]): the checkpoint
+/// with the lowest mean FPR95 (the first on ties) and the last checkpoint.
+pub fn best_epochs<'a>(
+    curve: &'a [BacktrackRow],
+    target: &str,
+) -> Vec<(String, String, &'a BacktrackRow, &'a BacktrackRow)> {
     let mut out: Vec<(String, String, &BacktrackRow, &BacktrackRow)> = Vec::new();
-    for b in curve {
-        match out.iter_mut().find(|(s, m, best, _)| {
-            *s == b.row.scores && *m == b.row.method && best.row.params == b.row.params
+    let scope = if target == ALL { Scope::All } else { Scope::Group };
+    for b in curve.iter().filter(|b| b.row.scope == scope && b.row.ood == target) {
+        match out.iter_mut().find(|(_, m, best, _)| {
+            best.row.scores == b.row.scores && *m == b.row.method && best.row.params == b.row.params
         }) {
             Some(entry) => {
                 if b.row.fpr95.mean < entry.2.row.fpr95.mean {
@@ -170,7 +336,7 @@ pub fn best_epochs(curve: &[BacktrackRow]) -> Vec<(String, String, &BacktrackRow
                     entry.3 = b;
                 }
             }
-            None => out.push((b.row.scores.clone(), b.row.method.clone(), b, b)),
+            None => out.push((b.row.label(), b.row.method.clone(), b, b)),
         }
     }
     out
