@@ -1,6 +1,6 @@
 //! OOD detection metrics under two conventions; every score is "higher = more in-distribution".
 //!
-//! [`Convention::IdPositive`] (the default, SPEC §8, what the paper's numbers use):
+//! [`Convention::IdPositive`] (the default, docs/methods.md §8, what the paper's numbers use):
 //! - FPR95: sort descending, cut only after the last of each run of tied scores, take the cut
 //!   whose ID recall is nearest 0.95 (on a plateau of equal recall, the lowest threshold: the
 //!   largest FPR, as the paper's code), report the fraction of OOD samples above it.
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Convention {
-    /// ID positive, nearest-recall FPR95, average precision (SPEC §8).
+    /// ID positive, nearest-recall FPR95, average precision (docs/methods.md §8).
     #[default]
     #[serde(rename = "idpos")]
     IdPositive,
@@ -92,7 +92,7 @@ pub fn cut_points(positive: &[f64], negative: &[f64]) -> Vec<(f64, f64)> {
     out
 }
 
-/// FPR at the cut whose recall of `positive` is nearest 0.95 (SPEC §8). Among cut points of
+/// FPR at the cut whose recall of `positive` is nearest 0.95 (docs/methods.md §8). Among cut points of
 /// equal recall (a plateau: negatives scored between two positives) the one with the lowest
 /// threshold, i.e. the largest FPR, as the paper's `fpr_and_fdr_at_recall` does: it cuts its
 /// arrays at the first point of full recall, reverses them, and `argmin` returns the first tie
@@ -182,7 +182,7 @@ fn trapezoid_pr_area(positive: &[f64], negative: &[f64]) -> f64 {
     area
 }
 
-/// All four metrics of ID scores against OOD scores (SPEC §8's convention).
+/// All four metrics of ID scores against OOD scores (docs/methods.md §8's convention).
 pub fn ood_metrics(id: &[f64], ood: &[f64]) -> Result<OodMetrics, String> {
     ood_metrics_with(Convention::IdPositive, id, ood)
 }
@@ -280,7 +280,7 @@ mod tests {
         // 20 ID scores 20..1, OOD scores between: recall after k ID samples = k/20.
         // With OOD 1.5 (between ID 2 and ID 1): recall 0.95 is reached exactly at ID 2 (FPR 0)
         // and stays 0.95 after OOD 1.5 (FPR 1/2): the plateau's lowest threshold counts (issue
-        // 18, SPEC §8 as corrected), as in the paper's `fpr_and_fdr_at_recall`.
+        // 18, docs/methods.md §8 as corrected), as in the paper's `fpr_and_fdr_at_recall`.
         let id: Vec<f64> = (1..=20).map(f64::from).collect();
         close(fpr_at_95_tpr(&id, &[1.5, 0.5]), 0.5);
         // Nothing between ID 2 and ID 1: no plateau, FPR 0.

@@ -1,6 +1,6 @@
 //! Forward parity with PyTorch: DenseNet-BC-100 and WRN-40-4 on the fixed (float16-rounded)
 //! weights and batch-norm statistics written by tests/fixtures/models/make_fixtures.py, whose
-//! networks (bench/torch_nets.py) were written from SPEC §2 independently of this crate. The
+//! networks (bench/torch_nets.py) were written from docs/methods.md §2 independently of this crate. The
 //! logits must agree within 1e-4 in evaluation mode (running statistics) and in training mode
 //! (batch statistics).
 use candle_core::{Device, Tensor};

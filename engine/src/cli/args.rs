@@ -200,7 +200,7 @@ pub enum Command {
         /// One or more OOD score files
         #[arg(required = true)]
         ood: Vec<PathBuf>,
-        /// idpos (SPEC §8, the paper's) or openood (OpenOOD v1.5's)
+        /// idpos (docs/methods.md §8, the paper's) or openood (OpenOOD v1.5's)
         #[arg(long, value_enum, default_value_t = ConventionArg::Idpos)]
         convention: ConventionArg,
         /// Print one JSON object

@@ -1,4 +1,4 @@
-//! CIFAR-10 and CIFAR-100, binary versions (SPEC §9): records of label byte(s) followed by 3,072
+//! CIFAR-10 and CIFAR-100, binary versions (docs/methods.md §9): records of label byte(s) followed by 3,072
 //! bytes, the R, G and B planes of a 32×32 image. CIFAR-10: `data_batch_1.bin` … `data_batch_5.bin`
 //! and `test_batch.bin`, one label byte. CIFAR-100: `train.bin` and `test.bin`, a coarse then a
 //! fine label byte.

@@ -1,4 +1,4 @@
-//! `energy-oe`: energy-bounded fine-tuning with auxiliary outliers (SPEC §6, "Energy w. D_aux"):
+//! `energy-oe`: energy-bounded fine-tuning with auxiliary outliers (docs/methods.md §6, "Energy w. D_aux"):
 //! CE_in + w·(mean_in relu(E − m_in)² + mean_out relu(m_out − E)²), E = −logsumexp f, outliers
 //! drawn at random every epoch. With `constraint` or `zeta` the ID term is the UM loss.
 //! Outputs as `train`.

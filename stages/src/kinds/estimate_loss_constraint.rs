@@ -1,5 +1,5 @@
 //! `estimate-loss-constraint`: ζ, the mean training cross-entropy of the model with a seeded
-//! random mask that keeps the fraction δ of each masked layer's weights (SPEC §3). The model runs
+//! random mask that keeps the fraction δ of each masked layer's weights (docs/methods.md §3). The model runs
 //! in evaluation mode on the training set, augmented as in training; `draws` averages over
 //! independent masks. Outputs `constraint.json` ([`ConstraintFile`]).
 use crate::data::ImageSet;

@@ -1,4 +1,4 @@
-//! `oe`: outlier exposure (SPEC §6): fine-tunes a trained model with
+//! `oe`: outlier exposure (docs/methods.md §6): fine-tunes a trained model with
 //! CE_in + λ·(cross-entropy of the outlier logits to the uniform distribution), outliers drawn
 //! at random from the auxiliary set every epoch. With `constraint` or `zeta` the ID term is the
 //! UM loss ("OE+UM"). Outputs as `train`.

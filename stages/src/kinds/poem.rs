@@ -1,5 +1,5 @@
 //! `poem`: energy-bounded fine-tuning whose outliers are re-chosen every epoch by Thompson
-//! sampling (SPEC §6): a Bayesian linear regression on penultimate features (ID −3.9, outliers
+//! sampling (docs/methods.md §6): a Bayesian linear regression on penultimate features (ID −3.9, outliers
 //! +3.9), a draw β from its posterior, and the pool's candidates with the smallest |βᵀz|. The
 //! regression sees the ID training features and the outliers chosen in the last four epochs (a
 //! ring buffer that rotates). Outputs as `train`, plus `selection.json` (per epoch, how many

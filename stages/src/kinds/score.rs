@@ -1,5 +1,5 @@
 //! `score`: runs a model on the ID test set and each OOD set and writes one score file per
-//! (method, set), higher = more in-distribution (SPEC §7).
+//! (method, set), higher = more in-distribution (docs/methods.md §7).
 //!
 //! Outputs: `<method>/<set>.npy` (float64: in float32, MSP saturates at exactly 1.0 for confident
 //! samples, and the artificial ties move FPR95), `id_labels.npy` and `id_predictions.npy` (int64),

@@ -39,7 +39,7 @@ pub enum Over {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SelectionMetric {
-    /// FPR at 95% TPR (ID positive, SPEC §8): lower is better.
+    /// FPR at 95% TPR (ID positive, docs/methods.md §8): lower is better.
     #[default]
     Fpr95,
     /// Higher is better.

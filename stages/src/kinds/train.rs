@@ -1,4 +1,4 @@
-//! `train`: trains a classifier from scratch (SPEC §1) and keeps checkpoints (see [`crate::fit`]
+//! `train`: trains a classifier from scratch (docs/methods.md §1) and keeps checkpoints (see [`crate::fit`]
 //! for the outputs).
 use crate::data::Split;
 use crate::error::ParamError;
@@ -18,12 +18,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Normalization {
-    /// SPEC §2's CIFAR constants for 3×32×32 inputs, otherwise the training set's statistics.
+    /// docs/methods.md §2's CIFAR constants for 3×32×32 inputs, otherwise the training set's statistics.
     #[default]
     Auto,
     /// Mean and standard deviation of the training set, per channel.
     Dataset,
-    /// mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255 (SPEC §2).
+    /// mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255 (docs/methods.md §2).
     Cifar,
     /// None: mean 0, std 1.
     None,
@@ -56,7 +56,7 @@ fn default_model() -> ModelName {
 }
 
 crate::training::fit::training_stage! {
-    /// Parameters of `train`; every field has SPEC §1's default except `data`.
+    /// Parameters of `train`; every field has docs/methods.md §1's default except `data`.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Train {

@@ -1,4 +1,4 @@
-//! `umap`: Unleashing-Mask Adopted Pruning (SPEC §5). The model's weights stay frozen; each
+//! `umap`: Unleashing-Mask Adopted Pruning (docs/methods.md §5). The model's weights stay frozen; each
 //! masked layer gets learnable scores s (seeded, uniform ±1/√fan_in), and every forward keeps
 //! the top fraction `keep` of |s| per layer, computing with W ⊙ m. The scores learn through the
 //! straight-through estimator m + |s| − detach(|s|) under the UM loss; batch-norm statistics

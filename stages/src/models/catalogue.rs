@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum ModelName {
     SmallCnn,
-    /// DenseNet-BC, depth 100, growth 12, reduction 0.5 (SPEC §2).
+    /// DenseNet-BC, depth 100, growth 12, reduction 0.5 (docs/methods.md §2).
     #[serde(rename = "densenet-bc-100")]
     DensenetBc100,
-    /// Wide ResNet 40-4 (SPEC §2).
+    /// Wide ResNet 40-4 (docs/methods.md §2).
     #[serde(rename = "wrn-40-4")]
     Wrn404,
 }

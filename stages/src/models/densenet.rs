@@ -1,4 +1,4 @@
-//! DenseNet-BC (SPEC §2; the paper's "DenseNet-101" is depth 100, growth 12, reduction 0.5):
+//! DenseNet-BC (docs/methods.md §2; the paper's "DenseNet-101" is depth 100, growth 12, reduction 0.5):
 //! conv3×3 3→2k → three dense blocks of n = (depth − 4)/6 bottleneck layers with transitions
 //! after the first two → BN → ReLU → global average pooling (the penultimate feature) → linear.
 //! Bottleneck on C channels: BN → ReLU → conv1×1 C→4k → dropout → BN → ReLU → conv3×3 4k→k →
@@ -148,7 +148,7 @@ mod tests {
     #[test]
     fn densenet_bc_100_has_the_papers_width_and_weight_count() {
         let spec = spec(100, 10);
-        assert_eq!(spec.learnable_count().unwrap(), 745_174, "SPEC §2");
+        assert_eq!(spec.learnable_count().unwrap(), 745_174, "docs/methods.md §2");
         assert_eq!(super::plan(100, 12, 0.5), (24, vec![(24, 108), (108, 150), (150, 342)]));
         let fc = spec.parameters().unwrap().into_iter().find(|p| p.name == "fc.weight").unwrap();
         assert_eq!(fc.shape, vec![10, 342]);

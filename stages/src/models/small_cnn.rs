@@ -1,7 +1,7 @@
 //! The small CNN for MNIST-like data and smoke recipes: per width a conv3×3 (padding 1, the
 //! block's stride, no bias) → batch norm → ReLU; then global average pooling (the penultimate
 //! feature), dropout, and a linear head. Widths [32, 64, 128] with strides [1, 2, 2] give the
-//! 93k-parameter MNIST network SPEC §3 mentions.
+//! 93k-parameter MNIST network docs/methods.md §3 mentions.
 use super::builder::Scope;
 use super::kernels::conv::conv2d;
 use super::layers::{dropout, global_avg_pool, BatchNorm2d, Ends, Forward, Mode};

@@ -25,7 +25,7 @@ pub struct ModelSpec {
     pub input_shape: [usize; 3],
     pub num_classes: usize,
     pub dropout: f64,
-    /// Batch norm with learnable scale and shift (SPEC default: non-affine).
+    /// Batch norm with learnable scale and shift (docs/methods.md default: non-affine).
     pub affine_bn: bool,
     /// Per-channel normalisation applied inside the forward pass.
     pub mean: Vec<f32>,
@@ -52,7 +52,7 @@ pub(crate) fn tiny_spec() -> ModelSpec {
     }
 }
 
-/// How a parameter is initialised (SPEC §2).
+/// How a parameter is initialised (docs/methods.md §2).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
     /// N(0, 2/fan_in): kaiming-normal with ReLU gain.

@@ -1,4 +1,4 @@
-//! Wide ResNet (SPEC §2, `wrn-40-4`): stem conv3×3 3→16, three groups of (depth − 4)/6
+//! Wide ResNet (docs/methods.md §2, `wrn-40-4`): stem conv3×3 3→16, three groups of (depth − 4)/6
 //! pre-activation basic blocks of widths 16·k·(1, 2, 4) and strides 1, 2, 2, then BN → ReLU →
 //! global average pooling (the penultimate feature) → linear. A block: o = ReLU(BN(x));
 //! y = conv3×3(o) (the block's stride) → BN → ReLU → dropout → conv3×3; plus the shortcut, a

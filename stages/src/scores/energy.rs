@@ -1,4 +1,4 @@
-//! Energy (SPEC §7): the negative free energy T·logsumexp(f(x)/T) with T = 1.
+//! Energy (docs/methods.md §7): the negative free energy T·logsumexp(f(x)/T) with T = 1.
 use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::logsumexp;
 use crate::error::StageError;

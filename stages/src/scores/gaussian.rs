@@ -1,4 +1,4 @@
-//! The class-conditional Gaussian of the Mahalanobis score (SPEC §7): class means and one tied
+//! The class-conditional Gaussian of the Mahalanobis score (docs/methods.md §7): class means and one tied
 //! covariance of penultimate features, fitted by maximum likelihood (divide by N) on the
 //! training set in evaluation mode, and `gaussian.json`, the file the `mahalanobis-fit` stage
 //! writes. The score of z is max_c −(z − μ_c)ᵀ Σ⁻¹ (z − μ_c), computed with a Cholesky factor

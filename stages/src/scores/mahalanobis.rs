@@ -1,4 +1,4 @@
-//! Mahalanobis (SPEC §7): max_c −(z − μ_c)ᵀ Σ⁻¹ (z − μ_c) on the penultimate features z of the
+//! Mahalanobis (docs/methods.md §7): max_c −(z − μ_c)ᵀ Σ⁻¹ (z − μ_c) on the penultimate features z of the
 //! plain forward pass, with the Gaussian of a `mahalanobis-fit` stage ([`super::gaussian`]).
 use super::scorer::{ScoreMethod, ScoringInput};
 use crate::error::StageError;

@@ -1,4 +1,4 @@
-//! OOD scores (SPEC §7), one method per file behind [`scorer::ScoreMethod`], every one "higher
+//! OOD scores (docs/methods.md §7), one method per file behind [`scorer::ScoreMethod`], every one "higher
 //! = more in-distribution", computed in f64:
 //! - from the plain logits: [`msp`] (maximum softmax probability), [`energy`]
 //!   (T·logsumexp(f/T), T = 1), [`maxlogit`] (the largest logit) and [`gen`] (the negative

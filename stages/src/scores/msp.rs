@@ -1,4 +1,4 @@
-//! MSP (SPEC §7): the maximum softmax probability of the plain logits, max softmax(f(x)), from
+//! MSP (docs/methods.md §7): the maximum softmax probability of the plain logits, max softmax(f(x)), from
 //! log-softmax in f64. It saturates at exactly 1.0 once the logit margin exceeds about 37.
 use super::scorer::{ScoreMethod, ScoringInput};
 use super::softmax::max_softmax;

@@ -1,4 +1,4 @@
-//! ODIN (SPEC §7): with ŷ = argmax f(x), the input is moved against the gradient of
+//! ODIN (docs/methods.md §7): with ŷ = argmax f(x), the input is moved against the gradient of
 //! CE(f(x)/T, ŷ) with respect to the raw [0,1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
 use super::scorer::{MethodParams, ScoreMethod, ScoringInput};

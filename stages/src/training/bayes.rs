@@ -1,5 +1,5 @@
-//! Bayesian linear regression for POEM's Thompson sampling (SPEC §6), in f64 on the host:
-//! posterior A = ZᵀZ/σ_n + I/σ, μ = A⁻¹Zᵀy/σ_n, Σ = σ·A⁻¹ (the formulas as SPEC writes them,
+//! Bayesian linear regression for POEM's Thompson sampling (docs/methods.md §6), in f64 on the host:
+//! posterior A = ZᵀZ/σ_n + I/σ, μ = A⁻¹Zᵀy/σ_n, Σ = σ·A⁻¹ (the formulas as docs/methods.md writes them,
 //! σ_n not squared), a draw β ~ N(μ, Σ), and the candidates closest to the boundary βᵀz = 0.
 use crate::math::linalg::Matrix;
 use rand_distr::{Distribution, StandardNormal};

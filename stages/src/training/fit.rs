@@ -1,5 +1,5 @@
 //! What every training stage shares (`train`, `um`, `umap`): the optimisation fields of their
-//! parameters (SPEC §1 defaults), and [`fit`], the epoch loop that shuffles, augments, steps the
+//! parameters (docs/methods.md §1 defaults), and [`fit`], the epoch loop that shuffles, augments, steps the
 //! optimiser, stops on a non-finite loss, and writes checkpoints and history.
 //!
 //! Outputs of [`fit`]: `model.json`, `checkpoints/epoch-NNNN.safetensors` every
@@ -57,7 +57,7 @@ pub fn default_schedule() -> Schedule {
 
 /// Declares a stage's parameter struct with the optimisation fields every training stage has
 /// (`epochs`, `batch_size`, `lr`, `momentum`, `weight_decay`, `nesterov`, `schedule`,
-/// `crop_padding`, `checkpoint_every`, with SPEC §1's defaults, or other defaults for `epochs`
+/// `crop_padding`, `checkpoint_every`, with docs/methods.md §1's defaults, or other defaults for `epochs`
 /// and `lr` given as `defaults(epochs = "path", lr = "path");`) after its own fields, and a
 /// `fit_config()` method that collects them.
 macro_rules! training_stage {

@@ -1,5 +1,5 @@
 //! The losses of the training stages: cross-entropy, the Unleashing-Mask loss |CE − ζ| + ζ
-//! (SPEC §4), and the outlier terms of the outlier-exposure stages (SPEC §6).
+//! (docs/methods.md §4), and the outlier terms of the outlier-exposure stages (docs/methods.md §6).
 use crate::error::{ParamError, StageError};
 use candle_core::{Tensor, D};
 
@@ -11,7 +11,7 @@ pub fn cross_entropy(
     candle_nn::loss::cross_entropy(logits, labels).map_err(StageError::tensor("cross-entropy failed"))
 }
 
-/// The UM loss |CE − ζ| + ζ (SPEC §4): its gradient is sign(CE − ζ)·∇CE, descent above ζ,
+/// The UM loss |CE − ζ| + ζ (docs/methods.md §4): its gradient is sign(CE − ζ)·∇CE, descent above ζ,
 /// ascent below, and 0 at equality (the sign is taken on the host, so sign(0) = 0).
 pub fn um_loss(ce: &Tensor, zeta: f64) -> Result<Tensor, StageError> {
     if zeta == 0.0 {
@@ -62,7 +62,7 @@ pub fn energy_margin_loss(
     Ok((id_term + ood_term)?)
 }
 
-/// The energy margins m_in and m_out and the weight of the energy term (SPEC §6), shared by
+/// The energy margins m_in and m_out and the weight of the energy term (docs/methods.md §6), shared by
 /// `energy-oe` and `poem`.
 pub fn default_m_in() -> f64 {
     -25.0

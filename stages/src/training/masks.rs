@@ -1,4 +1,4 @@
-//! Weight masks of the Unleashing-Mask method (SPEC §3, §5). Masks act per layer on every conv
+//! Weight masks of the Unleashing-Mask method (docs/methods.md §3, §5). Masks act per layer on every conv
 //! weight and the final linear weight (parameters of role [`Role::Weight`]); batch norm and the
 //! linear bias are never masked.
 use crate::error::StageError;
@@ -28,7 +28,7 @@ pub fn keep_top_fraction(scores: &[f32], keep: f64) -> Vec<f32> {
     mask
 }
 
-/// A seeded random mask of `n` weights keeping the fraction `keep` (SPEC §3: a random score per
+/// A seeded random mask of `n` weights keeping the fraction `keep` (docs/methods.md §3: a random score per
 /// weight, ranked by magnitude).
 pub fn random_mask(n: usize, keep: f64, rng: &mut crate::math::rng::Rng) -> Vec<f32> {
     let scores: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();

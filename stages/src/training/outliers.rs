@@ -1,4 +1,4 @@
-//! What the outlier-exposure stages (`oe`, `energy-oe`, `poem`) share (SPEC §6): their common
+//! What the outlier-exposure stages (`oe`, `energy-oe`, `poem`) share (docs/methods.md §6): their common
 //! parameters, the two outlier terms, and the fine-tuning loop that concatenates each ID batch
 //! with an outlier batch in one forward pass (batch norm sees both), with the ID term plain
 //! cross-entropy or, given ζ, the UM loss ("OE+UM").
@@ -25,7 +25,7 @@ pub fn default_lr() -> f64 {
 
 /// Declares an outlier-exposure stage's parameters: the fields every such stage has (`model`,
 /// `data`, `aux`, `aux_batch_size`, `pool_size`, `constraint`, `zeta`), then its own, then the
-/// optimisation fields with SPEC §6's defaults (10 epochs, lr 0.01); and an `outlier_setup()`
+/// optimisation fields with docs/methods.md §6's defaults (10 epochs, lr 0.01); and an `outlier_setup()`
 /// method for its [`crate::training::fine_tuning::FineTuning`] implementation.
 macro_rules! outlier_stage {
     ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {

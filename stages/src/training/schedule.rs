@@ -1,4 +1,4 @@
-//! Learning-rate schedules, set once per epoch before it starts (SPEC §1).
+//! Learning-rate schedules, set once per epoch before it starts (docs/methods.md §1).
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -401,7 +401,7 @@ fn figure(caption: &str, w: f64, h: f64, body: &str) -> String {
 
 /// ROC points from (0, 0), threshold by threshold: the cut points of
 /// [`crate::metrics::cut_points`], the same points the AUROC of the table integrates. With ID
-/// positive (SPEC §8) x is the fraction of OOD images scored at or above the threshold
+/// positive (docs/methods.md §8) x is the fraction of OOD images scored at or above the threshold
 /// (accepted as ID) and y the fraction of ID images; with OOD positive (OpenOOD) the scores are
 /// negated and x is ID images flagged, y OOD images flagged.
 pub fn roc_points(id: &[f64], ood: &[f64], convention: Convention) -> Vec<(f64, f64)> {

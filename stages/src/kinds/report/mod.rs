@@ -1,4 +1,4 @@
-//! `report`: the metrics of SPEC §8 for every score stage it names, per OOD set, per group of
+//! `report`: the metrics of docs/methods.md §8 for every score stage it names, per OOD set, per group of
 //! OOD sets (`ood_groups`; one group per set by default) and the plain mean over all sets,
 //! mean ± sample std across seeds. One instance reads every seed's scores. Every summary is
 //! given per group and for all sets, never for all sets alone: a mean over semantic and noise

@@ -12,7 +12,7 @@ pub struct Report {
     pub scores: Vec<String>,
     #[serde(default)]
     pub title: Option<String>,
-    /// `"idpos"` (SPEC §8, default) or `"openood"` (OpenOOD v1.5's definitions).
+    /// `"idpos"` (docs/methods.md §8, default) or `"openood"` (OpenOOD v1.5's definitions).
     #[serde(default)]
     pub convention: Convention,
     /// One of `scores` to compare every other with: the report then says, per method and per
