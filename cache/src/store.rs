@@ -316,7 +316,7 @@ impl Store {
 
     /// Deletes an entry nobody uses, and its two lock files, so `gc` leaves nothing of it behind.
     /// Whoever opened a lock file before it went away finds, once it has the lock, that the file
-    /// is no longer the one at the path, and takes the new one ([`lock_path_file`]).
+    /// is no longer the one at the path, and takes the new one (`lock_path_file`).
     pub fn remove_unused(&self, unused: UnusedLock) -> Result<(), CacheError> {
         self.remove(unused.key_lock())?;
         let key = unused.key_lock().key().clone();

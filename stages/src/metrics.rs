@@ -61,7 +61,7 @@ impl Convention {
     }
 }
 
-/// The four OOD metrics of one (ID, OOD) pair, as fractions in [0,1].
+/// The four OOD metrics of one (ID, OOD) pair, as fractions in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OodMetrics {
     pub fpr95: f64,

@@ -23,7 +23,7 @@ fn labels(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
-/// Compares images (pixels in [0,1], (C, H, W)) with the fixture's byte checks.
+/// Compares images (pixels in [0, 1], (C, H, W)) with the fixture's byte checks.
 fn assert_pixels(set: &stages::data::ImageSet, checks: &serde_json::Value) {
     let checks = checks.as_array().unwrap();
     assert_eq!(set.len(), checks.len());

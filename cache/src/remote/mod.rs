@@ -4,7 +4,7 @@
 //! Layout under the remote's root, the local model in blobs and records:
 //! - `blobs/<blake3>`: one object per distinct file content, named by its digest, so an
 //!   interrupted push leaves only whole blobs and a rerun uploads only what is missing;
-//! - `entries/<key>.json`: an entry's [`Manifest`], written last and only if absent (a
+//! - `entries/<key>.json`: an entry's [`Manifest`](crate::Manifest), written last and only if absent (a
 //!   conditional create: `If-None-Match: *` on S3, a hard link on a folder), so two pushers of
 //!   one key never clobber each other and an entry is visible only once every blob is there.
 //!

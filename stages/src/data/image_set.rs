@@ -1,4 +1,4 @@
-//! A loaded set of images ([`ImageSet`]: pixels in [0,1], labels, shape) and the splits a
+//! A loaded set of images ([`ImageSet`]: pixels in [0, 1], labels, shape) and the splits a
 //! dataset has ([`Split`]), and the image set as batches of tensors.
 use crate::error::StageError;
 use candle_core::{Device, Tensor};
@@ -11,7 +11,7 @@ pub enum Split {
     Test,
 }
 
-/// Images in memory: `n` samples of shape `(channels, height, width)`, pixels in [0,1],
+/// Images in memory: `n` samples of shape `(channels, height, width)`, pixels in [0, 1],
 /// row-major `n × c × h × w`; labels in `0..num_classes` (all 0 for unlabelled sets).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageSet {

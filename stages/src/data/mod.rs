@@ -1,5 +1,5 @@
 //! Datasets: how a recipe declares them ([`DatasetSpec`]), and loading them into memory as
-//! [`ImageSet`]s of [0,1] pixels. Formats: MNIST's IDX files (`idx`), CIFAR-10/100 binary
+//! [`ImageSet`]s of [0, 1] pixels. Formats: MNIST's IDX files (`idx`), CIFAR-10/100 binary
 //! (`cifar10-bin`, `cifar100-bin`), SVHN's MAT files (`svhn-mat`), folders of images
 //! (`image-folder`), and seeded synthetic noise (`gaussian-noise`, `uniform-noise`).
 pub mod catalogue;

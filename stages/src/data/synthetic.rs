@@ -1,4 +1,4 @@
-//! Seeded synthetic OOD sets: Gaussian noise (clipped to [0,1]) and uniform noise. Their seed
+//! Seeded synthetic OOD sets: Gaussian noise (clipped to [0, 1]) and uniform noise. Their seed
 //! belongs to the dataset, not to the recipe run, so every run is scored on the same images.
 use super::image_set::ImageSet;
 use crate::error::{ParamError, StageError};
@@ -22,7 +22,7 @@ fn default_high() -> f32 {
     1.0
 }
 
-/// Pixels drawn from N(mean, std²), clipped to [0,1].
+/// Pixels drawn from N(mean, std²), clipped to [0, 1].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GaussianNoiseSpec {

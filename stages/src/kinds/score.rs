@@ -62,7 +62,7 @@ pub struct Score {
     /// ODIN's temperature T.
     #[serde(default = "crate::scores::odin::default_temperature")]
     pub odin_temperature: f64,
-    /// ODIN's perturbation size ε (on [0,1] pixels).
+    /// ODIN's perturbation size ε (on [0, 1] pixels).
     #[serde(default = "crate::scores::odin::default_epsilon")]
     pub odin_epsilon: f64,
     /// The `mahalanobis-fit` stage of this model (needed by the `mahalanobis` method).

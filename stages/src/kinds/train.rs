@@ -1,4 +1,4 @@
-//! `train`: trains a classifier from scratch (docs/methods.md §1) and keeps checkpoints (see [`crate::fit`]
+//! `train`: trains a classifier from scratch (docs/methods.md §1) and keeps checkpoints (see [`crate::training::fit`]
 //! for the outputs).
 use crate::data::Split;
 use crate::error::ParamError;

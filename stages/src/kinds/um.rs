@@ -1,7 +1,7 @@
 //! `um`: Unleashing-Mask fine-tuning (docs/methods.md §4). Starts from a trained model and trains every
 //! weight with the per-batch loss |CE − ζ| + ζ: descent while the batch loss is above ζ, ascent
 //! below. With `zeta = 0` the loss is plain cross-entropy, the control that separates UM's
-//! effect from that of training longer. Outputs as `train` (see [`crate::fit`]).
+//! effect from that of training longer. Outputs as `train` (see [`crate::training::fit`]).
 use crate::error::StageError;
 use crate::models::{Network, Parameters};
 use crate::stage::Artifact;

@@ -64,7 +64,7 @@ impl Network {
         ))
     }
 
-    /// Runs a batch `(n, c, h, w)` of [0,1] pixels.
+    /// Runs a batch `(n, c, h, w)` of [0, 1] pixels.
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Forward, StageError> {
         match &self.body {
             Body::SmallCnn(net) => net.forward(images, mode),

@@ -21,7 +21,7 @@ pub enum Architecture {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub architecture: Architecture,
-    /// (channels, height, width) of the input images, pixels in [0,1].
+    /// (channels, height, width) of the input images, pixels in [0, 1].
     pub input_shape: [usize; 3],
     pub num_classes: usize,
     pub dropout: f64,

@@ -1,5 +1,5 @@
 //! ODIN (docs/methods.md §7): with ŷ = argmax f(x), the input is moved against the gradient of
-//! CE(f(x)/T, ŷ) with respect to the raw [0,1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
+//! CE(f(x)/T, ŷ) with respect to the raw [0, 1] pixels, x̃ = x − ε·sign(g) (sign(0) = +1, no
 //! clamping), and scored by max softmax(f(x̃)/T). Defaults T = 1000, ε = 0.0014.
 use super::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use super::softmax::max_softmax;
@@ -56,7 +56,7 @@ pub fn perturb(images: &Tensor, gradient: &Tensor, epsilon: f64) -> Result<Tenso
     Ok((images - (sign * epsilon)?)?)
 }
 
-/// ODIN scores of a batch `(n, c, h, w)` of [0,1] pixels.
+/// ODIN scores of a batch `(n, c, h, w)` of [0, 1] pixels.
 pub fn scores(
     net: &Network,
     images: &Tensor,

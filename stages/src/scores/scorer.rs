@@ -14,7 +14,7 @@ use candle_core::Device;
 pub struct MethodParams {
     /// ODIN's temperature T.
     pub odin_temperature: f64,
-    /// ODIN's perturbation size ε (on [0,1] pixels).
+    /// ODIN's perturbation size ε (on [0, 1] pixels).
     pub odin_epsilon: f64,
 }
 

@@ -1,6 +1,6 @@
 //! Where each reported score stage's model comes from, so that a report can say what a
 //! selection chose, which ζ a UM or UMAP model used, and whether a chosen configuration is the
-//! baseline's own. The recipe loader fills [`Lineage`] in from the declarations ([`derive`]);
+//! baseline's own. The recipe loader fills [`Lineage`] in from the declarations ([`derive()`]);
 //! the report then reads the `select` and `estimate-loss-constraint` stages it names as inputs.
 use crate::error::ParamError;
 use serde::{Deserialize, Serialize};

@@ -1,13 +1,13 @@
 //! A CPU 2-D convolution as a candle custom op: per image, im2col into a reused scratch buffer
 //! and one matrix product through the `gemm` crate straight into the (N, O, Ho, Wo) output.
 //! 1×1 convolutions with stride 1 skip im2col (the image already is the column matrix);
-//! strided ones build their rows from stride² phase planes ([`Phases`]), so that every row is
+//! strided ones build their rows from stride² phase planes (`Phases`), so that every row is
 //! a shifted copy of contiguous runs. Backward:
-//! - stride 1 ([`StrideOneGradients`]): the input gradient is itself a convolution, of the
+//! - stride 1 (`StrideOneGradients`): the input gradient is itself a convolution, of the
 //!   output gradient with the flipped kernel; one im2col of the output gradient per image gives
 //!   it and the weight gradient;
 //! - otherwise: the input gradient Wᵀ·grad followed by col2im (the adjoint of im2col), the
-//!   weight gradient Σ over images of grad·colsᵀ ([`WeightGradient`]).
+//!   weight gradient Σ over images of grad·colsᵀ (`WeightGradient`).
 //!
 //! Weight gradients are summed in fixed groups of images (the same bits for any thread count)
 //! into a transposed accumulator, so that gemm keeps its column-major destination and packs the
@@ -592,7 +592,7 @@ impl Phases {
 thread_local! {
     /// Each thread's column matrix, reused across images and steps.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's phase planes of one image ([`Phases`]).
+    /// Each thread's phase planes of one image (`Phases`).
     static PHASE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 

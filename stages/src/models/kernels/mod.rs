@@ -1,5 +1,5 @@
 //! CPU kernels written by hand for speed: the convolution as im2col + gemm ([`conv`]), batch
-//! norm + ReLU in one pass ([`fused_bn`]), the buffers they share ([`buffers`]), and when they apply ([`dispatch`]). All the
+//! norm + ReLU in one pass ([`fused_bn`]), the buffers they share (`buffers`), and when they apply ([`dispatch`]). All the
 //! crate's `unsafe` code lives here.
 /// Compiles each item it wraps three times, for AVX-512 (the Ice Lake / Zen 4 set: multiversion
 /// asks for all of it, to keep off older parts that slow down under AVX-512), for AVX2 and for
