@@ -80,8 +80,9 @@ pub trait Executor: Sync {
 pub struct JobSpec<'a> {
     pub instance: &'a Instance,
     pub key: &'a CacheKey,
-    /// The stage's kind (`train`) and its declared resources.
+    /// The stage's kind (`train`), its role and its declared resources.
     pub kind: &'a str,
+    pub role: stages::Role,
     pub resources: &'a Resources,
     /// Recompute even though the entry exists.
     pub forced: bool,
@@ -400,6 +401,7 @@ fn run_instance(
             instance,
             key: &key,
             kind: decl.kind.name(),
+            role: decl.kind.role(),
             resources: &decl.resources,
             forced,
             committed: &committed,

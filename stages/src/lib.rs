@@ -44,5 +44,5 @@ pub use fields::struct_fields;
 pub use kinds::{kind, registry};
 pub use progress::{NoProgress, Progress, ProgressBar};
 pub use stage::{
-    Artifact, BuildError, Input, RunContext, Stage, StageKind, StageParams, Target, UpstreamTag,
+    Artifact, BuildError, Input, Role, RunContext, Stage, StageKind, StageParams, Target, UpstreamTag,
 };

@@ -149,6 +149,22 @@ impl RunContext<'_> {
     }
 }
 
+/// What a kind does, as the engine needs to know it without matching kind names: what it asks
+/// a cluster for by default, and which kinds the leakage guard and the reports' lineage follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Trains weights for many epochs (a base training, a fine-tuning): a GPU for a day.
+    Trains,
+    /// Scores test sets with a model.
+    Scores,
+    /// Chooses one model among candidates on validation data.
+    Selects,
+    /// Summarises score stages; reads no images.
+    Reports,
+    /// Anything else: a pass or a few over data (ζ, feature fits), or picking a checkpoint.
+    Evaluates,
+}
+
 /// A stage kind's parameters: the type that defines the kind.
 pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The name recipes use in `kind = "…"`.
@@ -163,6 +179,8 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Whether one instance reads every variant of a swept upstream (a report, a selection),
     /// rather than one instance running per variant.
     const ACROSS_VARIANTS: bool = Self::ACROSS_SEEDS;
+    /// What the kind does, for the engine.
+    const ROLE: Role = Role::Evaluates;
     /// The stages and datasets it reads.
     fn inputs(&self) -> Vec<Input>;
     /// Checks beyond types (ranges, consistency); each problem names its field.
@@ -242,6 +260,7 @@ pub trait StageKind: Sync {
     fn produces(&self) -> &'static [Artifact];
     fn across_seeds(&self) -> bool;
     fn across_variants(&self) -> bool;
+    fn role(&self) -> Role;
     /// Builds the stage; a type error is reported with the path of the offending field.
     fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError>;
 }
@@ -263,6 +282,9 @@ impl<P: StageParams> StageKind for KindOf<P> {
     }
     fn across_variants(&self) -> bool {
         P::ACROSS_VARIANTS
+    }
+    fn role(&self) -> Role {
+        P::ROLE
     }
     fn build(&self, params: serde_json::Value) -> Result<Box<dyn Stage>, BuildError> {
         let parsed: P = ParamError::deserialize(params).map_err(BuildError::Type)?;

@@ -105,12 +105,9 @@ impl SlurmExecutor {
     /// What an instance of `stage_kind` asks for: its stage's `resources`, then
     /// `[executor.slurm.kinds.KIND]`, then `[executor.slurm.defaults]`, then the kind's
     /// built-in request.
-    pub fn resources(&self, declared: &Resources, stage_kind: &str) -> Resources {
+    pub fn resources(&self, declared: &Resources, stage_kind: &str, role: stages::Role) -> Resources {
         let kind = self.settings.kinds.get(stage_kind).cloned().unwrap_or_default();
-        declared
-            .or(&kind)
-            .or(&self.settings.defaults)
-            .or(&Resources::kind_default(stage_kind, self.gpu_recipe))
+        declared.or(&kind).or(&self.settings.defaults).or(&Resources::kind_default(role, self.gpu_recipe))
     }
 
     /// The `sbatch` arguments for a job named `name` computing `label`.
@@ -350,7 +347,7 @@ fn log_tail(path: &Path) -> String {
 impl Executor for SlurmExecutor {
     fn compute(&self, job: &JobSpec, reporter: &dyn Reporter) -> Result<(), String> {
         let name = self.job_name(job.key);
-        let resources = self.resources(job.resources, job.kind);
+        let resources = self.resources(job.resources, job.kind, job.role);
         let args = self.sbatch_args(&name, &job.instance.label, &resources, job.forced);
         let log = self.log_path(&name);
         let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);

@@ -889,7 +889,7 @@ impl Validator<'_> {
         };
         let mut rebuilt = Vec::new();
         for (i, decl) in stages.iter().enumerate() {
-            if decl.kind.name() != "report" || decl.variants.len() != 1 {
+            if decl.kind.role() != stages::Role::Reports || decl.variants.len() != 1 {
                 continue;
             }
             let mut params = decl.stage().params();
@@ -938,18 +938,18 @@ impl Validator<'_> {
                 .collect()
         };
         for (s, select) in stages.iter().enumerate() {
-            if select.kind.name() != "select" {
+            if select.kind.role() != stages::Role::Selects {
                 continue;
             }
             let chosen_on = reads(select);
             let mut reported = BTreeSet::new();
             for r in graph.with_descendants(s) {
-                if stages[r].kind.name() != "report" {
+                if stages[r].kind.role() != stages::Role::Reports {
                     continue;
                 }
                 for u in graph.upstream(r) {
                     let score = &stages[u];
-                    if score.kind.name() != "score" {
+                    if score.kind.role() != stages::Role::Scores {
                         continue;
                     }
                     for (tested, field, at, extent) in reads(score) {

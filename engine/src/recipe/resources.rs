@@ -28,24 +28,25 @@ impl Resources {
         }
     }
 
-    /// The built-in request of a stage kind: training and scoring want a GPU when the recipe
-    /// may use one (its device is not "cpu"), reports and selections a little CPU.
-    pub fn kind_default(kind: &str, gpu_recipe: bool) -> Resources {
+    /// The built-in request of a stage kind, by its role: training and scoring want a GPU when
+    /// the recipe may use one (its device is not "cpu"), reports and selections a little CPU.
+    pub fn kind_default(role: stages::Role, gpu_recipe: bool) -> Resources {
+        use stages::Role;
         let gpus = u32::from(gpu_recipe);
-        match kind {
-            "train" | "um" | "umap" | "oe" | "energy-oe" | "poem" => Resources {
+        match role {
+            Role::Trains => Resources {
                 gpus: Some(gpus),
                 cpus: Some(4),
                 mem: Some("16G".into()),
                 time: Some("1-00:00:00".into()),
             },
-            "report" | "select" => Resources {
+            Role::Reports | Role::Selects => Resources {
                 gpus: Some(0),
                 cpus: Some(1),
                 mem: Some("2G".into()),
                 time: Some("1:00:00".into()),
             },
-            _ => Resources {
+            Role::Scores | Role::Evaluates => Resources {
                 gpus: Some(gpus),
                 cpus: Some(4),
                 mem: Some("16G".into()),
@@ -389,7 +390,7 @@ mod tests {
     fn layers_fill_what_the_one_above_leaves_open() {
         let stage = Resources { gpus: Some(2), ..Default::default() };
         let defaults = Resources { cpus: Some(8), mem: Some("64G".into()), ..Default::default() };
-        let merged = stage.or(&defaults).or(&Resources::kind_default("train", true));
+        let merged = stage.or(&defaults).or(&Resources::kind_default(stages::Role::Trains, true));
         assert_eq!(
             merged,
             Resources {
@@ -399,7 +400,7 @@ mod tests {
                 time: Some("1-00:00:00".into())
             }
         );
-        assert_eq!(Resources::kind_default("train", false).gpus, Some(0));
-        assert_eq!(Resources::kind_default("report", true).gpus, Some(0));
+        assert_eq!(Resources::kind_default(stages::Role::Trains, false).gpus, Some(0));
+        assert_eq!(Resources::kind_default(stages::Role::Reports, true).gpus, Some(0));
     }
 }

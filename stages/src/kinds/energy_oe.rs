@@ -43,6 +43,7 @@ impl FineTuning for EnergyOe {
 
 impl StageParams for EnergyOe {
     const KIND: &'static str = "energy-oe";
+    const ROLE: crate::stage::Role = crate::stage::Role::Trains;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 

@@ -40,3 +40,25 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::stage::Role;
+
+    /// The engine chooses Slurm defaults and follows selections and reports by role, never by
+    /// kind name: every training kind says it trains, and each special role has its one kind.
+    #[test]
+    fn every_kind_states_its_role() {
+        let with = |role: Role| -> Vec<&str> {
+            let mut names: Vec<&str> =
+                super::registry().iter().filter(|k| k.role() == role).map(|k| k.name()).collect();
+            names.sort_unstable();
+            names
+        };
+        assert_eq!(with(Role::Trains), ["energy-oe", "oe", "poem", "train", "um", "umap"]);
+        assert_eq!(with(Role::Scores), ["score"]);
+        assert_eq!(with(Role::Selects), ["select"]);
+        assert_eq!(with(Role::Reports), ["report"]);
+        assert!(with(Role::Evaluates).contains(&"estimate-loss-constraint"));
+    }
+}

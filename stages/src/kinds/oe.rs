@@ -46,6 +46,7 @@ impl FineTuning for Oe {
 
 impl StageParams for Oe {
     const KIND: &'static str = "oe";
+    const ROLE: crate::stage::Role = crate::stage::Role::Trains;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 

@@ -85,6 +85,7 @@ impl FineTuning for Poem {
 
 impl StageParams for Poem {
     const KIND: &'static str = "poem";
+    const ROLE: crate::stage::Role = crate::stage::Role::Trains;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 

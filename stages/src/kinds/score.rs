@@ -175,6 +175,7 @@ impl ScoreIndex {
 
 impl StageParams for Score {
     const KIND: &'static str = "score";
+    const ROLE: crate::stage::Role = crate::stage::Role::Scores;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Scores];
 

@@ -135,6 +135,7 @@ pub struct Selection {
 
 impl StageParams for Select {
     const KIND: &'static str = "select";
+    const ROLE: crate::stage::Role = crate::stage::Role::Selects;
     const VERSION: u32 = 1;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model];
     const ACROSS_VARIANTS: bool = true;

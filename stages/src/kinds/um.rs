@@ -43,6 +43,7 @@ impl FineTuning for Um {
 
 impl StageParams for Um {
     const KIND: &'static str = "um";
+    const ROLE: crate::stage::Role = crate::stage::Role::Trains;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 

@@ -66,6 +66,7 @@ impl FineTuning for Umap {
 
 impl StageParams for Umap {
     const KIND: &'static str = "umap";
+    const ROLE: crate::stage::Role = crate::stage::Role::Trains;
     const VERSION: u32 = 3;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 

@@ -34,6 +34,7 @@ use std::path::Path;
 
 impl StageParams for Report {
     const KIND: &'static str = "report";
+    const ROLE: crate::stage::Role = crate::stage::Role::Reports;
     const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Report];
     const ACROSS_SEEDS: bool = true;
