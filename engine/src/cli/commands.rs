@@ -442,17 +442,14 @@ fn sweep_line(recipe: &Recipe, plan: &Plan, verdicts: &[Verdict], mine: &[usize]
     let mut running = 0;
     for &i in mine {
         let instance = &plan.instances[i];
-        for (k, (name, value)) in instance.params.iter().enumerate() {
-            // Instances of one stage list the same parameters in the same order.
-            let slot = match values.get(k) {
-                Some((n, _, _)) if *n == name.as_str() => k,
-                _ => match values.iter().position(|(n, _, _)| *n == name.as_str()) {
-                    Some(at) => at,
-                    None => {
-                        values.push((name.as_str(), Vec::new(), HashSet::new()));
-                        values.len() - 1
-                    }
-                },
+        for (name, value) in &instance.params {
+            // A stage has a few swept parameters: a scan finds each one's slot.
+            let slot = match values.iter().position(|(n, _, _)| *n == name.as_str()) {
+                Some(at) => at,
+                None => {
+                    values.push((name.as_str(), Vec::new(), HashSet::new()));
+                    values.len() - 1
+                }
             };
             let (_, list, set) = &mut values[slot];
             if set.insert(value.as_str()) {

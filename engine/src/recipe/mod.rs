@@ -305,17 +305,8 @@ impl Validator<'_> {
     }
 
     fn unknown_keys(&mut self, table: &Node, known: &[&str], what: &str) {
-        for entry in table.entries() {
-            if !known.contains(&entry.key.as_str()) {
-                let help = did_you_mean(&entry.key, known.iter().copied())
-                    .or_else(|| Some(format!("expected one of: {}", known.join(", "))));
-                self.error_help(
-                    entry.key_span.clone(),
-                    format!("unknown key `{}` in {what}", entry.key),
-                    help,
-                );
-            }
-        }
+        let found = table.unknown_keys(known, what, self.source);
+        self.diagnostics.extend(found);
     }
 
     fn table<'n>(&mut self, entry: &'n Entry, what: &str) -> Option<&'n Node> {
@@ -989,7 +980,7 @@ impl Validator<'_> {
             .zip(groups)
             .map(|(decl, groups)| {
                 let seeds = if decl.kind.across_seeds() { 1 } else { seeds as u128 };
-                groups.iter().fold(seeds, |acc, g| acc.saturating_mul(g.len as u128))
+                seeds.saturating_mul(sweep::points(groups))
             })
             .collect();
         let total = per_stage.iter().fold(0u128, |acc, &n| acc.saturating_add(n));
@@ -1076,7 +1067,7 @@ impl Validator<'_> {
                 if groups[u].is_empty() {
                     continue;
                 }
-                let variants: u128 = groups[u].iter().fold(1u128, |acc, g| acc.saturating_mul(g.len as u128));
+                let variants = sweep::points(&groups[u]);
                 let span = decl
                     .inputs
                     .iter()

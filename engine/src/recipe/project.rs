@@ -3,7 +3,7 @@
 //! account, default resources…, which a recipe's own `[executor.slurm]` overrides field by
 //! field). This module finds the file and is its one reader. Errors carry the file, line and
 //! column.
-use super::diagnostic::{did_you_mean, Diagnostic, Source};
+use super::diagnostic::{Diagnostic, Source};
 use super::resources::{read_slurm, SlurmSettings};
 use super::tree::{Node, NodeValue};
 use std::path::{Path, PathBuf};
@@ -35,21 +35,7 @@ pub fn read(path: &Path) -> Result<Project, Vec<Diagnostic>> {
         .map_err(|e| vec![Diagnostic::whole_file(path, format!("cannot read the project file: {e}"))])?;
     let source = Source::new(path, text);
     let (root, mut diagnostics) = Node::parse(&source, &|s| Ok(s.to_string()))?;
-    let unknown = |table: &Node, known: &[&str], what: &str, diagnostics: &mut Vec<Diagnostic>| {
-        for entry in table.entries().iter().filter(|e| !known.contains(&e.key.as_str())) {
-            let help = did_you_mean(&entry.key, known.iter().copied())
-                .unwrap_or_else(|| format!("expected one of: {}", known.join(", ")));
-            diagnostics.push(
-                Diagnostic::new(
-                    &source,
-                    entry.key_span.clone(),
-                    format!("unknown key `{}` in {what}", entry.key),
-                )
-                .with_help(help),
-            );
-        }
-    };
-    unknown(&root, SECTIONS, "the project file", &mut diagnostics);
+    diagnostics.extend(root.unknown_keys(SECTIONS, "the project file", &source));
     let mut project = Project::default();
     for entry in root.entries() {
         let is_table = matches!(entry.node.value, NodeValue::Table(_));
@@ -62,7 +48,7 @@ pub fn read(path: &Path) -> Result<Project, Vec<Diagnostic>> {
         }
     }
     if let Some(remote) = root.get("remote").filter(|e| matches!(e.node.value, NodeValue::Table(_))) {
-        unknown(&remote.node, &["url"], "[remote]", &mut diagnostics);
+        diagnostics.extend(remote.node.unknown_keys(&["url"], "[remote]", &source));
         if let Some(url) = remote.node.get("url") {
             match url.node.as_str() {
                 Some(text) => project.remote = Some(text.to_string()).filter(|u| !u.trim().is_empty()),
@@ -75,7 +61,7 @@ pub fn read(path: &Path) -> Result<Project, Vec<Diagnostic>> {
         }
     }
     if let Some(executor) = root.get("executor").filter(|e| matches!(e.node.value, NodeValue::Table(_))) {
-        unknown(&executor.node, &["slurm"], "[executor]", &mut diagnostics);
+        diagnostics.extend(executor.node.unknown_keys(&["slurm"], "[executor]", &source));
         if let Some(slurm) = executor.node.get("slurm") {
             let kinds: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
             match read_slurm(&slurm.node, &kinds) {

@@ -124,6 +124,11 @@ pub fn describe_count(fields: &[SweptField], zip: bool) -> String {
     }
 }
 
+/// How many points the cross product of `groups` has (saturating).
+pub fn points(groups: &[Group]) -> u128 {
+    groups.iter().fold(1u128, |acc, g| acc.saturating_mul(g.len as u128))
+}
+
 /// Every index vector `i` with `i[k] < lengths[k]`, the last index varying fastest (one empty
 /// vector for no lengths).
 pub fn product(lengths: &[usize]) -> Vec<Vec<usize>> {

@@ -57,6 +57,25 @@ impl Node {
         Ok((node, diagnostics))
     }
 
+    /// An error for each key of this table that is not in `known`, with "did you mean" or the
+    /// list of what is expected; `what` names the table in the message.
+    pub fn unknown_keys(&self, known: &[&str], what: &str, source: &Source) -> Vec<Diagnostic> {
+        self.entries()
+            .iter()
+            .filter(|e| !known.contains(&e.key.as_str()))
+            .map(|entry| {
+                let help = super::diagnostic::did_you_mean(&entry.key, known.iter().copied())
+                    .unwrap_or_else(|| format!("expected one of: {}", known.join(", ")));
+                Diagnostic::new(
+                    source,
+                    entry.key_span.clone(),
+                    format!("unknown key `{}` in {what}", entry.key),
+                )
+                .with_help(help)
+            })
+            .collect()
+    }
+
     pub fn entries(&self) -> &[Entry] {
         match &self.value {
             NodeValue::Table(entries) => entries,

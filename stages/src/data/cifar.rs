@@ -125,9 +125,10 @@ impl Cifar10Spec {
     /// classes, found from the label bytes alone (one read per record, not the 150 MB).
     pub(super) fn check_split(&self, split: Split) -> Result<(), StageError> {
         let files = self.split_files(split)?;
-        let Some(skip) = self.skip.filter(|&s| s > 0) else { return Ok(()) };
-        let listed = |label: u8| self.classes.as_ref().is_none_or(|c| c.contains(&(label as u32)));
-        let mut available = 0usize;
+        if self.skip.is_none_or(|s| s == 0) {
+            return Ok(());
+        }
+        let mut labels = Vec::new();
         for path in &files {
             use std::io::{Read, Seek, SeekFrom};
             let mut file = std::fs::File::open(path).map_err(StageError::io("cannot read", path))?;
@@ -138,16 +139,10 @@ impl Cifar10Spec {
                 file.seek(SeekFrom::Start(at))
                     .and_then(|_| file.read_exact(&mut label))
                     .map_err(StageError::io("cannot read", path))?;
-                available += usize::from(listed(label[0]));
+                labels.push(label[0]);
             }
         }
-        if skip >= available {
-            return Err(StageError::Unsuitable(format!(
-                "`skip = {skip}` leaves no image: `{}` has {available} of the listed classes in this split",
-                self.root.display()
-            )));
-        }
-        Ok(())
+        super::subset::check_skip(self.skip, self.classes.as_deref(), labels, &self.root)
     }
 
     pub(super) fn load(&self, split: Split) -> Result<ImageSet, StageError> {

@@ -138,28 +138,13 @@ impl IdxSpec {
         }
     }
 
-    /// A `skip` that leaves no image of the listed classes (found from the labels alone, so
-    /// `check` says it instead of the stage failing).
-    fn check_skip(&self, labels_path: &Path, labels: &[u8]) -> Result<(), StageError> {
-        let Some(skip) = self.skip.filter(|&s| s > 0) else { return Ok(()) };
-        let listed = |label: u8| self.classes.as_ref().is_none_or(|c| c.contains(&(label as u32)));
-        let available = labels.iter().filter(|&&l| listed(l)).count();
-        if skip >= available {
-            return Err(StageError::Unsuitable(format!(
-                "`skip = {skip}` leaves no image: `{}` has {available} of the listed classes",
-                labels_path.display()
-            )));
-        }
-        Ok(())
-    }
-
     /// The shape of a split's images, from the images file's header alone; the labels file is
     /// read to check that the requested classes occur.
     pub(super) fn shape(&self, split: Split) -> Result<[usize; 3], StageError> {
         let (images_path, labels_path) = self.split_files(split)?;
         let (_, labels) = read_idx(&labels_path, LABELS_MAGIC, 1)?;
         self.check_classes_present(&labels_path, &labels)?;
-        self.check_skip(&labels_path, &labels)?;
+        super::subset::check_skip(self.skip, self.classes.as_deref(), labels.iter().copied(), &labels_path)?;
         let file = std::fs::File::open(&images_path).map_err(StageError::io("cannot read", &images_path))?;
         let mut head = Vec::new();
         let mut reader = std::io::BufReader::new(file);

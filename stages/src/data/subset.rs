@@ -75,3 +75,23 @@ impl ClassFilter {
         Ok(set)
     }
 }
+
+/// For `check`: an error when `skip` (if set) leaves no sample of `classes` (every class when
+/// `None`) among `labels`, the labels of one split read from `place`.
+pub(crate) fn check_skip(
+    skip: Option<usize>,
+    classes: Option<&[u32]>,
+    labels: impl IntoIterator<Item = u8>,
+    place: &Path,
+) -> Result<(), StageError> {
+    let Some(skip) = skip.filter(|&s| s > 0) else { return Ok(()) };
+    let listed = |label: u8| classes.is_none_or(|c| c.contains(&(label as u32)));
+    let available = labels.into_iter().filter(|&l| listed(l)).count();
+    if skip >= available {
+        return Err(StageError::Unsuitable(format!(
+            "`skip = {skip}` leaves no image: `{}` has {available} of the listed classes in this split",
+            place.display()
+        )));
+    }
+    Ok(())
+}

@@ -226,20 +226,9 @@ fn selections(report: &ReportFile, page: &mut String) {
         );
         page.push_str("<table>\n<tr><th>Seed</th><th>Chosen</th><th>ζ used</th><th>Validation FPR95</th><th>Validation AUROC</th><th>Validation ID-ACC</th><th>Candidates (eligible)</th><th>Same recipe as the baseline?</th></tr>\n");
         for c in &s.per_seed {
-            let _ = writeln!(
-                page,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}{}</td><td>{:.2}</td><td>{} ({})</td>{}</tr>",
-                c.seed.map_or("–".into(), |s| s.to_string()),
-                escape(&c.chosen),
-                c.zeta.map_or("–".into(), |z| format!("{z:.4}")),
-                100.0 * c.validation_fpr95,
-                100.0 * c.validation_auroc,
-                if c.validation_auroc < 0.5 { " ⚠ inverted" } else { "" },
-                100.0 * c.validation_id_accuracy,
-                c.candidates,
-                c.eligible,
-                if c.same_as_baseline { "<td class=\"inv\">yes</td>" } else { "<td>no</td>" }
-            );
+            let cells: String = c.cells().iter().map(|cell| format!("<td>{}</td>", escape(cell))).collect();
+            let same = if c.same_as_baseline { "<td class=\"inv\">yes</td>" } else { "<td>no</td>" };
+            let _ = writeln!(page, "<tr>{cells}{same}</tr>");
         }
         page.push_str("</table>\n");
         if let Some(note) = &s.note {

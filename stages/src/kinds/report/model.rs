@@ -131,6 +131,28 @@ pub struct SeedChoice {
     pub same_as_baseline: bool,
 }
 
+impl SeedChoice {
+    /// The columns of its row, as both report formats show them (text only; the chosen
+    /// configuration as written, for the format to escape): seed, chosen, ζ used, validation
+    /// FPR95, AUROC (flagged when inverted) and ID-ACC in percent, candidates (eligible).
+    /// Whether it is the baseline's own recipe is left to the format to mark.
+    pub fn cells(&self) -> [String; 7] {
+        [
+            self.seed.map_or("–".into(), |s| s.to_string()),
+            self.chosen.clone(),
+            self.zeta.map_or("–".into(), |z| format!("{z:.4}")),
+            format!("{:.2}", 100.0 * self.validation_fpr95),
+            format!(
+                "{:.2}{}",
+                100.0 * self.validation_auroc,
+                if self.validation_auroc < 0.5 { " ⚠ inverted" } else { "" }
+            ),
+            format!("{:.2}", 100.0 * self.validation_id_accuracy),
+            format!("{} ({})", self.candidates, self.eligible),
+        ]
+    }
+}
+
 /// What one selection chose for a reported score stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelectionReport {
