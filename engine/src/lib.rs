@@ -4,6 +4,8 @@
 //! `stages` crate's registry, outputs are stored by the `cache` crate.
 pub mod cli;
 pub mod error;
+pub mod error_text;
+pub mod events;
 pub mod executor;
 pub mod fetch;
 pub mod graph;

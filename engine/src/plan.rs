@@ -196,6 +196,50 @@ impl Plan {
         }
     }
 
+    /// The one walk that names cache keys: each instance in plan order (every instance comes
+    /// after what it reads) gets its key from its upstream instances' output digests, and
+    /// `look` says whether a source (the local cache, a remote, both) holds that key and with
+    /// which output digest. An instance whose upstream was not found cannot be named; one
+    /// whose upstream could not be asked about is unknown. Instances `wanted` rejects are not
+    /// asked about. `run`'s scheduler, `status`, `pull` and `gc --remote`, and the Slurm
+    /// worker all name keys through it (or, for an instance the scheduler has just computed
+    /// the upstream of, through the same [`Plan::key_inputs`] step).
+    pub fn resolve<T>(
+        &self,
+        recipe: &Recipe,
+        fingerprints: &BTreeMap<String, String>,
+        wanted: &dyn Fn(usize) -> bool,
+        look: &mut dyn FnMut(usize, &CacheKey) -> Looked<T>,
+    ) -> Vec<Resolved<T>> {
+        let mut resolved: Vec<Resolved<T>> = Vec::with_capacity(self.instances.len());
+        for (i, instance) in self.instances.iter().enumerate() {
+            if !wanted(i) {
+                resolved.push(Resolved::NotAsked);
+                continue;
+            }
+            if let Some(why) = instance.deps().find_map(|d| match &resolved[d] {
+                Resolved::Unknown { why } => Some(why.clone()),
+                _ => None,
+            }) {
+                resolved.push(Resolved::Unknown { why });
+                continue;
+            }
+            if let Some(upstream) = instance.deps().find(|&d| resolved[d].output_digest().is_none()) {
+                resolved.push(Resolved::Unnamed { upstream });
+                continue;
+            }
+            let digest = |d: usize| resolved[d].output_digest().expect("checked above").to_string();
+            let inputs = self.key_inputs(recipe, i, &digest, fingerprints);
+            let key = inputs.key();
+            resolved.push(match look(i, &key) {
+                Looked::Found { output_digest, found } => Resolved::Found { key, output_digest, found },
+                Looked::Absent { problem } => Resolved::Absent { key, inputs: Box::new(inputs), problem },
+                Looked::Unanswered { why } => Resolved::Unknown { why },
+            });
+        }
+        resolved
+    }
+
     /// What would run and why, without running anything. `forced` instances (plan indices)
     /// always run.
     pub fn evaluate(
@@ -206,33 +250,18 @@ impl Plan {
         forced: &BTreeSet<usize>,
         depth: Verification,
     ) -> Vec<Verdict> {
+        let mut look = |i: usize, key: &CacheKey| match store.verify(key, depth) {
+            Ok(Some(_)) if forced.contains(&i) => Looked::Absent { problem: None },
+            Ok(Some(manifest)) => Looked::Found { output_digest: manifest.output_digest, found: () },
+            Ok(None) => Looked::Absent { problem: None },
+            Err(e) => Looked::Absent { problem: Some(e.to_string()) },
+        };
+        let resolved = self.resolve(recipe, fingerprints, &|_| true, &mut look);
         let mut verdicts: Vec<Verdict> = Vec::with_capacity(self.instances.len());
-        for (i, instance) in self.instances.iter().enumerate() {
-            let waiting: Vec<&str> = instance
-                .deps()
-                .filter(|&d| matches!(verdicts[d], Verdict::Run { .. }))
-                .map(|d| self.instances[d].label.as_str())
-                .collect();
-            if !waiting.is_empty() {
-                let reasons = waiting.iter().map(|w| format!("upstream `{w}` will run")).collect();
-                verdicts.push(Verdict::Run { key: None, reasons });
-                continue;
-            }
-            let digest = |d: usize| match &verdicts[d] {
-                Verdict::Cached { output_digest, .. } => output_digest.clone(),
-                Verdict::Run { .. } => unreachable!("upstream that runs was handled above"),
-            };
-            let inputs = self.key_inputs(recipe, i, &digest, fingerprints);
-            let key = inputs.key();
-            let (cached, problem) = match store.verify(&key, depth) {
-                Ok(found) => (found, None),
-                Err(e) => (None, Some(e.to_string())),
-            };
-            let verdict = match cached {
-                Some(manifest) if !forced.contains(&i) => {
-                    Verdict::Cached { key, output_digest: manifest.output_digest }
-                }
-                _ => {
+        for (i, (instance, resolved)) in self.instances.iter().zip(resolved).enumerate() {
+            let verdict = match resolved {
+                Resolved::Found { key, output_digest, .. } => Verdict::Cached { key, output_digest },
+                Resolved::Absent { key, inputs, problem } => {
                     let reasons = if forced.contains(&i) {
                         vec!["forced".to_string()]
                     } else if let Some(problem) = problem {
@@ -258,10 +287,75 @@ impl Plan {
                     }
                     Verdict::Run { key: Some(key), reasons }
                 }
+                // The local cache is always answered: what is left waits for an upstream.
+                Resolved::Unnamed { .. } | Resolved::Unknown { .. } | Resolved::NotAsked => {
+                    let reasons = instance
+                        .deps()
+                        .filter(|&d| matches!(verdicts[d], Verdict::Run { .. }))
+                        .map(|d| format!("upstream `{}` will run", self.instances[d].label))
+                        .collect();
+                    Verdict::Run { key: None, reasons }
+                }
             };
             verdicts.push(verdict);
         }
         verdicts
+    }
+}
+
+/// What a source says of one key, for [`Plan::resolve`].
+#[derive(Debug)]
+pub enum Looked<T> {
+    /// It holds the entry, whose outputs digest to `output_digest`; `found` is what the source
+    /// gives with it (a manifest, an entry).
+    Found { output_digest: String, found: T },
+    /// It does not hold it (`problem`: it holds one that cannot be used, and why).
+    Absent { problem: Option<String> },
+    /// It could not be asked (`why`): it may hold the entry.
+    Unanswered { why: String },
+}
+
+/// An instance's key, as far as [`Plan::resolve`] could name it, and where it was found.
+#[derive(Debug)]
+pub enum Resolved<T> {
+    Found {
+        key: CacheKey,
+        output_digest: String,
+        found: T,
+    },
+    /// Named, and not held by the source (its key inputs say what the key is made of).
+    Absent {
+        key: CacheKey,
+        inputs: Box<KeyInputs>,
+        problem: Option<String>,
+    },
+    /// Not nameable: upstream instance `upstream` (a plan index) was not found.
+    Unnamed {
+        upstream: usize,
+    },
+    /// An upstream (or this instance) could not be asked about.
+    Unknown {
+        why: String,
+    },
+    /// Left out by the walk's `wanted`.
+    NotAsked,
+}
+
+impl<T> Resolved<T> {
+    /// The key, where it could be named.
+    pub fn key(&self) -> Option<&CacheKey> {
+        match self {
+            Resolved::Found { key, .. } | Resolved::Absent { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The output digest of a found entry.
+    pub fn output_digest(&self) -> Option<&str> {
+        match self {
+            Resolved::Found { output_digest, .. } => Some(output_digest),
+            _ => None,
+        }
     }
 }
 

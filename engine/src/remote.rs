@@ -1,7 +1,7 @@
 //! Which remote a command uses, and a recipe's cache keys resolved against the local cache and
 //! a remote together: keys depend on upstream outputs, so a pull learns each upstream's output
 //! digest from whichever side has the entry before it can name what comes after.
-use crate::plan::Plan;
+use crate::plan::{Looked, Plan, Resolved};
 use crate::recipe::Recipe;
 use cache::remote::Remote;
 use cache::{CacheKey, Manifest, Store, Verification};
@@ -79,20 +79,13 @@ impl Located {
             Located::Unknown { .. } => None,
         }
     }
-
-    fn digest(&self) -> Option<&str> {
-        match self {
-            Located::Local { output_digest, .. } => Some(output_digest),
-            Located::Remote { manifest, .. } => Some(&manifest.output_digest),
-            Located::Nowhere { .. } | Located::Unknown { .. } => None,
-        }
-    }
 }
 
 /// Each instance of `plan` located in the local cache (checked to `depth`) or on the remote, in
-/// plan order. A local entry that fails its check counts as absent; a remote entry that is
-/// rejected is absent for that instance alone; once a request fails, the remote is asked
-/// nothing more (each request would wait out its retries) and the rest is [`Located::Unknown`].
+/// plan order, by [`Plan::resolve`]. A local entry that fails its check counts as absent; a
+/// remote entry that is rejected is absent for that instance alone; once a request fails, the
+/// remote is asked nothing more (each request would wait out its retries) and what is not
+/// local is [`Located::Unknown`].
 pub fn locate(
     recipe: &Recipe,
     plan: &Plan,
@@ -101,44 +94,51 @@ pub fn locate(
     fingerprints: &BTreeMap<String, String>,
     depth: Verification,
 ) -> Vec<Located> {
-    let mut located: Vec<Located> = Vec::with_capacity(plan.instances.len());
+    enum Side {
+        Local,
+        Remote(Box<Manifest>),
+    }
     let mut unreachable: Option<String> = None;
-    for (i, instance) in plan.instances.iter().enumerate() {
-        if let Some(why) = instance.deps().find_map(|d| match &located[d] {
-            Located::Unknown { why } => Some(why.clone()),
-            _ => None,
-        }) {
-            located.push(Located::Unknown { why });
-            continue;
-        }
-        let missing = instance.deps().find(|&d| located[d].digest().is_none());
-        if let Some(d) = missing {
-            let why = format!("upstream `{}` is in neither cache", plan.instances[d].label);
-            located.push(Located::Nowhere { key: None, why });
-            continue;
-        }
-        let digest = |d: usize| located[d].digest().expect("checked above").to_string();
-        let key = plan.key_inputs(recipe, i, &digest, fingerprints).key();
-        if let Ok(Some(manifest)) = store.verify(&key, depth) {
-            located.push(Located::Local { key, output_digest: manifest.output_digest });
-            continue;
+    let mut look = |_: usize, key: &CacheKey| {
+        if let Ok(Some(manifest)) = store.verify(key, depth) {
+            return Looked::Found { output_digest: manifest.output_digest, found: Side::Local };
         }
         if let Some(why) = &unreachable {
-            located.push(Located::Unknown { why: why.clone() });
-            continue;
+            return Looked::Unanswered { why: why.clone() };
         }
-        located.push(match remote.manifest(&key) {
-            Ok(Some(manifest)) => Located::Remote { key, manifest: Box::new(manifest) },
-            Ok(None) => Located::Nowhere { key: Some(key), why: "not on the remote".into() },
+        match remote.manifest(key) {
+            Ok(Some(manifest)) => Looked::Found {
+                output_digest: manifest.output_digest.clone(),
+                found: Side::Remote(Box::new(manifest)),
+            },
+            Ok(None) => Looked::Absent { problem: None },
             Err(e @ cache::remote::RemoteError::Request { .. }) => {
-                let why = crate::run::error_chain(&e);
+                let why = crate::error_text::error_chain(&e);
                 unreachable = Some(why.clone());
-                Located::Unknown { why }
+                Looked::Unanswered { why }
             }
-            Err(e) => Located::Nowhere { key: Some(key), why: crate::run::error_chain(&e) },
-        });
-    }
-    located
+            Err(e) => Looked::Absent { problem: Some(crate::error_text::error_chain(&e)) },
+        }
+    };
+    plan.resolve(recipe, fingerprints, &|_| true, &mut look)
+        .into_iter()
+        .map(|resolved| match resolved {
+            Resolved::Found { key, output_digest, found: Side::Local } => {
+                Located::Local { key, output_digest }
+            }
+            Resolved::Found { key, found: Side::Remote(manifest), .. } => Located::Remote { key, manifest },
+            Resolved::Absent { key, problem, .. } => Located::Nowhere {
+                key: Some(key),
+                why: problem.unwrap_or_else(|| "not on the remote".into()),
+            },
+            Resolved::Unnamed { upstream } => Located::Nowhere {
+                key: None,
+                why: format!("upstream `{}` is in neither cache", plan.instances[upstream].label),
+            },
+            Resolved::Unknown { why } => Located::Unknown { why },
+            Resolved::NotAsked => unreachable!("every instance is wanted"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,97 +1,31 @@
 //! The scheduler: runs a plan's instances in dependency order, up to `jobs` at once, reusing
-//! cached results, and reports each event to a [`Reporter`]. A failed instance skips what
-//! depends on it; independent branches finish.
-use crate::plan::{Instance, Plan};
-use crate::recipe::resources::Resources;
+//! cached results, and reports each event to a [`Reporter`]. What is not cached is handed to an
+//! [`Executor`] (this process's threads, or Slurm), whose jobs are polled together. A failed
+//! instance skips what depends on it; independent branches finish.
+use crate::error_text::{error_chain, panic_text};
+use crate::events::{Outcome, Reporter};
+use crate::executor::job::{Executor, JobEvent, JobSpec, JobState, Ticket};
+use crate::executor::local::LocalExecutor;
+use crate::plan::{Instance, Looked, Plan, Resolved};
 use crate::recipe::Recipe;
 use cache::remote::{Remote, TransferProgress};
 use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
 use stages::device::Device;
-use stages::{Progress, RunContext, UpstreamTag};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-/// How one instance ended.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Found in the cache (`waited`: computed meanwhile by a concurrent run).
-    Reused {
-        entry: Box<Entry>,
-        waited: bool,
-    },
-    Computed {
-        entry: Box<Entry>,
-        seconds: f64,
-    },
-    /// Downloaded from the remote (`run --remote`) instead of computed.
-    Pulled {
-        entry: Box<Entry>,
-        bytes: u64,
-        seconds: f64,
-    },
-    Failed {
-        message: String,
-    },
-    Skipped {
-        because: String,
-    },
-}
-
-impl Outcome {
-    pub fn entry(&self) -> Option<&Entry> {
-        match self {
-            Outcome::Reused { entry, .. }
-            | Outcome::Computed { entry, .. }
-            | Outcome::Pulled { entry, .. } => Some(entry),
-            _ => None,
-        }
-    }
-}
-
-/// Receives the scheduler's events; the command line prints them.
-pub trait Reporter: Sync {
-    fn started(&self, instance: &Instance, key: &CacheKey);
-    /// Another process holds the key's lock: this run waits for its result.
-    fn waiting(&self, instance: &Instance);
-    fn finished(&self, instance: &Instance, outcome: &Outcome);
-    fn warn(&self, message: &str);
-    /// Where the stage's own progress goes.
-    fn progress<'a>(&'a self, instance: &'a Instance) -> Box<dyn Progress + 'a>;
-    /// An executor's job for `instance` changed (`what`: "submitted", "running on node7", …).
-    fn job(&self, instance: &Instance, job: &str, what: &str) {
-        let _ = (instance, job, what);
-    }
-}
-
-/// Computes an instance that is not cached somewhere other than this process's threads (a
-/// Slurm job). The scheduler decides what is ready and checks the result.
-pub trait Executor: Sync {
-    /// Runs `job` to its end: `Ok` when it says it finished, after which the scheduler looks
-    /// for the committed entry; `Err` with what went wrong.
-    fn compute(&self, job: &JobSpec, reporter: &dyn Reporter) -> Result<(), String>;
-    /// What the job left to read when it ended without committing (its log's tail).
-    fn log_of(&self, job: &JobSpec) -> Option<String>;
-}
-
-/// One instance for an [`Executor`].
-pub struct JobSpec<'a> {
-    pub instance: &'a Instance,
-    pub key: &'a CacheKey,
-    /// The stage's kind (`train`), its role and its declared resources.
-    pub kind: &'a str,
-    pub role: stages::Role,
-    pub resources: &'a Resources,
-    /// Recompute even though the entry exists.
-    pub forced: bool,
-    /// Whether the instance's entry is committed now (a job killed just after committing has
-    /// still done its work).
-    pub committed: &'a dyn Fn() -> bool,
-}
-
-pub struct RunOptions<'a> {
+/// One run, frozen: everything the scheduler walks, built once by the command.
+pub struct Run<'a> {
+    pub recipe: &'a Recipe,
+    pub plan: &'a Plan,
+    pub store: &'a Store,
+    /// The dataset fingerprints the keys need, and the datasets that cannot be read (`name`:
+    /// why): the instances that read one fail.
+    pub fingerprints: &'a BTreeMap<String, String>,
+    pub dataset_problems: &'a BTreeMap<String, String>,
+    /// How many instances are prepared (and, locally, computed) at once.
     pub jobs: usize,
     /// Instances (plan indices) to recompute even when cached.
     pub forced: BTreeSet<usize>,
@@ -135,10 +69,19 @@ enum Slot {
     Done(Outcome),
 }
 
+/// A job handed to the executor and not yet concluded.
+struct Flight {
+    ticket: Ticket,
+    instance: usize,
+    key: CacheKey,
+    started: Instant,
+}
+
 /// What the workers share: each instance's slot, how many of its upstream instances are still
-/// unfinished, and the instances ready to run (lowest plan index first, so one worker runs them
-/// in plan order). Finishing an instance touches only its dependents: scheduling is
-/// O((instances + edges) · log instances), not a scan of the whole plan per pick.
+/// unfinished, the instances ready to run (lowest plan index first, so one worker runs them
+/// in plan order) and the jobs handed to the executor. Finishing an instance touches only its
+/// dependents: scheduling is O((instances + edges) · log instances), not a scan of the whole
+/// plan per pick.
 struct Board {
     slots: Vec<Slot>,
     unfinished_deps: Vec<usize>,
@@ -146,7 +89,12 @@ struct Board {
     /// finished itself), nothing in this run reads its entry any more and its hold is let go.
     unfinished_dependents: Vec<usize>,
     ready: BinaryHeap<Reverse<usize>>,
+    /// Instances a worker is preparing (looking up, pulling, submitting).
     running: usize,
+    in_flight: Vec<Flight>,
+    /// A worker is polling the executor; when the last poll started.
+    polling: bool,
+    polled_at: Option<Instant>,
     done: usize,
 }
 
@@ -198,18 +146,44 @@ impl Board {
         }
         released
     }
+
+    /// Whether the executor's jobs are due for a poll (and no worker polls already).
+    fn poll_due(&self, interval: std::time::Duration) -> bool {
+        !self.in_flight.is_empty()
+            && !self.polling
+            && self.polled_at.is_none_or(|at| at.elapsed() >= interval)
+    }
 }
 
-/// Runs every instance of `plan`; returns each one's outcome, in plan order.
-pub fn execute(
-    recipe: &Recipe,
-    plan: &Plan,
-    store: &Store,
-    fingerprints: &BTreeMap<String, String>,
-    dataset_problems: &BTreeMap<String, String>,
-    options: &RunOptions,
-    reporter: &dyn Reporter,
-) -> Vec<Outcome> {
+/// What a worker does next.
+enum Next {
+    Prepare(usize, BTreeMap<usize, Entry>),
+    Poll(Vec<Ticket>),
+    Stop,
+}
+
+/// How preparing an instance ended: done without computing, or handed to the executor.
+enum Prepared {
+    Done(Outcome),
+    Submitted(Flight),
+}
+
+/// One scheduling of a run: the run, where it computes, who hears of it, and the holds on the
+/// entries it still reads.
+struct Scheduler<'a> {
+    run: &'a Run<'a>,
+    executor: &'a dyn Executor,
+    reporter: &'a dyn Reporter,
+    holds: Mutex<HashMap<usize, ReadHold>>,
+}
+
+/// Runs every instance of the run's plan; returns each one's outcome, in plan order.
+pub fn execute(run: &Run, reporter: &dyn Reporter) -> Vec<Outcome> {
+    let plan = run.plan;
+    let local = LocalExecutor::new(run.recipe, plan, run.store, &run.device, run.jobs);
+    let scheduler =
+        Scheduler { run, executor: run.executor.unwrap_or(&local), reporter, holds: Mutex::default() };
+    let interval = scheduler.executor.poll_interval();
     let n = plan.instances.len();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut unfinished_deps = vec![0; n];
@@ -227,18 +201,41 @@ pub fn execute(
         unfinished_dependents: dependents.iter().map(Vec::len).collect(),
         ready,
         running: 0,
+        in_flight: Vec::new(),
+        polling: false,
+        polled_at: None,
         done: 0,
     });
-    // Each instance's hold on its entry, from when it is looked up until nothing in this run
-    // reads it any more: a `gc` meanwhile cannot delete what the run still needs, and a run of
-    // 100,000 instances does not keep 100,000 lock files open (the open-file limit is often
-    // 1,024 to 20,000).
-    let holds: Mutex<HashMap<usize, ReadHold>> = Mutex::new(HashMap::new());
     let changed = Condvar::new();
+    // Marks instances done (ending one worker's turn), lets go of the entries nothing reads any more, wakes the others.
+    let finish = |finished: Vec<(usize, Outcome)>| {
+        let released: Vec<usize> = {
+            let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+            board.running -= 1;
+            finished
+                .into_iter()
+                .flat_map(|(i, outcome)| board.finish(i, outcome, plan, &dependents, reporter))
+                .collect()
+        };
+        changed.notify_all();
+        let mut held = scheduler.holds.lock().unwrap_or_else(|e| e.into_inner());
+        for r in released {
+            held.remove(&r);
+        }
+    };
     let worker = || loop {
         let next = {
             let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
             loop {
+                // Polling first: a job that ended frees its dependents before anything else starts.
+                if board.poll_due(interval) {
+                    board.polling = true;
+                    board.polled_at = Some(Instant::now());
+                    // The poller counts as running until what ended is finished, so no worker
+                    // takes the moment between for the end of the run.
+                    board.running += 1;
+                    break Next::Poll(board.in_flight.iter().map(|f| f.ticket).collect());
+                }
                 if let Some(Reverse(i)) = board.ready.pop() {
                     board.slots[i] = Slot::Running;
                     board.running += 1;
@@ -251,52 +248,96 @@ pub fn execute(
                             _ => unreachable!("deps are done"),
                         })
                         .collect();
-                    break Some((i, entries));
+                    break Next::Prepare(i, entries);
                 }
-                if board.done == n || board.running == 0 {
-                    break None;
+                if board.done == n || (board.running == 0 && board.in_flight.is_empty()) {
+                    break Next::Stop;
                 }
-                board = changed.wait(board).unwrap_or_else(|e| e.into_inner());
+                board = match board.polled_at.filter(|_| !board.in_flight.is_empty() && !board.polling) {
+                    Some(at) => {
+                        let wait = interval.saturating_sub(at.elapsed());
+                        changed.wait_timeout(board, wait).unwrap_or_else(|e| e.into_inner()).0
+                    }
+                    None => changed.wait(board).unwrap_or_else(|e| e.into_inner()),
+                };
             }
         };
-        let Some((i, entries)) = next else {
-            changed.notify_all();
-            break;
-        };
-        // A panic anywhere in here (the stage's own panics are caught closer to it) fails this
-        // instance; the slot is always marked done, so no worker waits for it forever.
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let outcome = run_instance(
-                recipe,
-                plan,
-                i,
-                &entries,
-                store,
-                fingerprints,
-                dataset_problems,
-                options,
-                reporter,
-                &holds,
-            );
-            reporter.finished(&plan.instances[i], &outcome);
-            outcome
-        }))
-        .unwrap_or_else(|panic| Outcome::Failed {
-            message: format!("internal error: {}", panic_text(&*panic)),
-        });
-        let released = {
-            let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
-            board.running -= 1;
-            board.finish(i, outcome, plan, &dependents, reporter)
-        };
-        changed.notify_all();
-        let mut held = holds.lock().unwrap_or_else(|e| e.into_inner());
-        for r in released {
-            held.remove(&r);
+        match next {
+            Next::Stop => {
+                changed.notify_all();
+                break;
+            }
+            Next::Prepare(i, entries) => {
+                // A panic anywhere in here (the stage's own panics are caught closer to it)
+                // fails this instance; the slot is always marked done, so no worker waits for
+                // it forever.
+                let prepared =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.prepare(i, &entries)))
+                        .unwrap_or_else(|panic| {
+                            Prepared::Done(Outcome::Failed {
+                                message: format!("internal error: {}", panic_text(&*panic)),
+                            })
+                        });
+                match prepared {
+                    Prepared::Done(outcome) => {
+                        reporter.finished(&plan.instances[i], &outcome);
+                        finish(vec![(i, outcome)]);
+                    }
+                    Prepared::Submitted(flight) => {
+                        {
+                            let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+                            board.running -= 1;
+                            board.in_flight.push(flight);
+                        }
+                        changed.notify_all();
+                    }
+                }
+            }
+            Next::Poll(tickets) => {
+                let committed = |key: &CacheKey| matches!(run.store.lookup(key), Ok(Some(_)));
+                let polled = scheduler.executor.poll(&tickets, &committed);
+                let ended: Vec<(Flight, JobState)> = {
+                    let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+                    board.polling = false;
+                    let mut states: HashMap<Ticket, JobState> = HashMap::new();
+                    for (ticket, polled) in tickets.iter().zip(polled) {
+                        if let Some(flight) = board.in_flight.iter().find(|f| f.ticket == *ticket) {
+                            scheduler.report_events(flight.instance, &polled.events);
+                        }
+                        if !matches!(polled.state, JobState::Active) {
+                            states.insert(*ticket, polled.state);
+                        }
+                    }
+                    let (ended, active): (Vec<Flight>, Vec<Flight>) = std::mem::take(&mut board.in_flight)
+                        .into_iter()
+                        .partition(|f| states.contains_key(&f.ticket));
+                    board.in_flight = active;
+                    ended
+                        .into_iter()
+                        .map(|f| {
+                            let state = states.remove(&f.ticket).expect("partitioned by it");
+                            (f, state)
+                        })
+                        .collect()
+                };
+                changed.notify_all();
+                let finished: Vec<(usize, Outcome)> = ended
+                    .into_iter()
+                    .map(|(flight, state)| {
+                        let i = flight.instance;
+                        let outcome = scheduler.conclude(flight, state);
+                        reporter.finished(&plan.instances[i], &outcome);
+                        (i, outcome)
+                    })
+                    .collect();
+                finish(finished);
+            }
         }
     };
+    // Ctrl-C is the command's business; the threads only prepare and poll under an executor
+    // that computes elsewhere, so a handful serves any number of jobs.
     std::thread::scope(|scope| {
-        for _ in 0..options.jobs.max(1) {
+        for _ in 0..run.jobs.max(1) {
             scope.spawn(worker);
         }
     });
@@ -312,229 +353,156 @@ pub fn execute(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_instance(
-    recipe: &Recipe,
-    plan: &Plan,
-    i: usize,
-    entries: &BTreeMap<usize, Entry>,
-    store: &Store,
-    fingerprints: &BTreeMap<String, String>,
-    dataset_problems: &BTreeMap<String, String>,
-    options: &RunOptions,
-    reporter: &dyn Reporter,
-    holds: &Mutex<HashMap<usize, ReadHold>>,
-) -> Outcome {
-    let instance = &plan.instances[i];
-    let decl = &recipe.stages[instance.stage];
-    let failed = |message: String| Outcome::Failed { message };
-    for name in decl.datasets() {
-        if let Some(problem) = dataset_problems.get(name) {
-            return failed(format!("dataset `{name}`: {problem}"));
-        }
-    }
-    let digest = |d: usize| entries[&d].manifest.output_digest.clone();
-    let inputs = plan.key_inputs(recipe, i, &digest, fingerprints);
-    let key = inputs.key();
-    // Held until nothing in this run reads the entry any more, so that a `gc` meanwhile
-    // leaves it alone.
-    match store.hold(&key) {
-        Ok(hold) => {
-            holds.lock().unwrap_or_else(|e| e.into_inner()).insert(i, hold);
-        }
-        Err(e) => return failed(error_chain(&e)),
-    }
-    let forced = options.forced.contains(&i);
-    let remember = |entry: &Entry| {
-        if let Err(e) = store.write_ref(&recipe.name, &instance.id, &entry.manifest.inputs) {
-            reporter.warn(&format!("cannot record the last run of `{}`: {e}", instance.label));
-        }
-    };
-    let lookup = |reporter: &dyn Reporter| match store.lookup(&key) {
-        Ok(found) => Ok(found),
-        Err(e @ CacheError::Corrupt { .. }) => {
-            reporter.warn(&format!("{e}; recomputing `{}`", instance.label));
-            Ok(None)
-        }
-        Err(e) => Err(error_chain(&e)),
-    };
-    if !forced {
-        match lookup(reporter) {
-            Ok(Some(entry)) => {
-                remember(&entry);
-                return Outcome::Reused { entry: Box::new(entry), waited: false };
-            }
-            Ok(None) => {}
-            Err(message) => return failed(message),
-        }
-    }
-    let lock = match store.try_lock(&key) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            reporter.waiting(instance);
-            match store.lock(&key) {
-                Ok(lock) => lock,
-                Err(e) => return failed(error_chain(&e)),
+impl Scheduler<'_> {
+    /// Instance `i`'s key, from the entries it reads; then the cache (or a concurrent run, or
+    /// the remote) gives its result, or it is handed to the executor.
+    fn prepare(&self, i: usize, entries: &BTreeMap<usize, Entry>) -> Prepared {
+        let Run { recipe, plan, store, .. } = *self.run;
+        let reporter = self.reporter;
+        let instance = &plan.instances[i];
+        let decl = &recipe.stages[instance.stage];
+        let failed = |message: String| Prepared::Done(Outcome::Failed { message });
+        for name in decl.datasets() {
+            if let Some(problem) = self.run.dataset_problems.get(name) {
+                return failed(format!("dataset `{name}`: {problem}"));
             }
         }
-        Err(e) => return failed(error_chain(&e)),
-    };
-    if !forced {
-        // A concurrent run may have committed it while we waited for the lock.
-        if let Ok(Some(entry)) = store.lookup(&key) {
-            remember(&entry);
-            return Outcome::Reused { entry: Box::new(entry), waited: true };
+        let digest = |d: usize| entries[&d].manifest.output_digest.clone();
+        let inputs = plan.key_inputs(recipe, i, &digest, self.run.fingerprints);
+        let key = inputs.key();
+        // Held until nothing in this run reads the entry any more, so that a `gc` meanwhile
+        // leaves it alone.
+        match store.hold(&key) {
+            Ok(hold) => {
+                self.holds.lock().unwrap_or_else(|e| e.into_inner()).insert(i, hold);
+            }
+            Err(e) => return failed(error_chain(&e)),
         }
-    }
-    if let (Some(access), false) = (&options.remote, forced) {
-        if let Some(pulled) = pull_one(access, store, &key, &lock, instance, reporter) {
-            remember(&pulled.0);
-            return Outcome::Pulled { entry: Box::new(pulled.0), bytes: pulled.1, seconds: pulled.2 };
+        let forced = self.run.forced.contains(&i);
+        let lookup = || match store.lookup(&key) {
+            Ok(found) => Ok(found),
+            Err(e @ CacheError::Corrupt { .. }) => {
+                reporter.warn(&format!("{e}; recomputing `{}`", instance.label));
+                Ok(None)
+            }
+            Err(e) => Err(error_chain(&e)),
+        };
+        if !forced {
+            match lookup() {
+                Ok(Some(entry)) => {
+                    self.remember(i, &entry);
+                    return Prepared::Done(Outcome::Reused { entry: Box::new(entry), waited: false });
+                }
+                Ok(None) => {}
+                Err(message) => return failed(message),
+            }
         }
-    }
-    if let Some(executor) = options.executor {
-        // The job takes the key's lock itself (on its node); this process holds none meanwhile.
-        drop(lock);
+        let lock = match store.try_lock(&key) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                reporter.waiting(instance);
+                match store.lock(&key) {
+                    Ok(lock) => lock,
+                    Err(e) => return failed(error_chain(&e)),
+                }
+            }
+            Err(e) => return failed(error_chain(&e)),
+        };
+        if !forced {
+            // A concurrent run may have committed it while we waited for the lock.
+            if let Ok(Some(entry)) = store.lookup(&key) {
+                self.remember(i, &entry);
+                return Prepared::Done(Outcome::Reused { entry: Box::new(entry), waited: true });
+            }
+        }
+        if let (Some(access), false) = (&self.run.remote, forced) {
+            if let Some(pulled) = pull_one(access, store, &key, &lock, instance, reporter) {
+                self.remember(i, &pulled.0);
+                return Prepared::Done(Outcome::Pulled {
+                    entry: Box::new(pulled.0),
+                    bytes: pulled.1,
+                    seconds: pulled.2,
+                });
+            }
+        }
         reporter.started(instance, &key);
-        let committed = || matches!(store.lookup(&key), Ok(Some(_)));
         let job = JobSpec {
             instance,
             key: &key,
+            inputs: &inputs,
             kind: decl.kind.name(),
             role: decl.kind.role(),
             resources: &decl.resources,
             forced,
-            committed: &committed,
+            upstream: entries,
+            lock: Some(lock),
         };
         let started = Instant::now();
-        let ended = executor.compute(&job, reporter);
-        let seconds = started.elapsed().as_secs_f64();
-        if let Err(message) = ended {
-            return failed(message);
+        match self.executor.submit(job, reporter) {
+            Ok(submitted) => {
+                self.report_events(i, &submitted.events);
+                Prepared::Submitted(Flight { ticket: submitted.ticket, instance: i, key, started })
+            }
+            Err(e) => failed(error_chain(&e)),
         }
-        return match store.lookup(&key) {
+    }
+
+    /// The outcome of a job that is no longer active: its committed entry (pushed to the
+    /// remote of `run --remote`), or why there is none.
+    fn conclude(&self, flight: Flight, state: JobState) -> Outcome {
+        let failed = |message: String| Outcome::Failed { message };
+        if let JobState::Failed(e) = state {
+            return failed(error_chain(&e));
+        }
+        let instance = &self.run.plan.instances[flight.instance];
+        match self.run.store.lookup(&flight.key) {
             Ok(Some(entry)) => {
-                remember(&entry);
-                push_computed(options, &entry, instance, reporter);
-                Outcome::Computed { entry: Box::new(entry), seconds }
+                self.remember(flight.instance, &entry);
+                self.push_computed(&entry, instance);
+                Outcome::Computed { entry: Box::new(entry), seconds: flight.started.elapsed().as_secs_f64() }
             }
             Ok(None) => failed(format!(
                 "the job ended without committing its result; {}",
-                executor.log_of(&job).unwrap_or_default()
+                self.executor.log_of(flight.ticket).unwrap_or_default()
             )),
             Err(e) => failed(error_chain(&e)),
-        };
-    }
-    let staging = match store.stage(&lock) {
-        Ok(staging) => staging,
-        Err(e) => return failed(error_chain(&e)),
-    };
-    reporter.started(instance, &key);
-    let upstream: BTreeMap<String, Vec<PathBuf>> = instance
-        .upstream
-        .iter()
-        .map(|(name, list)| (name.clone(), list.iter().map(|d| entries[d].out_dir()).collect()))
-        .collect();
-    let upstream_tags: BTreeMap<String, Vec<UpstreamTag>> = instance
-        .upstream
-        .iter()
-        .map(|(name, list)| {
-            let tags = list
-                .iter()
-                .map(|&d| UpstreamTag {
-                    seed: plan.instances[d].seed,
-                    params: plan.instances[d].params.clone(),
-                })
-                .collect();
-            (name.clone(), tags)
-        })
-        .collect();
-    let out_dir = staging.out_dir();
-    let progress = reporter.progress(instance);
-    // A forced rerun starts over; otherwise a killed attempt's record is picked up.
-    let resume_dir = store.resume_dir(&key);
-    if forced {
-        store.remove_resume(&key);
-    }
-    let ctx = RunContext {
-        out_dir: &out_dir,
-        seed: instance.stage_seed,
-        upstream: &upstream,
-        upstream_tags: &upstream_tags,
-        resume_dir: Some(&resume_dir),
-        datasets: &recipe.datasets,
-        device: &options.device,
-        progress: progress.as_ref(),
-    };
-    let started = Instant::now();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        on_compute_threads(options.jobs, || decl.variants[instance.variant].stage.run(&ctx))
-    }));
-    drop(progress);
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(error_chain(&e)),
-        Err(panic) => return failed(format!("the stage panicked: {}", panic_text(&*panic))),
-    }
-    let meta = serde_json::json!({
-        "stage": decl.name,
-        "instance": instance.id,
-        "recipe": recipe.name,
-        "seconds": seconds,
-        "device": stages::device::describe(&options.device),
-        "pipeline_version": env!("CARGO_PKG_VERSION"),
-    });
-    match store.commit(staging, &lock, &inputs, meta) {
-        Ok(entry) => {
-            store.remove_resume(&key);
-            remember(&entry);
-            drop(lock);
-            push_computed(options, &entry, instance, reporter);
-            Outcome::Computed { entry: Box::new(entry), seconds }
         }
-        Err(e) => failed(format!("cannot store the outputs: {}", error_chain(&e))),
     }
-}
 
-/// Runs `work` (one stage) where its parallel kernels are cheapest to start. With one stage at
-/// a time it runs on a thread of rayon's pool: each parallel loop in it then starts from inside
-/// the pool, where from any other thread it is handed over and waited for, a wake-up and a
-/// sleep per operation (5% of a ResNet-20 training step and 15% of a small CNN's at one thread,
-/// `pipeline bench-train`). With several stages at once it stays on the calling thread: a pool
-/// thread that waits for its loop could otherwise pick up a whole other stage and hold the
-/// first one until that one ends.
-fn on_compute_threads<R: Send>(jobs: usize, work: impl FnOnce() -> R + Send) -> R {
-    if jobs <= 1 {
-        rayon::scope(|_| work())
-    } else {
-        work()
+    fn report_events(&self, i: usize, events: &[JobEvent]) {
+        for event in events {
+            self.reporter.job(&self.run.plan.instances[i], &event.job, &event.what);
+        }
     }
-}
 
-/// Pushes a computed entry to the remote of `run --remote` (unless read-only).
-fn push_computed(options: &RunOptions, entry: &Entry, instance: &Instance, reporter: &dyn Reporter) {
-    if let Some(access) = options.remote.as_ref().filter(|a| !a.read_only && a.usable()) {
-        if let Some(Err(e)) = access.remote.push(std::slice::from_ref(entry), &NoProgress).pop() {
-            reporter.warn(&format!("`{}` was not pushed to the remote: {}", instance.label, error_chain(&e)));
+    /// Records `entry` as instance `i`'s last result (what `status` compares with).
+    fn remember(&self, i: usize, entry: &Entry) {
+        let instance = &self.run.plan.instances[i];
+        if let Err(e) = self.run.store.write_ref(&self.run.recipe.name, &instance.id, &entry.manifest.inputs)
+        {
+            self.reporter.warn(&format!("cannot record the last run of `{}`: {e}", instance.label));
+        }
+    }
+
+    /// Pushes a computed entry to the remote of `run --remote` (unless read-only).
+    fn push_computed(&self, entry: &Entry, instance: &Instance) {
+        if let Some(access) = self.run.remote.as_ref().filter(|a| !a.read_only && a.usable()) {
+            if let Some(Err(e)) = access.remote.push(std::slice::from_ref(entry), &NoProgress).pop() {
+                self.reporter.warn(&format!(
+                    "`{}` was not pushed to the remote: {}",
+                    instance.label,
+                    error_chain(&e)
+                ));
+            }
         }
     }
 }
 
-/// Computes instance `i` of `plan` alone (the Slurm worker): its upstream entries must already
-/// be in the cache, else it fails naming the first one missing.
-#[allow(clippy::too_many_arguments)]
-pub fn execute_one(
-    recipe: &Recipe,
-    plan: &Plan,
-    i: usize,
-    store: &Store,
-    fingerprints: &BTreeMap<String, String>,
-    dataset_problems: &BTreeMap<String, String>,
-    options: &RunOptions,
-    reporter: &dyn Reporter,
-) -> Outcome {
-    // Every instance `i` depends on, directly or not, in plan (dependency) order.
+/// Computes instance `i` of the run's plan alone, on this process (the Slurm worker): its
+/// upstream entries must already be in the cache, else it fails naming the first one missing.
+pub fn execute_one(run: &Run, i: usize, reporter: &dyn Reporter) -> Outcome {
+    let plan = run.plan;
+    // Every instance `i` depends on, directly or not.
     let mut needed = BTreeSet::new();
     let mut stack: Vec<usize> = plan.instances[i].deps().collect();
     while let Some(d) = stack.pop() {
@@ -542,16 +510,22 @@ pub fn execute_one(
             stack.extend(plan.instances[d].deps());
         }
     }
+    let mut look = |_: usize, key: &CacheKey| match run.store.lookup(key) {
+        Ok(Some(entry)) => {
+            Looked::Found { output_digest: entry.manifest.output_digest.clone(), found: entry }
+        }
+        Ok(None) => Looked::Absent { problem: None },
+        Err(e) => Looked::Unanswered { why: error_chain(&e) },
+    };
+    let resolved = plan.resolve(run.recipe, run.fingerprints, &|d| needed.contains(&d), &mut look);
     let mut entries: BTreeMap<usize, Entry> = BTreeMap::new();
     let mut missing = None;
-    for &d in &needed {
-        let digest = |u: usize| entries[&u].manifest.output_digest.clone();
-        let key = plan.key_inputs(recipe, d, &digest, fingerprints).key();
-        match store.lookup(&key) {
-            Ok(Some(entry)) => {
-                entries.insert(d, entry);
+    for (d, resolved) in resolved.into_iter().enumerate() {
+        match resolved {
+            Resolved::Found { found, .. } => {
+                entries.insert(d, found);
             }
-            Ok(None) => {
+            Resolved::Absent { key, .. } => {
                 missing = Some(format!(
                     "upstream `{}` is not in the cache ({}): a worker computes an instance only once \
                      everything it reads is committed",
@@ -560,28 +534,29 @@ pub fn execute_one(
                 ));
                 break;
             }
-            Err(e) => {
-                missing = Some(error_chain(&e));
+            Resolved::Unknown { why } => {
+                missing = Some(why);
                 break;
             }
+            Resolved::Unnamed { .. } | Resolved::NotAsked => {}
         }
     }
     let outcome = match missing {
         Some(message) => Outcome::Failed { message },
         None => {
-            let holds = Mutex::new(HashMap::new());
-            run_instance(
-                recipe,
-                plan,
-                i,
-                &entries,
-                store,
-                fingerprints,
-                dataset_problems,
-                options,
-                reporter,
-                &holds,
-            )
+            let local = LocalExecutor::new(run.recipe, plan, run.store, &run.device, 1);
+            let scheduler = Scheduler { run, executor: &local, reporter, holds: Mutex::default() };
+            match scheduler.prepare(i, &entries) {
+                Prepared::Done(outcome) => outcome,
+                Prepared::Submitted(flight) => {
+                    let state = local
+                        .poll(&[flight.ticket], &|_| false)
+                        .pop()
+                        .map(|p| p.state)
+                        .unwrap_or(JobState::Ended);
+                    scheduler.conclude(flight, state)
+                }
+            }
         }
     };
     reporter.finished(&plan.instances[i], &outcome);
@@ -629,44 +604,4 @@ struct NoProgress;
 impl TransferProgress for NoProgress {
     fn planned(&self, _bytes: u64) {}
     fn moved(&self, _bytes: u64) {}
-}
-
-/// The message of a panic payload.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// An error and its causes, joined by ": ".
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let line = cause.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::on_compute_threads;
-
-    #[test]
-    fn one_stage_at_a_time_runs_on_a_pool_thread_and_several_stay_on_their_own() {
-        assert_eq!(rayon::current_thread_index(), None, "the test itself is not on a pool thread");
-        assert!(on_compute_threads(1, rayon::current_thread_index).is_some());
-        assert_eq!(on_compute_threads(2, rayon::current_thread_index), None);
-        // What the work returns, and a panic in it, reach the caller.
-        assert_eq!(on_compute_threads(1, || 41 + 1), 42);
-        let panic = std::panic::catch_unwind(|| on_compute_threads(1, || panic!("stage failed")));
-        assert!(panic.is_err());
-    }
 }

@@ -5,10 +5,11 @@ use super::exit::Status;
 use super::loading::{load, open_remote, open_store};
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
+use crate::events::Outcome;
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::Severity;
 use crate::recipe::Recipe;
-use crate::run::{execute, Outcome, RemoteAccess, RunOptions};
+use crate::run::{execute, RemoteAccess, Run};
 use crate::select::{instances_of, plan_for, Selector};
 use anyhow::Context;
 use cache::Verification;
@@ -84,6 +85,10 @@ pub fn check(paths: &[PathBuf], scope: CheckScope, shell: &Shell) -> anyhow::Res
     Ok(if all.is_empty() { Status::Success } else { Status::Failure })
 }
 
+/// Threads that prepare and submit instances under an executor that computes elsewhere
+/// (Slurm): submitting takes tens of milliseconds, so a few keep any queue fed.
+const SUBMITTING_THREADS: usize = 4;
+
 /// What `pipeline run` was asked to do.
 pub struct RunRequest<'a> {
     pub recipe: &'a Path,
@@ -152,11 +157,23 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         }
         None => None,
     };
-    // Under Slurm every ready instance is a job of its own: the threads only wait for them.
-    let jobs = if slurm.is_some() { plan.instances.len().clamp(1, 512) } else { request.jobs };
-    let executor = slurm.as_deref().map(|s| s as &dyn crate::run::Executor);
-    let options = RunOptions { jobs, forced, device, remote, executor };
-    let outcomes = execute(&recipe, &plan, &store, &fingerprints, &problems, &options, shell);
+    // Under Slurm every ready instance is a job of its own, polled together: a few threads
+    // look up, pull and submit, however many jobs there are.
+    let jobs = if slurm.is_some() { SUBMITTING_THREADS } else { request.jobs };
+    let executor = slurm.as_deref().map(|s| s as &dyn crate::executor::Executor);
+    let run = Run {
+        recipe: &recipe,
+        plan: &plan,
+        store: &store,
+        fingerprints: &fingerprints,
+        dataset_problems: &problems,
+        jobs,
+        forced,
+        device,
+        remote,
+        executor,
+    };
+    let outcomes = execute(&run, shell);
 
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let computed = count(|o| matches!(o, Outcome::Computed { .. }));
@@ -217,9 +234,19 @@ pub fn worker(
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
     let forced = if force { BTreeSet::from([i]) } else { BTreeSet::new() };
-    let options = RunOptions { jobs: 1, forced, device, remote: None, executor: None };
-    let outcome =
-        crate::run::execute_one(&recipe, &plan, i, &store, &fingerprints, &problems, &options, shell);
+    let run = Run {
+        recipe: &recipe,
+        plan: &plan,
+        store: &store,
+        fingerprints: &fingerprints,
+        dataset_problems: &problems,
+        jobs: 1,
+        forced,
+        device,
+        remote: None,
+        executor: None,
+    };
+    let outcome = crate::run::execute_one(&run, i, shell);
     Ok(if outcome.entry().is_some() { Status::Success } else { Status::Failure })
 }
 

@@ -2,8 +2,8 @@
 //! 12 columns, as cargo does; silenced by `--quiet`), warnings and errors, progress bars when
 //! stderr is a terminal, a command's results on stdout as text, or as JSON with `--json`, and
 //! colour as `--color` says.
+use crate::events::{Outcome, Reporter};
 use crate::plan::Instance;
-use crate::run::{Outcome, Reporter};
 use cache::CacheKey;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stages::Progress;

@@ -5,7 +5,7 @@ use super::shell::Shell;
 use crate::error::EngineError;
 use crate::executor::slurm::{self, SlurmExecutor};
 use crate::recipe::project;
-use crate::recipe::resources::SlurmSettings;
+use crate::recipe::resources::{Resources, SlurmSettings};
 use crate::recipe::Recipe;
 use cache::Store;
 use std::sync::Arc;
@@ -90,8 +90,11 @@ pub fn detach(
     ];
     args.extend(site.placement_args());
     args.push(slurm::wrap(&command));
-    let id = slurm::sbatch(&args).map_err(|refusal| {
-        let (slurm::Submission::Refused(why) | slurm::Submission::Broken(why)) = refusal;
+    let id = slurm::sbatch(&args, &Resources::default()).map_err(|refusal| {
+        let why = match refusal {
+            slurm::SlurmJobError::Refused { said, .. } => said,
+            other => other.to_string(),
+        };
         EngineError::Usage(format!("sbatch refused the coordinator: {why}"))
     })?;
     shell.status(

@@ -6,15 +6,19 @@
 //! Jobs are named after the cache and the instance's key (`pipeline-<16 hex>`), so a
 //! coordinator started again re-attaches to the jobs still queued or running instead of
 //! submitting them twice, and two caches never share a job.
+use super::job::{Executor, ExecutorError, JobEvent, JobSpec, JobState, Polled, Submitted, Ticket};
+pub use super::slurm_error::SlurmJobError;
 use super::squeue::{self, JobRow, Meaning};
+use crate::events::Reporter;
 use crate::recipe::resources::{Resources, SlurmSettings};
 use crate::recipe::Recipe;
-use crate::run::{Executor, JobSpec, Reporter};
-use std::collections::{BTreeMap, BTreeSet};
+use cache::CacheKey;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 /// How often `squeue` is asked unless `[executor.slurm] poll_seconds` says otherwise.
 const DEFAULT_POLL: f64 = 2.0;
@@ -25,6 +29,9 @@ const DEFAULT_RETRIES: u32 = 3;
 const MAX_LOST: u32 = 20;
 /// Lines of a failed job's log shown with the failure.
 const LOG_TAIL: usize = 20;
+/// Polls in a row that may fail (`squeue` times out on a busy controller) before the jobs are
+/// given up on.
+const MAX_POLL_FAILURES: u32 = 30;
 
 /// What `run --executor slurm` needs to submit jobs.
 pub struct SlurmExecutor {
@@ -35,22 +42,28 @@ pub struct SlurmExecutor {
     cache: PathBuf,
     logs: PathBuf,
     poll: Duration,
-    queue: Mutex<Queue>,
-    changed: Condvar,
-    /// Jobs this coordinator submitted (Ctrl-C cancels them).
-    submitted: Mutex<BTreeSet<String>>,
+    next_ticket: AtomicU64,
+    /// Every job this coordinator handed to Slurm, by ticket (Ctrl-C cancels them).
+    jobs: Mutex<HashMap<Ticket, Track>>,
+    /// Polls in a row whose `squeue` failed.
+    poll_failures: Mutex<u32>,
     /// Jobs named like ours that were queued or running when this coordinator started.
     attachable: Mutex<BTreeMap<String, String>>,
 }
 
-/// The last `squeue` answer.
-#[derive(Default)]
-struct Queue {
-    rows: BTreeMap<String, JobRow>,
-    polled_at: Option<Instant>,
-    polling: bool,
-    /// Why the last poll failed, if it did.
-    error: Option<String>,
+/// One instance's job, across its resubmissions.
+struct Track {
+    key: CacheKey,
+    /// Its job name (from the key), the `sbatch` arguments it is submitted (again) with.
+    name: String,
+    args: Vec<String>,
+    resources: Resources,
+    /// The Slurm job now computing it, and that job's row at the last poll.
+    id: String,
+    last: Option<JobRow>,
+    out_of_time: u32,
+    lost: u32,
+    ended: bool,
 }
 
 /// Why the executor cannot start.
@@ -87,12 +100,15 @@ impl SlurmExecutor {
             recipe: absolute(recipe_path),
             cache,
             logs,
-            queue: Mutex::new(Queue::default()),
-            changed: Condvar::new(),
-            submitted: Mutex::new(BTreeSet::new()),
+            next_ticket: AtomicU64::new(0),
+            jobs: Mutex::default(),
+            poll_failures: Mutex::new(0),
             attachable: Mutex::new(BTreeMap::new()),
         };
-        let rows = query_squeue().map_err(SlurmError::NoSlurm)?;
+        let rows = query_squeue().map_err(|e| match e {
+            SlurmJobError::Squeue(said) => SlurmError::NoSlurm(said),
+            other => SlurmError::NoSlurm(other.to_string()),
+        })?;
         let active = rows
             .into_iter()
             .filter(|r| r.name.starts_with(JOB_PREFIX) && squeue::meaning(&r.state) == Meaning::Waiting)
@@ -159,73 +175,93 @@ impl SlurmExecutor {
         self.logs.join(format!("{name}.log"))
     }
 
-    /// Cancels every job this coordinator submitted (Ctrl-C); returns their ids.
+    /// Cancels every job this coordinator submitted that has not ended (Ctrl-C); returns
+    /// their ids.
     pub fn cancel_submitted(&self) -> Vec<String> {
-        let ids: Vec<String> =
-            self.submitted.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
-        if !ids.is_empty() {
-            let _ = Command::new("scancel").args(&ids).status();
+        let tickets: Vec<Ticket> =
+            self.jobs.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        self.cancel(&tickets)
+    }
+
+    /// Where `track`'s job stands in `rows` (one `squeue` answer); resubmits a job that hit
+    /// its time limit or was lost, and says what changed.
+    fn advance(
+        &self,
+        track: &mut Track,
+        rows: &HashMap<&str, &JobRow>,
+        committed: &dyn Fn(&CacheKey) -> bool,
+    ) -> Polled {
+        let active = |events| Polled { state: JobState::Active, events };
+        let failed = |e: SlurmJobError| Polled { state: JobState::Failed(e.into()), events: Vec::new() };
+        let Some(&row) = rows.get(track.id.as_str()) else {
+            // Gone from the queue: finished longer ago than Slurm keeps jobs.
+            return Polled { state: JobState::Ended, events: Vec::new() };
+        };
+        let same = track
+            .last
+            .as_ref()
+            .is_some_and(|b| row.state == b.state && row.node == b.node && row.reason == b.reason);
+        if same {
+            return active(Vec::new());
         }
-        ids
-    }
-
-    fn submit(&self, args: &[String], resources: &Resources) -> Result<String, String> {
-        let id = sbatch(args).map_err(|refusal| match refusal {
-            Submission::Refused(said) => format!("sbatch refused the job ({}): {said}", describe(resources)),
-            Submission::Broken(why) => why,
-        })?;
-        self.submitted.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
-        Ok(id)
-    }
-
-    /// The job's row from a poll made after `since`, once its state differs from `last`
-    /// (`None`: it has left the queue). Polls when the last answer is older than the interval;
-    /// only one thread polls at a time, the others wait for its answer.
-    fn next_change(&self, id: &str, last: Option<&JobRow>, since: Instant) -> Result<Option<JobRow>, String> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let mut failures = 0;
-        loop {
-            if let Some(at) = queue.polled_at.filter(|&at| at > since) {
-                let row = queue.rows.get(id);
-                let same = match (row, last) {
-                    (Some(a), Some(b)) => a.state == b.state && a.node == b.node && a.reason == b.reason,
-                    _ => false,
+        let id = track.id.clone();
+        let again = match squeue::meaning(&row.state) {
+            Meaning::Waiting if row.state == "PENDING" && squeue::never_starts(&row.reason) => {
+                let _ = Command::new("scancel").arg(&id).status();
+                return failed(SlurmJobError::NeverStarts {
+                    id,
+                    reason: row.reason.clone(),
+                    asked: describe(&track.resources),
+                });
+            }
+            Meaning::Waiting => {
+                let what = match row.state.as_str() {
+                    "RUNNING" => format!("running on {}", row.node),
+                    "PENDING" => format!("pending ({})", row.reason),
+                    other => other.to_lowercase(),
                 };
-                if !same && queue.error.is_none() {
-                    return Ok(row.cloned());
-                }
-                if let Some(error) = &queue.error {
-                    failures += 1;
-                    if failures > 30 {
-                        return Err(format!("squeue keeps failing: {error}"));
-                    }
-                }
-                let due = at + self.poll;
-                let now = Instant::now();
-                if now < due || queue.polling {
-                    let wait = if queue.polling { self.poll } else { due - now };
-                    queue = self.changed.wait_timeout(queue, wait).unwrap_or_else(|e| e.into_inner()).0;
-                    continue;
-                }
-            } else if queue.polling {
-                queue = self.changed.wait_timeout(queue, self.poll).unwrap_or_else(|e| e.into_inner()).0;
-                continue;
+                track.last = Some(row.clone());
+                return active(vec![JobEvent { job: id, what }]);
             }
-            queue.polling = true;
-            drop(queue);
-            let started = Instant::now();
-            let answer = query_squeue();
-            queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            queue.polling = false;
-            queue.polled_at = Some(started);
-            match answer {
-                Ok(rows) => {
-                    queue.rows = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-                    queue.error = None;
-                }
-                Err(e) => queue.error = Some(e),
+            Meaning::Ended => return Polled { state: JobState::Ended, events: Vec::new() },
+            Meaning::Lost | Meaning::OutOfTime if committed(&track.key) => {
+                return Polled { state: JobState::Ended, events: Vec::new() }
             }
-            self.changed.notify_all();
+            Meaning::Lost => {
+                track.lost += 1;
+                if track.lost > MAX_LOST {
+                    return failed(SlurmJobError::Lost { id, times: track.lost, state: row.state.clone() });
+                }
+                format!("{} (not counted as an attempt)", row.state.to_lowercase())
+            }
+            Meaning::OutOfTime => {
+                track.out_of_time += 1;
+                let retries = self.settings.retries.unwrap_or(DEFAULT_RETRIES);
+                if track.out_of_time > retries {
+                    return failed(SlurmJobError::OutOfTime {
+                        id,
+                        limit: track.resources.time.clone().unwrap_or_else(|| "?".into()),
+                        times: track.out_of_time,
+                        retries,
+                        log: log_tail(&self.log_path(&track.name)),
+                    });
+                }
+                format!("hit its time limit (attempt {} of {retries} more)", track.out_of_time)
+            }
+            Meaning::Failed(why) => {
+                return failed(SlurmJobError::Failed { id, why, log: log_tail(&self.log_path(&track.name)) })
+            }
+        };
+        match sbatch(&track.args, &track.resources) {
+            Ok(new_id) => {
+                track.id = new_id.clone();
+                track.last = None;
+                active(vec![JobEvent {
+                    job: new_id,
+                    what: format!("resubmitted: job {id} {again}; it resumes"),
+                }])
+            }
+            Err(e) => failed(e),
         }
     }
 }
@@ -276,40 +312,32 @@ pub fn describe_row(row: &JobRow) -> String {
 }
 
 /// Every job of this user that Slurm still shows, finished ones included.
-fn query_squeue() -> Result<Vec<JobRow>, String> {
+fn query_squeue() -> Result<Vec<JobRow>, SlurmJobError> {
     let output = Command::new("squeue")
         .args(["--me", "--states=all", "-h", "-o", squeue::FORMAT])
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| SlurmJobError::Squeue(e.to_string()))?;
     if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+        return Err(SlurmJobError::Squeue(String::from_utf8_lossy(&output.stderr).trim().to_string()));
     }
     Ok(squeue::parse(&String::from_utf8_lossy(&output.stdout)))
 }
 
-/// Why `sbatch` gave no job id.
-pub enum Submission {
-    /// It refused the job; what it said, one line per error.
-    Refused(String),
-    /// It could not be run, or printed no job id.
-    Broken(String),
-}
-
-/// Runs `sbatch --parsable …`; the job id it printed.
-pub fn sbatch(args: &[String]) -> Result<String, Submission> {
+/// Runs `sbatch --parsable …` for a job asking for `resources`; the job id it printed.
+pub fn sbatch(args: &[String], resources: &Resources) -> Result<String, SlurmJobError> {
     let output = Command::new("sbatch")
         .args(args)
         .output()
-        .map_err(|e| Submission::Broken(format!("cannot run sbatch: {e}")))?;
+        .map_err(|e| SlurmJobError::Broken(format!("cannot run sbatch: {e}")))?;
     if !output.status.success() {
         let said = String::from_utf8_lossy(&output.stderr);
         let said: Vec<&str> = said.lines().map(|l| l.trim_start_matches("sbatch: error: ")).collect();
-        return Err(Submission::Refused(said.join("; ")));
+        return Err(SlurmJobError::Refused { asked: describe(resources), said: said.join("; ") });
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let id = text.trim().split(';').next().unwrap_or_default().to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-        return Err(Submission::Broken(format!("sbatch printed no job id: {text:?}")));
+        return Err(SlurmJobError::Broken(format!("sbatch printed no job id: {text:?}")));
     }
     Ok(id)
 }
@@ -345,89 +373,95 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl Executor for SlurmExecutor {
-    fn compute(&self, job: &JobSpec, reporter: &dyn Reporter) -> Result<(), String> {
+    fn submit(&self, job: JobSpec, _reporter: &dyn Reporter) -> Result<Submitted, ExecutorError> {
+        // The job takes the key's lock itself (on its node); this process holds none meanwhile.
+        drop(job.lock);
         let name = self.job_name(job.key);
         let resources = self.resources(job.resources, job.kind, job.role);
         let args = self.sbatch_args(&name, &job.instance.label, &resources, job.forced);
-        let log = self.log_path(&name);
         let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-        // Only a poll that starts after the job is known to Slurm (sbatch has returned) may
-        // say that it is gone.
-        let mut id = match attached {
-            Some(id) => {
-                reporter.job(job.instance, &id, "re-attached (submitted by an earlier coordinator)");
-                id
-            }
-            None => {
-                let id = self.submit(&args, &resources)?;
-                reporter.job(job.instance, &id, &format!("submitted ({})", describe(&resources)));
-                id
-            }
+        let (id, what) = match attached {
+            Some(id) => (id, "re-attached (submitted by an earlier coordinator)".to_string()),
+            None => (sbatch(&args, &resources)?, format!("submitted ({})", describe(&resources))),
         };
-        let mut since = Instant::now();
-        let mut last: Option<JobRow> = None;
-        let mut out_of_time = 0;
-        let mut lost = 0;
-        loop {
-            let row = self.next_change(&id, last.as_ref(), since)?;
-            let Some(row) = row else {
-                // Gone from the queue: finished longer ago than Slurm keeps jobs.
-                return Ok(());
-            };
-            let again = match squeue::meaning(&row.state) {
-                Meaning::Waiting if row.state == "PENDING" && squeue::never_starts(&row.reason) => {
-                    let _ = Command::new("scancel").arg(&id).status();
-                    return Err(format!(
-                        "Slurm will never start job {id} as asked ({}: {}); cancelled it. Lower the \
-                         stage's `resources` or set [executor.slurm] defaults, partition, account or qos",
-                        row.reason,
-                        describe(&resources)
-                    ));
-                }
-                Meaning::Waiting => {
-                    let what = match row.state.as_str() {
-                        "RUNNING" => format!("running on {}", row.node),
-                        "PENDING" => format!("pending ({})", row.reason),
-                        other => other.to_lowercase(),
-                    };
-                    reporter.job(job.instance, &id, &what);
-                    last = Some(row);
-                    continue;
-                }
-                Meaning::Ended => return Ok(()),
-                Meaning::Lost | Meaning::OutOfTime if (job.committed)() => return Ok(()),
-                Meaning::Lost => {
-                    lost += 1;
-                    if lost > MAX_LOST {
-                        return Err(format!("job {id} was lost {lost} times ({}); giving up", row.state));
-                    }
-                    format!("{} (not counted as an attempt)", row.state.to_lowercase())
-                }
-                Meaning::OutOfTime => {
-                    out_of_time += 1;
-                    let retries = self.settings.retries.unwrap_or(DEFAULT_RETRIES);
-                    if out_of_time > retries {
-                        return Err(format!(
-                            "job {id} hit its time limit ({}) {out_of_time} time(s), more than `retries` = {retries}; {}",
-                            resources.time.as_deref().unwrap_or("?"),
-                            log_tail(&log)
-                        ));
-                    }
-                    format!("hit its time limit (attempt {out_of_time} of {retries} more)")
-                }
-                Meaning::Failed(why) => return Err(format!("job {id}: {why}; {}", log_tail(&log))),
-            };
-            let new_id = self.submit(&args, &resources)?;
-            since = Instant::now();
-            reporter.job(job.instance, &new_id, &format!("resubmitted: job {id} {again}; it resumes"));
-            id = new_id;
-            last = None;
-        }
+        let ticket = Ticket(self.next_ticket.fetch_add(1, Ordering::Relaxed));
+        let track = Track {
+            key: job.key.clone(),
+            name,
+            args,
+            resources,
+            id: id.clone(),
+            last: None,
+            out_of_time: 0,
+            lost: 0,
+            ended: false,
+        };
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(ticket, track);
+        Ok(Submitted { ticket, events: vec![JobEvent { job: id, what }] })
     }
 
-    fn log_of(&self, job: &JobSpec) -> Option<String> {
-        let name = self.job_name(job.key);
-        Some(log_tail(&self.log_path(&name)))
+    /// One `squeue` for every job. The scheduler polls only after `submit` returned, so a job
+    /// missing from the answer has left the queue (it is never one `sbatch` has not yet told
+    /// the controller about).
+    fn poll(&self, tickets: &[Ticket], committed: &dyn Fn(&CacheKey) -> bool) -> Vec<Polled> {
+        let answer = query_squeue();
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = match answer {
+            Ok(rows) => {
+                *self.poll_failures.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                rows
+            }
+            Err(e) => {
+                let mut failures = self.poll_failures.lock().unwrap_or_else(|e| e.into_inner());
+                *failures += 1;
+                return tickets
+                    .iter()
+                    .map(|_| Polled {
+                        state: if *failures > MAX_POLL_FAILURES {
+                            JobState::Failed(SlurmJobError::Squeue(e.to_string()).into())
+                        } else {
+                            JobState::Active
+                        },
+                        events: Vec::new(),
+                    })
+                    .collect();
+            }
+        };
+        let by_id: HashMap<&str, &JobRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        tickets
+            .iter()
+            .map(|ticket| match jobs.get_mut(ticket) {
+                Some(track) => {
+                    let polled = self.advance(track, &by_id, committed);
+                    track.ended = !matches!(polled.state, JobState::Active);
+                    polled
+                }
+                None => Polled {
+                    state: JobState::Failed(ExecutorError::UnknownTicket(*ticket)),
+                    events: Vec::new(),
+                },
+            })
+            .collect()
+    }
+
+    fn cancel(&self, tickets: &[Ticket]) -> Vec<String> {
+        let ids: Vec<String> = {
+            let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            tickets.iter().filter_map(|t| jobs.get(t)).filter(|t| !t.ended).map(|t| t.id.clone()).collect()
+        };
+        if !ids.is_empty() {
+            let _ = Command::new("scancel").args(&ids).status();
+        }
+        ids
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
+    fn log_of(&self, ticket: Ticket) -> Option<String> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.get(&ticket).map(|track| log_tail(&self.log_path(&track.name)))
     }
 }
 
