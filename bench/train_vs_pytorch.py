@@ -74,7 +74,7 @@ def worker(args):
         if value != value:
             raise SystemExit(f"loss is NaN at step {step}")
     print(json.dumps({
-        "framework": "pytorch " + torch.__version__, "net": args.net, "mode": "eval" if args.eval else "train", "batch": args.batch,
+        "framework": "pytorch " + torch.__version__, "net": args.net, "mode": "eval" if args.eval else "training", "batch": args.batch,
         "threads": torch.get_num_threads(), "learnable_weights": learnable(model),
         "step_seconds": times, "peak_rss_bytes": proc_status("VmHWM") if reset else None,
         "rss_before_bytes": rss_before,

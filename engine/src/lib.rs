@@ -13,4 +13,4 @@ pub mod plan;
 pub mod recipe;
 pub mod remote;
 pub mod run;
-pub mod select;
+pub mod selector;

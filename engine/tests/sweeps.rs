@@ -261,7 +261,7 @@ fn unswept_recipes_keep_their_labels() {
 
 #[test]
 fn a_variant_can_be_named_on_the_command_line() {
-    use engine::select::{instances_of, Selector};
+    use engine::selector::{instances_of, Selector};
     let r = load(&recipe("[0.95, 0.99]", "")).unwrap();
     let plan = Plan::new(&r, None);
     let picked = |text: &str| -> Vec<String> {

@@ -87,7 +87,7 @@ fn depth(verify: VerifyArg) -> cache::Verification {
 }
 
 fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
-    use commands::{PlanView, RunRequest};
+    use commands::{PlanRequest, PlanView, RunRequest};
     match command {
         Command::Run {
             recipe,
@@ -125,10 +125,27 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         }
         Command::Plan { recipe, only, force, estimate, json: _, verify, cache } => {
             let view = PlanView::WhatWillRun { measure: estimate };
-            commands::plan(&recipe, &only, &force, cache.cache, view, depth(verify), shell)
+            let request = PlanRequest {
+                recipe: &recipe,
+                only: &only,
+                force: &force,
+                cache: cache.cache,
+                view,
+                depth: depth(verify),
+            };
+            commands::plan(request, shell)
         }
         Command::Status { recipe, json: _, verify, cache } => {
-            commands::plan(&recipe, &[], &[], cache.cache, PlanView::EveryStage, depth(verify), shell)
+            let view = PlanView::EveryStage;
+            let request = PlanRequest {
+                recipe: &recipe,
+                only: &[],
+                force: &[],
+                cache: cache.cache,
+                view,
+                depth: depth(verify),
+            };
+            commands::plan(request, shell)
         }
         Command::Dag { recipe, dot, json: _ } => commands::dag(&recipe, dot, shell),
         Command::Show { recipe, stage, json: _, verify, cache } => {
@@ -156,7 +173,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         }
         Command::Compare { before, after, json: _ } => metrics::compare(&before, &after, shell),
         Command::BenchTrain { net, eval, batch, warmup, steps, seed, device } => {
-            bench::bench_train(&net, eval, batch, warmup, steps, seed, &device, shell)
+            bench::bench_train(&bench::TrainBench { net, eval, batch, warmup, steps, seed, device }, shell)
         }
         Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
         Command::Fetch { name, to, archive, json: _ } => {

@@ -19,17 +19,21 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn bench_train(
-    net: &str,
-    eval: bool,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-    seed: u64,
-    device_text: &str,
-    shell: &Shell,
-) -> anyhow::Result<Status> {
+/// What `pipeline bench-train` times: the net, training or evaluation steps, the batch size,
+/// the steps before and under the clock, the seed and the device (`auto`, `cpu`, `cuda:N`).
+pub struct TrainBench {
+    pub net: String,
+    pub eval: bool,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub device: String,
+}
+
+pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> {
+    let TrainBench { net, eval, batch, warmup, steps, seed, device: device_text } = bench;
+    let (net, eval, batch, warmup, steps, seed) = (net.as_str(), *eval, *batch, *warmup, *steps, *seed);
     let spec = stages::estimate::throughput::bench_spec(net).ok_or_else(|| {
         anyhow!(
             "unknown benchmark net `{net}` (known: {})",
@@ -60,7 +64,7 @@ pub fn bench_train(
     let line = serde_json::json!({
         "framework": "pipeline",
         "net": net,
-        "mode": if eval { "eval" } else { "train" },
+        "mode": if eval { "eval" } else { "training" },
         "batch": batch,
         "threads": rayon::current_num_threads(),
         "device": device::describe(&device),

@@ -10,7 +10,7 @@ use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::Severity;
 use crate::recipe::Recipe;
 use crate::run::{execute, RemoteAccess, Run};
-use crate::select::{instances_of, plan_for, Selector};
+use crate::selector::{instances_of, plan_for, Selector};
 use anyhow::Context;
 use cache::Verification;
 use stages::estimate::duration::{human_duration, Estimate, Estimator, ThroughputTable};
@@ -20,7 +20,8 @@ use std::time::Instant;
 
 /// Stage or instance names (`zeta`, `zeta@0`); unknown ones are a usage error with a suggestion.
 fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Selector>, EngineError> {
-    let selectors = Selector::parse_all(recipe, names, flag).map_err(EngineError::Usage)?;
+    let selectors =
+        Selector::parse_all(recipe, names, flag).map_err(|e| EngineError::Usage(e.to_string()))?;
     // A variant that does not exist (`um[lr=7]`) is named, with the ones that do.
     if let Some((text, selector)) = names.iter().zip(&selectors).find(|(_, s)| s.variant.is_some()) {
         let plan = Plan::new(recipe, None);
@@ -286,15 +287,19 @@ pub enum PlanView {
     EveryStage,
 }
 
-pub fn plan(
-    path: &Path,
-    only: &[String],
-    force: &[String],
-    cache: Option<PathBuf>,
-    view: PlanView,
-    depth: Verification,
-    shell: &Shell,
-) -> anyhow::Result<Status> {
+/// What `pipeline plan` or `pipeline status` was asked about.
+pub struct PlanRequest<'a> {
+    pub recipe: &'a Path,
+    pub only: &'a [String],
+    pub force: &'a [String],
+    pub cache: Option<PathBuf>,
+    pub view: PlanView,
+    /// How closely cached entries are checked.
+    pub depth: Verification,
+}
+
+pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
+    let PlanRequest { recipe: path, only, force, cache, view, depth } = request;
     let recipe = load(path, shell)?;
     let only = selectors(&recipe, only, "--only")?;
     let force = selectors(&recipe, force, "--force")?;

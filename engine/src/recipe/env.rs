@@ -1,32 +1,37 @@
 //! `${VAR}` and `${VAR:-default}` in recipe strings, expanded from the environment.
 
+/// Why a string cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("unclosed `${{` in \"{text}\"")]
+    Unclosed { text: String },
+    #[error("`${{{inner}}}` is not a variable reference (expected ${{NAME}} or ${{NAME:-default}})")]
+    NotAReference { inner: String },
+    #[error("environment variable `{name}` is not set (write ${{{name}:-default}} for a fallback)")]
+    Unset { name: String },
+}
+
 /// Expands every `${…}` in `text` using `lookup`; an unset variable without a default is an
 /// error naming it.
-pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn expand(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, EnvError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in \"{text}\""))?;
+        let end = after.find('}').ok_or_else(|| EnvError::Unclosed { text: text.to_string() })?;
         let inner = &after[..end];
         let (name, default) = match inner.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (inner, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "`${{{inner}}}` is not a variable reference (expected ${{NAME}} or ${{NAME:-default}})"
-            ));
+            return Err(EnvError::NotAReference { inner: inner.to_string() });
         }
         match (lookup(name).filter(|v| !v.is_empty()), default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
-            (None, None) => {
-                return Err(format!(
-                    "environment variable `{name}` is not set (write ${{{name}:-default}} for a fallback)"
-                ))
-            }
+            (None, None) => return Err(EnvError::Unset { name: name.to_string() }),
         }
         rest = &after[end + 1..];
     }
@@ -48,7 +53,7 @@ mod tests {
         assert_eq!(expand("${NOPE:-data}/x", &env).unwrap(), "data/x");
         assert_eq!(expand("${DATA:-data}", &env).unwrap(), "/data");
         assert_eq!(expand("plain $HOME", &env).unwrap(), "plain $HOME");
-        assert!(expand("${NOPE}", &env).unwrap_err().contains("`NOPE` is not set"));
-        assert!(expand("${DATA", &env).unwrap_err().contains("unclosed"));
+        assert!(expand("${NOPE}", &env).unwrap_err().to_string().contains("`NOPE` is not set"));
+        assert!(expand("${DATA", &env).unwrap_err().to_string().contains("unclosed"));
     }
 }

@@ -98,7 +98,7 @@ pub fn read_resources(node: &Node, prefix: &[&str]) -> Result<Resources, Vec<Fie
             }
             "mem" => match value.as_str().map(check_memory) {
                 Some(Ok(())) => resources.mem = value.as_str().map(str::to_string),
-                Some(Err(message)) => problems.push(problem(&at("mem"), message)),
+                Some(Err(error)) => problems.push(problem(&at("mem"), error.to_string())),
                 None => problems.push(problem(
                     &at("mem"),
                     format!("`mem` must be a string with a unit such as \"32G\", found {value}"),
@@ -106,7 +106,7 @@ pub fn read_resources(node: &Node, prefix: &[&str]) -> Result<Resources, Vec<Fie
             },
             "time" => match value.as_str().map(check_time) {
                 Some(Ok(())) => resources.time = value.as_str().map(str::to_string),
-                Some(Err(message)) => problems.push(problem(&at("time"), message)),
+                Some(Err(error)) => problems.push(problem(&at("time"), error.to_string())),
                 None => problems.push(problem(
                     &at("time"),
                     format!("`time` must be a Slurm time string such as \"12:00:00\", found {value}"),
@@ -125,33 +125,38 @@ pub fn read_resources(node: &Node, prefix: &[&str]) -> Result<Resources, Vec<Fie
     }
 }
 
+/// Why a `mem` or `time` value is not one Slurm takes (the message says what would be).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResourceValueError(String);
+
 /// A memory amount as `--mem` takes it, with its unit required: a bare number means megabytes
 /// to Slurm, which is seldom what was meant.
-pub fn check_memory(text: &str) -> Result<(), String> {
+pub fn check_memory(text: &str) -> Result<(), ResourceValueError> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
     if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || digits.parse::<u64>().is_err() {
-        return Err(format!("`mem` = \"{text}\" is not a memory amount (a whole number and a unit: K, M, G or T, such as \"32G\")"));
+        return Err(ResourceValueError(format!("`mem` = \"{text}\" is not a memory amount (a whole number and a unit: K, M, G or T, such as \"32G\")")));
     }
     if unit.is_empty() {
-        return Err(format!(
+        return Err(ResourceValueError(format!(
             "`mem` = \"{text}\" has no unit; write \"{text}M\" or \"{text}G\" (Slurm would read megabytes)"
-        ));
+        )));
     }
     if !matches!(unit, "K" | "M" | "G" | "T" | "KB" | "MB" | "GB" | "TB") {
-        return Err(format!("`mem` = \"{text}\": unknown unit `{unit}` (K, M, G or T)"));
+        return Err(ResourceValueError(format!("`mem` = \"{text}\": unknown unit `{unit}` (K, M, G or T)")));
     }
     Ok(())
 }
 
 /// A time limit in one of the forms `--time` takes: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`,
 /// `D-H:M:S`; minutes and seconds below 60, hours below 24 after a day count.
-pub fn check_time(text: &str) -> Result<(), String> {
+pub fn check_time(text: &str) -> Result<(), ResourceValueError> {
     let bad = || {
-        format!(
+        ResourceValueError(format!(
             "`time` = \"{text}\" is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or \
              D-HH:MM:SS, such as \"12:00:00\")"
-        )
+        ))
     };
     let number = |part: &str| -> Option<u64> {
         (!part.is_empty() && part.len() <= 6 && part.chars().all(|c| c.is_ascii_digit()))
@@ -185,7 +190,7 @@ pub fn check_time(text: &str) -> Result<(), String> {
         _ => 0,
     };
     if seconds == 0 {
-        return Err(format!("`time` = \"{text}\" is no time at all"));
+        return Err(ResourceValueError(format!("`time` = \"{text}\" is no time at all")));
     }
     Ok(())
 }
@@ -345,9 +350,9 @@ mod tests {
     fn memory_needs_a_unit() {
         assert_eq!(check_memory("32G"), Ok(()));
         assert_eq!(check_memory("512M"), Ok(()));
-        let message = check_memory("32000").unwrap_err();
+        let message = check_memory("32000").unwrap_err().to_string();
         assert!(message.contains("no unit") && message.contains("32000G"), "{message}");
-        assert!(check_memory("32X").unwrap_err().contains("unknown unit"));
+        assert!(check_memory("32X").unwrap_err().to_string().contains("unknown unit"));
         assert!(check_memory("G").is_err());
         assert!(check_memory("-3G").is_err());
     }

@@ -33,7 +33,7 @@ impl Node {
     /// expanded or represented are reported in the second element, and validation goes on.
     pub fn parse(
         source: &Source,
-        expand: &dyn Fn(&str) -> Result<String, String>,
+        expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
     ) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let (table, errors) = DeTable::parse_recoverable(&source.text);
         if !errors.is_empty() {
@@ -140,7 +140,7 @@ fn convert_table(
     table: DeTable<'_>,
     span: Range<usize>,
     source: &Source,
-    expand: &dyn Fn(&str) -> Result<String, String>,
+    expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
     let mut entries: Vec<Entry> = table
@@ -160,7 +160,7 @@ fn convert_table(
 fn convert(
     value: Spanned<DeValue<'_>>,
     source: &Source,
-    expand: &dyn Fn(&str) -> Result<String, String>,
+    expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
     let span = value.span();
@@ -168,8 +168,8 @@ fn convert(
     let value = match value.into_inner() {
         DeValue::String(s) => match expand(&s) {
             Ok(expanded) => scalar(serde_json::Value::String(expanded)),
-            Err(message) => {
-                diagnostics.push(Diagnostic::new(source, span.clone(), message));
+            Err(error) => {
+                diagnostics.push(Diagnostic::new(source, span.clone(), error.to_string()));
                 scalar(serde_json::Value::String(s.into_owned()))
             }
         },

@@ -6,6 +6,17 @@ use crate::recipe::diagnostic::did_you_mean;
 use crate::recipe::Recipe;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A name on the command line that names nothing in the recipe; the message says what does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SelectorError(String);
+
+impl SelectorError {
+    pub fn contains(&self, text: &str) -> bool {
+        self.0.contains(text)
+    }
+}
+
 /// A stage, or one seed's instance of it, or the instances of one variant of its sweep.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Selector {
@@ -20,7 +31,7 @@ pub struct Selector {
 impl Selector {
     /// Parses `name` or `name@seed`; an unknown stage or seed is an error that says what exists
     /// (`flag` names the option in the message).
-    pub fn parse(recipe: &Recipe, text: &str, flag: &str) -> Result<Selector, String> {
+    pub fn parse(recipe: &Recipe, text: &str, flag: &str) -> Result<Selector, SelectorError> {
         let (name, seed) = match text.rsplit_once('@') {
             Some((name, seed)) => (name, Some(seed)),
             None => (text, None),
@@ -32,13 +43,19 @@ impl Selector {
                     parts.sort();
                     (name, Some(parts))
                 }
-                None => return Err(format!("{flag} {text}: a variant is written `{name}[param=value,…]`")),
+                None => {
+                    return Err(SelectorError(format!(
+                        "{flag} {text}: a variant is written `{name}[param=value,…]`"
+                    )))
+                }
             },
             None => (name, None),
         };
         let selector = Self::parse_plain(recipe, text, name, seed, flag)?;
         if variant.is_some() && recipe.groups.get(selector.stage).is_none_or(|g| g.is_empty()) {
-            return Err(format!("{flag} {text}: `{name}` is not swept; name it without `[…]`"));
+            return Err(SelectorError(format!(
+                "{flag} {text}: `{name}` is not swept; name it without `[…]`"
+            )));
         }
         Ok(Selector { variant, ..selector })
     }
@@ -49,31 +66,31 @@ impl Selector {
         name: &str,
         seed: Option<&str>,
         flag: &str,
-    ) -> Result<Selector, String> {
+    ) -> Result<Selector, SelectorError> {
         let Some(stage) = recipe.stage_index(name) else {
             let hint = did_you_mean(name, recipe.stages.iter().map(|s| s.name.as_str()))
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
-            return Err(format!("{flag} {text}: the recipe has no stage `{name}`{hint}"));
+            return Err(SelectorError(format!("{flag} {text}: the recipe has no stage `{name}`{hint}")));
         };
         let Some(seed) = seed else { return Ok(Selector { stage, seed: None, variant: None }) };
         if recipe.stages[stage].kind.across_seeds() {
-            return Err(format!(
+            return Err(SelectorError(format!(
                 "{flag} {text}: `{name}` combines every seed and has one instance; name it without `@`"
-            ));
+            )));
         }
         let seeds: Vec<String> = recipe.seeds.iter().map(u64::to_string).collect();
         match seed.parse::<u64>() {
             Ok(seed) if recipe.seeds.contains(&seed) => Ok(Selector { stage, seed: Some(seed), variant: None }),
-            _ => Err(format!(
+            _ => Err(SelectorError(format!(
                 "{flag} {text}: the recipe has no seed `{seed}` (its seeds: {}; instances are named `{name}@SEED`)",
                 seeds.join(", ")
-            )),
+            ))),
         }
     }
 
     /// Parses every text of `texts`.
-    pub fn parse_all(recipe: &Recipe, texts: &[String], flag: &str) -> Result<Vec<Selector>, String> {
+    pub fn parse_all(recipe: &Recipe, texts: &[String], flag: &str) -> Result<Vec<Selector>, SelectorError> {
         texts.iter().map(|t| Selector::parse(recipe, t, flag)).collect()
     }
 
