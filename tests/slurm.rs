@@ -402,3 +402,78 @@ fn a_detached_coordinator_runs_as_a_job_and_status_follows_it() {
     let out = pipeline().args(["run", "--detach"]).arg(&recipe).output().unwrap();
     assert!(stderr(&out).contains("--detach needs --executor slurm"), "{}", stderr(&out));
 }
+
+/// A sweep of `n` tiny trainings, one Slurm job each.
+fn many_jobs(dir: &Path, n: usize) -> PathBuf {
+    let rates: Vec<String> = (0..n).map(|i| format!("{:.4}", 0.01 + 0.0001 * i as f64)).collect();
+    let text = format!(
+        r#"[recipe]
+name = "many_jobs"
+device = "cpu"
+
+[datasets.id]
+format = "idx"
+root = "{data}"
+classes = [0, 1]
+limit = 32
+
+[stages.base]
+kind = "train"
+data = "id"
+widths = [2]
+strides = [2]
+epochs = 1
+batch_size = 32
+lr = {{ sweep = [{rates}] }}
+{EXECUTOR}"#,
+        data = data_dir().display(),
+        rates = rates.join(", ")
+    );
+    write_recipe(dir, &text)
+}
+
+/// The threads of process `pid` now (Linux).
+fn threads_of(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+}
+
+/// The coordinator polls every job in one `squeue` and submits from a few threads: it does not
+/// hold a thread per job. `PIPELINE_SLURM_JOBS=200` measures a larger sweep (bench/README.md).
+#[test]
+fn a_sweep_of_many_jobs_is_coordinated_by_a_handful_of_threads() {
+    if !cluster() {
+        return;
+    }
+    let n: usize = std::env::var("PIPELINE_SLURM_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = many_jobs(dir.path(), n);
+    let cache = dir.path().join("cache");
+    let started = Instant::now();
+    let (mut child, events) = spawn_coordinator(&recipe, &cache);
+    let mut most = 0;
+    let status = loop {
+        if let Some(threads) = threads_of(child.id()) {
+            most = most.max(threads);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1200), "the sweep did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let events: Vec<Value> = events.try_iter().collect();
+    assert!(status.success());
+    let finished = events.iter().filter(|e| e["event"] == "finished").count();
+    let submitted = events
+        .iter()
+        .filter(|e| e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("submitted"))
+        .count();
+    eprintln!("{n} jobs: {submitted} submitted, at most {most} coordinator threads, {seconds:.1} s");
+    assert_eq!(finished, n, "every instance computed by a job");
+    assert_eq!(submitted, n, "one job per instance");
+    // Main thread, 4 submitting threads, the Ctrl-C handler, and whatever a library starts:
+    // a handful, whatever the number of jobs.
+    assert!(most <= 10, "{most} threads for {n} jobs");
+}

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Content-addressed artifact store. Knows nothing of stages or recipes.
 //!
 //! An entry is the output directory of one computation, addressed by a [`CacheKey`]: the
