@@ -128,6 +128,7 @@ fn the_scheduler_status_pull_and_the_worker_name_the_same_keys_for_every_shipped
             dataset_problems: &problems,
             jobs: 3,
             forced: BTreeSet::new(),
+            keep_resume: false,
             device: stages::device::Device::Cpu,
             remote: None,
             executor: Some(&executor),
@@ -195,7 +196,7 @@ fn the_scheduler_status_pull_and_the_worker_name_the_same_keys_for_every_shipped
         // The Slurm worker, given one instance, names the keys of everything above it and its
         // own: it finds its entry committed.
         for (i, key) in scheduled.iter().enumerate() {
-            match execute_one(&run, i, &Silent) {
+            match execute_one(&run, i, None, &Silent) {
                 Outcome::Reused { entry, .. } => assert_eq!(&entry.key, key, "{name}: worker, instance {i}"),
                 other => panic!("{name}: worker, instance {i}: {other:?}"),
             }
@@ -221,6 +222,7 @@ fn a_worker_names_the_first_upstream_that_is_not_committed() {
         dataset_problems: &problems,
         jobs: 1,
         forced: BTreeSet::new(),
+        keep_resume: false,
         device: stages::device::Device::Cpu,
         remote: None,
         executor: None,
@@ -236,7 +238,7 @@ fn a_worker_names_the_first_upstream_that_is_not_committed() {
         }
     }
     let first_upstream = plan.instances.iter().position(|i| i.deps().next().is_none()).unwrap();
-    match execute_one(&run, last, &Quiet) {
+    match execute_one(&run, last, None, &Quiet) {
         Outcome::Failed { message } => {
             let label = &plan.instances[first_upstream].label;
             assert!(message.contains(&format!("upstream `{label}` is not in the cache")), "{message}");

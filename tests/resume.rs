@@ -291,3 +291,71 @@ fn killed_poem_and_oe_fine_tunes_resume_with_their_outlier_state_and_the_uninter
         "weights, checkpoints, history and POEM's selection log are bit-identical"
     );
 }
+
+/// Starts `pipeline worker RECIPE --instance um ARGS…` and kills it once the fine-tune has
+/// finished at least three epochs; returns the epochs done then.
+fn kill_worker_mid_fine_tune(recipe: &Path, cache: &Path, args: &[&str]) -> u64 {
+    let mut child = pipeline()
+        .args(["worker", "--instance", "um", "--cache"])
+        .arg(cache)
+        .args(args)
+        .arg(recipe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some((done, 300)) = resume_progress(cache) {
+            if done >= 3 {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                return done;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the worker ended ({status}) before it could be killed mid fine-tune");
+        }
+        assert!(Instant::now() < deadline, "no resume state appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A forced Slurm job that runs out of time is resubmitted with `--keep-resume`: it continues
+/// the forced attempt instead of starting over (which could never finish a training longer
+/// than its time limit), and ends with the bytes of an uninterrupted run. A first forced
+/// attempt starts over.
+#[test]
+fn a_forced_worker_starts_over_and_its_resubmission_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = recipe(dir.path());
+    let (whole, cache) = (dir.path().join("whole"), dir.path().join("cache"));
+    let (out, _) = run(&recipe, &whole, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (out, _) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The forced first attempt is killed mid-way; its resubmission continues it.
+    let done = kill_worker_mid_fine_tune(&recipe, &cache, &["--force"]);
+    let resumed = pipeline()
+        .args(["worker", "--instance", "um", "--force", "--keep-resume", "--cache"])
+        .arg(&cache)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains(&format!("resuming after epoch {done}/300")), "{}", stderr(&resumed));
+    assert_eq!(differences(&whole, &cache), [] as [(String, String); 0], "bit-identical");
+
+    // A new forced attempt starts over, whatever an interrupted one left.
+    kill_worker_mid_fine_tune(&recipe, &cache, &["--force"]);
+    let fresh = pipeline()
+        .args(["worker", "--instance", "um", "--force", "--cache"])
+        .arg(&cache)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(fresh.status.success(), "{}", stderr(&fresh));
+    assert!(!stderr(&fresh).contains("resuming after epoch"), "{}", stderr(&fresh));
+    assert_eq!(differences(&whole, &cache), [] as [(String, String); 0], "bit-identical");
+}

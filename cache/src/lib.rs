@@ -36,4 +36,6 @@ mod store;
 pub use digest::{hash_file, FingerprintMemo};
 pub use error::CacheError;
 pub use key::{CacheKey, KeyInputs, KEY_FORMAT_VERSION};
-pub use store::{Entry, FileRecord, KeyLock, Manifest, ReadHold, Staging, Store, UnusedLock, Verification};
+pub use store::{
+    CommitStamp, Entry, FileRecord, KeyLock, Manifest, ReadHold, Staging, Store, UnusedLock, Verification,
+};

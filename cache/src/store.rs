@@ -40,6 +40,13 @@ pub enum Verification {
     Hashes,
 }
 
+/// One commit of an entry, told from another: see [`Store::commit_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStamp {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
 /// A committed, verified entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -196,6 +203,15 @@ impl Store {
     /// Where an entry lives, committed or not.
     pub fn entry_dir(&self, key: &CacheKey) -> PathBuf {
         self.root.join("objects").join(key.as_str())
+    }
+
+    /// What tells one commit of `key`'s entry from another (its manifest file's identity and
+    /// modification time); `None` without an entry. A recomputation that gives the same bytes
+    /// still commits anew: this is how a forced job's result is told from the one before it.
+    pub fn commit_stamp(&self, key: &CacheKey) -> Option<CommitStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = fs::metadata(self.entry_dir(key).join(MANIFEST)).ok()?;
+        Some(CommitStamp { inode: metadata.ino(), modified: metadata.modified().ok() })
     }
 
     /// A folder for `key` that outlives one attempt at computing it (`resume/<key>/`): where a

@@ -9,7 +9,7 @@ use crate::executor::local::LocalExecutor;
 use crate::plan::{Instance, Looked, Plan, Resolved};
 use crate::recipe::Recipe;
 use cache::remote::{Remote, TransferProgress};
-use cache::{CacheError, CacheKey, Entry, ReadHold, Store};
+use cache::{CacheError, CacheKey, CommitStamp, Entry, KeyInputs, ReadHold, Store};
 use stages::device::Device;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -29,6 +29,9 @@ pub struct Run<'a> {
     pub jobs: usize,
     /// Instances (plan indices) to recompute even when cached.
     pub forced: BTreeSet<usize>,
+    /// Whether forced instances continue from the state an interrupted attempt of the same
+    /// forced run left (a Slurm job resubmitted after its time limit), instead of starting over.
+    pub keep_resume: bool,
     pub device: Device,
     /// Where to look before computing, and where to push what was computed.
     pub remote: Option<RemoteAccess>,
@@ -74,6 +77,9 @@ struct Flight {
     ticket: Ticket,
     instance: usize,
     key: CacheKey,
+    /// The entry that was there when a forced job was submitted: it is no proof of the job's
+    /// success.
+    stale: Option<CommitStamp>,
     started: Instant,
 }
 
@@ -158,7 +164,8 @@ impl Board {
 /// What a worker does next.
 enum Next {
     Prepare(usize, BTreeMap<usize, Entry>),
-    Poll(Vec<Ticket>),
+    /// The tickets to poll, and each one's key with the entry that is no proof of it.
+    Poll(Vec<Ticket>, HashMap<CacheKey, Option<CommitStamp>>),
     Stop,
 }
 
@@ -234,7 +241,8 @@ pub fn execute(run: &Run, reporter: &dyn Reporter) -> Vec<Outcome> {
                     // The poller counts as running until what ended is finished, so no worker
                     // takes the moment between for the end of the run.
                     board.running += 1;
-                    break Next::Poll(board.in_flight.iter().map(|f| f.ticket).collect());
+                    let proofs = board.in_flight.iter().map(|f| (f.key.clone(), f.stale)).collect();
+                    break Next::Poll(board.in_flight.iter().map(|f| f.ticket).collect(), proofs);
                 }
                 if let Some(Reverse(i)) = board.ready.pop() {
                     board.slots[i] = Slot::Running;
@@ -293,8 +301,15 @@ pub fn execute(run: &Run, reporter: &dyn Reporter) -> Vec<Outcome> {
                     }
                 }
             }
-            Next::Poll(tickets) => {
-                let committed = |key: &CacheKey| matches!(run.store.lookup(key), Ok(Some(_)));
+            Next::Poll(tickets, stale) => {
+                // Committed, and not the entry that was there before a forced job.
+                let committed = |key: &CacheKey| {
+                    let present = matches!(run.store.lookup(key), Ok(Some(_)));
+                    match stale.get(key).copied().flatten() {
+                        Some(before) => present && run.store.commit_stamp(key) != Some(before),
+                        None => present,
+                    }
+                };
                 let polled = scheduler.executor.poll(&tickets, &committed);
                 let ended: Vec<(Flight, JobState)> = {
                     let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
@@ -398,11 +413,13 @@ impl Scheduler<'_> {
             }
         }
         let lock = match store.try_lock(&key) {
-            Ok(Some(lock)) => lock,
+            Ok(Some(lock)) => Some(lock),
+            // The job of an earlier coordinator holds it: take that job over rather than wait.
+            Ok(None) if self.executor.attachable(&key) => None,
             Ok(None) => {
                 reporter.waiting(instance);
                 match store.lock(&key) {
-                    Ok(lock) => lock,
+                    Ok(lock) => Some(lock),
                     Err(e) => return failed(error_chain(&e)),
                 }
             }
@@ -415,8 +432,8 @@ impl Scheduler<'_> {
                 return Prepared::Done(Outcome::Reused { entry: Box::new(entry), waited: true });
             }
         }
-        if let (Some(access), false) = (&self.run.remote, forced) {
-            if let Some(pulled) = pull_one(access, store, &key, &lock, instance, reporter) {
+        if let (Some(access), false, Some(lock)) = (&self.run.remote, forced, &lock) {
+            if let Some(pulled) = pull_one(access, store, &key, lock, instance, reporter) {
                 self.remember(i, &pulled.0);
                 return Prepared::Done(Outcome::Pulled {
                     entry: Box::new(pulled.0),
@@ -434,14 +451,17 @@ impl Scheduler<'_> {
             role: decl.kind.role(),
             resources: &decl.resources,
             forced,
+            fresh: forced && !self.run.keep_resume,
             upstream: entries,
-            lock: Some(lock),
+            lock,
         };
+        // What is there now is no proof that a forced job did its work.
+        let stale = if forced { store.commit_stamp(&key) } else { None };
         let started = Instant::now();
         match self.executor.submit(job, reporter) {
             Ok(submitted) => {
                 self.report_events(i, &submitted.events);
-                Prepared::Submitted(Flight { ticket: submitted.ticket, instance: i, key, started })
+                Prepared::Submitted(Flight { ticket: submitted.ticket, instance: i, key, stale, started })
             }
             Err(e) => failed(error_chain(&e)),
         }
@@ -456,6 +476,15 @@ impl Scheduler<'_> {
         }
         let instance = &self.run.plan.instances[flight.instance];
         match self.run.store.lookup(&flight.key) {
+            Ok(Some(_))
+                if flight.stale.is_some() && self.run.store.commit_stamp(&flight.key) == flight.stale =>
+            {
+                failed(format!(
+                    "the job ended without committing a new result (the entry there is the one from \
+                     before --force); {}",
+                    self.executor.log_of(flight.ticket).unwrap_or_default()
+                ))
+            }
             Ok(Some(entry)) => {
                 self.remember(flight.instance, &entry);
                 self.push_computed(&entry, instance);
@@ -500,7 +529,10 @@ impl Scheduler<'_> {
 
 /// Computes instance `i` of the run's plan alone, on this process (the Slurm worker): its
 /// upstream entries must already be in the cache, else it fails naming the first one missing.
-pub fn execute_one(run: &Run, i: usize, reporter: &dyn Reporter) -> Outcome {
+///
+/// `expected`: the key inputs the coordinator planned the job with. When the recipe or its data
+/// changed since, the instance is not computed under another key: it fails, naming what changed.
+pub fn execute_one(run: &Run, i: usize, expected: Option<&KeyInputs>, reporter: &dyn Reporter) -> Outcome {
     let plan = run.plan;
     // Every instance `i` depends on, directly or not.
     let mut needed = BTreeSet::new();
@@ -539,6 +571,17 @@ pub fn execute_one(run: &Run, i: usize, reporter: &dyn Reporter) -> Outcome {
                 break;
             }
             Resolved::Unnamed { .. } | Resolved::NotAsked => {}
+        }
+    }
+    if let (None, Some(expected)) = (&missing, expected) {
+        let digest = |d: usize| entries[&d].manifest.output_digest.clone();
+        let inputs = plan.key_inputs(run.recipe, i, &digest, run.fingerprints);
+        if inputs.key() != expected.key() {
+            missing = Some(format!(
+                "the recipe or its data changed since `run` planned this job ({}); it computes \
+                 nothing rather than another instance: run `pipeline run` again",
+                inputs.diff(expected).join("; ")
+            ));
         }
     }
     let outcome = match missing {

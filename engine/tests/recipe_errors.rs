@@ -248,3 +248,49 @@ fn resources_and_the_slurm_table_are_checked_at_their_position_and_change_no_key
         );
     }
 }
+
+/// A recipe is run by the people it is shared with: it cannot make their Slurm jobs run its
+/// commands, nor carry their environment into its outputs.
+#[test]
+fn a_recipe_cannot_run_commands_through_extra_nor_read_the_environment_outside_locations() {
+    let body = "[datasets.noise]\nformat = \"uniform-noise\"\ncount = 8\n\n[stages.base]\nkind = \"train\"\ndata = \"noise\"\n";
+    let text = format!(
+        "{body}\n[executor.slurm]\nextra = [\"--wrap=touch INJECTED\", \"--comment\", \"-o/tmp/x\", \"--export=ALL\"]\n"
+    );
+    let errors = load(&text).err().expect("invalid");
+    let at = line_of(&text, "extra =");
+    let rendered: Vec<String> =
+        errors.iter().map(|d| format!("{}:{}: {}", d.line, d.column, d.message)).collect();
+    for refused in
+        ["`--wrap` is not allowed", "\"-o/tmp/x\" is not a long option", "`--export` is not allowed"]
+    {
+        assert!(
+            rendered.iter().any(|r| r.starts_with(&format!("{at}:")) && r.contains(refused)),
+            "{refused} in {rendered:?}"
+        );
+    }
+    assert!(
+        !rendered.iter().any(|r| r.contains("\"--comment\"")),
+        "a harmless flag is allowed: {rendered:?}"
+    );
+    let fine = load(&format!(
+        "{body}\n[executor.slurm]\nextra = [\"--constraint=a100\", \"--exclusive\", \"--comment=ood\"]\n"
+    ))
+    .expect("valid");
+    assert_eq!(fine.slurm.extra.len(), 3);
+
+    // `${…}` is expanded in locations only (a dataset's root, the remote's url).
+    let text = "[recipe]\nname = \"r\"\ndescription = \"by ${AWS_SECRET_ACCESS_KEY}\"\n\n\
+                [datasets.digits]\nformat = \"idx\"\nroot = \"${DATA}/mnist\"\nclasses = [0, 1]\n\n\
+                [stages.base]\nkind = \"train\"\ndata = \"digits\"\n";
+    let errors = load(text).err().expect("invalid");
+    let at = line_of(text, "description =");
+    assert!(
+        errors.iter().any(|d| d.line == at
+            && d.message.contains("only in locations")
+            && d.message.contains("`description`")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().all(|d| !d.message.contains("secret")), "{errors:?}");
+    assert!(errors.iter().all(|d| d.line != line_of(text, "root =")), "the root is expanded: {errors:?}");
+}

@@ -56,7 +56,10 @@ pub fn main() -> ExitCode {
 /// Whether the command asked for JSON on stdout.
 fn format_of(command: &Command) -> Format {
     let json = match command {
-        Command::Run { json, .. } | Command::Check { json, .. } | Command::Metrics { json, .. } => *json,
+        Command::Run { json, .. }
+        | Command::Check { json, .. }
+        | Command::Metrics { json, .. }
+        | Command::Cancel { json, .. } => *json,
         Command::Plan { json, .. }
         | Command::Status { json, .. }
         | Command::Dag { json, .. }
@@ -114,9 +117,18 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             },
             shell,
         ),
-        Command::Worker { recipe, instance, force, cache } => {
-            commands::worker(&recipe, &instance, force, cache.cache, shell)
+        Command::Worker { recipe, instance, force, keep_resume, expect, cache } => {
+            let request = commands::WorkerRequest {
+                recipe: &recipe,
+                label: &instance,
+                force,
+                keep_resume,
+                expect: expect.as_deref(),
+                cache: cache.cache,
+            };
+            commands::worker(&request, shell)
         }
+        Command::Cancel { recipe, json: _, cache } => super::slurm::cancel(&recipe, cache.cache, shell),
         Command::Push { recipe, remote, json: _, cache } => {
             remote::push(&recipe, remote.remote.as_deref(), cache.cache, shell)
         }

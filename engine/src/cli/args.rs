@@ -100,6 +100,22 @@ pub enum Command {
         /// Recompute even when cached
         #[arg(long)]
         force: bool,
+        /// With --force: continue from what an interrupted attempt of this forced run left
+        /// (a resubmitted job), instead of starting over
+        #[arg(long, requires = "force")]
+        keep_resume: bool,
+        /// The key inputs the coordinator planned the job with (JSON): if the recipe or its data
+        /// changed since, fail naming what changed instead of computing another instance
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Stop a Slurm run: its coordinator (a job, or a process here) and every job of it
+    Cancel {
+        recipe: PathBuf,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         cache: CacheArgs,
     },

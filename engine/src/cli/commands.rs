@@ -140,7 +140,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         }
         return super::slurm::detach(request.recipe, &flags, &recipe, &store, shell);
     }
-    let slurm = match request.slurm {
+    let coordinator = match request.slurm {
         true => Some(super::slurm::start(&recipe, request.recipe, &store, shell)?),
         false => None,
     };
@@ -160,8 +160,8 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     };
     // Under Slurm every ready instance is a job of its own, polled together: a few threads
     // look up, pull and submit, however many jobs there are.
-    let jobs = if slurm.is_some() { SUBMITTING_THREADS } else { request.jobs };
-    let executor = slurm.as_deref().map(|s| s as &dyn crate::executor::Executor);
+    let jobs = if coordinator.is_some() { SUBMITTING_THREADS } else { request.jobs };
+    let executor = coordinator.as_ref().map(|c| c.executor.as_ref() as &dyn crate::executor::Executor);
     let run = Run {
         recipe: &recipe,
         plan: &plan,
@@ -170,6 +170,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         dataset_problems: &problems,
         jobs,
         forced,
+        keep_resume: false,
         device,
         remote,
         executor,
@@ -207,21 +208,38 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
+/// What a Slurm job asks of `pipeline worker`.
+pub struct WorkerRequest<'a> {
+    pub recipe: &'a Path,
+    /// The instance, as `run` labels it.
+    pub label: &'a str,
+    pub force: bool,
+    /// With `force`: continue an interrupted attempt of the same forced run.
+    pub keep_resume: bool,
+    /// The key inputs the coordinator planned the job with.
+    pub expect: Option<&'a Path>,
+    pub cache: Option<PathBuf>,
+}
+
 /// `pipeline worker`: computes one instance whose upstream entries are in the cache (what a
 /// Slurm job runs). Exits with success when the entry is committed (or already was).
-pub fn worker(
-    path: &Path,
-    label: &str,
-    force: bool,
-    cache: Option<PathBuf>,
-    shell: &Shell,
-) -> anyhow::Result<Status> {
+pub fn worker(request: &WorkerRequest, shell: &Shell) -> anyhow::Result<Status> {
+    let WorkerRequest { recipe: path, label, force, keep_resume, expect, .. } = *request;
+    let expected: Option<cache::KeyInputs> = match expect {
+        Some(file) => {
+            let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            Some(serde_json::from_slice(&text).with_context(|| format!("reading {}", file.display()))?)
+        }
+        None => None,
+    };
     let recipe = load(path, shell)?;
     let plan = Plan::new(&recipe, None);
     let Some(i) = plan.instances.iter().position(|instance| instance.label == label) else {
         let labels: Vec<&str> = plan.instances.iter().map(|i| i.label.as_str()).take(12).collect();
+        let edited =
+            if expected.is_some() { " (the recipe was edited since `run` planned this job)" } else { "" };
         return Err(EngineError::Usage(format!(
-            "{}: no instance labelled `{label}` (some that are: {})",
+            "{}: no instance labelled `{label}`{edited} (some that are: {})",
             path.display(),
             labels.join(", ")
         ))
@@ -231,7 +249,7 @@ pub fn worker(
     if let Some(notice) = notice {
         shell.warn(&notice);
     }
-    let store = open_store(cache)?;
+    let store = open_store(request.cache.clone())?;
     let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
     let problems: BTreeMap<String, String> = problems.into_iter().collect();
     let forced = if force { BTreeSet::from([i]) } else { BTreeSet::new() };
@@ -243,11 +261,12 @@ pub fn worker(
         dataset_problems: &problems,
         jobs: 1,
         forced,
+        keep_resume,
         device,
         remote: None,
         executor: None,
     };
-    let outcome = crate::run::execute_one(&run, i, shell);
+    let outcome = crate::run::execute_one(&run, i, expected.as_ref(), shell);
     Ok(if outcome.entry().is_some() { Status::Success } else { Status::Failure })
 }
 
@@ -334,10 +353,10 @@ pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
         PlanView::EveryStage => crate::executor::slurm::jobs_by_name(),
         PlanView::WhatWillRun { .. } => None,
     };
-    let cache_root = std::path::absolute(store.root()).unwrap_or_else(|_| store.root().to_path_buf());
-    if let Some(row) =
-        slurm_jobs.as_ref().and_then(|jobs| jobs.get(&crate::executor::slurm::coordinator_name(&recipe.name)))
-    {
+    let cache_root = crate::executor::slurm::canonical_cache(store.root());
+    let recipe_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let coordinator = crate::executor::slurm::coordinator_name(&cache_root, &recipe_path);
+    if let Some(row) = slurm_jobs.as_ref().and_then(|jobs| jobs.get(&coordinator)) {
         shell.out(&format!("coordinator: {}", crate::executor::slurm::describe_row(row)));
     }
     let (mut total_seconds, mut estimated, mut unestimated, mut unmeasured) = (0.0, 0usize, 0usize, 0usize);
@@ -408,15 +427,29 @@ pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
                 }
                 let job = key.as_ref().and_then(|key| {
                     let name = crate::executor::slurm::job_name(&cache_root, key);
-                    slurm_jobs.as_ref()?.get(&name).map(crate::executor::slurm::describe_row)
+                    let row = slurm_jobs.as_ref()?.get(&name)?;
+                    let log = crate::executor::slurm::logs_dir(&cache_root)
+                        .join(crate::executor::slurm::log_file_name(&instance.label, &name));
+                    Some((row, log, store.resume_dir(key)))
                 });
                 if !swept {
                     shell.out(&format!("will run  {} ({kind}){duration}", instance.label));
+                    let running = job.as_ref().is_some_and(|(row, ..)| row.state == "RUNNING");
                     for reason in reasons {
-                        shell.out(&format!("            {reason}"));
+                        // A job that runs now is not an interrupted run.
+                        if !(running && reason.contains("an earlier run was interrupted")) {
+                            shell.out(&format!("            {reason}"));
+                        }
                     }
-                    if let Some(job) = &job {
-                        shell.out(&format!("            Slurm {job}"));
+                    if let Some((row, log, resume)) = &job {
+                        let epoch = stages::training::resume::progress(resume)
+                            .map(|(done, total)| format!(", epoch {done}/{total}"))
+                            .unwrap_or_default();
+                        let what = match row.state.as_str() {
+                            "RUNNING" => format!("running as Slurm job {} on {}{epoch}", row.id, row.node),
+                            _ => format!("Slurm {}", crate::executor::slurm::describe_row(row)),
+                        };
+                        shell.out(&format!("            {what}; log: {}", log.display()));
                     }
                 }
             }
@@ -698,6 +731,10 @@ pub fn gc(
         }
         removed.push(key.as_str().to_string());
         bytes += size;
+    }
+    if mode == GcMode::Delete {
+        let keys: Vec<cache::CacheKey> = removed.iter().filter_map(|k| cache::CacheKey::parse(k)).collect();
+        crate::executor::slurm::remove_logs(&crate::executor::slurm::canonical_cache(store.root()), &keys);
     }
     let swept = match mode {
         GcMode::DryRun => 0,

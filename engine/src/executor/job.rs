@@ -22,6 +22,9 @@ pub struct JobSpec<'a> {
     pub resources: &'a Resources,
     /// Recompute even though the entry exists.
     pub forced: bool,
+    /// Start over: a forced job drops the state an interrupted attempt left to resume from
+    /// (`false` for a job that continues an earlier attempt of the same forced run).
+    pub fresh: bool,
     /// The entries of the instances it reads, by plan index.
     pub upstream: &'a BTreeMap<usize, Entry>,
     /// The key's lock, when the scheduler holds it: an executor that computes here keeps it to
@@ -99,6 +102,12 @@ pub trait Executor: Sync {
     fn poll(&self, tickets: &[Ticket], committed: &dyn Fn(&CacheKey) -> bool) -> Vec<Polled>;
     /// Cancels `tickets`' jobs that have not ended; returns the ids of those cancelled.
     fn cancel(&self, tickets: &[Ticket]) -> Vec<String>;
+    /// Whether a job computing `key` that this executor can take over is running already (the
+    /// scheduler then takes it over instead of waiting for the key's lock that job holds).
+    fn attachable(&self, key: &CacheKey) -> bool {
+        let _ = key;
+        false
+    }
     /// How long the scheduler waits between two polls while jobs are active.
     fn poll_interval(&self) -> Duration;
     /// What a job left to read when it ended without committing (its log's tail).

@@ -84,9 +84,10 @@ impl<'a> LocalExecutor<'a> {
             .collect();
         let out_dir = staging.out_dir();
         let progress = reporter.progress(instance);
-        // A forced rerun starts over; otherwise a killed attempt's record is picked up.
+        // A forced rerun starts over (unless it continues an attempt of its own); otherwise a
+        // killed attempt's record is picked up.
         let resume_dir = store.resume_dir(job.key);
-        if job.forced {
+        if job.forced && job.fresh {
             store.remove_resume(job.key);
         }
         let ctx = RunContext {

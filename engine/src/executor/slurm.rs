@@ -16,7 +16,7 @@ use cache::CacheKey;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ const LOG_TAIL: usize = 20;
 /// Polls in a row that may fail (`squeue` times out on a busy controller) before the jobs are
 /// given up on.
 const MAX_POLL_FAILURES: u32 = 30;
+/// The first poll after something changed comes this soon; each quiet poll doubles the wait,
+/// up to `poll_seconds`: short jobs are seen ending at once, long ones cost few `squeue` calls.
+const FIRST_POLL: Duration = Duration::from_millis(250);
 
 /// What `run --executor slurm` needs to submit jobs.
 pub struct SlurmExecutor {
@@ -47,6 +50,8 @@ pub struct SlurmExecutor {
     jobs: Mutex<HashMap<Ticket, Track>>,
     /// Polls in a row whose `squeue` failed.
     poll_failures: Mutex<u32>,
+    /// Polls in a row that saw nothing change (the next waits longer).
+    quiet_polls: AtomicU32,
     /// Jobs named like ours that were queued or running when this coordinator started.
     attachable: Mutex<BTreeMap<String, String>>,
 }
@@ -54,8 +59,9 @@ pub struct SlurmExecutor {
 /// One instance's job, across its resubmissions.
 struct Track {
     key: CacheKey,
-    /// Its job name (from the key), the `sbatch` arguments it is submitted (again) with.
-    name: String,
+    /// Its log; the `sbatch` arguments it is resubmitted with (a forced job's first attempt
+    /// starts over, the next ones resume).
+    log: PathBuf,
     args: Vec<String>,
     resources: Resources,
     /// The Slurm job now computing it, and that job's row at the last poll.
@@ -64,6 +70,13 @@ struct Track {
     out_of_time: u32,
     lost: u32,
     ended: bool,
+}
+
+/// A forced job's first attempt (it starts over) or a resubmission (it resumes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    First,
+    Resume,
 }
 
 /// Why the executor cannot start.
@@ -88,8 +101,8 @@ impl SlurmExecutor {
         settings: SlurmSettings,
     ) -> Result<SlurmExecutor, SlurmError> {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        let cache = absolute(cache);
-        let logs = cache.join("logs").join("slurm");
+        let cache = canonical_cache(cache);
+        let logs = logs_dir(&cache);
         std::fs::create_dir_all(&logs).map_err(|source| SlurmError::Logs { path: logs.clone(), source })?;
         let binary = std::env::current_exe().map_err(SlurmError::Binary)?;
         let executor = SlurmExecutor {
@@ -103,6 +116,7 @@ impl SlurmExecutor {
             next_ticket: AtomicU64::new(0),
             jobs: Mutex::default(),
             poll_failures: Mutex::new(0),
+            quiet_polls: AtomicU32::new(0),
             attachable: Mutex::new(BTreeMap::new()),
         };
         let rows = query_squeue().map_err(|e| match e {
@@ -126,28 +140,29 @@ impl SlurmExecutor {
         declared.or(&kind).or(&self.settings.defaults).or(&Resources::kind_default(role, self.gpu_recipe))
     }
 
-    /// The `sbatch` arguments for a job named `name` computing `label`.
-    pub fn sbatch_args(&self, name: &str, label: &str, resources: &Resources, forced: bool) -> Vec<String> {
+    /// The `sbatch` arguments for a job named `name` computing `label`, which checks that it
+    /// computes the key inputs written at `expect`. `attempt`: whether a forced job starts over
+    /// (its first attempt) or resumes (a resubmission after its time limit or a lost node).
+    pub fn sbatch_args(
+        &self,
+        job: &JobSpec,
+        name: &str,
+        resources: &Resources,
+        attempt: Attempt,
+    ) -> Vec<String> {
+        let label = &job.instance.label;
         let mut args = vec![
             "--parsable".to_string(),
             format!("--job-name={name}"),
-            format!("--output={}", self.log_path(name).display()),
+            // Slurm expands `%` (and stops at `\`) in `--output`: the log folder is the job's
+            // working folder and the log's own name has neither.
+            format!("--chdir={}", self.logs.display()),
+            format!("--output={}", log_file_name(label, name)),
             "--open-mode=append".into(),
             // Preempted or failed nodes put the job back in the queue; it resumes.
             "--requeue".into(),
         ];
-        if let Some(cpus) = resources.cpus {
-            args.push(format!("--cpus-per-task={cpus}"));
-        }
-        if let Some(mem) = &resources.mem {
-            args.push(format!("--mem={mem}"));
-        }
-        if let Some(time) = &resources.time {
-            args.push(format!("--time={time}"));
-        }
-        if let Some(gpus) = resources.gpus.filter(|&g| g > 0) {
-            args.push(format!("--gres=gpu:{gpus}"));
-        }
+        args.extend(resource_args(resources));
         args.extend(self.settings.placement_args());
         args.extend(self.settings.extra.iter().cloned());
         let mut command = vec![
@@ -158,9 +173,14 @@ impl SlurmExecutor {
             label.to_string(),
             "--cache".into(),
             self.cache.display().to_string(),
+            "--expect".into(),
+            self.expect_path(name).display().to_string(),
         ];
-        if forced {
+        if job.forced {
             command.push("--force".into());
+            if attempt == Attempt::Resume {
+                command.push("--keep-resume".into());
+            }
         }
         args.push(wrap(&command));
         args
@@ -171,8 +191,9 @@ impl SlurmExecutor {
         job_name(&self.cache, key)
     }
 
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
+    /// Where the key inputs a job must compute are written for it.
+    fn expect_path(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.inputs.json"))
     }
 
     /// Cancels every job this coordinator submitted that has not ended (Ctrl-C); returns
@@ -217,7 +238,7 @@ impl SlurmExecutor {
             Meaning::Waiting => {
                 let what = match row.state.as_str() {
                     "RUNNING" => format!("running on {}", row.node),
-                    "PENDING" => format!("pending ({})", row.reason),
+                    "PENDING" => pending(&row.reason),
                     other => other.to_lowercase(),
                 };
                 track.last = Some(row.clone());
@@ -243,13 +264,13 @@ impl SlurmExecutor {
                         limit: track.resources.time.clone().unwrap_or_else(|| "?".into()),
                         times: track.out_of_time,
                         retries,
-                        log: log_tail(&self.log_path(&track.name)),
+                        log: log_tail(&track.log),
                     });
                 }
                 format!("hit its time limit (attempt {} of {retries} more)", track.out_of_time)
             }
             Meaning::Failed(why) => {
-                return failed(SlurmJobError::Failed { id, why, log: log_tail(&self.log_path(&track.name)) })
+                return failed(SlurmJobError::Failed { id, why, log: log_tail(&track.log) })
             }
         };
         match sbatch(&track.args, &track.resources) {
@@ -278,9 +299,83 @@ pub fn job_name(cache: &Path, key: &cache::CacheKey) -> String {
     format!("{JOB_PREFIX}{}", &hasher.finalize().to_hex()[..16])
 }
 
-/// The name `run --detach` gives the coordinator of the recipe named `recipe`.
-pub fn coordinator_name(recipe: &str) -> String {
-    format!("{JOB_PREFIX}coordinator-{recipe}")
+/// The name of the coordinator job (`run --detach`) of the recipe at `recipe` computing into
+/// the cache at `cache` (both canonical paths): one per (cache, recipe), whatever the recipe's
+/// name holds (`/` and `|` would break `--output` or `squeue`'s output).
+pub fn coordinator_name(cache: &Path, recipe: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(cache.as_os_str().as_encoded_bytes());
+    hasher.update(b"\0");
+    hasher.update(recipe.as_os_str().as_encoded_bytes());
+    format!("{JOB_PREFIX}coordinator-{}", &hasher.finalize().to_hex()[..16])
+}
+
+/// `--cpus-per-task`, `--mem`, `--time` and `--gres` for what `resources` sets.
+pub fn resource_args(resources: &Resources) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(cpus) = resources.cpus {
+        args.push(format!("--cpus-per-task={cpus}"));
+    }
+    if let Some(mem) = &resources.mem {
+        args.push(format!("--mem={mem}"));
+    }
+    if let Some(time) = &resources.time {
+        args.push(format!("--time={time}"));
+    }
+    if let Some(gpus) = resources.gpus.filter(|&g| g > 0) {
+        args.push(format!("--gres=gpu:{gpus}"));
+    }
+    args
+}
+
+/// Deletes the job logs and planned key inputs of the entries `keys` of the cache at `cache`
+/// (canonical) that `gc` deleted; returns how many files went.
+pub fn remove_logs(cache: &Path, keys: &[CacheKey]) -> usize {
+    let names: std::collections::HashSet<String> = keys.iter().map(|k| job_name(cache, k)).collect();
+    let Ok(listing) = std::fs::read_dir(logs_dir(cache)) else { return 0 };
+    let mut removed = 0;
+    for entry in listing.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        // `LABEL.NAME.log` and `NAME.inputs.json`.
+        let name = file
+            .strip_suffix(".inputs.json")
+            .or_else(|| file.strip_suffix(".log").and_then(|rest| rest.rsplit('.').next()));
+        if name.is_some_and(|n| names.contains(n)) && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// "pending", with Slurm's reason when it gives one.
+pub fn pending(reason: &str) -> String {
+    match reason {
+        "" | "None" | "(null)" => "pending".to_string(),
+        reason => format!("pending ({reason})"),
+    }
+}
+
+/// The cache's path as every coordinator and job names it: symbolic links resolved, so two
+/// spellings of one cache give the same job names.
+pub fn canonical_cache(cache: &Path) -> PathBuf {
+    std::fs::canonicalize(cache)
+        .or_else(|_| std::path::absolute(cache))
+        .unwrap_or_else(|_| cache.to_path_buf())
+}
+
+/// Where the jobs' logs of the cache at `cache` are.
+pub fn logs_dir(cache: &Path) -> PathBuf {
+    cache.join("logs").join("slurm")
+}
+
+/// The log of the job named `name` computing the instance labelled `label`: the label first,
+/// for people, with the characters a file name or Slurm would trip on replaced.
+pub fn log_file_name(label: &str, name: &str) -> String {
+    let safe: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "@=,.-_[]".contains(c) { c } else { '_' })
+        .collect();
+    format!("{safe}.{name}.log")
 }
 
 /// This user's jobs that Slurm still shows, by name (the newest of each name), or `None` where
@@ -306,7 +401,7 @@ pub fn jobs_by_name() -> Option<BTreeMap<String, JobRow>> {
 pub fn describe_row(row: &JobRow) -> String {
     match row.state.as_str() {
         "RUNNING" => format!("job {} running on {}", row.id, row.node),
-        "PENDING" => format!("job {} pending ({})", row.id, row.reason),
+        "PENDING" => format!("job {} {}", row.id, pending(&row.reason)),
         other => format!("job {} {}", row.id, other.to_lowercase()),
     }
 }
@@ -373,22 +468,28 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl Executor for SlurmExecutor {
-    fn submit(&self, job: JobSpec, _reporter: &dyn Reporter) -> Result<Submitted, ExecutorError> {
+    fn submit(&self, mut job: JobSpec, _reporter: &dyn Reporter) -> Result<Submitted, ExecutorError> {
         // The job takes the key's lock itself (on its node); this process holds none meanwhile.
-        drop(job.lock);
+        drop(job.lock.take());
         let name = self.job_name(job.key);
         let resources = self.resources(job.resources, job.kind, job.role);
-        let args = self.sbatch_args(&name, &job.instance.label, &resources, job.forced);
+        let expect = self.expect_path(&name);
+        let written = serde_json::to_vec_pretty(job.inputs)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&expect, bytes));
+        written.map_err(|e| SlurmJobError::Broken(format!("cannot write {}: {e}", expect.display())))?;
+        let args = self.sbatch_args(&job, &name, &resources, Attempt::First);
         let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
         let (id, what) = match attached {
             Some(id) => (id, "re-attached (submitted by an earlier coordinator)".to_string()),
             None => (sbatch(&args, &resources)?, format!("submitted ({})", describe(&resources))),
         };
+        self.quiet_polls.store(0, Ordering::Relaxed);
         let ticket = Ticket(self.next_ticket.fetch_add(1, Ordering::Relaxed));
         let track = Track {
             key: job.key.clone(),
-            name,
-            args,
+            log: self.logs.join(log_file_name(&job.instance.label, &name)),
+            args: self.sbatch_args(&job, &name, &resources, Attempt::Resume),
             resources,
             id: id.clone(),
             last: None,
@@ -398,6 +499,10 @@ impl Executor for SlurmExecutor {
         };
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(ticket, track);
         Ok(Submitted { ticket, events: vec![JobEvent { job: id, what }] })
+    }
+
+    fn attachable(&self, key: &CacheKey) -> bool {
+        self.attachable.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&self.job_name(key))
     }
 
     /// One `squeue` for every job. The scheduler polls only after `submit` returned, so a job
@@ -456,12 +561,13 @@ impl Executor for SlurmExecutor {
     }
 
     fn poll_interval(&self) -> Duration {
-        self.poll
+        let quiet = self.quiet_polls.load(Ordering::Relaxed).min(16);
+        FIRST_POLL.saturating_mul(1 << quiet).min(self.poll).max(FIRST_POLL.min(self.poll))
     }
 
     fn log_of(&self, ticket: Ticket) -> Option<String> {
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.get(&ticket).map(|track| log_tail(&self.log_path(&track.name)))
+        jobs.get(&ticket).map(|track| log_tail(&track.log))
     }
 }
 

@@ -1,4 +1,11 @@
-//! `${VAR}` and `${VAR:-default}` in recipe strings, expanded from the environment.
+//! `${VAR}` and `${VAR:-default}` in recipe strings, expanded from the environment — in the
+//! values that name locations only (a dataset's `root`, the remote's `url`). A recipe is shared
+//! in reviews and run on its readers' machines: a variable anywhere else (a report's title, a
+//! stage parameter) would carry the reader's environment, secrets included, into outputs that
+//! are then pushed, so it is refused where it is written.
+
+/// The keys whose values name locations, where variables are expanded.
+pub const LOCATION_KEYS: &[&str] = &["root", "url"];
 
 /// Why a string cannot be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -9,6 +16,23 @@ pub enum EnvError {
     NotAReference { inner: String },
     #[error("environment variable `{name}` is not set (write ${{{name}:-default}} for a fallback)")]
     Unset { name: String },
+    #[error(
+        "`${{…}}` in `{key}`: environment variables are expanded only in locations ({}), so that a \
+         recipe from someone else cannot carry your environment into its outputs; write the value itself",
+        LOCATION_KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    )]
+    NotALocation { key: String },
+}
+
+/// Expands `text`, written under `key`, if `key` names a location; elsewhere a `${` is refused.
+pub fn expand_at(key: &str, text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, EnvError> {
+    if LOCATION_KEYS.contains(&key) {
+        expand(text, lookup)
+    } else if text.contains("${") {
+        Err(EnvError::NotALocation { key: key.to_string() })
+    } else {
+        Ok(text.to_string())
+    }
 }
 
 /// Expands every `${…}` in `text` using `lookup`; an unset variable without a default is an
@@ -55,5 +79,17 @@ mod tests {
         assert_eq!(expand("plain $HOME", &env).unwrap(), "plain $HOME");
         assert!(expand("${NOPE}", &env).unwrap_err().to_string().contains("`NOPE` is not set"));
         assert!(expand("${DATA", &env).unwrap_err().to_string().contains("unclosed"));
+    }
+
+    #[test]
+    fn only_locations_are_expanded() {
+        use super::expand_at;
+        assert_eq!(expand_at("root", "${DATA}/mnist", &env).unwrap(), "/data/mnist");
+        assert_eq!(expand_at("url", "${DATA}", &env).unwrap(), "/data");
+        assert_eq!(expand_at("title", "plain", &env).unwrap(), "plain");
+        let refused = expand_at("title", "run by ${AWS_SECRET_ACCESS_KEY}", &|_| Some("secret".into()));
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("`title`") && message.contains("only in locations"), "{message}");
+        assert!(!message.contains("secret"));
     }
 }

@@ -145,7 +145,7 @@ impl Recipe {
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         let dir = dir.canonicalize().unwrap_or(dir);
         let source = Source::new(path, text);
-        let (root, diagnostics) = Node::parse(&source, &|s| env::expand(s, env))?;
+        let (root, diagnostics) = Node::parse(&source, &|key, s| env::expand_at(key, s, env))?;
         Validator { source: &source, diagnostics, limit: InstanceLimit::default() }
             .recipe(&root, path, dir)
             .map(|mut r| {

@@ -34,7 +34,7 @@ pub fn read(path: &Path) -> Result<Project, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![Diagnostic::whole_file(path, format!("cannot read the project file: {e}"))])?;
     let source = Source::new(path, text);
-    let (root, mut diagnostics) = Node::parse(&source, &|s| Ok(s.to_string()))?;
+    let (root, mut diagnostics) = Node::parse(&source, &|_, s| Ok(s.to_string()))?;
     diagnostics.extend(root.unknown_keys(SECTIONS, "the project file", &source));
     let mut project = Project::default();
     for entry in root.entries() {

@@ -211,6 +211,9 @@ pub struct SlurmSettings {
     pub poll_seconds: Option<f64>,
     /// How many times a job that hit its time limit is resubmitted (it resumes).
     pub retries: Option<u32>,
+    /// What the coordinator of `run --detach` asks for (its `time` above all: it waits for the
+    /// whole run).
+    pub coordinator: Resources,
 }
 
 impl SlurmSettings {
@@ -239,12 +242,96 @@ impl SlurmSettings {
             kinds,
             poll_seconds: self.poll_seconds.or(site.poll_seconds),
             retries: self.retries.or(site.retries),
+            coordinator: self.coordinator.or(&site.coordinator),
         }
     }
 }
 
 pub const SLURM_KEYS: &[&str] =
-    &["partition", "account", "qos", "extra", "defaults", "kinds", "poll_seconds", "retries"];
+    &["partition", "account", "qos", "extra", "defaults", "kinds", "poll_seconds", "retries", "coordinator"];
+
+/// The `sbatch` options `extra` may hold: ones that say where and with what a job runs, never
+/// what it runs, where its output goes or with which environment (`--wrap`, `--output`,
+/// `--chdir`, `--export`, `--container`, … are refused). A recipe is run by its readers.
+pub const EXTRA_ALLOWED: &[&str] = &[
+    "acctg-freq",
+    "begin",
+    "cluster-constraint",
+    "clusters",
+    "comment",
+    "constraint",
+    "contiguous",
+    "core-spec",
+    "cores-per-socket",
+    "cpu-freq",
+    "cpus-per-gpu",
+    "deadline",
+    "distribution",
+    "exclude",
+    "exclusive",
+    "gpu-bind",
+    "gpu-freq",
+    "gpus",
+    "gpus-per-node",
+    "gpus-per-socket",
+    "gpus-per-task",
+    "gres",
+    "gres-flags",
+    "hint",
+    "licenses",
+    "mail-type",
+    "mail-user",
+    "mem-bind",
+    "mem-per-cpu",
+    "mem-per-gpu",
+    "mincpus",
+    "network",
+    "nice",
+    "nodelist",
+    "nodes",
+    "ntasks-per-core",
+    "ntasks-per-node",
+    "ntasks-per-socket",
+    "overcommit",
+    "oversubscribe",
+    "power",
+    "prefer",
+    "priority",
+    "profile",
+    "reservation",
+    "sockets-per-node",
+    "spread-job",
+    "switches",
+    "threads-per-core",
+    "time-min",
+    "tmp",
+    "use-min-nodes",
+    "wckey",
+];
+
+/// Why an `extra` item is refused, if it is.
+pub fn check_extra(item: &str) -> Option<String> {
+    let Some(option) = item.strip_prefix("--") else {
+        return Some(format!(
+            "`extra` item \"{item}\" is not a long option: write each as \"--name=value\" (or \"--name\")"
+        ));
+    };
+    let (name, value) = match option.split_once('=') {
+        Some((name, value)) => (name, Some(value)),
+        None => (option, None),
+    };
+    if !EXTRA_ALLOWED.contains(&name) {
+        return Some(format!(
+            "`extra` item \"{item}\": `--{name}` is not allowed, as it can change what the job runs, \
+             where its output goes or its environment (allowed: {})",
+            EXTRA_ALLOWED.iter().map(|n| format!("--{n}")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if value.is_some_and(|v| v.chars().any(|c| c.is_control())) {
+        return Some(format!("`extra` item {item:?} holds a control character"));
+    }
+    None
+}
 
 /// Reads `[executor.slurm]` (paths in problems are relative to `[executor]`).
 pub fn read_slurm(node: &Node, kind_names: &[&str]) -> Result<SlurmSettings, Vec<FieldProblem>> {
@@ -276,11 +363,21 @@ pub fn read_slurm(node: &Node, kind_names: &[&str]) -> Result<SlurmSettings, Vec
                 )),
             },
             "extra" => match value.as_array().and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()) {
-                Some(list) if list.iter().all(|a| a.starts_with('-')) => settings.extra = list,
-                _ => problems.push(problem(
+                Some(list) => {
+                    let refused: Vec<String> = list.iter().filter_map(|item| check_extra(item)).collect();
+                    if refused.is_empty() {
+                        settings.extra = list;
+                    }
+                    problems.extend(refused.into_iter().map(|message| problem(&path, message)));
+                }
+                None => problems.push(problem(
                     &path,
                     format!("`extra` must be a list of sbatch options such as [\"--constraint=a100\"], found {value}"),
                 )),
+            },
+            "coordinator" => match read_resources(&entry.node, &["slurm", "coordinator"]) {
+                Ok(r) => settings.coordinator = r,
+                Err(mut p) => problems.append(&mut p),
             },
             "defaults" => match read_resources(&entry.node, &["slurm", "defaults"]) {
                 Ok(r) => settings.defaults = r,

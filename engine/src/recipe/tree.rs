@@ -29,11 +29,12 @@ pub struct Entry {
 
 impl Node {
     /// Parses TOML text; syntax errors (all of them, where the parser can recover) come back
-    /// as diagnostics. Strings have `${VAR}` expanded by `expand`; values that cannot be
+    /// as diagnostics. Strings go through `expand` with the key they are written under (it
+    /// expands `${VAR}` where the key names a location); values that cannot be
     /// expanded or represented are reported in the second element, and validation goes on.
     pub fn parse(
         source: &Source,
-        expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
+        expand: &dyn Fn(&str, &str) -> Result<String, super::env::EnvError>,
     ) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let (table, errors) = DeTable::parse_recoverable(&source.text);
         if !errors.is_empty() {
@@ -140,7 +141,7 @@ fn convert_table(
     table: DeTable<'_>,
     span: Range<usize>,
     source: &Source,
-    expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
+    expand: &dyn Fn(&str, &str) -> Result<String, super::env::EnvError>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
     let mut entries: Vec<Entry> = table
@@ -148,7 +149,7 @@ fn convert_table(
         .map(|(key, value)| {
             let key_span = key.span();
             let key = key.into_inner().into_owned();
-            let node = convert(value, source, expand, diagnostics);
+            let node = convert(value, &key, source, expand, diagnostics);
             Entry { key, key_span, node }
         })
         .collect();
@@ -157,16 +158,18 @@ fn convert_table(
     Node { span, value: NodeValue::Table(entries) }
 }
 
+/// `key`: the key the value is written under (a list's items are under the list's key).
 fn convert(
     value: Spanned<DeValue<'_>>,
+    key: &str,
     source: &Source,
-    expand: &dyn Fn(&str) -> Result<String, super::env::EnvError>,
+    expand: &dyn Fn(&str, &str) -> Result<String, super::env::EnvError>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Node {
     let span = value.span();
     let scalar = |v: serde_json::Value| NodeValue::Scalar(v);
     let value = match value.into_inner() {
-        DeValue::String(s) => match expand(&s) {
+        DeValue::String(s) => match expand(key, &s) {
             Ok(expanded) => scalar(serde_json::Value::String(expanded)),
             Err(error) => {
                 diagnostics.push(Diagnostic::new(source, span.clone(), error.to_string()));
@@ -194,7 +197,7 @@ fn convert(
         DeValue::Boolean(b) => scalar(b.into()),
         DeValue::Datetime(d) => scalar(d.to_string().into()),
         DeValue::Array(items) => NodeValue::Array(
-            items.into_iter().map(|item| convert(item, source, expand, diagnostics)).collect(),
+            items.into_iter().map(|item| convert(item, key, source, expand, diagnostics)).collect(),
         ),
         DeValue::Table(table) => return convert_table(table, span, source, expand, diagnostics),
     };
@@ -207,7 +210,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<(Node, Vec<Diagnostic>), Vec<Diagnostic>> {
         let source = Source::new("t.toml", text);
-        Node::parse(&source, &|s| Ok(s.to_string()))
+        Node::parse(&source, &|_, s| Ok(s.to_string()))
     }
 
     #[test]
