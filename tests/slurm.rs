@@ -304,35 +304,64 @@ fn a_restarted_coordinator_reattaches_to_its_job_and_a_requeued_job_resumes_bit_
     assert_eq!(restarts, BTreeSet::from(["Restarts=1"]));
 }
 
+/// The manifest of the one entry under `cache`, as text.
+fn only_manifest(cache: &Path) -> String {
+    let entry = std::fs::read_dir(cache.join("objects")).unwrap().flatten().next().unwrap();
+    std::fs::read_to_string(entry.path().join("manifest.json")).unwrap()
+}
+
 #[test]
-fn a_job_that_hits_its_time_limit_is_resubmitted_and_resumes() {
+fn a_job_that_hits_its_time_limit_is_resubmitted_and_resumes_and_so_does_a_forced_one() {
     if !cluster() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // Well over Slurm's shortest time limit (one minute; Slurm enforces it within about half a
-    // minute more); allowed many attempts, since how much each gets done depends on the load.
-    let recipe = long_training(dir.path(), 4000);
+    // Longer than Slurm's shortest time limit (one minute; Slurm enforces it within about half
+    // a minute more) even on a fast machine; allowed many attempts, since how much each gets
+    // done depends on the load.
+    let recipe = long_training(dir.path(), 1200);
     let text = std::fs::read_to_string(&recipe)
         .unwrap()
         .replace("checkpoint_every = 2\n", "checkpoint_every = 500\nresources = { time = \"1\" }\n")
         + "retries = 20\n";
     std::fs::write(&recipe, text).unwrap();
-    let (out, events) = slurm_run(&recipe, &dir.path().join("cache"), &[]);
+    let cache = dir.path().join("cache");
+    let ran_out_of_time = |events: &[Value]| {
+        events
+            .iter()
+            .filter(|e| {
+                e["event"] == "job" && e["state"].as_str().unwrap_or_default().contains("hit its time limit")
+            })
+            .count()
+    };
+    let logs = || -> String {
+        std::fs::read_dir(cache.join("logs/slurm"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("base"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect()
+    };
+    let (out, events) = slurm_run(&recipe, &cache, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let resubmitted: Vec<&Value> = events
-        .iter()
-        .filter(|e| {
-            e["event"] == "job" && e["state"].as_str().unwrap_or_default().contains("hit its time limit")
-        })
-        .collect();
-    assert!(!resubmitted.is_empty(), "the first job ran out of time and was resubmitted: {events:?}");
-    let log: String = std::fs::read_dir(dir.path().join("cache/logs/slurm"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
-    assert!(log.contains("resuming after epoch"), "{log}");
+    assert!(ran_out_of_time(&events) > 0, "the first job ran out of time and was resubmitted: {events:?}");
+    let first_log = logs();
+    assert!(first_log.contains("resuming after epoch"), "{first_log}");
+    let before = only_manifest(&cache);
+
+    // Forced: the entry from before is no proof of success, and each resubmission continues
+    // the forced attempt (starting over each time, it could never finish).
+    let (out, events) = slurm_run(&recipe, &cache, &["--force", "base"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ran_out_of_time(&events) > 0, "the forced job ran out of time too: {events:?}");
+    assert_eq!(stages_with(&events, "finished"), ["base@0"], "computed again");
+    let forced_log = logs();
+    let forced_part = &forced_log[first_log.len().min(forced_log.len())..];
+    assert!(
+        forced_part.contains("resuming after epoch"),
+        "the forced job's resubmission resumed: {forced_part}"
+    );
+    assert_ne!(only_manifest(&cache), before, "a new commit (its timings differ)");
 }
 
 #[test]
@@ -349,6 +378,188 @@ fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "interrupted");
     wait_for("the job to be cancelled", 60, || scontrol_job(&job).contains("JobState=CANCELLED"));
+}
+
+#[test]
+fn sigterm_cancels_the_jobs_like_ctrl_c() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 40);
+    let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
+    let job = running_job(&events);
+    let signal = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    wait_for("the job to be cancelled", 60, || scontrol_job(&job).contains("JobState=CANCELLED"));
+}
+
+/// The Slurm job `pipeline status` says computes an instance of the run now, if any.
+fn running_job_of(recipe: &Path, cache: &Path) -> Option<String> {
+    let out = pipeline().arg("status").arg(recipe).arg("--cache").arg(cache).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = text.split("running as Slurm job ").nth(1)?;
+    Some(after.split_whitespace().next()?.to_string())
+}
+
+/// Jobs submitted, by any coordinator, in `events`.
+fn submissions(events: &[Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("submitted"))
+        .count()
+}
+
+#[test]
+fn a_second_coordinator_on_the_same_cache_waits_and_submits_nothing_twice() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 200);
+    let cache = dir.path().join("cache");
+    let (mut first, events) = spawn_coordinator(&recipe, &cache);
+    let job = running_job(&events);
+    // While it runs, `status` says where and how far, and where its log is.
+    wait_for("status to show the running job", 120, || {
+        let out = pipeline().arg("status").arg(&recipe).arg("--cache").arg(&cache).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains(&format!("running as Slurm job {job} on "))
+            && text.contains(", epoch ")
+            && text.contains("log: ")
+            && !text.contains("interrupted")
+    });
+    // The second spells the cache through a symbolic link.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&cache, &link).unwrap();
+    let (out, second) = slurm_run(&recipe, &link, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another coordinator runs this recipe on this cache"), "{}", stderr(&out));
+    assert!(first.wait().unwrap().success());
+    assert_eq!(submissions(&second), 0, "the second submitted nothing: {second:?}");
+    assert_eq!(stages_with(&second, "reused"), ["base@0"]);
+    // One job of that name in all (Slurm keeps ended jobs for a few minutes).
+    let shown = scontrol_job(&job);
+    let name = shown.split_whitespace().find_map(|w| w.strip_prefix("JobName=")).unwrap().to_string();
+    let out = Command::new("squeue").args(["--me", "--states=all", "-h", "-o", "%i|%j"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let same: Vec<&str> = listing.lines().filter(|l| l.ends_with(&format!("|{name}"))).collect();
+    assert_eq!(same.len(), 1, "{same:?}");
+    // The log is named after the instance.
+    let logs: Vec<String> = std::fs::read_dir(cache.join("logs/slurm"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert!(logs.iter().any(|n| n.starts_with("base.pipeline-")), "{logs:?}");
+}
+
+#[test]
+fn pipeline_cancel_stops_a_detached_run_and_a_second_detach_submits_nothing() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 400);
+    // What the coordinator asks for: without a time, the partition's default would end it.
+    let text = std::fs::read_to_string(&recipe).unwrap() + "coordinator = { time = \"2:00:00\" }\n";
+    std::fs::write(&recipe, text).unwrap();
+    let cache = dir.path().join("cache");
+    let detach = || {
+        pipeline()
+            .args(["run", "--executor", "slurm", "--detach", "--cache"])
+            .arg(&cache)
+            .arg(&recipe)
+            .output()
+            .unwrap()
+    };
+    let out = detach();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let coordinator =
+        stderr(&out).split("the coordinator is job ").nth(1).unwrap().split(';').next().unwrap().to_string();
+    assert!(scontrol_job(&coordinator).contains("TimeLimit=02:00:00"), "{}", scontrol_job(&coordinator));
+    let again = detach();
+    assert!(again.status.success());
+    assert!(stderr(&again).contains("already job"), "{}", stderr(&again));
+    // Wait for the training's job.
+    let mut job = String::new();
+    wait_for("the training job to run", 120, || {
+        job = running_job_of(&recipe, &cache).unwrap_or_default();
+        !job.is_empty()
+    });
+    let out = pipeline().args(["cancel", "--cache"]).arg(&cache).arg(&recipe).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("Cancelled"), "{}", stderr(&out));
+    wait_for("both to be cancelled", 90, || {
+        scontrol_job(&job).contains("JobState=CANCELLED")
+            && scontrol_job(&coordinator).contains("JobState=CANCELLED")
+    });
+}
+
+#[test]
+fn a_recipe_edited_during_a_run_makes_its_jobs_fail_naming_the_change() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 200);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, text.replace("lr = 0.05\n", "lr = 0.05\nresources = { time = \"5\" }\n"))
+        .unwrap();
+    let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
+    let id = running_job(&events);
+    let edited = std::fs::read_to_string(&recipe).unwrap().replace("lr = 0.05", "lr = 0.07");
+    std::fs::write(&recipe, edited).unwrap();
+    // The running job read the recipe before the edit; a job started now reads the edit. Requeue
+    // it so that it starts again with the edited recipe.
+    let id = id.as_str();
+    assert!(Command::new("scontrol").args(["requeue", id]).status().unwrap().success());
+    let _ = Command::new("scontrol").args(["update", &format!("jobid={id}"), "begintime=now"]).status();
+    assert!(!child.wait().unwrap().success());
+    let events: Vec<Value> = events.try_iter().collect();
+    let failed = events.iter().find(|e| e["event"] == "failed").expect("a failure");
+    let message = failed["error"].as_str().unwrap();
+    // The job's own words, in its log's tail: what changed, and that it computed nothing.
+    assert!(message.contains("changed since `run` planned this job"), "{message}");
+    assert!(message.contains("lr") && message.contains("0.07"), "{message}");
+}
+
+#[test]
+fn percent_signs_and_backslashes_in_the_cache_path_are_harmless_and_gc_removes_logs() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &(tiny_recipe(1, "[\"msp\"]") + EXECUTOR));
+    let cache = dir.path().join("c%j%%x\\y");
+    let (out, events) = slurm_run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stages_with(&events, "finished").len(), 5);
+    let logs = |cache: &Path| -> Vec<String> {
+        std::fs::read_dir(cache.join("logs/slurm"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".log") || n.ends_with(".inputs.json"))
+            .collect()
+    };
+    // One log per instance, named after it (an array task's is a link to the task's file).
+    let named = logs(&cache).into_iter().filter(|n| n.ends_with(".log") && !n.starts_with("pipeline-array-"));
+    assert_eq!(named.count(), 5, "{:?}", logs(&cache));
+    // gc for another recipe deletes these entries, and their logs with them.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other = write_recipe(
+        &other,
+        &tiny_recipe(1, "[\"energy\"]")
+            .replace("name = \"tiny\"", "name = \"other\"")
+            .replace("epochs = 1", "epochs = 2"),
+    );
+    let out = pipeline().arg("gc").arg(&other).arg("--cache").arg(&cache).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logs(&cache), Vec::<String>::new());
 }
 
 #[test]
@@ -403,8 +614,8 @@ fn a_detached_coordinator_runs_as_a_job_and_status_follows_it() {
     assert!(stderr(&out).contains("--detach needs --executor slurm"), "{}", stderr(&out));
 }
 
-/// A sweep of `n` tiny trainings, one Slurm job each.
-fn many_jobs(dir: &Path, n: usize) -> PathBuf {
+/// A sweep of `n` tiny trainings, one Slurm job (or array task) each.
+fn many_jobs(dir: &Path, n: usize, arrays: bool) -> PathBuf {
     let rates: Vec<String> = (0..n).map(|i| format!("{:.4}", 0.01 + 0.0001 * i as f64)).collect();
     let text = format!(
         r#"[recipe]
@@ -425,55 +636,75 @@ strides = [2]
 epochs = 1
 batch_size = 32
 lr = {{ sweep = [{rates}] }}
-{EXECUTOR}"#,
+{EXECUTOR}{arrays}"#,
         data = data_dir().display(),
-        rates = rates.join(", ")
+        rates = rates.join(", "),
+        arrays = if arrays { "" } else { "arrays = false\n" },
     );
     write_recipe(dir, &text)
 }
 
-/// The threads of process `pid` now (Linux).
-fn threads_of(pid: u32) -> Option<usize> {
+/// A number field of process `pid`'s status (`Threads:`, `VmHWM:` in kB), now (Linux).
+fn status_field(pid: u32, field: &str) -> Option<usize> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|n| n.split_whitespace().next()?.parse().ok())
 }
 
-/// The coordinator polls every job in one `squeue` and submits from a few threads: it does not
-/// hold a thread per job. `PIPELINE_SLURM_JOBS=200` measures a larger sweep (bench/README.md).
+/// The coordinator polls every job in one `squeue`, submits from a few threads, and submits
+/// the instances that are ready together as job arrays: it holds neither a thread nor an
+/// `sbatch` call per job. `PIPELINE_SLURM_JOBS=2000` (and `PIPELINE_SLURM_ARRAYS=0` for one job
+/// per instance) measures a larger sweep (bench/README.md).
 #[test]
-fn a_sweep_of_many_jobs_is_coordinated_by_a_handful_of_threads() {
+fn a_sweep_of_many_jobs_is_coordinated_by_a_handful_of_threads_and_few_sbatch_calls() {
     if !cluster() {
         return;
     }
     let n: usize = std::env::var("PIPELINE_SLURM_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let arrays = std::env::var("PIPELINE_SLURM_ARRAYS").map_or(true, |v| v != "0");
     let dir = tempfile::tempdir().unwrap();
-    let recipe = many_jobs(dir.path(), n);
+    let recipe = many_jobs(dir.path(), n, arrays);
     let cache = dir.path().join("cache");
     let started = Instant::now();
     let (mut child, events) = spawn_coordinator(&recipe, &cache);
-    let mut most = 0;
+    let (mut threads, mut peak_kb) = (0, 0);
     let status = loop {
-        if let Some(threads) = threads_of(child.id()) {
-            most = most.max(threads);
-        }
+        threads = threads.max(status_field(child.id(), "Threads:").unwrap_or(0));
+        peak_kb = peak_kb.max(status_field(child.id(), "VmHWM:").unwrap_or(0));
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(1200), "the sweep did not finish");
+        assert!(started.elapsed() < Duration::from_secs(3600), "the sweep did not finish");
         std::thread::sleep(Duration::from_millis(20));
     };
     let seconds = started.elapsed().as_secs_f64();
     let events: Vec<Value> = events.try_iter().collect();
     assert!(status.success());
     let finished = events.iter().filter(|e| e["event"] == "finished").count();
-    let submitted = events
+    let states: Vec<&str> = events
         .iter()
-        .filter(|e| e["event"] == "job" && e["state"].as_str().unwrap_or_default().starts_with("submitted"))
-        .count();
-    eprintln!("{n} jobs: {submitted} submitted, at most {most} coordinator threads, {seconds:.1} s");
+        .filter(|e| e["event"] == "job")
+        .filter_map(|e| e["state"].as_str())
+        .filter(|s| s.starts_with("submitted"))
+        .collect();
+    // One sbatch per array, and one per job submitted alone.
+    let arrays_used: BTreeSet<&str> = states.iter().filter_map(|s| s.split("of job array ").nth(1)).collect();
+    let alone = states.iter().filter(|s| !s.contains("of job array")).count();
+    let sbatch_calls = arrays_used.len() + alone;
+    eprintln!(
+        "{n} instances: {sbatch_calls} sbatch calls ({} arrays), at most {threads} coordinator threads, \
+         peak {:.0} MB, {seconds:.1} s ({:.2} s per instance)",
+        arrays_used.len(),
+        peak_kb as f64 / 1024.0,
+        seconds / n as f64
+    );
     assert_eq!(finished, n, "every instance computed by a job");
-    assert_eq!(submitted, n, "one job per instance");
-    // Main thread, 4 submitting threads, the Ctrl-C handler, and whatever a library starts:
+    assert_eq!(states.len(), n, "one job or task per instance");
+    // Main thread, 4 submitting threads, the signal handler, and whatever a library starts:
     // a handful, whatever the number of jobs.
-    assert!(most <= 10, "{most} threads for {n} jobs");
+    assert!(threads <= 10, "{threads} threads for {n} jobs");
+    if arrays {
+        assert!(sbatch_calls * 3 <= n, "{sbatch_calls} sbatch calls for {n} ready instances");
+    } else {
+        assert_eq!(sbatch_calls, n);
+    }
 }

@@ -117,10 +117,14 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             },
             shell,
         ),
-        Command::Worker { recipe, instance, force, keep_resume, expect, cache } => {
+        Command::Worker { recipe, instance, tasks, task, force, keep_resume, expect, cache } => {
+            let (label, expect) = match (tasks, task) {
+                (Some(tasks), Some(task)) => commands::array_task(&tasks, task)?,
+                _ => (instance.unwrap_or_default(), expect),
+            };
             let request = commands::WorkerRequest {
                 recipe: &recipe,
-                label: &instance,
+                label: &label,
                 force,
                 keep_resume,
                 expect: expect.as_deref(),

@@ -95,8 +95,15 @@ pub enum Command {
     Worker {
         recipe: PathBuf,
         /// The instance, as `run` labels it (`zeta[delta=0.95]@1`)
-        #[arg(long, value_name = "LABEL")]
-        instance: String,
+        #[arg(long, value_name = "LABEL", required_unless_present = "tasks")]
+        instance: Option<String>,
+        /// A job array's tasks file (one `LABEL<TAB>INPUTS-FILE<TAB>JOB-NAME` line per task):
+        /// compute the instance on line --task
+        #[arg(long, value_name = "FILE", requires = "task", conflicts_with_all = ["instance", "expect"])]
+        tasks: Option<PathBuf>,
+        /// The array task's index (`$SLURM_ARRAY_TASK_ID`)
+        #[arg(long, value_name = "N", requires = "tasks")]
+        task: Option<usize>,
         /// Recompute even when cached
         #[arg(long)]
         force: bool,

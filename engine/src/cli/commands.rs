@@ -221,6 +221,25 @@ pub struct WorkerRequest<'a> {
     pub cache: Option<PathBuf>,
 }
 
+/// The instance label and planned key inputs' file of task `task` of a job array's tasks file.
+pub fn array_task(tasks: &Path, task: usize) -> Result<(String, Option<PathBuf>), EngineError> {
+    let text = std::fs::read_to_string(tasks)
+        .map_err(|e| EngineError::Usage(format!("cannot read the tasks file {}: {e}", tasks.display())))?;
+    let line = text.lines().nth(task).ok_or_else(|| {
+        EngineError::Usage(format!("{}: no task {task} (it lists {})", tasks.display(), text.lines().count()))
+    })?;
+    let mut fields = line.split('\t');
+    match (fields.next(), fields.next()) {
+        (Some(label), Some(expect)) if !label.is_empty() => {
+            Ok((label.to_string(), Some(PathBuf::from(expect))))
+        }
+        _ => Err(EngineError::Usage(format!(
+            "{}: task {task} is not `LABEL<TAB>FILE<TAB>NAME`",
+            tasks.display()
+        ))),
+    }
+}
+
 /// `pipeline worker`: computes one instance whose upstream entries are in the cache (what a
 /// Slurm job runs). Exits with success when the entry is committed (or already was).
 pub fn worker(request: &WorkerRequest, shell: &Shell) -> anyhow::Result<Status> {
@@ -349,11 +368,11 @@ pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
         }
     };
     // Where a Slurm run of this cache stands (`run --executor slurm [--detach]`), if Slurm answers.
+    let cache_root = crate::executor::slurm::canonical_cache(store.root());
     let slurm_jobs = match view {
-        PlanView::EveryStage => crate::executor::slurm::jobs_by_name(),
+        PlanView::EveryStage => crate::executor::slurm::jobs_by_name(&cache_root),
         PlanView::WhatWillRun { .. } => None,
     };
-    let cache_root = crate::executor::slurm::canonical_cache(store.root());
     let recipe_path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let coordinator = crate::executor::slurm::coordinator_name(&cache_root, &recipe_path);
     if let Some(row) = slurm_jobs.as_ref().and_then(|jobs| jobs.get(&coordinator)) {

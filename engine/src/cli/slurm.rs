@@ -158,7 +158,8 @@ pub fn detach(
         recipe_path.display(),
         identity.cache.display()
     );
-    if let Some(row) = slurm::jobs_by_name().and_then(|jobs| jobs.get(&identity.name).cloned()) {
+    if let Some(row) = slurm::jobs_by_name(&identity.cache).and_then(|jobs| jobs.get(&identity.name).cloned())
+    {
         if crate::executor::squeue::meaning(&row.state) == crate::executor::squeue::Meaning::Waiting {
             shell.status(
                 "Detached",
@@ -190,17 +191,14 @@ pub fn detach(
         mem: Some("1G".into()),
         ..Default::default()
     });
-    let mut args = vec![
-        "--parsable".to_string(),
-        format!("--job-name={}", identity.name),
-        // Slurm expands `%` in `--output`: the folder is the working folder, the name is plain.
-        format!("--chdir={}", logs.display()),
-        format!("--output={log}"),
-    ];
+    let mut args = vec!["--parsable".to_string(), format!("--job-name={}", identity.name)];
+    let (output, redirect) =
+        slurm::output_to(&logs, &log, &format!("\"{}-$SLURM_JOB_ID.log\"", identity.name));
+    args.extend(output);
     args.extend(slurm::resource_args(&resources));
     args.extend(site.placement_args());
     args.extend(site.extra.iter().cloned());
-    args.push(slurm::wrap(&command));
+    args.push(slurm::wrap(&command) + &redirect);
     let id = slurm::sbatch(&args, &resources).map_err(|refusal| {
         let why = match refusal {
             slurm::SlurmJobError::Refused { said, .. } => said,
@@ -227,7 +225,7 @@ pub fn cancel(recipe_path: &Path, cache: Option<PathBuf>, shell: &Shell) -> anyh
     let recipe = super::loading::load(recipe_path, shell)?;
     let store = super::loading::open_store(cache)?;
     let identity = RunIdentity::of(&store, recipe_path);
-    let Some(jobs) = slurm::jobs_by_name() else {
+    let Some(jobs) = slurm::jobs_by_name(&identity.cache) else {
         return Err(EngineError::Usage("no Slurm answers here (is SLURM_CONF set?)".into()).into());
     };
     let active = |name: &str| {

@@ -32,6 +32,8 @@ const LOG_TAIL: usize = 20;
 /// Polls in a row that may fail (`squeue` times out on a busy controller) before the jobs are
 /// given up on.
 const MAX_POLL_FAILURES: u32 = 30;
+/// Slurm's default MaxArraySize is 1001: an array holds at most this many tasks.
+const MAX_ARRAY_TASKS: usize = 1000;
 /// The first poll after something changed comes this soon; each quiet poll doubles the wait,
 /// up to `poll_seconds`: short jobs are seen ending at once, long ones cost few `squeue` calls.
 const FIRST_POLL: Duration = Duration::from_millis(250);
@@ -52,11 +54,17 @@ pub struct SlurmExecutor {
     poll_failures: Mutex<u32>,
     /// Polls in a row that saw nothing change (the next waits longer).
     quiet_polls: AtomicU32,
+    /// Jobs handed over since the last poll, submitted together by it: the ready instances
+    /// that ask for the same resources become one job array.
+    pending: Mutex<Vec<(Ticket, Pending)>>,
+    /// `sbatch` calls made (for the bench).
+    sbatch_calls: AtomicU64,
     /// Jobs named like ours that were queued or running when this coordinator started.
     attachable: Mutex<BTreeMap<String, String>>,
 }
 
 /// One instance's job, across its resubmissions.
+#[derive(Clone)]
 struct Track {
     key: CacheKey,
     /// Its log; the `sbatch` arguments it is resubmitted with (a forced job's first attempt
@@ -70,6 +78,18 @@ struct Track {
     out_of_time: u32,
     lost: u32,
     ended: bool,
+}
+
+/// A job handed over and not submitted yet.
+struct Pending {
+    track: Track,
+    /// Its job name, label and planned key inputs' file; whether it is forced; its first
+    /// attempt's `sbatch` arguments (when it goes alone).
+    name: String,
+    label: String,
+    expect: PathBuf,
+    forced: bool,
+    first_args: Vec<String>,
 }
 
 /// A forced job's first attempt (it starts over) or a resubmission (it resumes).
@@ -117,16 +137,18 @@ impl SlurmExecutor {
             jobs: Mutex::default(),
             poll_failures: Mutex::new(0),
             quiet_polls: AtomicU32::new(0),
+            pending: Mutex::default(),
+            sbatch_calls: AtomicU64::new(0),
             attachable: Mutex::new(BTreeMap::new()),
         };
         let rows = query_squeue().map_err(|e| match e {
             SlurmJobError::Squeue(said) => SlurmError::NoSlurm(said),
             other => SlurmError::NoSlurm(other.to_string()),
         })?;
-        let active = rows
+        let active = by_instance_name(&executor.logs, rows)
             .into_iter()
-            .filter(|r| r.name.starts_with(JOB_PREFIX) && squeue::meaning(&r.state) == Meaning::Waiting)
-            .map(|r| (r.name, r.id))
+            .filter(|(_, r)| squeue::meaning(&r.state) == Meaning::Waiting)
+            .map(|(name, r)| (name, r.id))
             .collect();
         *executor.attachable.lock().unwrap_or_else(|e| e.into_inner()) = active;
         Ok(executor)
@@ -154,14 +176,13 @@ impl SlurmExecutor {
         let mut args = vec![
             "--parsable".to_string(),
             format!("--job-name={name}"),
-            // Slurm expands `%` (and stops at `\`) in `--output`: the log folder is the job's
-            // working folder and the log's own name has neither.
-            format!("--chdir={}", self.logs.display()),
-            format!("--output={}", log_file_name(label, name)),
             "--open-mode=append".into(),
             // Preempted or failed nodes put the job back in the queue; it resumes.
             "--requeue".into(),
         ];
+        let file = log_file_name(label, name);
+        let (output, redirect) = output_to(&self.logs, &file, &quote(&file));
+        args.extend(output);
         args.extend(resource_args(resources));
         args.extend(self.settings.placement_args());
         args.extend(self.settings.extra.iter().cloned());
@@ -182,7 +203,7 @@ impl SlurmExecutor {
                 command.push("--keep-resume".into());
             }
         }
-        args.push(wrap(&command));
+        args.push(wrap(&command) + &redirect);
         args
     }
 
@@ -194,6 +215,128 @@ impl SlurmExecutor {
     /// Where the key inputs a job must compute are written for it.
     fn expect_path(&self, name: &str) -> PathBuf {
         self.logs.join(format!("{name}.inputs.json"))
+    }
+
+    /// `sbatch` calls this executor made.
+    pub fn sbatch_calls(&self) -> u64 {
+        self.sbatch_calls.load(Ordering::Relaxed)
+    }
+
+    fn sbatch(&self, args: &[String], resources: &Resources) -> Result<String, SlurmJobError> {
+        self.sbatch_calls.fetch_add(1, Ordering::Relaxed);
+        sbatch(args, resources)
+    }
+
+    /// Submits every pending job: those that ask for the same resources (and are all forced or
+    /// all not) as job arrays of up to 1,000 tasks (`--array=0-N%M`, M from `array_cap`), a
+    /// job alone as a plain job. What each ticket's submission said, or why it was refused.
+    fn flush(&self) -> HashMap<Ticket, Result<Vec<JobEvent>, SlurmJobError>> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        type Group = (Vec<String>, bool);
+        let mut groups: BTreeMap<Group, Vec<(Ticket, Pending)>> = BTreeMap::new();
+        for (ticket, job) in pending {
+            let group = if self.settings.arrays.unwrap_or(true) {
+                (resource_args(&job.track.resources), job.forced)
+            } else {
+                // Each alone: a group of its own.
+                (vec![job.name.clone()], job.forced)
+            };
+            groups.entry(group).or_default().push((ticket, job));
+        }
+        let mut said = HashMap::new();
+        for (_, group) in groups {
+            let mut group = group.into_iter().peekable();
+            while group.peek().is_some() {
+                let chunk: Vec<(Ticket, Pending)> = group.by_ref().take(MAX_ARRAY_TASKS).collect();
+                said.extend(self.submit_chunk(chunk));
+            }
+        }
+        said
+    }
+
+    /// Submits `chunk` (jobs asking for the same resources): one alone as a plain job, several
+    /// as one job array whose task `t` runs the instance on line `t` of its tasks file.
+    fn submit_chunk(
+        &self,
+        chunk: Vec<(Ticket, Pending)>,
+    ) -> Vec<(Ticket, Result<Vec<JobEvent>, SlurmJobError>)> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let [(ticket, job)] = chunk.as_slice() {
+            let result = self.sbatch(&job.first_args, &job.track.resources).map(|id| {
+                let what = format!("submitted ({})", describe(&job.track.resources));
+                jobs.insert(*ticket, Track { id: id.clone(), ..job.track.clone() });
+                vec![JobEvent { job: id, what }]
+            });
+            return vec![(*ticket, result)];
+        }
+        let mut hasher = blake3::Hasher::new();
+        for (_, job) in &chunk {
+            hasher.update(job.name.as_bytes());
+        }
+        let array = format!("{ARRAY_PREFIX}{}", &hasher.finalize().to_hex()[..16]);
+        let tasks_file = self.logs.join(format!("{array}.tasks"));
+        let lines: Vec<String> = chunk
+            .iter()
+            .map(|(_, job)| format!("{}\t{}\t{}", job.label, job.expect.display(), job.name))
+            .collect();
+        let resources = chunk[0].1.track.resources.clone();
+        let refused = |e: SlurmJobError| {
+            let message = e.to_string();
+            chunk.iter().map(|(t, _)| (*t, Err(SlurmJobError::Broken(message.clone())))).collect::<Vec<_>>()
+        };
+        if let Err(e) = std::fs::write(&tasks_file, lines.join("\n") + "\n") {
+            return refused(SlurmJobError::Broken(format!("cannot write {}: {e}", tasks_file.display())));
+        }
+        let cap = self.settings.array_cap.map(|m| format!("%{m}")).unwrap_or_default();
+        let mut args = vec![
+            "--parsable".to_string(),
+            format!("--job-name={array}"),
+            "--open-mode=append".into(),
+            "--requeue".into(),
+            format!("--array=0-{}{cap}", chunk.len() - 1),
+        ];
+        let (output, redirect) = output_to(
+            &self.logs,
+            &format!("{array}_%a.log"),
+            &format!("\"{array}_$SLURM_ARRAY_TASK_ID.log\""),
+        );
+        args.extend(output);
+        args.extend(resource_args(&resources));
+        args.extend(self.settings.placement_args());
+        args.extend(self.settings.extra.iter().cloned());
+        let mut command = vec![
+            self.binary.display().to_string(),
+            "worker".into(),
+            self.recipe.display().to_string(),
+            "--cache".into(),
+            self.cache.display().to_string(),
+            "--tasks".into(),
+            tasks_file.display().to_string(),
+        ];
+        if chunk[0].1.forced {
+            command.push("--force".into());
+        }
+        // The task's index is the job's own: expanded by its shell, not quoted away.
+        args.push(format!("{} --task \"$SLURM_ARRAY_TASK_ID\"{redirect}", wrap(&command)));
+        let id = match self.sbatch(&args, &resources) {
+            Ok(id) => id,
+            Err(e) => return refused(e),
+        };
+        let n = chunk.len();
+        chunk
+            .into_iter()
+            .enumerate()
+            .map(|(t, (ticket, job))| {
+                // The instance's log, under its own name, is the task's.
+                let _ = std::fs::remove_file(&job.track.log);
+                let _ = std::os::unix::fs::symlink(format!("{array}_{t}.log"), &job.track.log);
+                let task = format!("{id}_{t}");
+                let what =
+                    format!("submitted ({}) as task {t} of {n} of job array {id}", describe(&resources));
+                jobs.insert(ticket, Track { id: task.clone(), ..job.track });
+                (ticket, Ok(vec![JobEvent { job: task, what }]))
+            })
+            .collect()
     }
 
     /// Cancels every job this coordinator submitted that has not ended (Ctrl-C); returns
@@ -288,6 +431,45 @@ impl SlurmExecutor {
 }
 
 const JOB_PREFIX: &str = "pipeline-";
+/// Job arrays are named `pipeline-array-<16 hex>`; their tasks file lists each task's instance.
+const ARRAY_PREFIX: &str = "pipeline-array-";
+
+/// Slurm's rows keyed by the job name of the instance each computes: a plain job's own name,
+/// and for each task of one of our arrays, the name on its line of the array's tasks file.
+fn by_instance_name(logs: &Path, rows: Vec<JobRow>) -> BTreeMap<String, JobRow> {
+    let mut named: BTreeMap<String, JobRow> = BTreeMap::new();
+    let mut tasks: HashMap<String, Vec<String>> = HashMap::new();
+    for row in rows {
+        let name = if row.name.starts_with(ARRAY_PREFIX) {
+            let names = tasks.entry(row.name.clone()).or_insert_with(|| {
+                std::fs::read_to_string(logs.join(format!("{}.tasks", row.name)))
+                    .map(|text| {
+                        text.lines().filter_map(|l| l.rsplit('\t').next()).map(str::to_string).collect()
+                    })
+                    .unwrap_or_default()
+            });
+            let task = row.id.rsplit_once('_').and_then(|(_, t)| t.parse::<usize>().ok());
+            match task.and_then(|t| names.get(t)) {
+                Some(name) => name.clone(),
+                None => continue,
+            }
+        } else if row.name.starts_with(JOB_PREFIX) {
+            row.name.clone()
+        } else {
+            continue;
+        };
+        let newer = named.get(&name).is_none_or(|old| job_number(&old.id) < job_number(&row.id));
+        if newer {
+            named.insert(name, row);
+        }
+    }
+    named
+}
+
+/// A job id's number, for ordering (`123` and `123_4` both give 123).
+fn job_number(id: &str) -> u64 {
+    id.split('_').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
 
 /// The job name of the instance with `key` computed into the cache at `cache` (an absolute
 /// path): the same for every coordinator on this cache, different for another cache.
@@ -308,6 +490,21 @@ pub fn coordinator_name(cache: &Path, recipe: &Path) -> String {
     hasher.update(b"\0");
     hasher.update(recipe.as_os_str().as_encoded_bytes());
     format!("{JOB_PREFIX}coordinator-{}", &hasher.finalize().to_hex()[..16])
+}
+
+/// Where a job's output goes: the `sbatch` options, and what to append to its `--wrap` command.
+/// Slurm expands `%` in `--output` and `--chdir` and drops `\`, so a log folder whose path has
+/// either is written by the job's shell instead (`>> 'FOLDER'/NAME`); Slurm's own notices (a time
+/// limit reached) then go nowhere. `slurm_name` may use Slurm's `%j`/`%a`, `shell_name` (already
+/// quoted for the shell) `$SLURM_JOB_ID`/`$SLURM_ARRAY_TASK_ID`.
+pub fn output_to(logs: &Path, slurm_name: &str, shell_name: &str) -> (Vec<String>, String) {
+    let text = logs.to_string_lossy();
+    if !text.contains('%') && !text.contains('\\') {
+        // The folder is the job's working folder: the log's own name has neither character.
+        (vec![format!("--chdir={text}"), format!("--output={slurm_name}")], String::new())
+    } else {
+        (vec!["--output=/dev/null".to_string()], format!(" >> {}/{shell_name} 2>&1", quote(&text)))
+    }
 }
 
 /// `--cpus-per-task`, `--mem`, `--time` and `--gres` for what `resources` sets.
@@ -340,8 +537,14 @@ pub fn remove_logs(cache: &Path, keys: &[CacheKey]) -> usize {
         let name = file
             .strip_suffix(".inputs.json")
             .or_else(|| file.strip_suffix(".log").and_then(|rest| rest.rsplit('.').next()));
-        if name.is_some_and(|n| names.contains(n)) && std::fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+        if name.is_some_and(|n| names.contains(n)) {
+            // An array task's log is a link to the task's file: both go.
+            if let Ok(target) = std::fs::read_link(entry.path()) {
+                let _ = std::fs::remove_file(logs_dir(cache).join(target));
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
         }
     }
     removed
@@ -378,23 +581,15 @@ pub fn log_file_name(label: &str, name: &str) -> String {
     format!("{safe}.{name}.log")
 }
 
-/// This user's jobs that Slurm still shows, by name (the newest of each name), or `None` where
-/// there is no Slurm to ask: for `pipeline status`.
-pub fn jobs_by_name() -> Option<BTreeMap<String, JobRow>> {
+/// This user's jobs that Slurm still shows, by the job name of the instance each computes
+/// (array tasks included) and coordinators by theirs, the newest of each name; `None` where
+/// there is no Slurm to ask: for `pipeline status` and `cancel` of the cache at `cache`.
+pub fn jobs_by_name(cache: &Path) -> Option<BTreeMap<String, JobRow>> {
     if std::env::var_os("SLURM_CONF").is_none() && !Path::new("/etc/slurm/slurm.conf").exists() {
         return None;
     }
     let rows = query_squeue().ok()?;
-    let mut named: BTreeMap<String, JobRow> = BTreeMap::new();
-    for row in rows {
-        let newer = named
-            .get(&row.name)
-            .is_none_or(|old| old.id.parse::<u64>().unwrap_or(0) < row.id.parse::<u64>().unwrap_or(0));
-        if newer {
-            named.insert(row.name.clone(), row);
-        }
-    }
-    Some(named)
+    Some(by_instance_name(&logs_dir(cache), rows))
 }
 
 /// A job's row as status shows it: "job 12 running on node7".
@@ -409,7 +604,7 @@ pub fn describe_row(row: &JobRow) -> String {
 /// Every job of this user that Slurm still shows, finished ones included.
 fn query_squeue() -> Result<Vec<JobRow>, SlurmJobError> {
     let output = Command::new("squeue")
-        .args(["--me", "--states=all", "-h", "-o", squeue::FORMAT])
+        .args(["--me", "--states=all", "--array", "-h", "-o", squeue::FORMAT])
         .output()
         .map_err(|e| SlurmJobError::Squeue(e.to_string()))?;
     if !output.status.success() {
@@ -468,6 +663,8 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl Executor for SlurmExecutor {
+    /// Writes the key inputs the job must compute, then re-attaches to a job of an earlier
+    /// coordinator, or keeps the job for the next poll, which submits what is pending at once.
     fn submit(&self, mut job: JobSpec, _reporter: &dyn Reporter) -> Result<Submitted, ExecutorError> {
         // The job takes the key's lock itself (on its node); this process holds none meanwhile.
         drop(job.lock.take());
@@ -478,12 +675,6 @@ impl Executor for SlurmExecutor {
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&expect, bytes));
         written.map_err(|e| SlurmJobError::Broken(format!("cannot write {}: {e}", expect.display())))?;
-        let args = self.sbatch_args(&job, &name, &resources, Attempt::First);
-        let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-        let (id, what) = match attached {
-            Some(id) => (id, "re-attached (submitted by an earlier coordinator)".to_string()),
-            None => (sbatch(&args, &resources)?, format!("submitted ({})", describe(&resources))),
-        };
         self.quiet_polls.store(0, Ordering::Relaxed);
         let ticket = Ticket(self.next_ticket.fetch_add(1, Ordering::Relaxed));
         let track = Track {
@@ -491,14 +682,31 @@ impl Executor for SlurmExecutor {
             log: self.logs.join(log_file_name(&job.instance.label, &name)),
             args: self.sbatch_args(&job, &name, &resources, Attempt::Resume),
             resources,
-            id: id.clone(),
+            id: String::new(),
             last: None,
             out_of_time: 0,
             lost: 0,
             ended: false,
         };
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(ticket, track);
-        Ok(Submitted { ticket, events: vec![JobEvent { job: id, what }] })
+        let attached = self.attachable.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        if let Some(id) = attached {
+            let what = "re-attached (submitted by an earlier coordinator)".to_string();
+            self.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ticket, Track { id: id.clone(), ..track });
+            return Ok(Submitted { ticket, events: vec![JobEvent { job: id, what }] });
+        }
+        let pending = Pending {
+            first_args: self.sbatch_args(&job, &name, &track.resources, Attempt::First),
+            track,
+            name,
+            label: job.instance.label.clone(),
+            expect,
+            forced: job.forced,
+        };
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push((ticket, pending));
+        Ok(Submitted { ticket, events: Vec::new() })
     }
 
     fn attachable(&self, key: &CacheKey) -> bool {
@@ -509,6 +717,7 @@ impl Executor for SlurmExecutor {
     /// missing from the answer has left the queue (it is never one `sbatch` has not yet told
     /// the controller about).
     fn poll(&self, tickets: &[Ticket], committed: &dyn Fn(&CacheKey) -> bool) -> Vec<Polled> {
+        let mut submitted = self.flush();
         let answer = query_squeue();
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let rows = match answer {
@@ -533,20 +742,35 @@ impl Executor for SlurmExecutor {
             }
         };
         let by_id: HashMap<&str, &JobRow> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
-        tickets
+        let polled: Vec<Polled> = tickets
             .iter()
-            .map(|ticket| match jobs.get_mut(ticket) {
-                Some(track) => {
-                    let polled = self.advance(track, &by_id, committed);
-                    track.ended = !matches!(polled.state, JobState::Active);
-                    polled
+            .map(|ticket| {
+                let (refused, mut events) = match submitted.remove(ticket) {
+                    Some(Err(e)) => (Some(e), Vec::new()),
+                    Some(Ok(events)) => (None, events),
+                    None => (None, Vec::new()),
+                };
+                if let Some(e) = refused {
+                    return Polled { state: JobState::Failed(e.into()), events };
                 }
-                None => Polled {
-                    state: JobState::Failed(ExecutorError::UnknownTicket(*ticket)),
-                    events: Vec::new(),
-                },
+                match jobs.get_mut(ticket) {
+                    Some(track) => {
+                        let mut polled = self.advance(track, &by_id, committed);
+                        track.ended = !matches!(polled.state, JobState::Active);
+                        events.append(&mut polled.events);
+                        Polled { state: polled.state, events }
+                    }
+                    None => Polled { state: JobState::Failed(ExecutorError::UnknownTicket(*ticket)), events },
+                }
             })
-            .collect()
+            .collect();
+        let changed = polled.iter().any(|p| !p.events.is_empty() || !matches!(p.state, JobState::Active));
+        if changed {
+            self.quiet_polls.store(0, Ordering::Relaxed);
+        } else {
+            self.quiet_polls.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn cancel(&self, tickets: &[Ticket]) -> Vec<String> {

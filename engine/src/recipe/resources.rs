@@ -214,6 +214,10 @@ pub struct SlurmSettings {
     /// What the coordinator of `run --detach` asks for (its `time` above all: it waits for the
     /// whole run).
     pub coordinator: Resources,
+    /// Whether instances ready together that ask for the same resources go as one job array
+    /// (default true), and how many of an array's tasks may run at once (`--array=…%M`).
+    pub arrays: Option<bool>,
+    pub array_cap: Option<u32>,
 }
 
 impl SlurmSettings {
@@ -243,12 +247,25 @@ impl SlurmSettings {
             poll_seconds: self.poll_seconds.or(site.poll_seconds),
             retries: self.retries.or(site.retries),
             coordinator: self.coordinator.or(&site.coordinator),
+            arrays: self.arrays.or(site.arrays),
+            array_cap: self.array_cap.or(site.array_cap),
         }
     }
 }
 
-pub const SLURM_KEYS: &[&str] =
-    &["partition", "account", "qos", "extra", "defaults", "kinds", "poll_seconds", "retries", "coordinator"];
+pub const SLURM_KEYS: &[&str] = &[
+    "partition",
+    "account",
+    "qos",
+    "extra",
+    "defaults",
+    "kinds",
+    "poll_seconds",
+    "retries",
+    "coordinator",
+    "arrays",
+    "array_cap",
+];
 
 /// The `sbatch` options `extra` may hold: ones that say where and with what a job runs, never
 /// what it runs, where its output goes or with which environment (`--wrap`, `--output`,
@@ -373,6 +390,17 @@ pub fn read_slurm(node: &Node, kind_names: &[&str]) -> Result<SlurmSettings, Vec
                 None => problems.push(problem(
                     &path,
                     format!("`extra` must be a list of sbatch options such as [\"--constraint=a100\"], found {value}"),
+                )),
+            },
+            "arrays" => match value.as_bool() {
+                Some(b) => settings.arrays = Some(b),
+                None => problems.push(problem(&path, format!("`arrays` must be true or false, found {value}"))),
+            },
+            "array_cap" => match value.as_u64().filter(|&n| (1..=100_000).contains(&n)) {
+                Some(n) => settings.array_cap = Some(n as u32),
+                None => problems.push(problem(
+                    &path,
+                    format!("`array_cap` must be a whole number from 1 to 100000 (tasks of one array running at once), found {value}"),
                 )),
             },
             "coordinator" => match read_resources(&entry.node, &["slurm", "coordinator"]) {
