@@ -14,7 +14,7 @@ use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::formats::npy;
 use crate::models::checkpoints::model_digest;
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::{Network, SavedModel};
 use crate::scores::feature_bank::FeatureFit;
@@ -345,10 +345,7 @@ impl StageParams for Score {
                         self.model
                     )));
                 }
-                let saved = SavedModel {
-                    spec_path: model_dir.join("model.json"),
-                    weights_path: model_dir.join(checkpoint_file(epoch)),
-                };
+                let saved = ModelFiles::in_dir(model_dir).at_checkpoint(epoch);
                 let net = saved.load_frozen(ctx.device)?;
                 let dir = ctx.out_dir.join(ScoreIndex::epoch_dir(epoch));
                 let predictions = self.score_model(

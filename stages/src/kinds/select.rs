@@ -15,7 +15,7 @@ use crate::data::{ImageSet, Split};
 use crate::error::{ParamError, StageError};
 use crate::formats::json::write_json;
 use crate::metrics::{mean_over_sets, ood_metrics_with, Convention, OodMetrics};
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, SavedModel};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles, SavedModel};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::Network;
 use crate::scores::scorer::{MethodParams, ScoringInput};
@@ -205,11 +205,7 @@ impl StageParams for Select {
                     .epochs
                     .into_iter()
                     .map(|epoch| {
-                        let saved = SavedModel {
-                            spec_path: dir.join("model.json"),
-                            weights_path: dir.join(checkpoint_file(epoch)),
-                        };
-                        (blank(BTreeMap::new(), Some(epoch)), saved)
+                        (blank(BTreeMap::new(), Some(epoch)), ModelFiles::in_dir(dir).at_checkpoint(epoch))
                     })
                     .collect()
             }
@@ -250,8 +246,9 @@ impl StageParams for Select {
         let mut table: Vec<Candidate> = scored.iter().map(|(c, _)| c.clone()).collect();
         let chosen = choose(&mut table, self.metric, self.max_id_acc_drop);
         let saved = &scored[chosen].1;
-        for (from, to) in [(&saved.spec_path, "model.json"), (&saved.weights_path, "model.safetensors")] {
-            std::fs::copy(from, ctx.out_dir.join(to)).map_err(StageError::io("cannot copy", from))?;
+        let out = ModelFiles::in_dir(ctx.out_dir);
+        for (from, to) in [(&saved.spec_path, out.spec()), (&saved.weights_path, out.weights())] {
+            std::fs::copy(from, to).map_err(StageError::io("cannot copy", from))?;
         }
         let pick = &table[chosen];
         let what = match pick.epoch {

@@ -18,7 +18,7 @@ mod small_cnn;
 pub mod spec;
 mod wide_resnet;
 
-pub use checkpoints::{checkpoint_file, CheckpointIndex, SavedModel, CHECKPOINT_INDEX};
+pub use checkpoints::{checkpoint_file, CheckpointIndex, ModelFiles, SavedModel, CHECKPOINT_INDEX};
 pub use densenet::DenseNetBc;
 pub use layers::{Ends, Forward, Mode};
 pub use network::Network;
