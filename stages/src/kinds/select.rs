@@ -18,7 +18,8 @@ use crate::metrics::{mean_over_sets, ood_metrics_with, Convention, OodMetrics};
 use crate::models::checkpoints::{CheckpointIndex, ModelFiles, SavedModel};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::Network;
-use crate::scores::scorer::{MethodParams, ScoringInput};
+use crate::scores::methods::{names_where, prose_list};
+use crate::scores::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::scores::Method;
 use crate::stage::{Artifact, Input, RunContext, StageParams};
 use serde::{Deserialize, Serialize};
@@ -158,11 +159,16 @@ impl StageParams for Select {
         if self.ood.is_empty() {
             problems.push(ParamError::new(&["ood"], "needs at least one validation OOD dataset"));
         }
-        let method = self.method.get();
-        if method.needs_gaussian() || method.needs_features_fit() {
+        let needs_a_fit = |m: &dyn ScoreMethod| m.needs_gaussian() || m.needs_features_fit();
+        if needs_a_fit(self.method.get()) {
+            let without = names_where(|m| !needs_a_fit(m));
             problems.push(ParamError::new(
                 &["method"],
-                format!("`{}` needs a fitted statistic per candidate; choose a method without one (msp, energy, odin, maxlogit, …)", self.method.name()),
+                format!(
+                    "`{}` needs a fitted statistic per candidate; choose a method without one: {}",
+                    self.method.name(),
+                    prose_list(&without, "or")
+                ),
             ));
         }
         if self.max_id_acc_drop.is_some_and(|d| d.is_nan() || d < 0.0) {
