@@ -67,7 +67,7 @@ pub fn select(choice: DeviceChoice) -> Result<(Device, Option<String>), DeviceEr
 /// the libraries candle will call can be loaded: a missing one would otherwise be a panic deep
 /// inside the first kernel launch or matrix product.
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
-    let missing = missing_cuda_libraries();
+    let missing = crate::models::kernels::cuda_libraries::missing_cuda_libraries();
     if !missing.is_empty() {
         return Err(format!(
             "cannot load {} (install the NVIDIA driver, and put the CUDA 13 libraries on \
@@ -76,29 +76,6 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
         ));
     }
     Device::new_cuda(ordinal).map_err(|e| first_line(&e))
-}
-
-/// The CUDA libraries this build needs and cannot find. A build that links them (plain
-/// `--features cuda`) cannot start without them, so it finds none missing.
-#[cfg(feature = "cuda-dynamic-loading")]
-fn missing_cuda_libraries() -> Vec<&'static str> {
-    use candle_core::cuda_backend::cudarc;
-    // SAFETY: each call only tries to dlopen the library under its usual names and closes it.
-    let present = unsafe {
-        [
-            ("libcuda (the NVIDIA driver)", cudarc::driver::sys::is_culib_present()),
-            ("libcublas", cudarc::cublas::sys::is_culib_present()),
-            ("libcublasLt", cudarc::cublaslt::sys::is_culib_present()),
-            ("libcurand", cudarc::curand::sys::is_culib_present()),
-            ("libnvrtc", cudarc::nvrtc::sys::is_culib_present()),
-        ]
-    };
-    present.into_iter().filter(|(_, found)| !found).map(|(name, _)| name).collect()
-}
-
-#[cfg(not(feature = "cuda-dynamic-loading"))]
-fn missing_cuda_libraries() -> Vec<&'static str> {
-    Vec::new()
 }
 
 /// The message of a candle error without the backtrace candle appends when RUST_BACKTRACE is

@@ -13,7 +13,8 @@
 //! - [`training`]: the fit loop and its configuration, optimiser, schedules, losses, masks, the
 //!   loss constraint, outlier selection.
 //! - [`models`]: architectures, parameters, checkpoints, evaluation over an image set, and
-//!   `kernels/` (the CPU convolution and fused batch norm: all unsafe code lives there).
+//!   `kernels/` (the CPU convolution and fused batch norm, the allocator settings and the CUDA
+//!   library probe: all unsafe code lives there).
 //! - [`scores`]: one scorer per OOD score method; [`metrics`]: FPR95, AUROC, AUPR.
 //! - [`data`]: dataset specifications and loaders; [`formats`]: `.npy` and JSON outputs.
 //! - [`estimate`]: workloads of stages and measured throughput, for duration estimates.
@@ -22,6 +23,9 @@
 //! Inside the crate every item is named by its home module (`crate::stage::StageParams`), never
 //! through the re-exports below, which are for other crates: no file imports a file that
 //! imports it back (`tests/module_graph.rs`).
+//!
+//! `unsafe` code is denied outside `models::kernels` (the only module that allows it).
+#![deny(unsafe_code)]
 
 pub mod data;
 pub mod device;

@@ -7,19 +7,6 @@ use super::{bench, commands, metrics, remote};
 use clap::Parser;
 use std::process::ExitCode;
 
-/// Keeps freed memory in the process instead of returning large blocks to the OS after every
-/// training step: with glibc's defaults each step's tensors are fresh mmaps, and the page faults
-/// of re-touching them cost about a fifth of a small CNN's step (measured on this project's 2-core machines with candle 0.11).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
-    unsafe {
-        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 /// Makes candle's element-wise worker pool park at once when it runs out of work instead of
 /// spinning 25,000 times first (its default): on a 2-core machine the spinning workers take the
 /// cores from the convolution and gemm threads. Measured with `pipeline bench-train` at two
@@ -35,7 +22,8 @@ fn park_idle_candle_workers() {
 
 /// Entry point of the `pipeline` binary.
 pub fn main() -> ExitCode {
-    keep_freed_memory();
+    // First, before any thread starts: glibc keeps freed memory for the next training step.
+    stages::models::kernels::allocator::keep_freed_memory();
     park_idle_candle_workers();
     let cli = Cli::parse();
     let verbosity = if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal };

@@ -118,7 +118,7 @@ pub fn describe_count(fields: &[SweptField], zip: bool) -> String {
         (Some(first), true) => format!("{} zipped, {} each", names.join(" and "), first.values.len()),
         _ => fields
             .iter()
-            .map(|f| format!("`{}` {}", f.name, super::thousands(f.values.len() as u128)))
+            .map(|f| format!("`{}` {}", f.name, thousands(f.values.len() as u128)))
             .collect::<Vec<_>>()
             .join(" × "),
     }
@@ -182,6 +182,19 @@ pub fn merge(groups: Vec<Group>) -> Vec<Group> {
     merged
 }
 
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u128) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,8 +231,8 @@ mod tests {
         assert_eq!(describe_count(&fields[..2], true), "`a` and `b` zipped, 1000 each");
         let huge: Vec<SweptField> = (0..40).map(|i| field(&i.to_string(), 100)).collect();
         assert_eq!(variant_count(&huge, false), u128::MAX, "saturates instead of overflowing");
-        assert_eq!(super::super::thousands(1_234_567), "1,234,567");
-        assert_eq!(super::super::thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! throughput of that model on the recipe's device comes from a table kept in the cache folder
 //! (`throughput.json`, images/s per configuration), filled by measuring a few steps when asked
 //! (`pipeline plan --estimate`). The estimator only follows stage names and multiplies.
-use super::workload::{dataset_size, measure_throughput, throughput_key, ModelSource, Passes, Workload};
+pub use super::throughput::ThroughputTable;
+use super::throughput::{measure_throughput, throughput_key};
+use super::workload::{dataset_size, ModelSource, Passes, Workload};
 use crate::data::{DatasetSpec, Split};
 use crate::device::describe;
 use crate::error::StageError;
@@ -11,33 +13,6 @@ use crate::stage::Stage;
 use candle_core::Device;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-
-/// Measured images/s by configuration, stored as JSON in the cache folder.
-pub struct ThroughputTable {
-    path: PathBuf,
-    entries: BTreeMap<String, f64>,
-}
-
-impl ThroughputTable {
-    /// The table kept in the file `path` (empty when there is none or it is unreadable).
-    pub fn open(path: PathBuf) -> ThroughputTable {
-        let entries =
-            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        ThroughputTable { path, entries }
-    }
-
-    pub fn get(&self, key: &str) -> Option<f64> {
-        self.entries.get(key).copied().filter(|v| v.is_finite() && *v > 0.0)
-    }
-
-    /// Records a measurement and writes the table (through a temporary file and a rename).
-    pub fn insert(&mut self, key: String, images_per_second: f64) -> std::io::Result<()> {
-        self.entries.insert(key, images_per_second);
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.entries).expect("numbers serialise"))?;
-        std::fs::rename(&tmp, &self.path)
-    }
-}
 
 type DatasetSize = Result<(usize, [usize; 3]), EstimateError>;
 
@@ -203,7 +178,7 @@ impl<'a> Estimator<'a> {
                             configuration: key.clone(),
                             message: e.to_string(),
                         })?;
-                let path = self.table.path.clone();
+                let path = self.table.path().to_path_buf();
                 self.table
                     .insert(key, rate)
                     .map_err(|e| EstimateError::Record { path, message: e.to_string() })?;
@@ -234,20 +209,5 @@ mod tests {
         assert_eq!(human_duration(4.4), "4s");
         assert_eq!(human_duration(750.0), "12m 30s");
         assert_eq!(human_duration(3900.0), "1h 05m");
-    }
-
-    #[test]
-    fn the_table_round_trips_through_its_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut table = ThroughputTable::open(dir.path().join("throughput.json"));
-        assert_eq!(table.get("x"), None);
-        table.insert("x".into(), 123.5).unwrap();
-        assert_eq!(ThroughputTable::open(dir.path().join("throughput.json")).get("x"), Some(123.5));
-        std::fs::write(dir.path().join("throughput.json"), b"not json").unwrap();
-        assert_eq!(
-            ThroughputTable::open(dir.path().join("throughput.json")).get("x"),
-            None,
-            "a damaged table is ignored"
-        );
     }
 }

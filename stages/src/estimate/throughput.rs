@@ -1,12 +1,17 @@
-//! Training-step benchmark (`pipeline bench-train`): times forward, backward and an SGD update
-//! of a model on one fixed random batch, exactly as a training stage computes them, so that
-//! bench/ can compare the step time with PyTorch's on the same network.
+//! Throughput of a model on a device, in images per second: measured for duration estimates
+//! ([`measure_throughput`]: a few training or evaluation steps on a random batch), kept by
+//! configuration ([`throughput_key`], [`ThroughputTable`]: `throughput.json` in the cache
+//! folder); and the training-step benchmark (`pipeline bench-train`), which times forward,
+//! backward and an SGD update of a model on one fixed random batch, exactly as a training stage
+//! computes them, so that bench/ can compare the step time with PyTorch's on the same network.
 use crate::error::StageError;
 use crate::math::rng;
 use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
 use crate::training::optim::{Sgd, SgdConfig};
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The networks the benchmark knows, by the names bench/ uses for both frameworks.
@@ -136,6 +141,93 @@ pub fn time_evaluation_batches(
     })
 }
 
+/// Images per second of `architecture` on `input_shape` at `batch_size`, measured with a
+/// warm-up step and two timed ones (training: forward, backward and SGD; else forward only).
+pub fn measure_throughput(
+    architecture: &Architecture,
+    input_shape: [usize; 3],
+    batch_size: usize,
+    training: bool,
+    device: &Device,
+) -> Result<f64, StageError> {
+    let spec = ModelSpec {
+        architecture: architecture.clone(),
+        input_shape,
+        num_classes: 10,
+        dropout: 0.0,
+        affine_bn: false,
+        mean: vec![0.0; input_shape[0]],
+        std: vec![1.0; input_shape[0]],
+        weight_masks: false,
+    };
+    let seconds: Vec<f64> = if training {
+        time_training_steps(&spec, batch_size, 1, 2, 0, device, || ())?
+    } else {
+        let values = spec.initialise(&mut crate::math::rng::derive(0, "throughput"), device)?;
+        let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, device)?;
+        let [c, h, w] = input_shape;
+        let images = Tensor::zeros((batch_size, c, h, w), candle_core::DType::F32, device)?;
+        let mut times = Vec::new();
+        for step in 0..3 {
+            let start = Instant::now();
+            let logits = net.forward(&images, &mut Mode::Eval)?.logits;
+            let _: Vec<f32> = logits.flatten_all()?.narrow(0, 0, 1)?.to_vec1()?;
+            if step > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times
+    };
+    let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+    Ok(batch_size as f64 / mean.max(1e-9))
+}
+
+/// A stable name of a measured configuration, the key of the throughput table.
+pub fn throughput_key(
+    architecture: &Architecture,
+    input_shape: [usize; 3],
+    batch_size: usize,
+    training: bool,
+    device: &str,
+) -> String {
+    let arch = serde_json::to_string(architecture).expect("architectures serialise");
+    let [c, h, w] = input_shape;
+    let mode = if training { "train" } else { "eval" };
+    format!("{arch} {c}x{h}x{w} batch {batch_size} {mode} on {device}")
+}
+
+/// Measured images/s by configuration, stored as JSON in the cache folder.
+pub struct ThroughputTable {
+    path: PathBuf,
+    entries: BTreeMap<String, f64>,
+}
+
+impl ThroughputTable {
+    /// The table kept in the file `path` (empty when there is none or it is unreadable).
+    pub fn open(path: PathBuf) -> ThroughputTable {
+        let entries =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        ThroughputTable { path, entries }
+    }
+
+    /// The file the table is kept in.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.entries.get(key).copied().filter(|v| v.is_finite() && *v > 0.0)
+    }
+
+    /// Records a measurement and writes the table (through a temporary file and a rename).
+    pub fn insert(&mut self, key: String, images_per_second: f64) -> std::io::Result<()> {
+        self.entries.insert(key, images_per_second);
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.entries).expect("numbers serialise"))?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +263,33 @@ mod tests {
         assert_eq!(times.len(), 3);
         assert_eq!(marked, 1);
         assert!(times.iter().all(|&t| t > 0.0));
+    }
+
+    #[test]
+    fn throughput_is_measured_and_keys_tell_configurations_apart() {
+        let arch = Architecture::SmallCnn { widths: vec![4, 8], strides: vec![2, 2] };
+        let train = measure_throughput(&arch, [1, 8, 8], 4, true, &Device::Cpu).unwrap();
+        let eval = measure_throughput(&arch, [1, 8, 8], 4, false, &Device::Cpu).unwrap();
+        assert!(train.is_finite() && train > 0.0 && eval.is_finite() && eval > 0.0);
+        let a = throughput_key(&arch, [1, 8, 8], 4, true, "cpu");
+        assert_ne!(a, throughput_key(&arch, [1, 8, 8], 4, false, "cpu"));
+        assert_ne!(a, throughput_key(&arch, [1, 8, 8], 8, true, "cpu"));
+        assert_ne!(a, throughput_key(&arch, [1, 8, 8], 4, true, "cuda"));
+        assert_eq!(a, throughput_key(&arch, [1, 8, 8], 4, true, "cpu"));
+    }
+
+    #[test]
+    fn the_table_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = ThroughputTable::open(dir.path().join("throughput.json"));
+        assert_eq!(table.get("x"), None);
+        table.insert("x".into(), 123.5).unwrap();
+        assert_eq!(ThroughputTable::open(dir.path().join("throughput.json")).get("x"), Some(123.5));
+        std::fs::write(dir.path().join("throughput.json"), b"not json").unwrap();
+        assert_eq!(
+            ThroughputTable::open(dir.path().join("throughput.json")).get("x"),
+            None,
+            "a damaged table is ignored"
+        );
     }
 }

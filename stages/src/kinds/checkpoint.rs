@@ -3,7 +3,7 @@
 //! Outputs: `model.json`, `model.safetensors`, `selected.json` (`{"epoch": N}`).
 use crate::error::StageError;
 use crate::formats::json::write_json;
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles};
 use crate::stage::Artifact;
 use crate::stage::Input;
 use crate::stage::RunContext;
@@ -95,12 +95,12 @@ impl StageParams for Checkpoint {
                 )))
             }
         };
-        let copy = |from: std::path::PathBuf, to: &str| {
-            let target = ctx.out_dir.join(to);
-            std::fs::copy(&from, &target).map(|_| ()).map_err(StageError::io("cannot copy", from))
+        let copy = |from: std::path::PathBuf, to: std::path::PathBuf| {
+            std::fs::copy(&from, &to).map(|_| ()).map_err(StageError::io("cannot copy", from))
         };
-        copy(dir.join("model.json"), "model.json")?;
-        copy(dir.join(checkpoint_file(epoch)), "model.safetensors")?;
+        let (source, out) = (ModelFiles::in_dir(dir), ModelFiles::in_dir(ctx.out_dir));
+        copy(source.spec(), out.spec())?;
+        copy(source.checkpoint(epoch), out.weights())?;
         write_json(
             &ctx.out_dir.join("selected.json"),
             &serde_json::json!({ "from": self.from, "epoch": epoch }),

@@ -250,8 +250,9 @@ mod tests {
         let values = spec.initialise(&mut crate::math::rng::derive(0, "init"), &dev).unwrap();
         let model_dir = dir.path().join("model");
         std::fs::create_dir_all(&model_dir).unwrap();
-        spec.write(&model_dir.join("model.json")).unwrap();
-        save_weights(&values, &model_dir.join("model.safetensors")).unwrap();
+        let files = crate::models::ModelFiles::in_dir(&model_dir);
+        spec.write(&files.spec()).unwrap();
+        save_weights(&values, &files.weights()).unwrap();
         // The independent reference: batch-mean CE of the whole set in one batch, via candle.
         let dataset = DatasetSpec::Idx(IdxSpec {
             root: data_dir,

@@ -14,7 +14,7 @@ use crate::error::StageError;
 use crate::formats::json::write_json;
 use crate::formats::npy;
 use crate::models::checkpoints::model_digest;
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::{Network, SavedModel};
 use crate::scores::feature_bank::FeatureFit;
@@ -27,7 +27,8 @@ struct Fits<'a> {
     gaussian: Option<&'a GaussianFit>,
     features: Option<&'a FeatureFit>,
 }
-use crate::scores::scorer::{MethodParams, ScoringInput};
+use crate::scores::methods::{names_where, prose_list};
+use crate::scores::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::scores::Method;
 use crate::stage::Artifact;
 use crate::stage::Input;
@@ -65,10 +66,12 @@ pub struct Score {
     /// ODIN's perturbation size ε (on [0, 1] pixels).
     #[serde(default = "crate::scores::odin::default_epsilon")]
     pub odin_epsilon: f64,
-    /// The `mahalanobis-fit` stage of this model (needed by the `mahalanobis` method).
+    /// The `mahalanobis-fit` stage of this model (needed by the methods that score with a
+    /// class-conditional Gaussian, such as `mahalanobis`).
     #[serde(default)]
     pub mahalanobis: Option<String>,
-    /// The `feature-fit` stage of this model (needed by `react` and `knn`). Left out of the
+    /// The `feature-fit` stage of this model (needed by the methods that score with ID training
+    /// features, such as `react` and `knn`). Left out of the
     /// parameters when unset, so recipes without it keep their cache keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features_fit: Option<String>,
@@ -204,39 +207,65 @@ impl StageParams for Score {
             problems.push(ParamError::new(&["methods"], "needs at least one method"));
         }
         problems.extend(ParamError::batch_size("batch_size", self.batch_size));
-        let wants_mahalanobis = self.methods.iter().any(|m| m.get().needs_gaussian());
-        match (&self.mahalanobis, wants_mahalanobis) {
-            (None, true) => problems.push(ParamError::new(
+        // Which methods need which fitted statistic is each method's own word (the registry's).
+        let listed = |needs: fn(&dyn ScoreMethod) -> bool| -> Vec<&'static str> {
+            self.methods.iter().filter(|m| needs(m.get())).map(|m| m.name()).collect()
+        };
+        let verb = |names: &[&str]| if names.len() == 1 { "needs" } else { "need" };
+        let wants_gaussian = listed(|m| m.needs_gaussian());
+        match (&self.mahalanobis, wants_gaussian.is_empty()) {
+            (None, false) => problems.push(ParamError::new(
                 &["methods"],
-                "`mahalanobis` needs `mahalanobis = \"STAGE\"`, a mahalanobis-fit stage of the same model",
+                format!(
+                    "{} {} `mahalanobis = \"STAGE\"`, a mahalanobis-fit stage of the same model",
+                    prose_list(&wants_gaussian, "and"),
+                    verb(&wants_gaussian)
+                ),
             )),
-            (Some(_), false) => {
-                problems.push(ParamError::new(&["mahalanobis"], "is set but `methods` lacks \"mahalanobis\""))
-            }
+            (Some(_), true) => problems.push(ParamError::new(
+                &["mahalanobis"],
+                format!(
+                    "is set but `methods` has none of {}",
+                    prose_list(&names_where(|m| m.needs_gaussian()), "and")
+                ),
+            )),
             _ => {}
         }
-        let wants_features = self.methods.iter().any(|m| m.get().needs_features_fit());
-        match (&self.features_fit, wants_features) {
-            (None, true) => problems.push(ParamError::new(
+        let wants_features = listed(|m| m.needs_features_fit());
+        match (&self.features_fit, wants_features.is_empty()) {
+            (None, false) => problems.push(ParamError::new(
                 &["methods"],
-                "`react`, `knn`, `dice` and `kl-matching` need `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
+                format!(
+                    "{} {} `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
+                    prose_list(&wants_features, "and"),
+                    verb(&wants_features)
+                ),
             )),
-            (Some(_), false) => problems.push(ParamError::new(
+            (Some(_), true) => problems.push(ParamError::new(
                 &["features_fit"],
-                "is set but `methods` has none of react, knn, dice and kl-matching",
+                format!(
+                    "is set but `methods` has none of {}",
+                    prose_list(&names_where(|m| m.needs_features_fit()), "and")
+                ),
             )),
             _ => {}
         }
-        if wants_features && self.checkpoints.is_some() {
+        if !wants_features.is_empty() && self.checkpoints.is_some() {
             problems.push(ParamError::new(
                 &["checkpoints"],
-                "cannot be combined with react or knn (their statistics are fitted to one model)",
+                format!(
+                    "cannot be combined with {} (a feature-fit stage's statistics are fitted to one model)",
+                    prose_list(&wants_features, "and")
+                ),
             ));
         }
-        if wants_mahalanobis && self.checkpoints.is_some() {
+        if !wants_gaussian.is_empty() && self.checkpoints.is_some() {
             problems.push(ParamError::new(
                 &["checkpoints"],
-                "cannot be combined with the mahalanobis method (its Gaussian is fitted to one model)",
+                format!(
+                    "cannot be combined with {} (a mahalanobis-fit stage's Gaussian is fitted to one model)",
+                    prose_list(&wants_gaussian, "and")
+                ),
             ));
         }
         if !(self.odin_temperature.is_finite() && self.odin_temperature > 0.0) {
@@ -345,10 +374,7 @@ impl StageParams for Score {
                         self.model
                     )));
                 }
-                let saved = SavedModel {
-                    spec_path: model_dir.join("model.json"),
-                    weights_path: model_dir.join(checkpoint_file(epoch)),
-                };
+                let saved = ModelFiles::in_dir(model_dir).at_checkpoint(epoch);
                 let net = saved.load_frozen(ctx.device)?;
                 let dir = ctx.out_dir.join(ScoreIndex::epoch_dir(epoch));
                 let predictions = self.score_model(
@@ -449,5 +475,44 @@ impl Score {
             }
         }
         Ok(predictions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(params: serde_json::Value) -> Vec<(String, String)> {
+        let score: Score = serde_json::from_value(params).unwrap();
+        score.check().into_iter().map(|e| (e.path.join("."), e.message)).collect()
+    }
+
+    #[test]
+    fn missing_and_unused_fits_name_the_methods_that_need_them() {
+        let missing = problems(serde_json::json!({
+            "model": "m", "id": "i", "ood": ["o"], "methods": ["msp", "rmds", "knn"], "checkpoints": "all",
+        }));
+        let messages: Vec<&str> = missing.iter().map(|(_, m)| m.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`rmds` needs `mahalanobis = \"STAGE\"`, a mahalanobis-fit stage of the same model",
+                "`rmds` and `knn` need `features_fit = \"STAGE\"`, a feature-fit stage of the same model",
+                "cannot be combined with `rmds` and `knn` (a feature-fit stage's statistics are fitted to one model)",
+                "cannot be combined with `rmds` (a mahalanobis-fit stage's Gaussian is fitted to one model)",
+            ]
+        );
+        let unused = problems(serde_json::json!({
+            "model": "m", "id": "i", "ood": ["o"], "methods": ["msp"], "mahalanobis": "g", "features_fit": "f",
+        }));
+        assert_eq!(
+            unused[0],
+            ("mahalanobis".into(), "is set but `methods` has none of `mahalanobis` and `rmds`".into())
+        );
+        let (path, message) = &unused[1];
+        assert_eq!(path, "features_fit");
+        for name in ["react", "knn", "dice", "kl-matching", "vim", "rmds"] {
+            assert!(message.contains(&format!("`{name}`")), "{message}");
+        }
     }
 }

@@ -15,10 +15,11 @@ use crate::data::{ImageSet, Split};
 use crate::error::{ParamError, StageError};
 use crate::formats::json::write_json;
 use crate::metrics::{mean_over_sets, ood_metrics_with, Convention, OodMetrics};
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, SavedModel};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles, SavedModel};
 use crate::models::evaluation::{argmax, forward_all};
 use crate::models::Network;
-use crate::scores::scorer::{MethodParams, ScoringInput};
+use crate::scores::methods::{names_where, prose_list};
+use crate::scores::scorer::{MethodParams, ScoreMethod, ScoringInput};
 use crate::scores::Method;
 use crate::stage::{Artifact, Input, RunContext, StageParams};
 use serde::{Deserialize, Serialize};
@@ -158,11 +159,16 @@ impl StageParams for Select {
         if self.ood.is_empty() {
             problems.push(ParamError::new(&["ood"], "needs at least one validation OOD dataset"));
         }
-        let method = self.method.get();
-        if method.needs_gaussian() || method.needs_features_fit() {
+        let needs_a_fit = |m: &dyn ScoreMethod| m.needs_gaussian() || m.needs_features_fit();
+        if needs_a_fit(self.method.get()) {
+            let without = names_where(|m| !needs_a_fit(m));
             problems.push(ParamError::new(
                 &["method"],
-                format!("`{}` needs a fitted statistic per candidate; choose a method without one (msp, energy, odin, maxlogit, …)", self.method.name()),
+                format!(
+                    "`{}` needs a fitted statistic per candidate; choose a method without one: {}",
+                    self.method.name(),
+                    prose_list(&without, "or")
+                ),
             ));
         }
         if self.max_id_acc_drop.is_some_and(|d| d.is_nan() || d < 0.0) {
@@ -205,11 +211,7 @@ impl StageParams for Select {
                     .epochs
                     .into_iter()
                     .map(|epoch| {
-                        let saved = SavedModel {
-                            spec_path: dir.join("model.json"),
-                            weights_path: dir.join(checkpoint_file(epoch)),
-                        };
-                        (blank(BTreeMap::new(), Some(epoch)), saved)
+                        (blank(BTreeMap::new(), Some(epoch)), ModelFiles::in_dir(dir).at_checkpoint(epoch))
                     })
                     .collect()
             }
@@ -250,8 +252,9 @@ impl StageParams for Select {
         let mut table: Vec<Candidate> = scored.iter().map(|(c, _)| c.clone()).collect();
         let chosen = choose(&mut table, self.metric, self.max_id_acc_drop);
         let saved = &scored[chosen].1;
-        for (from, to) in [(&saved.spec_path, "model.json"), (&saved.weights_path, "model.safetensors")] {
-            std::fs::copy(from, ctx.out_dir.join(to)).map_err(StageError::io("cannot copy", from))?;
+        let out = ModelFiles::in_dir(ctx.out_dir);
+        for (from, to) in [(&saved.spec_path, out.spec()), (&saved.weights_path, out.weights())] {
+            std::fs::copy(from, to).map_err(StageError::io("cannot copy", from))?;
         }
         let pick = &table[chosen];
         let what = match pick.epoch {

@@ -277,9 +277,9 @@ mod tests {
         }
         // The saved snapshot reloads as the masked model.
         let dir = tempfile::tempdir().unwrap();
-        crate::models::save_weights(&masked.snapshot().unwrap(), &dir.path().join("model.safetensors"))
-            .unwrap();
-        ModelSpec { weight_masks: true, ..spec.clone() }.write(&dir.path().join("model.json")).unwrap();
+        let files = crate::models::ModelFiles::in_dir(dir.path());
+        crate::models::save_weights(&masked.snapshot().unwrap(), &files.weights()).unwrap();
+        ModelSpec { weight_masks: true, ..spec.clone() }.write(&files.spec()).unwrap();
         let saved = crate::models::SavedModel::in_dir(dir.path()).unwrap();
         let (loaded_spec, effective) = saved.load_effective(&dev).unwrap();
         assert!(!loaded_spec.weight_masks);

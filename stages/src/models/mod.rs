@@ -10,6 +10,7 @@ pub mod catalogue;
 pub mod checkpoints;
 mod densenet;
 pub mod evaluation;
+#[allow(unsafe_code)]
 pub mod kernels;
 pub mod layers;
 pub mod network;
@@ -18,7 +19,7 @@ mod small_cnn;
 pub mod spec;
 mod wide_resnet;
 
-pub use checkpoints::{checkpoint_file, CheckpointIndex, SavedModel, CHECKPOINT_INDEX};
+pub use checkpoints::{checkpoint_file, CheckpointIndex, ModelFiles, SavedModel, CHECKPOINT_INDEX};
 pub use densenet::DenseNetBc;
 pub use layers::{Ends, Forward, Mode};
 pub use network::Network;

@@ -46,6 +46,23 @@ pub fn names() -> &'static [&'static str] {
     NAMES.get_or_init(|| registry().iter().map(|m| m.name()).collect())
 }
 
+/// The names of the methods of the [`registry`] for which `which` holds, in registry order:
+/// messages that list methods (those that need a fitted Gaussian, say) take them from here.
+pub fn names_where(which: impl Fn(&dyn ScoreMethod) -> bool) -> Vec<&'static str> {
+    registry().iter().filter(|m| which(**m)).map(|m| m.name()).collect()
+}
+
+/// Method names as prose, each in backquotes: "`a`", "`a` and `b`", "`a`, `b` and `c`" (with
+/// `conjunction` in place of "and").
+pub fn prose_list(names: &[&str], conjunction: &str) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} {conjunction} {last}", rest.join(", ")),
+    }
+}
+
 /// A score method of the [`registry`].
 #[derive(Clone, Copy)]
 pub struct Method(&'static dyn ScoreMethod);
@@ -104,5 +121,15 @@ mod tests {
         }
         let error = serde_json::from_value::<Method>(serde_json::json!("vim-typo")).unwrap_err().to_string();
         assert!(error.contains("unknown variant `vim-typo`") && error.contains("`mahalanobis`"), "{error}");
+    }
+
+    #[test]
+    fn lists_of_methods_come_from_the_registry_and_read_as_prose() {
+        assert_eq!(names_where(|m| m.needs_gaussian()), ["mahalanobis", "rmds"]);
+        assert_eq!(names_where(|_| true), names());
+        assert_eq!(prose_list(&[], "and"), "");
+        assert_eq!(prose_list(&["msp"], "and"), "`msp`");
+        assert_eq!(prose_list(&["msp", "odin"], "or"), "`msp` or `odin`");
+        assert_eq!(prose_list(&["msp", "odin", "knn"], "and"), "`msp`, `odin` and `knn`");
     }
 }

@@ -10,7 +10,7 @@ use crate::data::{ImageSet, Split};
 use crate::error::ParamError;
 use crate::error::StageError;
 use crate::formats::json::write_json;
-use crate::models::checkpoints::{checkpoint_file, CheckpointIndex, CHECKPOINT_INDEX};
+use crate::models::checkpoints::{CheckpointIndex, ModelFiles};
 use crate::models::{Forward, Mode, ModelSpec, SavedModel};
 use crate::stage::Artifact;
 use crate::stage::Input;
@@ -234,8 +234,9 @@ pub struct Fit<'a> {
 /// Trains for `config.epochs` epochs on `data`, writing checkpoints and history to the stage's
 /// output folder.
 pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> Result<(), StageError> {
-    job.spec.write(&ctx.out_dir.join("model.json"))?;
-    let checkpoints = ctx.out_dir.join("checkpoints");
+    let files = ModelFiles::in_dir(ctx.out_dir);
+    job.spec.write(&files.spec())?;
+    let checkpoints = files.checkpoint_dir();
     std::fs::create_dir_all(&checkpoints).map_err(StageError::io("cannot create", &checkpoints))?;
     let mut sgd = Sgd::new(job.vars, config.sgd);
     let mut shuffle_rng = crate::math::rng::derive(ctx.seed, "shuffle");
@@ -335,7 +336,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         history.push(record);
         let done = epoch + 1;
         if done == config.epochs || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) {
-            crate::models::save_weights(&(job.snapshot)()?, &ctx.out_dir.join(checkpoint_file(done)))?;
+            crate::models::save_weights(&(job.snapshot)()?, &files.checkpoint(done))?;
             kept.push(done);
         }
         if let (Some(dir), true) = (resume_dir, done < config.epochs) {
@@ -358,7 +359,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
             resume::save(dir, &state, ctx.out_dir)?;
         }
     }
-    write_json(&ctx.out_dir.join(CHECKPOINT_INDEX), &CheckpointIndex { epochs: kept })?;
+    write_json(&files.checkpoint_index(), &CheckpointIndex { epochs: kept })?;
     write_json(&ctx.out_dir.join("history.json"), &history)
 }
 

@@ -10,7 +10,7 @@
 //!   positions, the history, the kept epochs, and the blake3 of every file it relies on, so a
 //!   torn or edited state is never used.
 use crate::error::StageError;
-use crate::models::checkpoints::checkpoint_file;
+use crate::models::checkpoints::{checkpoint_file, CHECKPOINT_DIR};
 use crate::models::parameters::{load_weights, save_weights};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -93,7 +93,7 @@ fn digest(path: &Path) -> Result<String, StageError> {
 
 /// Records `state`, taking the kept checkpoints from `out_dir` (the run's output folder).
 pub fn save(dir: &Path, state: &State, out_dir: &Path) -> Result<(), StageError> {
-    let kept_dir = dir.join("checkpoints");
+    let kept_dir = dir.join(CHECKPOINT_DIR);
     std::fs::create_dir_all(&kept_dir).map_err(StageError::io("cannot create", &kept_dir))?;
     // Copies recorded at an earlier epoch keep their digests: only new ones are read.
     let earlier: BTreeMap<usize, String> = std::fs::read(dir.join(LATEST))
@@ -109,7 +109,7 @@ pub fn save(dir: &Path, state: &State, out_dir: &Path) -> Result<(), StageError>
             Some(hash) => hash.clone(),
             None => {
                 let tmp = copy.with_extension("tmp");
-                let source = out_dir.join(checkpoint_file(epoch));
+                let source = crate::models::ModelFiles::in_dir(out_dir).checkpoint(epoch);
                 std::fs::copy(&source, &tmp).map_err(StageError::io("cannot copy", &source))?;
                 std::fs::rename(&tmp, &copy).map_err(StageError::io("cannot rename", &copy))?;
                 digest(&copy)?

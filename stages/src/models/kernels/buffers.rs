@@ -14,9 +14,14 @@ impl Chunk<'_> {
         self.0
     }
 
-    /// The start of the chunk, for kernels that write through a pointer (matrix products).
-    pub fn as_mut_ptr(&mut self) -> *mut f32 {
-        self.0.as_mut_ptr().cast()
+    /// The chunk as initialised values, once they are all written.
+    ///
+    /// # Safety
+    /// Every element of the chunk must have been written.
+    pub unsafe fn written(&mut self) -> &mut [f32] {
+        // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller guarantees that
+        // every element is initialised.
+        unsafe { &mut *(self.0 as *mut [MaybeUninit<f32>] as *mut [f32]) }
     }
 
     /// Sets every element to zero and gives the chunk as initialised values.
@@ -25,7 +30,7 @@ impl Chunk<'_> {
             slot.write(0.0);
         }
         // SAFETY: every element was just written.
-        unsafe { &mut *(self.0 as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+        unsafe { self.written() }
     }
 }
 

@@ -14,11 +14,12 @@
 //! small operand. Images run in parallel with rayon, each product single-threaded. candle's own
 //! CPU conv2d runs at 5–30 GFLOP/s and its backward at 2–18 (measured on this project's 2-core machines with candle 0.11). Other
 //! devices keep candle's conv2d.
-use super::buffers::{contiguous_f32, filled_in_chunks};
+use super::buffers::{contiguous_f32, filled_in_chunks, Chunk};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Convolution without bias, square kernel, equal stride and padding on both axes.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -651,31 +652,51 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// `dst = lhs · rhs` (or `dst += lhs · rhs`) for a row-major `dst` of lhs.rows × rhs.cols values
-/// starting at `dst`, single-threaded.
-///
-/// # Safety
-/// `dst` must be valid for writes (and for reads when `accumulate`) of lhs.rows·rhs.cols values
-/// that nothing else accesses during the call; when not accumulating they may be uninitialised.
-unsafe fn matmul_into(dst: *mut f32, accumulate: bool, lhs: Matrix, rhs: Matrix) {
-    // SAFETY: forwarded from the caller.
-    unsafe { matmul_strided(dst, rhs.cols, 1, accumulate, lhs, rhs) }
+/// Where a matrix product goes.
+enum Dst<'a> {
+    /// Slots of a buffer being filled ([`filled_in_chunks`]): overwritten, never read.
+    Fill(&'a mut [MaybeUninit<f32>]),
+    /// Values overwritten with the product.
+    Set(&'a mut [f32]),
+    /// Values the product is added to.
+    Add(&'a mut [f32]),
+}
+
+impl Dst<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Dst::Fill(slots) => slots.len(),
+            Dst::Set(values) | Dst::Add(values) => values.len(),
+        }
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` for [`Dst::Add`]) for a row-major `dst` of exactly
+/// lhs.rows × rhs.cols values, single-threaded.
+fn matmul_into(dst: Dst, lhs: Matrix, rhs: Matrix) {
+    debug_assert_eq!(dst.len(), lhs.rows * rhs.cols, "matmul_into: destination size");
+    matmul_strided(dst, rhs.cols, 1, lhs, rhs)
 }
 
 /// `dst = lhs · rhs` (or `+=`) where dst element (i, j) is at `i·dst_row_stride + j·dst_col_stride`.
-///
-/// # Safety
-/// As [`matmul_into`], for every element the strides reach.
-unsafe fn matmul_strided(
-    dst: *mut f32,
-    dst_row_stride: usize,
-    dst_col_stride: usize,
-    accumulate: bool,
-    lhs: Matrix,
-    rhs: Matrix,
-) {
+/// Panics when an operand or the destination is too short for its extent.
+fn matmul_strided(dst: Dst, dst_row_stride: usize, dst_col_stride: usize, lhs: Matrix, rhs: Matrix) {
     assert!(lhs.cols == rhs.rows && lhs.fits() && rhs.fits(), "matmul_into: operands do not fit");
-    // SAFETY: the operands' extents were checked above; the caller guarantees `dst`.
+    let (dst_len, accumulate) = (dst.len(), matches!(dst, Dst::Add(_)));
+    let dst: *mut f32 = match dst {
+        Dst::Fill(slots) => slots.as_mut_ptr().cast(),
+        Dst::Set(values) | Dst::Add(values) => values.as_mut_ptr(),
+    };
+    assert!(
+        lhs.rows == 0
+            || rhs.cols == 0
+            || (lhs.rows - 1) * dst_row_stride + (rhs.cols - 1) * dst_col_stride < dst_len,
+        "matmul_into: the destination does not fit"
+    );
+    // SAFETY: the operands' and the destination's extents were checked above; the destination
+    // is an exclusively borrowed slice (no other access during the call), read only when
+    // accumulating, which only `Dst::Add` (initialised values) does: gemm writes the product
+    // without reading `dst` when `read_dst` is false, so `Dst::Fill`'s slots may be uninitialised.
     unsafe {
         gemm::gemm(
             lhs.rows,
@@ -712,27 +733,26 @@ fn convolve_then_add(g: Geometry, o: usize, x: &[f32], w: &[f32], residual: Opti
     let (rows, columns) = g.cols_shape();
     let weight = Matrix::row_major(w, o, rows);
     let image_len = g.c * g.h * g.w;
+    let fill = |b: usize, chunk: &mut Chunk| {
+        let image = &x[b * image_len..][..image_len];
+        if g.is_pointwise() {
+            matmul_into(Dst::Fill(chunk.slots()), weight, Matrix::row_major(image, rows, columns));
+        } else {
+            with_scratch(rows * columns, |cols| {
+                g.im2col(image, cols);
+                matmul_into(Dst::Fill(chunk.slots()), weight, Matrix::row_major(cols, rows, columns));
+            });
+        }
+        if let Some(residual) = residual {
+            // SAFETY: the product above wrote every element of the chunk.
+            let out = unsafe { chunk.written() };
+            for (v, r) in out.iter_mut().zip(&residual[b * o * columns..][..o * columns]) {
+                *v += r;
+            }
+        }
+    };
     // SAFETY: each image's product writes all of its O·Ho·Wo outputs (no accumulation).
-    unsafe {
-        filled_in_chunks(g.n * o * columns, o * columns, |b, chunk| {
-            let image = &x[b * image_len..][..image_len];
-            if g.is_pointwise() {
-                matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(image, rows, columns));
-            } else {
-                with_scratch(rows * columns, |cols| {
-                    g.im2col(image, cols);
-                    matmul_into(chunk.as_mut_ptr(), false, weight, Matrix::row_major(cols, rows, columns));
-                });
-            }
-            if let Some(residual) = residual {
-                // SAFETY: the product above wrote every element of the chunk.
-                let out = std::slice::from_raw_parts_mut(chunk.as_mut_ptr(), o * columns);
-                for (v, r) in out.iter_mut().zip(&residual[b * o * columns..][..o * columns]) {
-                    *v += r;
-                }
-            }
-        })
-    }
+    unsafe { filled_in_chunks(g.n * o * columns, o * columns, fill) }
 }
 
 /// The convolution: (N, C, H, W) ⊛ (O, C, k, k) → (N, O, Ho, Wo).
@@ -871,22 +891,21 @@ impl CustomOp2 for InputGradient {
         }
         let weight_t = Matrix::row_major(w, o, rows).transposed();
         let image_len = g.c * g.h * g.w;
+        let fill = |b: usize, chunk: &mut Chunk| {
+            let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
+            if g.is_pointwise() {
+                matmul_into(Dst::Fill(chunk.slots()), weight_t, grad_b);
+            } else {
+                let image = chunk.fill_zero();
+                with_scratch(rows * columns, |cols| {
+                    matmul_into(Dst::Set(cols), weight_t, grad_b);
+                    g.col2im(cols, image);
+                });
+            }
+        };
         // SAFETY: a pointwise product writes the whole image; otherwise the image is zeroed
         // before col2im adds into it.
-        let dx = unsafe {
-            filled_in_chunks(g.n * image_len, image_len, |b, chunk| {
-                let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
-                if g.is_pointwise() {
-                    matmul_into(chunk.as_mut_ptr(), false, weight_t, grad_b);
-                } else {
-                    let image = chunk.fill_zero();
-                    with_scratch(rows * columns, |cols| {
-                        matmul_into(cols.as_mut_ptr(), false, weight_t, grad_b);
-                        g.col2im(cols, image);
-                    });
-                }
-            })
-        };
+        let dx = unsafe { filled_in_chunks(g.n * image_len, image_len, fill) };
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -946,7 +965,7 @@ impl candle_core::CustomOp3 for StrideOneGradients {
         let per_group = IMAGES_PER_PARTIAL_SUM;
         let input_len = if self.input { g.n * image_len } else { 0 };
         let mut out: Vec<f32> = Vec::with_capacity(input_len + o * g.c * g.k * g.k);
-        let group_sum = |group: usize, mut dx: Option<&mut [std::mem::MaybeUninit<f32>]>| {
+        let group_sum = |group: usize, mut dx: Option<&mut [MaybeUninit<f32>]>| {
             // ∂W′ (C × O·k·k), column-major: (c, r) at r·C + c.
             let mut acc = vec![0f32; g.c * rows];
             for b in group * per_group..((group + 1) * per_group).min(g.n) {
@@ -957,11 +976,10 @@ impl candle_core::CustomOp3 for StrideOneGradients {
                     let cols = Matrix::row_major(cols, rows, columns);
                     if let Some(dx) = dx.as_deref_mut() {
                         let target = &mut dx[(b - group * per_group) * image_len..][..image_len];
-                        // SAFETY: the product writes all C·H·W values of this image's slot.
-                        unsafe { matmul_into(target.as_mut_ptr().cast(), false, flipped, cols) };
+                        // The product writes all C·H·W values of this image's slot.
+                        matmul_into(Dst::Fill(target), flipped, cols);
                     }
-                    // SAFETY: `acc` holds C·O·k·k initialised values owned by this closure.
-                    unsafe { matmul_strided(acc.as_mut_ptr(), 1, g.c, true, x_b, cols.transposed()) };
+                    matmul_strided(Dst::Add(&mut acc), 1, g.c, x_b, cols.transposed());
                 });
             }
             acc
@@ -1025,19 +1043,18 @@ impl CustomOp2 for WeightGradient {
             for b in group * per_group..((group + 1) * per_group).min(g.n) {
                 let grad_b = Matrix::row_major(&grad[b * o * columns..][..o * columns], o, columns);
                 let image = &x[b * image_len..][..image_len];
-                // SAFETY: `acc` holds o·rows initialised values owned by this closure; it is
-                // the gradient transposed (rows × o), so that the product's destination is
-                // column-major, the orientation the gemm kernel works in without swapping the
-                // operands: the gradient (o × columns) is then the packed operand, not the
-                // larger column matrix.
+                // `acc` is the gradient transposed (rows × o), so that the product's
+                // destination is column-major, the orientation the gemm kernel works in without
+                // swapping the operands: the gradient (o × columns) is then the packed operand,
+                // not the larger column matrix.
                 if g.is_pointwise() {
                     let cols_t = Matrix::row_major(image, rows, columns).transposed();
-                    unsafe { matmul_strided(acc.as_mut_ptr(), 1, o, true, grad_b, cols_t) };
+                    matmul_strided(Dst::Add(&mut acc), 1, o, grad_b, cols_t);
                 } else {
                     with_scratch(rows * columns, |cols| {
                         g.im2col(image, cols);
                         let cols_t = Matrix::row_major(cols, rows, columns).transposed();
-                        unsafe { matmul_strided(acc.as_mut_ptr(), 1, o, true, grad_b, cols_t) };
+                        matmul_strided(Dst::Add(&mut acc), 1, o, grad_b, cols_t);
                     });
                 }
             }

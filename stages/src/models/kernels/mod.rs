@@ -1,6 +1,9 @@
 //! CPU kernels written by hand for speed: the convolution as im2col + gemm ([`conv`]), batch
-//! norm + ReLU in one pass ([`fused_bn`]), the buffers they share (`buffers`), and when they apply ([`dispatch`]). All the
-//! crate's `unsafe` code lives here.
+//! norm + ReLU in one pass ([`fused_bn`]), the buffers they share (`buffers`), and when they
+//! apply ([`dispatch`]); with the two other calls that need `unsafe`: the allocator settings of
+//! the binary ([`allocator`]) and the probe for CUDA libraries loaded at run time
+//! ([`cuda_libraries`]). All the crate's `unsafe` code lives here: the crate denies
+//! `unsafe_code` everywhere else.
 /// Compiles each item it wraps three times, for AVX-512 (the Ice Lake / Zen 4 set: multiversion
 /// asks for all of it, to keep off older parts that slow down under AVX-512), for AVX2 and for
 /// the binary's SSE2 baseline, and picks one at run time by CPU. For element loops whose values
@@ -13,7 +16,9 @@ macro_rules! cpu_variants {
     )*};
 }
 
+pub mod allocator;
 pub(crate) mod buffers;
 pub mod conv;
+pub mod cuda_libraries;
 pub mod dispatch;
 pub mod fused_bn;
