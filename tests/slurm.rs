@@ -590,7 +590,9 @@ fn a_detached_coordinator_runs_as_a_job_and_status_follows_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let recipe = write_recipe(dir.path(), &(tiny_recipe(2, "[\"msp\"]") + EXECUTOR));
+    // A name that would break `--output` or `squeue`'s output if it named the coordinator.
+    let text = tiny_recipe(2, "[\"msp\"]").replace("name = \"tiny\"", "name = \"tiny/x|y\"") + EXECUTOR;
+    let recipe = write_recipe(dir.path(), &text);
     let cache = dir.path().join("cache");
     let out = pipeline()
         .args(["run", "--executor", "slurm", "--detach", "--cache"])
@@ -707,4 +709,55 @@ fn a_sweep_of_many_jobs_is_coordinated_by_a_handful_of_threads_and_few_sbatch_ca
     } else {
         assert_eq!(sbatch_calls, n);
     }
+}
+
+#[test]
+fn a_project_file_cannot_make_jobs_run_its_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(dir.path(), &tiny_recipe(1, "[\"msp\"]"));
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[executor.slurm]\nextra = [\"--wrap=touch INJECTED\", \"--comment\"]\n",
+    )
+    .unwrap();
+    let out = pipeline()
+        .current_dir(dir.path())
+        .args(["run", "--executor", "slurm", "--cache"])
+        .arg(dir.path().join("cache"))
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("pipeline.toml") && stderr(&out).contains("`--wrap` is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("INJECTED").exists());
+}
+
+#[test]
+fn cancelling_a_detached_coordinator_with_scancel_cancels_its_jobs() {
+    if !cluster() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = long_training(dir.path(), 400);
+    let cache = dir.path().join("cache");
+    let out = pipeline()
+        .args(["run", "--executor", "slurm", "--detach", "--cache"])
+        .arg(&cache)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let coordinator =
+        stderr(&out).split("the coordinator is job ").nth(1).unwrap().split(';').next().unwrap().to_string();
+    let mut job = String::new();
+    wait_for("the training job to run", 120, || {
+        job = running_job_of(&recipe, &cache).unwrap_or_default();
+        !job.is_empty()
+    });
+    assert!(Command::new("scancel").arg(&coordinator).status().unwrap().success());
+    wait_for("its job to be cancelled", 90, || scontrol_job(&job).contains("JobState=CANCELLED"));
 }

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! The engine of `pipeline`: recipes ([`recipe`]), the stage graph ([`graph`]), the expansion
 //! of stages into runnable instances with their cache keys ([`plan`]), the scheduler ([`run`]) and the executors that compute elsewhere ([`executor`]: Slurm)
 //! and the command line ([`cli`]). It knows nothing of machine learning: stages come from the
@@ -9,6 +10,7 @@ pub mod events;
 pub mod executor;
 pub mod fetch;
 pub mod graph;
+pub mod lock;
 pub mod plan;
 pub mod recipe;
 pub mod remote;

@@ -397,18 +397,32 @@ pub enum FingerprintError {
 /// The fingerprint of a dataset: its declaration (paths left out, so moving a project keeps its
 /// keys) and the content digests of the files it reads, memoised by the store.
 pub fn fingerprint_dataset(store: &Store, spec: &DatasetSpec) -> Result<String, FingerprintError> {
+    Ok(fingerprint_of(spec, &dataset_files(store, spec)?))
+}
+
+/// The files a dataset reads, each by file name with its content digest, in reading order.
+pub fn dataset_files(store: &Store, spec: &DatasetSpec) -> Result<Vec<(String, String)>, FingerprintError> {
+    let mut files = Vec::new();
+    for file in spec.files()? {
+        let digest = store.memo().digest(&file)?;
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        files.push((name, digest));
+    }
+    Ok(files)
+}
+
+/// The fingerprint of a dataset declared as `spec` whose files are `files` (name, digest).
+pub fn fingerprint_of(spec: &DatasetSpec, files: &[(String, String)]) -> String {
     let mut declaration = serde_json::to_value(spec).expect("dataset specs serialise");
     if let Some(object) = declaration.as_object_mut() {
         object.remove("root");
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update(declaration.to_string().as_bytes());
-    for file in spec.files()? {
-        let digest = store.memo().digest(&file)?;
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for (name, digest) in files {
         hasher.update(format!("\n{name}:{digest}").as_bytes());
     }
-    Ok(hasher.finalize().to_hex().to_string())
+    hasher.finalize().to_hex().to_string()
 }
 
 /// Fingerprints of every dataset the instances read. Datasets that cannot be read are left out

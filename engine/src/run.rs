@@ -377,9 +377,17 @@ impl Scheduler<'_> {
         let instance = &plan.instances[i];
         let decl = &recipe.stages[instance.stage];
         let failed = |message: String| Prepared::Done(Outcome::Failed { message });
+        // A dataset that is not here fails the instance where it must be computed; its entry,
+        // named from the lock file's fingerprint, may still be cached or on the remote.
+        // Without its fingerprint the key cannot even be named: it fails at once.
+        let mut unusable = None;
         for name in decl.datasets() {
             if let Some(problem) = self.run.dataset_problems.get(name) {
-                return failed(format!("dataset `{name}`: {problem}"));
+                let message = format!("dataset `{name}`: {problem}");
+                if !self.run.fingerprints.contains_key(name) {
+                    return failed(message);
+                }
+                unusable.get_or_insert(message);
             }
         }
         let digest = |d: usize| entries[&d].manifest.output_digest.clone();
@@ -441,6 +449,9 @@ impl Scheduler<'_> {
                     seconds: pulled.2,
                 });
             }
+        }
+        if let Some(problem) = unusable {
+            return failed(problem);
         }
         reporter.started(instance, &key);
         let job = JobSpec {

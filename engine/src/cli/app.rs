@@ -50,6 +50,7 @@ fn format_of(command: &Command) -> Format {
         | Command::Cancel { json, .. } => *json,
         Command::Plan { json, .. }
         | Command::Status { json, .. }
+        | Command::Lock { json, .. }
         | Command::Dag { json, .. }
         | Command::Show { json, .. }
         | Command::Gc { json, .. }
@@ -91,6 +92,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             remote_read_only,
             executor,
             detach,
+            locked,
         } => commands::run(
             &RunRequest {
                 recipe: &recipe,
@@ -102,6 +104,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
                 remote_read_only,
                 slurm: executor == super::args::ExecutorChoice::Slurm,
                 detach,
+                locked,
             },
             shell,
         ),
@@ -120,6 +123,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             };
             commands::worker(&request, shell)
         }
+        Command::Lock { recipe, json: _, cache } => commands::lock(&recipe, cache.cache, shell),
         Command::Cancel { recipe, json: _, cache } => super::slurm::cancel(&recipe, cache.cache, shell),
         Command::Push { recipe, remote, json: _, cache } => {
             remote::push(&recipe, remote.remote.as_deref(), cache.cache, shell)
@@ -136,10 +140,11 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
                 cache: cache.cache,
                 view,
                 depth: depth(verify),
+                locked: false,
             };
             commands::plan(request, shell)
         }
-        Command::Status { recipe, json: _, verify, cache } => {
+        Command::Status { recipe, locked, json: _, verify, cache } => {
             let view = PlanView::EveryStage;
             let request = PlanRequest {
                 recipe: &recipe,
@@ -148,6 +153,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
                 cache: cache.cache,
                 view,
                 depth: depth(verify),
+                locked,
             };
             commands::plan(request, shell)
         }

@@ -90,6 +90,18 @@ pub enum Command {
         /// that it survives logout (`pipeline status` shows where it stands)
         #[arg(long)]
         detach: bool,
+        /// Fail when the recipe or its data no longer match the recipe's lock file (for CI)
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Write the recipe's lock file (RECIPE.lock): its datasets' fingerprints and each
+    /// instance's cache key, to commit with it
+    Lock {
+        recipe: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Compute one instance whose upstream entries are cached (what a Slurm job runs)
     Worker {
@@ -167,6 +179,9 @@ pub enum Command {
     /// Say for every stage whether it is cached or will run, and why
     Status {
         recipe: PathBuf,
+        /// Fail when the recipe or its data no longer match the recipe's lock file (for CI)
+        #[arg(long)]
+        locked: bool,
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]

@@ -6,6 +6,7 @@ use super::loading::{load, open_remote, open_store};
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::events::Outcome;
+use crate::lock::{self, LockFile, LockUpdate};
 use crate::plan::{fingerprint_datasets, Plan, Verdict};
 use crate::recipe::diagnostic::Severity;
 use crate::recipe::Recipe;
@@ -40,6 +41,134 @@ fn selectors(recipe: &Recipe, names: &[String], flag: &str) -> Result<Vec<Select
         }
     }
     Ok(selectors)
+}
+
+/// The dataset fingerprints `recipe` (at `path`) names its keys with: from the data, else
+/// from its lock file, saying so; a dataset here that differs from the lock is named with the
+/// file that differs. Also returns the lock, if there is one.
+pub(super) fn locked_fingerprints(
+    path: &Path,
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &cache::Store,
+    shell: &Shell,
+) -> Result<(lock::Fingerprints, Option<LockFile>), EngineError> {
+    let lock_path = lock::lock_path(path);
+    let lock = lock::read(&lock_path).map_err(|e| EngineError::Usage(e.to_string()))?;
+    let found = lock::fingerprints(recipe, plan, store, lock.as_ref());
+    if !found.from_lock.is_empty() {
+        shell.status(
+            "Locked",
+            &format!(
+                "keys from {}; dataset{} {} not here",
+                lock_path.display(),
+                if found.from_lock.len() == 1 { "" } else { "s" },
+                found.from_lock.iter().map(|d| format!("`{d}`")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    for difference in &found.differ {
+        shell.warn(&format!(
+            "dataset `{}` differs from {}: {}",
+            difference.dataset,
+            lock_path.display(),
+            difference.what
+        ));
+    }
+    Ok((found, lock))
+}
+
+/// `--locked`: the lock exists, the data here match it, and the recipe names the keys it holds.
+fn check_locked(
+    path: &Path,
+    plan: &Plan,
+    found: &lock::Fingerprints,
+    lock: Option<&LockFile>,
+    keys: &[Option<cache::CacheKey>],
+) -> Result<(), EngineError> {
+    let lock_path = lock::lock_path(path);
+    let Some(lock) = lock else {
+        return Err(EngineError::Usage(format!(
+            "--locked: there is no {} (`pipeline lock` writes it)",
+            lock_path.display()
+        )));
+    };
+    let mut said: Vec<String> =
+        found.differ.iter().map(|d| format!("dataset `{}`: {}", d.dataset, d.what)).collect();
+    said.extend(lock::mismatches(lock, plan, keys));
+    if said.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 10;
+    let more = if said.len() > SHOWN { format!("; and {} more", said.len() - SHOWN) } else { String::new() };
+    said.truncate(SHOWN);
+    Err(EngineError::Usage(format!(
+        "--locked: the recipe or its data no longer match {}: {}{more} (`pipeline lock` writes it again)",
+        lock_path.display(),
+        said.join("; ")
+    )))
+}
+
+/// Writes the lock of `update`, beside the recipe at `path`; a failure is a warning.
+fn write_lock(path: &Path, update: &LockUpdate, shell: &Shell) {
+    let lock_path = lock::lock_path(path);
+    if let Err(e) = lock::write(&lock_path, &lock::build(update)) {
+        shell.warn(&e.to_string());
+    }
+}
+
+/// The keys a lock file names.
+pub(super) fn lock_keys(lock: Option<&LockFile>) -> Vec<cache::CacheKey> {
+    lock.into_iter()
+        .flat_map(|l| l.instances.values())
+        .filter_map(|i| cache::CacheKey::parse(i.key.as_deref()?))
+        .collect()
+}
+
+/// `pipeline lock`: writes the recipe's lock file from the data here and the cache.
+pub fn lock(path: &Path, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<Status> {
+    let recipe = load(path, shell)?;
+    let store = open_store(cache)?;
+    let plan = Plan::new(&recipe, None);
+    let (found, previous) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+    if let Some((name, problem)) = found.problems.first() {
+        return Err(EngineError::Dataset {
+            name: name.clone(),
+            message: format!("{problem}; the lock needs its fingerprint"),
+        }
+        .into());
+    }
+    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
+    let keys: Vec<(Option<cache::CacheKey>, Option<String>)> = verdicts
+        .iter()
+        .map(|v| match v {
+            Verdict::Cached { key, output_digest } => (Some(key.clone()), Some(output_digest.clone())),
+            Verdict::Run { key, .. } => (key.clone(), None),
+        })
+        .collect();
+    let update = LockUpdate {
+        recipe: &recipe,
+        plan: &plan,
+        fingerprints: &found,
+        keys: &keys,
+        previous: previous.as_ref(),
+        partial: false,
+    };
+    let written = lock::build(&update);
+    let lock_path = lock::lock_path(path);
+    let changed = lock::write(&lock_path, &written).map_err(|e| EngineError::Usage(e.to_string()))?;
+    let named = written.instances.values().filter(|i| i.key.is_some()).count();
+    shell.status(
+        if changed { "Locked" } else { "Unchanged" },
+        &format!(
+            "{} ({} datasets, {named} of {} instances keyed)",
+            lock_path.display(),
+            written.datasets.len(),
+            plan.instances.len()
+        ),
+    );
+    shell.emit(serde_json::json!({"lock": lock_path, "changed": changed, "datasets": written.datasets.len(), "instances": named}));
+    Ok(Status::Success)
 }
 
 /// What `check` reads.
@@ -103,6 +232,8 @@ pub struct RunRequest<'a> {
     /// `--executor slurm`, and `--detach`.
     pub slurm: bool,
     pub detach: bool,
+    /// `--locked`: fail when the recipe or its data no longer match the lock file.
+    pub locked: bool,
 }
 
 pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
@@ -147,8 +278,27 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let plan = plan_for(&recipe, &only);
     warn_of_unusable_data(&recipe, &plan, shell);
     let forced = instances_of(&plan, &force);
-    let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
-    let problems: BTreeMap<String, String> = problems.into_iter().collect();
+    let (found, lock_before) = locked_fingerprints(request.recipe, &recipe, &plan, &store, shell)?;
+    if request.locked {
+        let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
+        let keys: Vec<Option<cache::CacheKey>> = verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Cached { key, .. } => Some(key.clone()),
+                Verdict::Run { key, .. } => key.clone(),
+            })
+            .collect();
+        check_locked(request.recipe, &plan, &found, lock_before.as_ref(), &keys)?;
+    }
+    let fingerprints = found.map.clone();
+    // A dataset that is not here fails what reads it, even when the lock names its keys.
+    let mut problems: BTreeMap<String, String> = found.problems.iter().cloned().collect();
+    for name in &found.from_lock {
+        problems.insert(
+            name.clone(),
+            "its files are not here (the lock gives its fingerprint, not its data)".into(),
+        );
+    }
     let remote = match request.remote {
         Some(flag) => {
             let remote = open_remote(Some(flag), Some(&recipe))?;
@@ -177,6 +327,22 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     };
     let outcomes = execute(&run, shell);
 
+    let keys: Vec<(Option<cache::CacheKey>, Option<String>)> = outcomes
+        .iter()
+        .map(|o| match o.entry() {
+            Some(entry) => (Some(entry.key.clone()), Some(entry.manifest.output_digest.clone())),
+            None => (None, None),
+        })
+        .collect();
+    let update = LockUpdate {
+        recipe: &recipe,
+        plan: &plan,
+        fingerprints: &found,
+        keys: &keys,
+        previous: lock_before.as_ref(),
+        partial: !request.only.is_empty(),
+    };
+    write_lock(request.recipe, &update, shell);
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let computed = count(|o| matches!(o, Outcome::Computed { .. }));
     let reused = count(|o| matches!(o, Outcome::Reused { .. }));
@@ -334,10 +500,12 @@ pub struct PlanRequest<'a> {
     pub view: PlanView,
     /// How closely cached entries are checked.
     pub depth: Verification,
+    /// `--locked`: fail when the recipe or its data no longer match the lock file.
+    pub locked: bool,
 }
 
 pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
-    let PlanRequest { recipe: path, only, force, cache, view, depth } = request;
+    let PlanRequest { recipe: path, only, force, cache, view, depth, locked } = request;
     let recipe = load(path, shell)?;
     let only = selectors(&recipe, only, "--only")?;
     let force = selectors(&recipe, force, "--force")?;
@@ -345,11 +513,22 @@ pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
     let plan = plan_for(&recipe, &only);
     let forced = instances_of(&plan, &force);
     warn_of_unusable_data(&recipe, &plan, shell);
-    let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
-    for (name, problem) in &problems {
+    let (found, lock_file) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+    for (name, problem) in &found.problems {
         shell.warn(&format!("dataset `{name}`: {problem}"));
     }
+    let fingerprints = found.map.clone();
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced, depth);
+    if locked {
+        let keys: Vec<Option<cache::CacheKey>> = verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Cached { key, .. } => Some(key.clone()),
+                Verdict::Run { key, .. } => key.clone(),
+            })
+            .collect();
+        check_locked(path, &plan, &found, lock_file.as_ref(), &keys)?;
+    }
     let measure = matches!(view, PlanView::WhatWillRun { measure: true });
     let device = stages::device::select(recipe.device);
     let stage_map: BTreeMap<&str, &dyn stages::Stage> =
@@ -652,8 +831,8 @@ pub fn show(
     let store = open_store(cache)?;
     let plan = plan_for(&recipe, &target);
     let shown = instances_of(&plan, &target);
-    let (fingerprints, _) = fingerprint_datasets(&recipe, &plan, &store);
-    let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), depth);
+    let (found, _) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), depth);
     let mut missing = false;
     let mut listed = Vec::new();
     for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
@@ -705,10 +884,15 @@ pub fn gc(
     for path in paths {
         let recipe = load(path, shell)?;
         let plan = Plan::new(&recipe, None);
-        let (fingerprints, problems) = fingerprint_datasets(&recipe, &plan, &store);
-        // Without a dataset's fingerprint the keys of everything that reads it are unknown, and
-        // their entries would look unused: refuse rather than delete them.
-        if let Some((name, problem)) = problems.first() {
+        let (found, lock_file) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+        // What the recipe's lock names is kept too: data here that differ from it must not
+        // make the entries it describes look unused.
+        keep.extend(lock_keys(lock_file.as_ref()));
+        let fingerprints = found.map;
+        // Without a dataset's fingerprint (from the data or the lock) the keys of everything
+        // that reads it are unknown, and their entries would look unused: refuse rather than
+        // delete them.
+        if let Some((name, problem)) = found.problems.first() {
             return Err(EngineError::Dataset {
                 name: name.clone(),
                 message: format!(

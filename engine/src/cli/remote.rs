@@ -5,7 +5,7 @@ use super::loading::{load, open_remote, open_store};
 use super::shell::{duration, Shell};
 use crate::error::EngineError;
 use crate::error_text::error_chain;
-use crate::plan::{fingerprint_datasets, Plan, Verdict};
+use crate::plan::{Plan, Verdict};
 use crate::recipe::Recipe;
 use crate::remote::{locate, Located};
 use cache::remote::{PushOutcome, Remote};
@@ -22,22 +22,28 @@ fn rate(bytes: u64, seconds: f64) -> String {
     format!("{:.1} MB/s", bytes as f64 / 1e6 / seconds.max(1e-9))
 }
 
-/// The dataset fingerprints a recipe's keys need; without one, the keys of what reads it are
-/// unknown, so the command stops.
+/// The dataset fingerprints a recipe's keys need, from the data or the recipe's lock file;
+/// without either, the keys of what reads a dataset are unknown, so the command stops.
 fn fingerprints(
     recipe: &Recipe,
     plan: &Plan,
     store: &Store,
     path: &Path,
-) -> Result<BTreeMap<String, String>, EngineError> {
-    let (fingerprints, problems) = fingerprint_datasets(recipe, plan, store);
-    if let Some((name, problem)) = problems.into_iter().next() {
+    shell: &Shell,
+) -> Result<crate::lock::Fingerprints, EngineError> {
+    let (found, _) = super::commands::locked_fingerprints(path, recipe, plan, store, shell)?;
+    if let Some((name, problem)) = found.problems.first() {
         return Err(EngineError::Dataset {
-            name,
-            message: format!("{problem}; `{}` needs it to name its cache entries", path.display()),
+            name: name.clone(),
+            message: format!(
+                "{problem}; `{}` needs it to name its cache entries (or a lock file, {}, which `pipeline \
+                 lock` or `run` writes beside the recipe)",
+                path.display(),
+                crate::lock::lock_path(path).display()
+            ),
         });
     }
-    Ok(fingerprints)
+    Ok(found)
 }
 
 /// What push and pull both start from: the recipe, both caches, the plan and the dataset
@@ -48,6 +54,8 @@ struct Transfer {
     remote: Remote,
     plan: Plan,
     fingerprints: BTreeMap<String, String>,
+    /// Where the fingerprints came from (for the lock push writes).
+    found: crate::lock::Fingerprints,
 }
 
 impl Transfer {
@@ -61,8 +69,8 @@ impl Transfer {
         let store = open_store(cache)?;
         let remote = open_remote(remote, Some(&recipe))?;
         let plan = Plan::new(&recipe, None);
-        let fingerprints = fingerprints(&recipe, &plan, &store, path)?;
-        Ok(Transfer { recipe, store, remote, plan, fingerprints })
+        let found = fingerprints(&recipe, &plan, &store, path, shell)?;
+        Ok(Transfer { recipe, store, remote, plan, fingerprints: found.map.clone(), found })
     }
 }
 
@@ -72,8 +80,29 @@ pub fn push(
     cache: Option<PathBuf>,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let Transfer { recipe, store, remote, plan, fingerprints } = Transfer::open(path, remote, cache, shell)?;
+    let Transfer { recipe, store, remote, plan, fingerprints, found } =
+        Transfer::open(path, remote, cache, shell)?;
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), Verification::Metadata);
+    // The lock the reviewer pulls with: every key pushed, with its output digest.
+    let previous = crate::lock::read(&crate::lock::lock_path(path)).ok().flatten();
+    let keys: Vec<(Option<CacheKey>, Option<String>)> = verdicts
+        .iter()
+        .map(|v| match v {
+            Verdict::Cached { key, output_digest } => (Some(key.clone()), Some(output_digest.clone())),
+            Verdict::Run { key, .. } => (key.clone(), None),
+        })
+        .collect();
+    let update = crate::lock::LockUpdate {
+        recipe: &recipe,
+        plan: &plan,
+        fingerprints: &found,
+        keys: &keys,
+        previous: previous.as_ref(),
+        partial: false,
+    };
+    if let Err(e) = crate::lock::write(&crate::lock::lock_path(path), &crate::lock::build(&update)) {
+        shell.warn(&e.to_string());
+    }
     let mut labels = Vec::new();
     let mut entries = Vec::new();
     let mut holds = Vec::new();
@@ -159,7 +188,8 @@ pub fn pull(
     cache: Option<PathBuf>,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let Transfer { recipe, store, remote, plan, fingerprints } = Transfer::open(path, remote, cache, shell)?;
+    let Transfer { recipe, store, remote, plan, fingerprints, .. } =
+        Transfer::open(path, remote, cache, shell)?;
     let located = locate(&recipe, &plan, &store, &remote, &fingerprints, Verification::Metadata);
     let cache_error = |source| EngineError::Cache { path: store.root().to_path_buf(), source };
     // One lock per key (two instances may share one), taken in key order.
@@ -271,7 +301,10 @@ pub fn gc(
     let mut keep = BTreeSet::new();
     for (path, recipe) in &recipes {
         let plan = Plan::new(recipe, None);
-        let fingerprints = fingerprints(recipe, &plan, &store, path)?;
+        let fingerprints = fingerprints(recipe, &plan, &store, path, shell)?.map;
+        // What the recipe's lock names is kept too (a reviewer's data may differ from it).
+        let lock_file = crate::lock::read(&crate::lock::lock_path(path)).ok().flatten();
+        keep.extend(super::commands::lock_keys(lock_file.as_ref()));
         for (instance, where_) in plan.instances.iter().zip(locate(
             recipe,
             &plan,

@@ -172,6 +172,22 @@ pub fn detach(
             return Ok(Status::Success);
         }
     }
+    // A coordinator in the foreground (or one whose job Slurm no longer shows as ours) holds the
+    // run's lock: a detached one would only wait for it.
+    if let Ok(file) = std::fs::File::open(identity.lock_path()) {
+        if matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+            let whose = std::fs::read_to_string(identity.lock_path()).unwrap_or_default();
+            shell.status(
+                "Detached",
+                &format!(
+                    "a coordinator runs this recipe on this cache already ({}); nothing submitted; {follow}",
+                    whose.trim()
+                ),
+            );
+            shell.emit(serde_json::json!({"event": "detached", "job": null, "already": true}));
+            return Ok(Status::Success);
+        }
+    }
     let binary = std::env::current_exe()?;
     let logs = slurm::logs_dir(&identity.cache);
     std::fs::create_dir_all(&logs)?;

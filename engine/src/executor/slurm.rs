@@ -230,8 +230,15 @@ impl SlurmExecutor {
     /// Submits every pending job: those that ask for the same resources (and are all forced or
     /// all not) as job arrays of up to 1,000 tasks (`--array=0-N%M`, M from `array_cap`), a
     /// job alone as a plain job. What each ticket's submission said, or why it was refused.
-    fn flush(&self) -> HashMap<Ticket, Result<Vec<JobEvent>, SlurmJobError>> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+    /// Only the jobs of `polled` go: one handed over while the poll started is submitted by
+    /// the next, which reports it.
+    fn flush(&self, polled: &[Ticket]) -> HashMap<Ticket, Result<Vec<JobEvent>, SlurmJobError>> {
+        let pending: Vec<(Ticket, Pending)> = {
+            let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (now, later) = std::mem::take(&mut *all).into_iter().partition(|(t, _)| polled.contains(t));
+            *all = later;
+            now
+        };
         type Group = (Vec<String>, bool);
         let mut groups: BTreeMap<Group, Vec<(Ticket, Pending)>> = BTreeMap::new();
         for (ticket, job) in pending {
@@ -717,7 +724,7 @@ impl Executor for SlurmExecutor {
     /// missing from the answer has left the queue (it is never one `sbatch` has not yet told
     /// the controller about).
     fn poll(&self, tickets: &[Ticket], committed: &dyn Fn(&CacheKey) -> bool) -> Vec<Polled> {
-        let mut submitted = self.flush();
+        let mut submitted = self.flush(tickets);
         let answer = query_squeue();
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let rows = match answer {
