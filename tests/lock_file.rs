@@ -32,10 +32,15 @@ fn a_reviewer_without_the_data_pulls_with_the_lock_and_reads_the_report() {
     std::fs::create_dir_all(&author).unwrap();
     let recipe = write_recipe(&author, &tiny_on(&data));
     let remote = dir.path().join("remote");
+    let locked = output(&["lock"], &recipe, &dir.path().join("author-cache"));
+    assert!(locked.status.success(), "{}", stderr(&locked));
+    let lock = recipe.with_extension("lock");
+    let before = std::fs::read_to_string(&lock).expect("`pipeline lock` writes the lock");
     let (out, _) = run(&recipe, &dir.path().join("author-cache"), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lock = recipe.with_extension("lock");
-    let text = std::fs::read_to_string(&lock).expect("run writes the lock");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    assert_ne!(text, before, "run keeps it current: every key and output digest now");
+    assert!(text.matches("output = ").count() == 5, "{text}");
     assert!(text.contains("[datasets.id]") && text.contains("train-labels-idx1-ubyte.gz"), "{text}");
     assert!(
         text.contains("[instances.\"base@0\"]")

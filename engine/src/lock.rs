@@ -80,7 +80,8 @@ pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
     Ok(Some(lock))
 }
 
-/// Writes `lock` at `path` (a temporary file renamed into place), unless it holds that already.
+/// Writes `lock` at `path` (a temporary file renamed into place), unless it holds that already;
+/// whether it wrote.
 pub fn write(path: &Path, lock: &LockFile) -> Result<bool, LockError> {
     if read(path).ok().flatten().as_ref() == Some(lock) {
         return Ok(false);
@@ -92,7 +93,10 @@ pub fn write(path: &Path, lock: &LockFile) -> Result<bool, LockError> {
          # instance's cache key and output digest. Commit it with the recipe: a reviewer without the\n\
          # data names the cache entries from it.\n{body}"
     );
-    let temporary = path.with_extension("lock.tmp");
+    // A name of its own: two runs of one recipe may write at once; the last rename wins whole.
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let temporary = path.with_extension(format!("lock.{}.{nanos}.tmp", std::process::id()));
     let io = |action, source| LockError::Io { action, path: path.into(), source };
     std::fs::write(&temporary, text).map_err(|e| io("write", e))?;
     std::fs::rename(&temporary, path).map_err(|e| io("write", e))?;

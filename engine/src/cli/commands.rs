@@ -109,9 +109,13 @@ fn check_locked(
     )))
 }
 
-/// Writes the lock of `update`, beside the recipe at `path`; a failure is a warning.
-fn write_lock(path: &Path, update: &LockUpdate, shell: &Shell) {
+/// Keeps the lock beside the recipe at `path` current with `update`, if the recipe has one
+/// (`pipeline lock` creates it); a failure is a warning.
+pub(super) fn update_lock(path: &Path, update: &LockUpdate, shell: &Shell) {
     let lock_path = lock::lock_path(path);
+    if update.previous.is_none() {
+        return;
+    }
     if let Err(e) = lock::write(&lock_path, &lock::build(update)) {
         shell.warn(&e.to_string());
     }
@@ -342,7 +346,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
         previous: lock_before.as_ref(),
         partial: !request.only.is_empty(),
     };
-    write_lock(request.recipe, &update, shell);
+    update_lock(request.recipe, &update, shell);
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     let computed = count(|o| matches!(o, Outcome::Computed { .. }));
     let reused = count(|o| matches!(o, Outcome::Reused { .. }));

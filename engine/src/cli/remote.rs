@@ -100,9 +100,7 @@ pub fn push(
         previous: previous.as_ref(),
         partial: false,
     };
-    if let Err(e) = crate::lock::write(&crate::lock::lock_path(path), &crate::lock::build(&update)) {
-        shell.warn(&e.to_string());
-    }
+    super::commands::update_lock(path, &update, shell);
     let mut labels = Vec::new();
     let mut entries = Vec::new();
     let mut holds = Vec::new();
