@@ -679,7 +679,7 @@ fn gc_racing_push_never_breaks_an_entry() {
                 ["gc", if keep_recipe { &recipe } else { &other }, "--remote", &url, "--grace", "0"];
             let gc_cache = if keep_recipe { empty.clone() } else { a.clone() };
             let offset = Duration::from_millis(rng.borrow_mut().next() % 150);
-            let (push, gc) = if rng.borrow_mut().next() % 2 == 0 {
+            let (push, gc) = if rng.borrow_mut().next().is_multiple_of(2) {
                 let push = spawn(backend, &["push", &recipe, "--remote", &url, "--json"], &a);
                 std::thread::sleep(offset);
                 (push, spawn(backend, &gc_args, &gc_cache))
