@@ -29,6 +29,7 @@
 
 mod digest;
 mod error;
+mod json;
 mod key;
 pub mod remote;
 mod store;

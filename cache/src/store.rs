@@ -254,8 +254,8 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CacheError::Io { action: "cannot read", path, source: e }),
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| CacheError::Parse { path: path.clone(), message: e.to_string() })?;
+        let manifest: Manifest = crate::json::from_slice(&bytes)
+            .map_err(|message| CacheError::Parse { path: path.clone(), message })?;
         if &manifest.key != key {
             return Err(CacheError::Corrupt {
                 key: key.to_string(),
@@ -511,7 +511,7 @@ impl Store {
     /// The inputs last recorded under `namespace/name`, if any.
     pub fn read_ref(&self, namespace: &str, name: &str) -> Option<KeyInputs> {
         let path = self.root.join("refs").join(sanitize(namespace)).join(format!("{}.json", sanitize(name)));
-        serde_json::from_slice(&fs::read(path).ok()?).ok()
+        crate::json::from_slice(&fs::read(path).ok()?).ok()
     }
 }
 

@@ -89,9 +89,8 @@ impl EngineError {
             EngineError::Fetch(crate::fetch::FetchError::Manual { .. }) => ErrorClass::Usage,
             EngineError::Fetch(_) => ErrorClass::Data,
             EngineError::Device(_) => ErrorClass::Device,
-            EngineError::Cache { .. } | EngineError::Remote(_) | EngineError::RemoteUnreachable(_) => {
-                ErrorClass::Cache
-            }
+            EngineError::Remote(e) => remote_error_class(e),
+            EngineError::Cache { .. } | EngineError::RemoteUnreachable(_) => ErrorClass::Cache,
             EngineError::RemoteConfig(_) => ErrorClass::Usage,
             EngineError::Io { .. } => ErrorClass::Io,
             EngineError::Stage(e) => stage_error_class(e),
@@ -102,6 +101,16 @@ impl EngineError {
     pub fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {
         let path = path.into();
         move |source| EngineError::Io { action, path, source }
+    }
+}
+
+/// The class of a remote's error: a malformed address is a usage error (nothing was asked);
+/// everything else (unreachable, refused, too slow, no such bucket, the local side) is a cache
+/// error, exit status 5.
+pub fn remote_error_class(error: &cache::remote::RemoteError) -> ErrorClass {
+    match error {
+        cache::remote::RemoteError::Address { .. } => ErrorClass::Usage,
+        _ => ErrorClass::Cache,
     }
 }
 

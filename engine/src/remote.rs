@@ -66,6 +66,9 @@ pub enum Located {
     Remote { key: CacheKey, manifest: Box<Manifest> },
     /// In neither; `key` is known when every upstream was found.
     Nowhere { key: Option<CacheKey>, why: String },
+    /// Not in the local cache, and what the remote holds for `key` is damaged (`why`): a bad
+    /// manifest, never used.
+    Damaged { key: CacheKey, why: String },
     /// Not asked about, or not answered: the remote could not be reached (`why`), so it may
     /// hold the entry.
     Unknown { why: String },
@@ -74,7 +77,9 @@ pub enum Located {
 impl Located {
     pub fn key(&self) -> Option<&CacheKey> {
         match self {
-            Located::Local { key, .. } | Located::Remote { key, .. } => Some(key),
+            Located::Local { key, .. } | Located::Remote { key, .. } | Located::Damaged { key, .. } => {
+                Some(key)
+            }
             Located::Nowhere { key, .. } => key.as_ref(),
             Located::Unknown { .. } => None,
         }
@@ -99,6 +104,7 @@ pub fn locate(
         Remote(Box<Manifest>),
     }
     let mut unreachable: Option<String> = None;
+    let mut damaged: BTreeMap<CacheKey, String> = BTreeMap::new();
     let mut look = |_: usize, key: &CacheKey| {
         if let Ok(Some(manifest)) = store.verify(key, depth) {
             return Looked::Found { output_digest: manifest.output_digest, found: Side::Local };
@@ -112,21 +118,32 @@ pub fn locate(
                 found: Side::Remote(Box::new(manifest)),
             },
             Ok(None) => Looked::Absent { problem: None },
-            Err(e @ cache::remote::RemoteError::Request { .. }) => {
+            Err(e) if e.is_unreachable() => {
                 let why = crate::error_text::error_chain(&e);
                 unreachable = Some(why.clone());
                 Looked::Unanswered { why }
             }
-            Err(e) => Looked::Absent { problem: Some(crate::error_text::error_chain(&e)) },
+            Err(e) => {
+                let why = crate::error_text::error_chain(&e);
+                if matches!(e, cache::remote::RemoteError::Rejected { .. }) {
+                    damaged.insert(key.clone(), why.clone());
+                }
+                Looked::Absent { problem: Some(why) }
+            }
         }
     };
-    plan.resolve(recipe, fingerprints, &|_| true, &mut look)
+    let resolved = plan.resolve(recipe, fingerprints, &|_| true, &mut look);
+    resolved
         .into_iter()
         .map(|resolved| match resolved {
             Resolved::Found { key, output_digest, found: Side::Local } => {
                 Located::Local { key, output_digest }
             }
             Resolved::Found { key, found: Side::Remote(manifest), .. } => Located::Remote { key, manifest },
+            Resolved::Absent { key, .. } if damaged.contains_key(&key) => {
+                let why = damaged[&key].clone();
+                Located::Damaged { key, why }
+            }
             Resolved::Absent { key, problem, .. } => Located::Nowhere {
                 key: Some(key),
                 why: problem.unwrap_or_else(|| "not on the remote".into()),

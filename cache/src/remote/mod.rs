@@ -15,6 +15,6 @@ mod client;
 mod profile;
 mod transfer;
 
-pub use client::{Remote, RemoteError};
+pub use client::{printable, Remote, RemoteError, RemoteOptions};
 pub use profile::Profile;
-pub use transfer::{GcReport, PushOutcome, TransferProgress};
+pub use transfer::{GcReport, PushOptions, PushOutcome, TransferProgress};

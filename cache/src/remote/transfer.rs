@@ -1,12 +1,12 @@
 //! Moving entries between the local store and a remote: push, pull and the remote's gc. Files
 //! stream in parts (never a whole checkpoint in memory) and up to `parallel` move at once.
-use super::client::{blob_path, entry_path, Remote, RemoteError, BLOBS};
+use super::client::{blob_path, chain_text, entry_path, printable, Remote, RemoteError, BLOBS, ENTRIES};
 use crate::error::CacheError;
 use crate::key::CacheKey;
 use crate::store::{Entry, FileRecord, KeyLock, Manifest, Staging, Store};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStoreExt, PutMode, PutPayload};
+use object_store::{MultipartUpload, ObjectMeta, ObjectStoreExt, PutMode, PutPayload};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -16,10 +16,34 @@ use std::time::{Duration, SystemTime};
 /// Files above this size go up in parts of this size (S3 wants at least 5 MiB a part).
 const PART: usize = 8 << 20;
 
+/// Push markers: `pending/<id>.json` names every blob a push in progress relies on.
+const PENDING: &str = "pending";
+/// Gc markers: `gc/<id>.json` exists while a `gc` may delete blobs.
+const GC: &str = "gc";
+/// A push marker this old is left over from a killed push: gc ignores and removes it.
+const STALE_PUSH: Duration = Duration::from_secs(24 * 3600);
+/// A gc rewrites its marker at least this often while it runs ...
+const GC_REFRESH: Duration = Duration::from_secs(15);
+/// ... and a push waits for a gc whose marker was written less than this long ago.
+const GC_LIVE: Duration = Duration::from_secs(60);
+/// A folder remote's partial upload (`blobs/<digest>#<n>`) untouched this long is left over
+/// from a killed push: a push of the same blob removes it.
+const STALE_PARTIAL: Duration = Duration::from_secs(600);
+
 /// Told how many bytes a transfer will move, then each time some have moved.
 pub trait TransferProgress: Sync {
     fn planned(&self, bytes: u64);
     fn moved(&self, bytes: u64);
+    /// The transfer waits for something else on the remote (a `gc` deleting blobs).
+    fn waiting(&self, _why: &str) {}
+}
+
+/// How to push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// Re-hash the blobs the remote holds for these entries (downloading them) and upload
+    /// again those that do not match; replace damaged manifests.
+    pub verify: bool,
 }
 
 /// What a push did for one entry.
@@ -28,9 +52,10 @@ pub enum PushOutcome {
     /// Its manifest is now on the remote; `bytes` of blobs were uploaded for it (blobs shared
     /// with other entries count once, for the first).
     Uploaded { bytes: u64 },
-    /// The remote already had the entry (another pusher may have won the race); blobs it had
-    /// lost were uploaded again.
-    AlreadyThere { repaired: usize },
+    /// The remote already had the entry (another pusher may have won the race); `repaired`
+    /// blobs it had lost (or, with [`PushOptions::verify`], held damaged) were uploaded again,
+    /// and its manifest was replaced when it was damaged.
+    AlreadyThere { repaired: usize, manifest_replaced: bool },
 }
 
 /// What `gc` removed (or would remove) from a remote.
@@ -45,6 +70,40 @@ pub struct GcReport {
     pub recent_blobs_kept: usize,
     /// Entries kept.
     pub kept: usize,
+    /// Damaged manifests of entries a given recipe uses (key, why), deleted (a push puts them
+    /// back).
+    pub damaged: Vec<(CacheKey, String)>,
+    /// Markers of pushes killed long ago, removed.
+    pub stale_markers: usize,
+    /// Partial files of killed uploads on a folder remote, removed.
+    pub partial_files: usize,
+    /// Unlisted blobs kept because a push in progress relies on them.
+    pub pending_blobs_kept: usize,
+}
+
+/// What a push marker says.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PushMarker {
+    blobs: Vec<String>,
+}
+
+/// An id for a marker: unique enough across machines and processes.
+fn marker_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&now.as_nanos().to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        hasher.update(host.as_bytes());
+    }
+    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+fn age(now: i64, meta: &ObjectMeta) -> Duration {
+    Duration::from_secs((now - meta.last_modified.timestamp()).max(0) as u64)
 }
 
 impl Remote {
@@ -55,20 +114,117 @@ impl Remote {
         entries: &[Entry],
         progress: &dyn TransferProgress,
     ) -> Vec<Result<PushOutcome, RemoteError>> {
-        self.runtime.block_on(self.push_async(entries, progress))
+        self.push_with(entries, PushOptions::default(), progress)
+    }
+
+    /// [`Remote::push`] with options.
+    ///
+    /// Against a concurrent `gc` (see [`Remote::gc`]): before it looks at any blob, the push
+    /// writes a marker naming every blob its entries list, uploaded or found there, then waits
+    /// for any `gc` that may be deleting blobs to finish; only then does it ask which blobs
+    /// are there. The marker goes once every manifest is written.
+    pub fn push_with(
+        &self,
+        entries: &[Entry],
+        options: PushOptions,
+        progress: &dyn TransferProgress,
+    ) -> Vec<Result<PushOutcome, RemoteError>> {
+        if entries.is_empty() {
+            return Vec::new();
+        }
+        self.runtime.block_on(async {
+            let marker = match self.announce(entries, progress).await {
+                Ok(marker) => marker,
+                Err(e) => {
+                    let why = chain_text(&e);
+                    return entries
+                        .iter()
+                        .map(|_| {
+                            Err(RemoteError::Request {
+                                url: self.url().to_string(),
+                                action: "start the push on",
+                                path: PENDING.into(),
+                                source: Box::new(object_store::Error::Generic {
+                                    store: "remote",
+                                    source: why.clone().into(),
+                                }),
+                            })
+                        })
+                        .collect();
+                }
+            };
+            let results = self.push_async(entries, options, progress).await;
+            // A marker left behind (a failed delete) only keeps its blobs for a day.
+            let _ = self.objects.delete(&marker).await;
+            results
+        })
+    }
+
+    /// Writes this push's marker, then waits until no `gc` is running.
+    async fn announce(
+        &self,
+        entries: &[Entry],
+        progress: &dyn TransferProgress,
+    ) -> Result<ObjectPath, RemoteError> {
+        let blobs: BTreeSet<&str> =
+            entries.iter().flat_map(|e| e.manifest.files.values().map(|r| r.blake3.as_str())).collect();
+        let marker = ObjectPath::from(format!("{PENDING}/{}.json", marker_id()));
+        self.ready("write", &marker).await?;
+        let body = serde_json::to_vec(&PushMarker { blobs: blobs.into_iter().map(String::from).collect() })
+            .expect("markers serialise");
+        let mut told = false;
+        loop {
+            // Rewritten while waiting: its time is the remote's clock, against which the gc
+            // markers' ages are measured.
+            self.objects
+                .put(&marker, PutPayload::from(body.clone()))
+                .await
+                .map_err(self.request("write", &marker))?;
+            let now = self.objects.head(&marker).await.map_err(self.request("look up", &marker))?;
+            let now = now.last_modified.timestamp();
+            let running = self.list(GC).await?.into_iter().any(|gc| age(now, &gc) < GC_LIVE);
+            if !running {
+                return Ok(marker);
+            }
+            if !told {
+                progress.waiting("a `gc --remote` is deleting blobs; waiting for it to finish");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Every object under `prefix` (none when the folder does not exist).
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, RemoteError> {
+        let prefix = ObjectPath::from(prefix);
+        self.ready("list", &prefix).await?;
+        match self.objects.list(Some(&prefix)).try_collect().await {
+            Ok(listed) => Ok(listed),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.request("list", &prefix)(e)),
+        }
     }
 
     async fn push_async(
         &self,
         entries: &[Entry],
+        options: PushOptions,
         progress: &dyn TransferProgress,
     ) -> Vec<Result<PushOutcome, RemoteError>> {
-        // Which entries are there already, and which blobs (each content once) are missing.
-        let present: Vec<Result<bool, RemoteError>> = futures::stream::iter(entries)
-            .map(|entry| self.exists(entry_path(&entry.key)))
-            .buffered(self.parallel)
-            .collect()
-            .await;
+        // Which entries are there already (their manifests checked), and which blobs (each
+        // content once) are missing.
+        let present: Vec<Result<Option<Result<Manifest, String>>, RemoteError>> =
+            futures::stream::iter(entries)
+                .map(|entry| async move {
+                    match self.fetch_manifest(&entry.key).await {
+                        Ok(found) => Ok(found.map(Ok)),
+                        Err(RemoteError::Rejected { detail, .. }) => Ok(Some(Err(detail))),
+                        Err(e) => Err(e),
+                    }
+                })
+                .buffered(self.parallel)
+                .collect()
+                .await;
         let mut blobs: BTreeMap<&str, (PathBuf, &FileRecord)> = BTreeMap::new();
         for entry in entries {
             for (name, record) in &entry.manifest.files {
@@ -76,7 +232,13 @@ impl Remote {
             }
         }
         let checked: Vec<(&str, Result<bool, RemoteError>)> = futures::stream::iter(&blobs)
-            .map(|(digest, (_, record))| async move { (*digest, self.has_blob(digest, record.size).await) })
+            .map(|(digest, (_, record))| async move {
+                let has = match self.has_blob(digest, record.size).await {
+                    Ok(true) if options.verify => self.blob_matches(digest, record).await,
+                    other => other,
+                };
+                (*digest, has)
+            })
             .buffer_unordered(self.parallel)
             .collect()
             .await;
@@ -87,7 +249,7 @@ impl Remote {
                 Ok(true) => {}
                 Ok(false) => missing.push(digest),
                 Err(e) => {
-                    failed.insert(digest, chain(&e));
+                    failed.insert(digest, chain_text(&e));
                 }
             }
         }
@@ -107,7 +269,7 @@ impl Remote {
                     uploaded.insert(digest);
                 }
                 Err(e) => {
-                    failed.insert(digest, chain(&e));
+                    failed.insert(digest, chain_text(&e));
                 }
             }
         }
@@ -136,14 +298,27 @@ impl Remote {
                 .collect();
             let result = match present {
                 Err(e) => Err(e),
-                Ok(true) => Ok(PushOutcome::AlreadyThere { repaired: mine.len() }),
-                Ok(false) => self.create_manifest(&entry.manifest).await.map(|created| {
+                Ok(Some(Ok(_))) => {
+                    Ok(PushOutcome::AlreadyThere { repaired: mine.len(), manifest_replaced: false })
+                }
+                Ok(Some(Err(_))) if options.verify => self
+                    .replace_manifest(&entry.manifest)
+                    .await
+                    .map(|()| PushOutcome::AlreadyThere { repaired: mine.len(), manifest_replaced: true }),
+                Ok(Some(Err(why))) => Err(RemoteError::Rejected {
+                    key: entry.key.to_string(),
+                    detail: format!(
+                        "the remote's manifest is damaged ({why}); `pipeline push --verify` replaces it, \
+                         `pipeline gc --remote` removes it"
+                    ),
+                }),
+                Ok(None) => self.create_manifest(&entry.manifest).await.map(|created| {
                     if created {
                         let bytes =
                             mine.iter().filter(|d| counted.insert(**d)).map(|d| blobs[d].1.size).sum();
                         PushOutcome::Uploaded { bytes }
                     } else {
-                        PushOutcome::AlreadyThere { repaired: mine.len() }
+                        PushOutcome::AlreadyThere { repaired: mine.len(), manifest_replaced: false }
                     }
                 }),
             };
@@ -152,9 +327,38 @@ impl Remote {
         results
     }
 
+    /// Writes the manifest over a damaged one.
+    async fn replace_manifest(&self, manifest: &Manifest) -> Result<(), RemoteError> {
+        let path = entry_path(&manifest.key);
+        self.ready("write", &path).await?;
+        let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+        self.objects.put(&path, PutPayload::from(bytes)).await.map_err(self.request("write", &path))?;
+        Ok(())
+    }
+
+    /// Whether the blob's content hashes to its digest (downloaded, hashed as it streams).
+    async fn blob_matches(&self, digest: &str, record: &FileRecord) -> Result<bool, RemoteError> {
+        let path = blob_path(digest);
+        self.ready("download", &path).await?;
+        let found = match self.objects.get(&path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(self.request("download", &path)(e)),
+        };
+        let mut stream = found.into_stream();
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(self.request("download", &path))? {
+            received += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok(received == record.size && hasher.finalize().to_hex().as_str() == digest)
+    }
+
     /// Writes the manifest if the remote has none for its key; `Ok(false)` when it had one.
     async fn create_manifest(&self, manifest: &Manifest) -> Result<bool, RemoteError> {
         let path = entry_path(&manifest.key);
+        self.ready("write", &path).await?;
         let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
         match self.objects.put_opts(&path, PutPayload::from(bytes), PutMode::Create.into()).await {
             Ok(_) => Ok(true),
@@ -163,17 +367,10 @@ impl Remote {
         }
     }
 
-    async fn exists(&self, path: ObjectPath) -> Result<bool, RemoteError> {
-        match self.objects.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.request("look up", &path)(e)),
-        }
-    }
-
     /// Whether the blob is there with the right size (a blob of another size is replaced).
     async fn has_blob(&self, digest: &str, size: u64) -> Result<bool, RemoteError> {
         let path = blob_path(digest);
+        self.ready("look up", &path).await?;
         match self.objects.head(&path).await {
             Ok(meta) => Ok(meta.size == size),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
@@ -190,6 +387,7 @@ impl Remote {
         progress: &dyn TransferProgress,
     ) -> Result<(), RemoteError> {
         let blob = blob_path(&record.blake3);
+        self.ready("upload", &blob).await?;
         let mut file = File::open(path).map_err(CacheError::io("cannot open", path))?;
         let mut hasher = blake3::Hasher::new();
         let changed = || {
@@ -206,6 +404,7 @@ impl Remote {
             }
             self.objects.put(&blob, PutPayload::from(chunk)).await.map_err(self.request("upload", &blob))?;
             progress.moved(record.size);
+            self.remove_partials(&record.blake3, STALE_PARTIAL);
             return Ok(());
         }
         let mut upload =
@@ -232,6 +431,7 @@ impl Remote {
         match outcome {
             Ok(()) => {
                 upload.complete().await.map_err(self.request("finish uploading", &blob))?;
+                self.remove_partials(&record.blake3, STALE_PARTIAL);
                 Ok(())
             }
             Err(e) => {
@@ -322,7 +522,9 @@ impl Remote {
         progress: &dyn TransferProgress,
     ) -> Result<(), RemoteError> {
         let reject = |detail: String| RemoteError::Rejected { key: key.to_string(), detail };
+        let name = printable(name);
         let blob = blob_path(&record.blake3);
+        self.ready("download", &blob).await?;
         let found = match self.objects.get(&blob).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => {
@@ -359,67 +561,237 @@ impl Remote {
         Ok(())
     }
 
-    /// Removes the entries not in `keep`, then the blobs no remaining entry lists that are older
-    /// than `grace`. With `dry_run`, only says what it would remove.
+    /// Removes the entries of `listed` (the remote's keys, listed before `keep` was worked
+    /// out) not in `keep`, and the damaged manifests of those in it; then the blobs nothing
+    /// lists that are older than `grace`. With `dry_run`, only says what it would remove.
+    ///
+    /// Safe beside pushes ([`Remote::push_with`]): an entry written after `listed` was taken is
+    /// not in it, so never deleted. For blobs, gc first writes its own marker (kept fresh while
+    /// it runs), chooses candidates, and only then lists the push markers and the manifests
+    /// again, keeping every blob they name. A push writes its marker before it looks at blobs
+    /// and waits while a gc marker is fresh: either gc sees the push's marker (or, once the
+    /// push is done, its manifests), or the push sees gc's marker and waits for it to finish
+    /// before it asks which blobs are there, uploading again any gc deleted.
     pub fn gc(
         &self,
+        listed: &[CacheKey],
         keep: &BTreeSet<CacheKey>,
         grace: Duration,
         dry_run: bool,
     ) -> Result<GcReport, RemoteError> {
-        let keys = self.keys()?;
         self.runtime.block_on(async {
-            let mut report = GcReport::default();
-            let mut referenced = BTreeSet::new();
-            for key in &keys {
-                if !keep.contains(key) {
-                    report.entries.push(key.clone());
-                    continue;
-                }
-                report.kept += 1;
-                if let Some(manifest) = self.fetch_manifest(key).await? {
-                    referenced.extend(manifest.files.into_values().map(|r| r.blake3));
+            let marker = ObjectPath::from(format!("{GC}/{}.json", marker_id()));
+            let mut clock = GcClock { marker: (!dry_run).then_some(marker), written: None, now: 0 };
+            let result = self.gc_async(listed, keep, grace, dry_run, &mut clock).await;
+            if let Some(marker) = &clock.marker {
+                if clock.written.is_some() {
+                    let _ = self.objects.delete(marker).await;
                 }
             }
-            if !dry_run {
-                for key in &report.entries {
-                    let path = entry_path(key);
-                    match self.objects.delete(&path).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(self.request("delete", &path)(e)),
-                    }
-                }
-            }
-            let prefix = ObjectPath::from(BLOBS);
-            let blobs: Vec<_> = self
-                .objects
-                .list(Some(&prefix))
-                .try_collect()
-                .await
-                .map_err(self.request("list", &prefix))?;
-            let now =
-                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-            for meta in blobs {
-                let Some(digest) = meta.location.filename() else { continue };
-                if referenced.contains(digest) {
-                    continue;
-                }
-                if now - meta.last_modified.timestamp() < grace.as_secs() as i64 {
-                    report.recent_blobs_kept += 1;
-                    continue;
-                }
-                if !dry_run {
-                    match self.objects.delete(&meta.location).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(self.request("delete", &meta.location)(e)),
-                    }
-                }
-                report.blobs += 1;
-                report.bytes += meta.size;
-            }
-            Ok(report)
+            result
         })
     }
+
+    async fn gc_async(
+        &self,
+        listed: &[CacheKey],
+        keep: &BTreeSet<CacheKey>,
+        grace: Duration,
+        dry_run: bool,
+        clock: &mut GcClock,
+    ) -> Result<GcReport, RemoteError> {
+        self.refresh(clock, true).await?;
+        let mut report = GcReport::default();
+        // Blobs listed by the manifests read so far; keys whose manifest was read.
+        let mut referenced: BTreeSet<String> = BTreeSet::new();
+        let mut read: BTreeSet<CacheKey> = BTreeSet::new();
+        for key in listed {
+            if !keep.contains(key) {
+                report.entries.push(key.clone());
+                continue;
+            }
+            self.refresh(clock, false).await?;
+            match self.fetch_manifest(key).await {
+                Ok(Some(manifest)) => {
+                    report.kept += 1;
+                    read.insert(key.clone());
+                    referenced.extend(manifest.files.into_values().map(|r| r.blake3));
+                }
+                Ok(None) => {}
+                Err(RemoteError::Rejected { detail, .. }) => report.damaged.push((key.clone(), detail)),
+                Err(e) => return Err(e),
+            }
+        }
+        let doomed: BTreeSet<&CacheKey> =
+            report.entries.iter().chain(report.damaged.iter().map(|(k, _)| k)).collect();
+        if !dry_run {
+            for key in &doomed {
+                self.refresh(clock, false).await?;
+                let path = entry_path(key);
+                match self.objects.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.request("delete", &path)(e)),
+                }
+            }
+        }
+        // Candidates: blobs no kept manifest lists, older than the grace period.
+        let mut candidates: BTreeMap<String, ObjectMeta> = BTreeMap::new();
+        for meta in self.list(BLOBS).await? {
+            let Some(digest) = meta.location.filename().map(str::to_string) else { continue };
+            if referenced.contains(&digest) {
+                continue;
+            }
+            if age(clock.now, &meta) < grace {
+                report.recent_blobs_kept += 1;
+                continue;
+            }
+            candidates.insert(digest, meta);
+        }
+        // Then what pushes in progress rely on, then every manifest written meanwhile: in this
+        // order, a push that removes its marker between the two lists has written its
+        // manifests before the second.
+        let mut stale = Vec::new();
+        for meta in self.list(PENDING).await? {
+            self.refresh(clock, false).await?;
+            if age(clock.now, &meta) >= STALE_PUSH {
+                stale.push(meta.location);
+                continue;
+            }
+            let body = match self.objects.get(&meta.location).await {
+                Ok(found) => found.bytes().await.map_err(self.request("read", &meta.location))?,
+                // Removed by its push meanwhile: its manifests are written.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.request("read", &meta.location)(e)),
+            };
+            match serde_json::from_slice::<PushMarker>(&body) {
+                Ok(pending) => {
+                    for digest in pending.blobs {
+                        if candidates.remove(&digest).is_some() {
+                            report.pending_blobs_kept += 1;
+                        }
+                    }
+                }
+                // A marker that cannot be read might name any blob: delete none.
+                Err(_) => {
+                    report.pending_blobs_kept += candidates.len();
+                    candidates.clear();
+                }
+            }
+        }
+        let again: Vec<ObjectMeta> = self.list(ENTRIES).await?;
+        for meta in again {
+            let Some(key) =
+                meta.location.filename().and_then(|f| f.strip_suffix(".json")).and_then(CacheKey::parse)
+            else {
+                continue;
+            };
+            if read.contains(&key) || (dry_run && doomed.contains(&key)) || candidates.is_empty() {
+                continue;
+            }
+            self.refresh(clock, false).await?;
+            match self.fetch_manifest(&key).await {
+                Ok(Some(manifest)) => {
+                    for record in manifest.files.into_values() {
+                        candidates.remove(&record.blake3);
+                    }
+                }
+                Ok(None) | Err(RemoteError::Rejected { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (_, meta) in candidates {
+            if !dry_run {
+                self.refresh(clock, false).await?;
+                match self.objects.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.request("delete", &meta.location)(e)),
+                }
+            }
+            report.blobs += 1;
+            report.bytes += meta.size;
+        }
+        report.stale_markers = stale.len();
+        report.partial_files = self.partials(None, grace).len();
+        if !dry_run {
+            for path in stale {
+                match self.objects.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.request("delete", &path)(e)),
+                }
+            }
+            for path in self.partials(None, grace) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rewrites gc's marker when it is due (or `now`), and learns the remote's time from it;
+    /// a dry run writes none and goes by this machine's clock.
+    async fn refresh(&self, clock: &mut GcClock, now: bool) -> Result<(), RemoteError> {
+        let Some(marker) = &clock.marker else {
+            clock.now =
+                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+            return Ok(());
+        };
+        if !now && clock.written.is_some_and(|at| at.elapsed() < GC_REFRESH) {
+            return Ok(());
+        }
+        self.ready("write", marker).await?;
+        self.objects
+            .put(marker, PutPayload::from_static(b"{}"))
+            .await
+            .map_err(self.request("write", marker))?;
+        clock.written = Some(std::time::Instant::now());
+        let meta = self.objects.head(marker).await.map_err(self.request("look up", marker))?;
+        clock.now = meta.last_modified.timestamp();
+        Ok(())
+    }
+
+    /// On a folder remote, the partial files of uploads (`blobs/<digest>#<n>`, of `digest` or
+    /// of any blob) untouched for at least `min_age`: what a killed upload leaves.
+    fn partials(&self, digest: Option<&str>, min_age: Duration) -> Vec<PathBuf> {
+        let Some(folder) = &self.folder else { return Vec::new() };
+        let dir = folder.join(BLOBS);
+        let stale = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age))
+        };
+        let is_partial = |name: &str| {
+            name.split_once('#').is_some_and(|(blob, n)| {
+                digest.is_none_or(|d| d == blob) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        match digest {
+            // One blob's: `#1`, `#2`, … up to the first gap (how they are numbered).
+            Some(digest) => (1..)
+                .map(|n| dir.join(format!("{digest}#{n}")))
+                .take_while(|p| p.exists())
+                .filter(|p| stale(p))
+                .collect(),
+            None => std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|item| item.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_partial) && stale(p))
+                .collect(),
+        }
+    }
+
+    fn remove_partials(&self, digest: &str, min_age: Duration) {
+        for path in self.partials(Some(digest), min_age) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// gc's marker and the remote's time as of its last write.
+struct GcClock {
+    marker: Option<ObjectPath>,
+    written: Option<std::time::Instant>,
+    now: i64,
 }
 
 /// Up to `limit` bytes of `file` (fewer only at its end).
@@ -430,15 +802,4 @@ fn read_chunk(file: &mut File, limit: usize, path: &Path) -> Result<Vec<u8>, Rem
         .read_to_end(&mut chunk)
         .map_err(CacheError::io("cannot read", path))?;
     Ok(chunk)
-}
-
-/// An error and its causes, joined by ": ".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }

@@ -125,11 +125,11 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         }
         Command::Lock { recipe, json: _, cache } => commands::lock(&recipe, cache.cache, shell),
         Command::Cancel { recipe, json: _, cache } => super::slurm::cancel(&recipe, cache.cache, shell),
-        Command::Push { recipe, remote, json: _, cache } => {
-            remote::push(&recipe, remote.remote.as_deref(), cache.cache, shell)
+        Command::Push { recipe, remote, verify, json: _, cache } => {
+            remote::push(&recipe, &remote_request(&remote), cache.cache, verify, shell)
         }
         Command::Pull { recipe, remote, json: _, cache } => {
-            remote::pull(&recipe, remote.remote.as_deref(), cache.cache, shell)
+            remote::pull(&recipe, &remote_request(&remote), cache.cache, shell)
         }
         Command::Plan { recipe, only, force, estimate, json: _, verify, cache } => {
             let view = PlanView::WhatWillRun { measure: estimate };
@@ -161,11 +161,25 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
         Command::Show { recipe, stage, json: _, verify, cache } => {
             commands::show(&recipe, &stage, cache.cache, depth(verify), shell)
         }
-        Command::Gc { recipes, dry_run, remote: Some(remote), grace, json: _, verify: _, cache } => {
+        Command::Gc {
+            recipes,
+            dry_run,
+            remote: Some(remote),
+            grace,
+            timeouts,
+            json: _,
+            verify: _,
+            cache,
+        } => {
             let grace = std::time::Duration::from_secs(grace);
-            remote::gc(&recipes, &remote, grace, dry_run, cache.cache, shell)
+            let request = super::loading::RemoteRequest {
+                flag: Some(&remote),
+                timeout: timeouts.timeout,
+                connect_timeout: timeouts.connect_timeout,
+            };
+            remote::gc(&recipes, &request, grace, dry_run, cache.cache, shell)
         }
-        Command::Gc { recipes, dry_run, remote: None, grace: _, json: _, verify, cache } => {
+        Command::Gc { recipes, dry_run, remote: None, grace: _, timeouts: _, json: _, verify, cache } => {
             let mode = if dry_run { commands::GcMode::DryRun } else { commands::GcMode::Delete };
             commands::gc(&recipes, mode, cache.cache, depth(verify), shell)
         }
@@ -190,5 +204,14 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             commands::fetch(name.as_deref(), to, archive.as_deref(), shell)
         }
         Command::Models { classes, json: _ } => commands::models(classes, shell),
+    }
+}
+
+/// What `--remote`, `--timeout` and `--connect-timeout` ask for.
+fn remote_request(arg: &super::args::RemoteArg) -> super::loading::RemoteRequest<'_> {
+    super::loading::RemoteRequest {
+        flag: arg.remote.as_deref(),
+        timeout: arg.timeouts.timeout,
+        connect_timeout: arg.timeouts.connect_timeout,
     }
 }

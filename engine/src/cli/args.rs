@@ -54,6 +54,20 @@ pub struct RemoteArg {
     /// the recipe's [remote] url, else pipeline.toml's]
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TimeoutArgs {
+    /// A request to the remote that gets no answer fails after this long, retries included
+    /// [default: $PIPELINE_REMOTE_TIMEOUT, else 30]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// Connecting to the remote fails after this long [default: $PIPELINE_REMOTE_CONNECT_TIMEOUT,
+    /// else 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub connect_timeout: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +157,10 @@ pub enum Command {
         recipe: PathBuf,
         #[command(flatten)]
         remote: RemoteArg,
+        /// Re-hash what the remote holds for the recipe (downloading it) and replace damaged
+        /// blobs and manifests
+        #[arg(long)]
+        verify: bool,
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]
@@ -224,6 +242,8 @@ pub enum Command {
         /// progress may be about to list them)
         #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "remote")]
         grace: u64,
+        #[command(flatten)]
+        timeouts: TimeoutArgs,
         #[command(flatten)]
         json: JsonArg,
         #[command(flatten)]

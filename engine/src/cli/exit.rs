@@ -1,7 +1,7 @@
 //! Exit statuses: 0 success; 1 a stage failed (or `check` found an invalid recipe, or `show`
 //! a stage not computed yet); otherwise the [`ErrorClass`] of the error (2 usage or recipe,
 //! 3 data, 4 device, 5 cache, 6 other I/O, 70 internal).
-use crate::error::{stage_error_class, EngineError, ErrorClass};
+use crate::error::{remote_error_class, stage_error_class, EngineError, ErrorClass};
 use std::process::ExitCode;
 
 /// How a command that ran to its end went.
@@ -30,6 +30,9 @@ pub fn class_of(error: &anyhow::Error) -> ErrorClass {
         }
         if cause.downcast_ref::<cache::CacheError>().is_some() {
             return ErrorClass::Cache;
+        }
+        if let Some(e) = cause.downcast_ref::<cache::remote::RemoteError>() {
+            return remote_error_class(e);
         }
         if let Some(e) = cause.downcast_ref::<stages::StageError>() {
             return stage_error_class(e);
@@ -60,5 +63,10 @@ mod tests {
         assert_eq!(class_of(&anyhow::anyhow!("--only x: no such stage")), ErrorClass::Usage);
         let device = stages::device::DeviceError::NoCudaSupport { ordinal: 0 };
         assert_eq!(class_of(&anyhow::Error::new(device)), ErrorClass::Device);
+        // A remote's error, however it travels, is a cache error; a malformed address usage.
+        let remote = cache::remote::Remote::open("s3:/lab/x").unwrap_err();
+        assert_eq!(class_of(&anyhow::Error::new(remote)), ErrorClass::Usage);
+        let open = cache::remote::RemoteError::Open { url: "u".into(), message: "m".into() };
+        assert_eq!(class_of(&anyhow::Error::new(open).context("gc")), ErrorClass::Cache);
     }
 }

@@ -4,7 +4,7 @@ use super::shell::Shell;
 use crate::error::EngineError;
 use crate::recipe::Recipe;
 use crate::remote::remote_url;
-use cache::remote::Remote;
+use cache::remote::{Remote, RemoteOptions};
 use cache::Store;
 use std::path::{Path, PathBuf};
 
@@ -41,10 +41,66 @@ pub fn open_store(cache: Option<PathBuf>) -> Result<Store, EngineError> {
     Store::open(&path).map_err(|source| EngineError::Cache { path, source })
 }
 
+/// Which remote a command asked for, and how long it may take (`None`: from
+/// `$PIPELINE_REMOTE_TIMEOUT` and `$PIPELINE_REMOTE_CONNECT_TIMEOUT`, else 30 s and 5 s).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RemoteRequest<'a> {
+    pub flag: Option<&'a str>,
+    pub timeout: Option<f64>,
+    pub connect_timeout: Option<f64>,
+}
+
+/// The timeouts of `request`, from its flags, else the environment, else the defaults.
+pub fn remote_options(request: &RemoteRequest) -> Result<RemoteOptions, EngineError> {
+    let seconds = |flag: Option<f64>, variable: &str, default: std::time::Duration| {
+        let (value, from) = match flag {
+            Some(value) => (value, format!("--{}", variable_flag(variable))),
+            None => match std::env::var(variable).ok().filter(|v| !v.trim().is_empty()) {
+                Some(text) => (
+                    text.trim().parse::<f64>().map_err(|_| {
+                        EngineError::Usage(format!("${variable} = `{text}` is not a number of seconds"))
+                    })?,
+                    format!("${variable}"),
+                ),
+                None => return Ok(default),
+            },
+        };
+        if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+            return Err(EngineError::Usage(format!(
+                "{from} = {value}: a timeout is a number of seconds above 0 and at most 86400"
+            )));
+        }
+        Ok(std::time::Duration::from_secs_f64(value))
+    };
+    let defaults = RemoteOptions::default();
+    Ok(RemoteOptions {
+        timeout: seconds(request.timeout, "PIPELINE_REMOTE_TIMEOUT", defaults.timeout)?,
+        connect_timeout: seconds(
+            request.connect_timeout,
+            "PIPELINE_REMOTE_CONNECT_TIMEOUT",
+            defaults.connect_timeout,
+        )?,
+    })
+}
+
+fn variable_flag(variable: &str) -> &'static str {
+    if variable.ends_with("CONNECT_TIMEOUT") {
+        "connect-timeout"
+    } else {
+        "timeout"
+    }
+}
+
 /// The remote a command uses: `flag` (`default` or nothing: the configured one), else the
 /// environment, the recipe, `pipeline.toml`; none at all is a usage error.
 pub fn open_remote(flag: Option<&str>, recipe: Option<&Recipe>) -> Result<Remote, EngineError> {
-    let flag = flag.filter(|f| *f != "default");
+    open_remote_with(&RemoteRequest { flag, ..RemoteRequest::default() }, recipe)
+}
+
+/// [`open_remote`] with the request's timeouts.
+pub fn open_remote_with(request: &RemoteRequest, recipe: Option<&Recipe>) -> Result<Remote, EngineError> {
+    let options = remote_options(request)?;
+    let flag = request.flag.filter(|f| *f != "default");
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let Some(url) = remote_url(flag, recipe, &cwd)? else {
         return Err(EngineError::Usage(
@@ -53,5 +109,5 @@ pub fn open_remote(flag: Option<&str>, recipe: Option<&Recipe>) -> Result<Remote
                 .into(),
         ));
     };
-    Ok(Remote::open(&url)?)
+    Ok(Remote::open_with_options(&url, &[], options)?)
 }

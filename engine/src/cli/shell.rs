@@ -309,6 +309,14 @@ impl cache::remote::TransferProgress for TransferBar {
     fn moved(&self, bytes: u64) {
         self.bar.inc(bytes);
     }
+    fn waiting(&self, why: &str) {
+        let line = format!("{:>12} {why}", "Waiting");
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
+    }
 }
 
 impl Drop for TransferBar {
