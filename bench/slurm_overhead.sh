@@ -5,6 +5,7 @@
 # starting and reading its recipe and upstream entries, the squeue poll).
 #
 #   bash bench/slurm_overhead.sh [RECIPE…]     # default: recipes/smoke/*.toml
+#   POLL_SECONDS=0.5 bash bench/slurm_overhead.sh   # another [executor.slurm] poll_seconds (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet --bin pipeline
@@ -12,10 +13,10 @@ bin="$PWD/target/release/pipeline"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Site settings for the small CI node, as a pipeline.toml (the recipes stay as they are).
-cat >"$work/pipeline.toml" <<'TOML'
+cat >"$work/pipeline.toml" <<TOML
 [executor.slurm]
 defaults = { cpus = 1, mem = "1G", time = "0:30:00" }
-poll_seconds = 0.5
+poll_seconds = ${POLL_SECONDS:-2}
 TOML
 recipes=("$@")
 [ ${#recipes[@]} -gt 0 ] || recipes=(recipes/smoke/*.toml)

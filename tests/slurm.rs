@@ -761,3 +761,62 @@ fn cancelling_a_detached_coordinator_with_scancel_cancels_its_jobs() {
     assert!(Command::new("scancel").arg(&coordinator).status().unwrap().success());
     wait_for("its job to be cancelled", 90, || scontrol_job(&job).contains("JobState=CANCELLED"));
 }
+
+/// The JSON text of the object under `"field":` in `text` (braces matched; no braces in strings).
+fn object_text<'a>(text: &'a str, field: &str) -> &'a str {
+    let start = text.find(&format!("\"{field}\"")).unwrap();
+    let open = start + text[start..].find('{').unwrap();
+    let mut depth = 0;
+    for (at, c) in text[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &text[open..=open + at];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unclosed object");
+}
+
+/// A job checks the key inputs its coordinator planned, floats to the last digit: a float of 17
+/// significant digits read back one step off would make it refuse its own instance.
+#[test]
+fn a_worker_checks_the_planned_inputs_to_the_last_digit() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tiny_recipe(1, "[\"msp\"]").replace("lr = 0.05", "lr = 3.9550342389999997");
+    let recipe = write_recipe(dir.path(), &text);
+    let cache = dir.path().join("cache");
+    let (out, _) = run(&recipe, &cache, &["--only", "base"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let entry = std::fs::read_dir(cache.join("objects")).unwrap().flatten().next().unwrap();
+    let manifest = std::fs::read_to_string(entry.path().join("manifest.json")).unwrap();
+    let inputs = object_text(&manifest, "inputs");
+    assert!(inputs.contains("3.9550342389999997"), "{inputs}");
+    let expect = dir.path().join("planned.json");
+    let worker = |expect: &Path| {
+        pipeline()
+            .args(["worker", "--instance", "base", "--force", "--cache"])
+            .arg(&cache)
+            .arg("--expect")
+            .arg(expect)
+            .arg(&recipe)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&expect, inputs).unwrap();
+    let out = worker(&expect);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Planned with another rate: the job computes nothing and says what changed.
+    std::fs::write(&expect, inputs.replace("3.9550342389999997", "3.95503423899999")).unwrap();
+    let out = worker(&expect);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("changed since `run` planned this job") && stderr(&out).contains("lr"),
+        "{}",
+        stderr(&out)
+    );
+}

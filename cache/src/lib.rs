@@ -29,7 +29,7 @@
 
 mod digest;
 mod error;
-mod json;
+pub mod json;
 mod key;
 pub mod remote;
 mod store;

@@ -417,7 +417,10 @@ pub fn worker(request: &WorkerRequest, shell: &Shell) -> anyhow::Result<Status> 
     let expected: Option<cache::KeyInputs> = match expect {
         Some(file) => {
             let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            Some(serde_json::from_slice(&text).with_context(|| format!("reading {}", file.display()))?)
+            // Floats read back exactly, or a 17-digit one would name another key.
+            let inputs = cache::json::from_slice(&text)
+                .map_err(|e| EngineError::Usage(format!("{}: {e}", file.display())))?;
+            Some(inputs)
         }
         None => None,
     };
