@@ -143,3 +143,44 @@ fn data_that_differ_from_the_lock_are_named_and_locked_refuses_them() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("instance `base@0` has another key"), "{}", stderr(&refused));
 }
+
+/// A reviewer whose copy of the data differs from the author's cannot delete the author's
+/// entries from the shared remote: `gc --remote` keeps every entry the recipe's lock names.
+#[test]
+fn gc_on_the_remote_by_a_reviewer_with_other_data_keeps_what_the_lock_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = copy_of_the_data(dir.path());
+    let recipe = write_recipe(dir.path(), &tiny_on(&data));
+    let (cache, remote) = (dir.path().join("cache"), dir.path().join("remote"));
+    assert!(output(&["lock"], &recipe, &cache).status.success());
+    let (out, _) = run(&recipe, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pushed = pipeline()
+        .args(["push", "--remote"])
+        .arg(&remote)
+        .arg("--cache")
+        .arg(&cache)
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let entries = || std::fs::read_dir(remote.join("entries")).unwrap().count();
+    assert_eq!(entries(), 5);
+
+    // The reviewer's labels differ: every key it names is another one.
+    let labels = data.join("train-labels-idx1-ubyte.gz");
+    let mut bytes = std::fs::read(&labels).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&labels, bytes).unwrap();
+    let gc = pipeline()
+        .args(["gc", "--grace", "0", "--remote"])
+        .arg(&remote)
+        .arg("--cache")
+        .arg(dir.path().join("reviewer-cache"))
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(stderr(&gc).contains("dataset `id` differs from"), "{}", stderr(&gc));
+    assert_eq!(entries(), 5, "the author's entries stay: {}", String::from_utf8_lossy(&gc.stdout));
+}
