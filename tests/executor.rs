@@ -1,12 +1,12 @@
 //! The scheduler's side of the executor interface, with executors made for the purpose: what
 //! counts as a job's success. The committed entry is the proof, and for a forced instance the
-//! entry that was there before the job is not.
+//! entry that was there before the job is not; a worker computes only over committed upstream.
 use cache::{CacheKey, Store};
 use engine::events::{Outcome, Reporter};
 use engine::executor::{Executor, ExecutorError, JobSpec, JobState, Polled, Submitted, Ticket};
 use engine::plan::{Instance, Plan};
 use engine::recipe::Recipe;
-use engine::run::{execute, Run};
+use engine::run::{execute, execute_one, Run};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,5 +144,40 @@ fn a_forced_job_that_dies_is_not_saved_by_the_entry_from_before() {
             )
         }
         other => panic!("a forced job that committed nothing must fail: {other:?}"),
+    }
+}
+
+/// The Slurm worker computes an instance only once everything it reads is committed, and says
+/// which upstream is not.
+#[test]
+fn a_worker_names_the_first_upstream_that_is_not_committed() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/smoke/smoke.toml");
+    let recipe = Recipe::load_with_env(&path, &|_| None).unwrap();
+    let plan = Plan::new(&recipe, None);
+    let last = plan.instances.len() - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fingerprints = BTreeMap::new();
+    let problems = BTreeMap::new();
+    let run = Run {
+        recipe: &recipe,
+        plan: &plan,
+        store: &store,
+        fingerprints: &fingerprints,
+        dataset_problems: &problems,
+        jobs: 1,
+        forced: BTreeSet::new(),
+        keep_resume: false,
+        device: stages::device::Device::Cpu,
+        remote: None,
+        executor: None,
+    };
+    let first_upstream = plan.instances.iter().position(|i| i.deps().next().is_none()).unwrap();
+    match execute_one(&run, last, None, &Quiet) {
+        Outcome::Failed { message } => {
+            let label = &plan.instances[first_upstream].label;
+            assert!(message.contains(&format!("upstream `{label}` is not in the cache")), "{message}");
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -91,29 +91,9 @@ fn a_killed_fine_tune_resumes_and_ends_with_the_uninterrupted_bytes() {
     assert!(!whole.join("resume").read_dir().is_ok_and(|mut d| d.next().is_some()), "removed at commit");
 
     // Kill the run once the 300-epoch fine-tune has finished a few epochs.
-    let mut child = pipeline()
-        .args(["run", "--quiet", "--cache"])
-        .arg(&interrupted)
-        .arg(&recipe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let killed_after = loop {
-        if let Some((done, 300)) = resume_progress(&interrupted) {
-            if done >= 3 {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                break done;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before it could be killed mid fine-tune");
-        }
-        assert!(Instant::now() < deadline, "no resume state appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let mut command = pipeline();
+    command.args(["run", "--quiet", "--cache"]).arg(&interrupted).arg(&recipe);
+    let killed_after = kill_mid_fine_tune(command, &interrupted);
     let (done, total) = resume_progress(&interrupted).expect("the state outlives the kill");
     assert!(done >= killed_after && total == 300);
 
@@ -292,18 +272,10 @@ fn killed_poem_and_oe_fine_tunes_resume_with_their_outlier_state_and_the_uninter
     );
 }
 
-/// Starts `pipeline worker RECIPE --instance um ARGS…` and kills it once the fine-tune has
+/// Starts `command` and kills it once the 300-epoch fine-tune computing into `cache` has
 /// finished at least three epochs; returns the epochs done then.
-fn kill_worker_mid_fine_tune(recipe: &Path, cache: &Path, args: &[&str]) -> u64 {
-    let mut child = pipeline()
-        .args(["worker", "--instance", "um", "--cache"])
-        .arg(cache)
-        .args(args)
-        .arg(recipe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn kill_mid_fine_tune(mut command: std::process::Command, cache: &Path) -> u64 {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Some((done, 300)) = resume_progress(cache) {
@@ -314,11 +286,18 @@ fn kill_worker_mid_fine_tune(recipe: &Path, cache: &Path, args: &[&str]) -> u64 
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("the worker ended ({status}) before it could be killed mid fine-tune");
+            panic!("it ended ({status}) before it could be killed mid fine-tune");
         }
         assert!(Instant::now() < deadline, "no resume state appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `pipeline worker RECIPE --instance um ARGS…`, killed mid fine-tune.
+fn kill_worker_mid_fine_tune(recipe: &Path, cache: &Path, args: &[&str]) -> u64 {
+    let mut command = pipeline();
+    command.args(["worker", "--instance", "um", "--cache"]).arg(cache).args(args).arg(recipe);
+    kill_mid_fine_tune(command, cache)
 }
 
 /// A forced Slurm job that runs out of time is resubmitted with `--keep-resume`: it continues

@@ -364,8 +364,8 @@ fn a_job_that_hits_its_time_limit_is_resubmitted_and_resumes_and_so_does_a_force
     assert_ne!(only_manifest(&cache), before, "a new commit (its timings differ)");
 }
 
-#[test]
-fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
+/// Sends `signal` to a coordinator whose job runs: it exits with 130 and its job is cancelled.
+fn a_signal_cancels_the_running_job(signal: &str) {
     if !cluster() {
         return;
     }
@@ -373,26 +373,20 @@ fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
     let recipe = long_training(dir.path(), 40);
     let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
     let job = running_job(&events);
-    let signal = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(signal.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "interrupted");
+    let sent = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    assert_eq!(child.wait().unwrap().code(), Some(130), "interrupted by {signal}");
     wait_for("the job to be cancelled", 60, || scontrol_job(&job).contains("JobState=CANCELLED"));
 }
 
 #[test]
+fn ctrl_c_cancels_the_jobs_the_coordinator_submitted() {
+    a_signal_cancels_the_running_job("-INT");
+}
+
+#[test]
 fn sigterm_cancels_the_jobs_like_ctrl_c() {
-    if !cluster() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let recipe = long_training(dir.path(), 40);
-    let (mut child, events) = spawn_coordinator(&recipe, &dir.path().join("cache"));
-    let job = running_job(&events);
-    let signal = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(signal.success());
-    assert_eq!(child.wait().unwrap().code(), Some(130));
-    wait_for("the job to be cancelled", 60, || scontrol_job(&job).contains("JobState=CANCELLED"));
+    a_signal_cancels_the_running_job("-TERM");
 }
 
 /// The Slurm job `pipeline status` says computes an instance of the run now, if any.

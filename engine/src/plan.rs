@@ -52,6 +52,24 @@ pub enum Verdict {
     Run { key: Option<CacheKey>, reasons: Vec<String> },
 }
 
+impl Verdict {
+    /// The instance's key, where it can be named.
+    pub fn key(&self) -> Option<&CacheKey> {
+        match self {
+            Verdict::Cached { key, .. } => Some(key),
+            Verdict::Run { key, .. } => key.as_ref(),
+        }
+    }
+
+    /// Its key and, when cached, its output digest (what a lock file records).
+    pub fn locked(&self) -> (Option<CacheKey>, Option<String>) {
+        match self {
+            Verdict::Cached { key, output_digest } => (Some(key.clone()), Some(output_digest.clone())),
+            Verdict::Run { key, .. } => (key.clone(), None),
+        }
+    }
+}
+
 impl Plan {
     /// Expands `recipe`; with `only`, just those stages and what they need. Each stage runs
     /// once per seed (or once across seeds) and per point of its sweep groups; upstream

@@ -315,9 +315,11 @@ pub fn execute(run: &Run, reporter: &dyn Reporter) -> Vec<Outcome> {
                     let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
                     board.polling = false;
                     let mut states: HashMap<Ticket, JobState> = HashMap::new();
+                    let instance_of: HashMap<Ticket, usize> =
+                        board.in_flight.iter().map(|f| (f.ticket, f.instance)).collect();
                     for (ticket, polled) in tickets.iter().zip(polled) {
-                        if let Some(flight) = board.in_flight.iter().find(|f| f.ticket == *ticket) {
-                            scheduler.report_events(flight.instance, &polled.events);
+                        if let Some(&i) = instance_of.get(ticket) {
+                            scheduler.report_events(i, &polled.events);
                         }
                         if !matches!(polled.state, JobState::Active) {
                             states.insert(*ticket, polled.state);

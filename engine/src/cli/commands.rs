@@ -143,13 +143,7 @@ pub fn lock(path: &Path, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Resul
         .into());
     }
     let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
-    let keys: Vec<(Option<cache::CacheKey>, Option<String>)> = verdicts
-        .iter()
-        .map(|v| match v {
-            Verdict::Cached { key, output_digest } => (Some(key.clone()), Some(output_digest.clone())),
-            Verdict::Run { key, .. } => (key.clone(), None),
-        })
-        .collect();
+    let keys: Vec<(Option<cache::CacheKey>, Option<String>)> = verdicts.iter().map(Verdict::locked).collect();
     let update = LockUpdate {
         recipe: &recipe,
         plan: &plan,
@@ -285,13 +279,7 @@ pub fn run(request: &RunRequest, shell: &Shell) -> anyhow::Result<Status> {
     let (found, lock_before) = locked_fingerprints(request.recipe, &recipe, &plan, &store, shell)?;
     if request.locked {
         let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
-        let keys: Vec<Option<cache::CacheKey>> = verdicts
-            .iter()
-            .map(|v| match v {
-                Verdict::Cached { key, .. } => Some(key.clone()),
-                Verdict::Run { key, .. } => key.clone(),
-            })
-            .collect();
+        let keys: Vec<Option<cache::CacheKey>> = verdicts.iter().map(|v| v.key().cloned()).collect();
         check_locked(request.recipe, &plan, &found, lock_before.as_ref(), &keys)?;
     }
     let fingerprints = found.map.clone();
@@ -527,13 +515,7 @@ pub fn plan(request: PlanRequest, shell: &Shell) -> anyhow::Result<Status> {
     let fingerprints = found.map.clone();
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &forced, depth);
     if locked {
-        let keys: Vec<Option<cache::CacheKey>> = verdicts
-            .iter()
-            .map(|v| match v {
-                Verdict::Cached { key, .. } => Some(key.clone()),
-                Verdict::Run { key, .. } => key.clone(),
-            })
-            .collect();
+        let keys: Vec<Option<cache::CacheKey>> = verdicts.iter().map(|v| v.key().cloned()).collect();
         check_locked(path, &plan, &found, lock_file.as_ref(), &keys)?;
     }
     let measure = matches!(view, PlanView::WhatWillRun { measure: true });

@@ -95,13 +95,7 @@ pub fn push(
     let verdicts = plan.evaluate(&recipe, &store, &fingerprints, &BTreeSet::new(), Verification::Metadata);
     // The lock the reviewer pulls with: every key pushed, with its output digest.
     let previous = crate::lock::read(&crate::lock::lock_path(path)).ok().flatten();
-    let keys: Vec<(Option<CacheKey>, Option<String>)> = verdicts
-        .iter()
-        .map(|v| match v {
-            Verdict::Cached { key, output_digest } => (Some(key.clone()), Some(output_digest.clone())),
-            Verdict::Run { key, .. } => (key.clone(), None),
-        })
-        .collect();
+    let keys: Vec<(Option<CacheKey>, Option<String>)> = verdicts.iter().map(Verdict::locked).collect();
     let update = crate::lock::LockUpdate {
         recipe: &recipe,
         plan: &plan,

@@ -86,8 +86,8 @@ pub enum ExecutorError {
     UnknownTicket(Ticket),
 }
 
-/// Computes instances that are not cached. Implementations: [`super::local::LocalExecutor`] (this
-/// process's threads), [`super::slurm::SlurmExecutor`] (one cluster job per instance).
+/// Computes instances that are not cached. Implementations: `local::LocalExecutor` (this
+/// process's threads), `slurm::SlurmExecutor` (one cluster job per instance).
 pub trait Executor: Sync {
     /// Hands `job` over. An executor that computes on the calling thread returns once the job
     /// has ended; one that computes elsewhere returns once it is queued.

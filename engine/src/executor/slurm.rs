@@ -57,8 +57,6 @@ pub struct SlurmExecutor {
     /// Jobs handed over since the last poll, submitted together by it: the ready instances
     /// that ask for the same resources become one job array.
     pending: Mutex<Vec<(Ticket, Pending)>>,
-    /// `sbatch` calls made (for the bench).
-    sbatch_calls: AtomicU64,
     /// Jobs named like ours that were queued or running when this coordinator started.
     attachable: Mutex<BTreeMap<String, String>>,
 }
@@ -138,7 +136,6 @@ impl SlurmExecutor {
             poll_failures: Mutex::new(0),
             quiet_polls: AtomicU32::new(0),
             pending: Mutex::default(),
-            sbatch_calls: AtomicU64::new(0),
             attachable: Mutex::new(BTreeMap::new()),
         };
         let rows = query_squeue().map_err(|e| match e {
@@ -217,16 +214,6 @@ impl SlurmExecutor {
         self.logs.join(format!("{name}.inputs.json"))
     }
 
-    /// `sbatch` calls this executor made.
-    pub fn sbatch_calls(&self) -> u64 {
-        self.sbatch_calls.load(Ordering::Relaxed)
-    }
-
-    fn sbatch(&self, args: &[String], resources: &Resources) -> Result<String, SlurmJobError> {
-        self.sbatch_calls.fetch_add(1, Ordering::Relaxed);
-        sbatch(args, resources)
-    }
-
     /// Submits every pending job: those that ask for the same resources (and are all forced or
     /// all not) as job arrays of up to 1,000 tasks (`--array=0-N%M`, M from `array_cap`), a
     /// job alone as a plain job. What each ticket's submission said, or why it was refused.
@@ -235,6 +222,7 @@ impl SlurmExecutor {
     fn flush(&self, polled: &[Ticket]) -> HashMap<Ticket, Result<Vec<JobEvent>, SlurmJobError>> {
         let pending: Vec<(Ticket, Pending)> = {
             let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let polled: std::collections::HashSet<&Ticket> = polled.iter().collect();
             let (now, later) = std::mem::take(&mut *all).into_iter().partition(|(t, _)| polled.contains(t));
             *all = later;
             now
@@ -269,7 +257,7 @@ impl SlurmExecutor {
     ) -> Vec<(Ticket, Result<Vec<JobEvent>, SlurmJobError>)> {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         if let [(ticket, job)] = chunk.as_slice() {
-            let result = self.sbatch(&job.first_args, &job.track.resources).map(|id| {
+            let result = sbatch(&job.first_args, &job.track.resources).map(|id| {
                 let what = format!("submitted ({})", describe(&job.track.resources));
                 jobs.insert(*ticket, Track { id: id.clone(), ..job.track.clone() });
                 vec![JobEvent { job: id, what }]
@@ -325,7 +313,7 @@ impl SlurmExecutor {
         }
         // The task's index is the job's own: expanded by its shell, not quoted away.
         args.push(format!("{} --task \"$SLURM_ARRAY_TASK_ID\"{redirect}", wrap(&command)));
-        let id = match self.sbatch(&args, &resources) {
+        let id = match sbatch(&args, &resources) {
             Ok(id) => id,
             Err(e) => return refused(e),
         };
@@ -793,7 +781,7 @@ impl Executor for SlurmExecutor {
 
     fn poll_interval(&self) -> Duration {
         let quiet = self.quiet_polls.load(Ordering::Relaxed).min(16);
-        FIRST_POLL.saturating_mul(1 << quiet).min(self.poll).max(FIRST_POLL.min(self.poll))
+        FIRST_POLL.saturating_mul(1 << quiet).min(self.poll)
     }
 
     fn log_of(&self, ticket: Ticket) -> Option<String> {

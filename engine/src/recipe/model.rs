@@ -1,6 +1,6 @@
 //! The recipe model: a validated [`Recipe`] and its stages as declared ([`StageDecl`], one
 //! [`StageVariant`] per point of a stage's sweep), and what is asked of them once read (stages
-//! by name, the data check). Reading and validating one is [`super::validate`]'s.
+//! by name, the data check). Reading and validating one is `validate.rs`'s.
 use super::diagnostic::{Diagnostic, Source};
 use super::resources::{Resources, SlurmSettings};
 use super::sweep::{self, Group, Sweep};

@@ -1,7 +1,7 @@
 //! Reading a recipe: the validation passes from the parsed TOML tree to a [`Recipe`] (known
 //! sections and keys, the header, datasets, each stage through its typed parameters,
 //! references, lineage, the leakage guard), every problem collected as a [`Diagnostic`]. The
-//! sweep passes (sweep groups, the instance count) are [`super::groups`]'.
+//! sweep passes (sweep groups, the instance count) are `groups.rs`'.
 use super::diagnostic::{self, did_you_mean, Diagnostic, Source};
 use super::env;
 use super::model::{Recipe, StageDecl, StageVariant};

@@ -1,6 +1,6 @@
 //! Whether the CUDA libraries candle will call can be loaded, in a build that loads them at
 //! run time (`cuda-dynamic-loading`): asked before a CUDA device is opened
-//! ([`crate::device`]), since a missing one would otherwise be a panic deep inside the first
+//! (by `device.rs`), since a missing one would otherwise be a panic deep inside the first
 //! kernel launch or matrix product.
 
 /// The CUDA libraries this build needs and cannot find. A build that links them (plain
