@@ -42,6 +42,7 @@ pub mod progress;
 pub mod scores;
 pub mod stage;
 pub mod training;
+pub mod transfer;
 
 pub use error::{Fault, ParamError, StageError};
 pub use fields::struct_fields;

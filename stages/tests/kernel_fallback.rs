@@ -29,8 +29,7 @@ fn compute(
 ) -> Computed {
     let params = Parameters::trainable(spec, values.clone()).unwrap();
     let net = Network::new(spec, &params, &Device::Cpu).unwrap();
-    let mut rng = stages::math::rng::derive(3, "dropout");
-    let train_logits = net.forward(images, &mut Mode::Train { rng: &mut rng }).unwrap().logits;
+    let train_logits = net.forward(images, &mut Mode::train(3, 0, 0)).unwrap().logits;
     let loss = candle_nn::loss::cross_entropy(&train_logits, labels).unwrap();
     let grads = loss.backward().unwrap();
     let mut gradients = BTreeMap::new();

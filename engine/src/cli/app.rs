@@ -196,8 +196,31 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             metrics::metrics(&id, &ood, convention, shell)
         }
         Command::Compare { before, after, json: _ } => metrics::compare(&before, &after, shell),
-        Command::BenchTrain { net, eval, batch, warmup, steps, seed, device } => {
-            bench::bench_train(&bench::TrainBench { net, eval, batch, warmup, steps, seed, device }, shell)
+        Command::BenchTrain {
+            net,
+            eval,
+            stage,
+            dropout,
+            crop_padding,
+            batch,
+            warmup,
+            steps,
+            seed,
+            device,
+        } => {
+            let bench = bench::TrainBench {
+                net,
+                eval,
+                stage,
+                dropout,
+                crop_padding,
+                batch,
+                warmup,
+                steps,
+                seed,
+                device,
+            };
+            bench::bench_train(&bench, shell)
         }
         Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
         Command::Fetch { name, to, archive, json: _ } => {

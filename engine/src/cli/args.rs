@@ -291,8 +291,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Time training steps of a benchmark network (forward, backward, SGD) and print one JSON
-    /// line; bench/train_vs_pytorch.sh compares it with PyTorch
+    /// Time training steps of a benchmark network as a training stage runs them (batch gather
+    /// and crop, forward with dropout, backward, SGD, the per-step check) and print one JSON line
+    /// with the step times and the host syncs and bytes uploaded per step;
+    /// bench/train_vs_pytorch.sh compares it with PyTorch
     BenchTrain {
         /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100 or wrn-40-4
         #[arg(long)]
@@ -300,6 +302,15 @@ pub enum Command {
         /// Time evaluation-mode forward passes (scoring) instead of training steps
         #[arg(long)]
         eval: bool,
+        /// The training stage whose step is timed: train or umap
+        #[arg(long, default_value = "train")]
+        stage: String,
+        /// Dropout probability (default: the `train` stage's, 0.3)
+        #[arg(long, default_value_t = 0.3)]
+        dropout: f64,
+        /// Random-crop padding (default: 4 for 32×32 inputs, as the CIFAR recipes; 0 otherwise)
+        #[arg(long)]
+        crop_padding: Option<usize>,
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Untimed steps first

@@ -19,11 +19,15 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// What `pipeline bench-train` times: the net, training or evaluation steps, the batch size,
-/// the steps before and under the clock, the seed and the device (`auto`, `cpu`, `cuda:N`).
+/// What `pipeline bench-train` times: the net, training or evaluation steps, the training
+/// stage (`train`, `umap`), dropout and crop padding, the batch size, the steps before and under
+/// the clock, the seed and the device (`auto`, `cpu`, `cuda:N`).
 pub struct TrainBench {
     pub net: String,
     pub eval: bool,
+    pub stage: String,
+    pub dropout: f64,
+    pub crop_padding: Option<usize>,
     pub batch: usize,
     pub warmup: usize,
     pub steps: usize,
@@ -31,15 +35,40 @@ pub struct TrainBench {
     pub device: String,
 }
 
+/// The mean of `values` (0 for none).
+fn mean(values: impl Iterator<Item = u64>) -> f64 {
+    let (sum, count) = values.fold((0u64, 0u64), |(s, c), v| (s + v, c + 1));
+    sum as f64 / count.max(1) as f64
+}
+
 pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> {
-    let TrainBench { net, eval, batch, warmup, steps, seed, device: device_text } = bench;
+    use stages::estimate::throughput::{self as throughput, BenchStage, StepBench};
+    let TrainBench {
+        net,
+        eval,
+        stage,
+        dropout,
+        crop_padding,
+        batch,
+        warmup,
+        steps,
+        seed,
+        device: device_text,
+    } = bench;
     let (net, eval, batch, warmup, steps, seed) = (net.as_str(), *eval, *batch, *warmup, *steps, *seed);
-    let spec = stages::estimate::throughput::bench_spec(net).ok_or_else(|| {
-        anyhow!(
-            "unknown benchmark net `{net}` (known: {})",
-            stages::estimate::throughput::BENCH_NETS.join(", ")
-        )
+    let base = throughput::bench_spec(net).ok_or_else(|| {
+        anyhow!("unknown benchmark net `{net}` (known: {})", throughput::BENCH_NETS.join(", "))
     })?;
+    if !(0.0..1.0).contains(dropout) {
+        return Err(anyhow!("--dropout {dropout}: must be in [0, 1)"));
+    }
+    let spec = stages::models::ModelSpec { dropout: *dropout, ..base };
+    let stage = match stage.as_str() {
+        "train" => BenchStage::Train,
+        "umap" => BenchStage::Umap,
+        other => return Err(anyhow!("unknown --stage `{other}` (train or umap)")),
+    };
+    let crop_padding = crop_padding.unwrap_or(if spec.input_shape[1..] == [32, 32] { 4 } else { 0 });
     let choice = DeviceChoice::parse(device_text)
         .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
     let (device, notice) = device::select(choice).map_err(crate::error::EngineError::Device)?;
@@ -52,16 +81,21 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
         rss_before = proc_status_bytes("VmRSS");
         peak_reset = reset_peak_rss();
     };
-    let time = if eval {
-        stages::estimate::throughput::time_evaluation_batches
-    } else {
-        stages::estimate::throughput::time_training_steps
-    };
     // On a thread of the pool, as `run` computes a stage when it runs one at a time.
-    let times = rayon::scope(|_| time(&spec, batch, warmup, steps, seed, &device, before_timed))
-        .with_context(|| format!("benchmarking {net}"))?;
+    let (times, traffic) = if eval {
+        let times = rayon::scope(|_| {
+            throughput::time_evaluation_batches(&spec, batch, warmup, steps, seed, &device, before_timed)
+        });
+        (times.with_context(|| format!("benchmarking {net}"))?, None)
+    } else {
+        let bench = StepBench { stage, batch, warmup, steps, seed, crop_padding };
+        let times = rayon::scope(|_| throughput::time_training_steps(&spec, &bench, &device, before_timed))
+            .with_context(|| format!("benchmarking {net}"))?;
+        (times.seconds, Some(times.traffic))
+    };
     let peak = proc_status_bytes("VmHWM");
-    let line = serde_json::json!({
+    let [c, h, w] = spec.input_shape;
+    let mut line = serde_json::json!({
         "framework": "pipeline",
         "net": net,
         "mode": if eval { "eval" } else { "training" },
@@ -75,6 +109,21 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
         "peak_rss_bytes": if peak_reset { peak } else { None },
         "rss_before_bytes": rss_before,
     });
+    if let Some(traffic) = traffic {
+        let extra = serde_json::json!({
+            "stage": match stage { BenchStage::Train => "train", BenchStage::Umap => "umap" },
+            "dropout": dropout,
+            "crop_padding": crop_padding,
+            // Reads of device values into host memory and bytes uploaded, per timed step (the
+            // batch itself is batch_bytes).
+            "host_syncs_per_step": mean(traffic.iter().map(|t| t.host_syncs)),
+            "bytes_to_device_per_step": mean(traffic.iter().map(|t| t.bytes_to_device)),
+            "batch_bytes": batch * (c * h * w * 4 + 4),
+        });
+        if let (Some(line), serde_json::Value::Object(extra)) = (line.as_object_mut(), extra) {
+            line.extend(extra);
+        }
+    }
     shell.emit(line);
     Ok(Status::Success)
 }

@@ -66,7 +66,7 @@ impl ImageSet {
     pub fn gather(&self, indices: &[usize], device: &Device) -> Result<Tensor, StageError> {
         let [c, h, w] = self.shape;
         let pixels: Vec<f32> = indices.iter().flat_map(|&i| self.image(i).iter().copied()).collect();
-        Ok(Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?)
+        Ok(crate::transfer::upload(pixels, (indices.len(), c, h, w), device)?)
     }
 
     /// Per-channel mean and standard deviation over every pixel.

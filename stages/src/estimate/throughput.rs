@@ -4,10 +4,18 @@
 //! folder); and the training-step benchmark (`pipeline bench-train`), which times forward,
 //! backward and an SGD update of a model on one fixed random batch, exactly as a training stage
 //! computes them, so that bench/ can compare the step time with PyTorch's on the same network.
+use crate::data::ImageSet;
 use crate::error::StageError;
+use crate::kinds::umap::MaskedModel;
 use crate::math::rng;
 use crate::models::{Architecture, Mode, ModelSpec, Network, Parameters};
-use crate::training::optim::{Sgd, SgdConfig};
+use crate::progress::NoProgress;
+use crate::stage::RunContext;
+use crate::training::fit::{fit, Fit, FitConfig, StepOutput};
+use crate::training::losses::{cross_entropy, um_loss};
+use crate::training::optim::SgdConfig;
+use crate::training::schedule::Schedule;
+use crate::transfer::Traffic;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
 use std::collections::BTreeMap;
@@ -84,34 +92,148 @@ fn timed(
     Ok(times)
 }
 
-/// Wall-clock seconds of each timed training step (after `warmup` untimed ones).
+/// Which training stage's step the benchmark runs: `train`'s (cross-entropy on the network's
+/// weights) or `umap`'s (the UM loss on masked weights, the masks recomputed from learnable
+/// scores every step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchStage {
+    Train,
+    Umap,
+}
+
+/// What the training-step benchmark runs: the stage, the batch size, the steps before and under
+/// the clock, the seed and the random crop's padding (the network's dropout is in its spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepBench {
+    pub stage: BenchStage,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub seed: u64,
+    pub crop_padding: usize,
+}
+
+/// Each timed step's wall-clock seconds and its traffic across the device boundary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTimes {
+    pub seconds: Vec<f64>,
+    pub traffic: Vec<Traffic>,
+}
+
+/// A seeded random training set of `count` images in [0, 1) for `spec`.
+fn bench_set(spec: &ModelSpec, count: usize, seed: u64) -> ImageSet {
+    let mut data_rng = rng::derive(seed, "bench-data");
+    let [c, h, w] = spec.input_shape;
+    ImageSet {
+        pixels: (0..count * c * h * w).map(|_| data_rng.random::<f32>()).collect(),
+        labels: (0..count).map(|_| data_rng.random_range(0..spec.num_classes as u32)).collect(),
+        shape: spec.input_shape,
+        num_classes: spec.num_classes,
+    }
+}
+
+/// Times training steps of `spec` as a training stage runs them: one epoch of [`fit`] over
+/// seeded random data of `warmup + steps + 1` batches (gathering and cropping each batch, the
+/// stage's forward and loss, backward, SGD with Nesterov momentum, the on-device sums and the
+/// per-step finiteness check), the clock read at the start of each step, so each timed step's
+/// time is everything from its start to the next one's. `before_timed` runs once, just before
+/// the first timed step.
 pub fn time_training_steps(
     spec: &ModelSpec,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-    seed: u64,
+    bench: &StepBench,
     device: &Device,
-    before_timed: impl FnMut(),
-) -> Result<Vec<f64>, StageError> {
+    mut before_timed: impl FnMut(),
+) -> Result<StepTimes, StageError> {
+    let StepBench { stage, batch, warmup, steps, seed, crop_padding } = *bench;
+    let data = bench_set(spec, (warmup + steps + 1) * batch, seed);
+    let out_dir = std::env::temp_dir().join(format!(
+        "pipeline-bench-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&out_dir).map_err(StageError::io("cannot create", &out_dir))?;
+    let empty = BTreeMap::new();
+    let ctx = RunContext {
+        out_dir: &out_dir,
+        seed,
+        upstream: &empty,
+        upstream_tags: &BTreeMap::new(),
+        resume_dir: None,
+        datasets: &BTreeMap::new(),
+        device,
+        progress: &NoProgress,
+    };
+    let config = FitConfig {
+        epochs: 1,
+        batch_size: batch,
+        sgd: SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true },
+        schedule: Schedule::Constant,
+        crop_padding,
+        checkpoint_every: 0,
+    };
     let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
-    let params = Parameters::trainable(spec, values)?;
-    let net = Network::new(spec, &params, device)?;
-    let config = SgdConfig { lr: 0.01, momentum: 0.9, weight_decay: 5e-4, nesterov: true };
-    let mut sgd = Sgd::new(params.trainable_vars(), config);
-    let (images, labels) = bench_batch(spec, batch, seed, device)?;
-    let mut dropout_rng = rng::derive(seed, "bench-dropout");
-    timed(warmup, steps, before_timed, |step| {
-        let forward = net.forward(&images, &mut Mode::Train { rng: &mut dropout_rng })?;
-        let loss = crate::training::losses::cross_entropy(&forward.logits, &labels)?;
-        let grads = loss.backward()?;
-        sgd.step(&grads)?;
-        // Reading the loss waits for the step to finish (asynchronous devices).
-        let value: f32 = loss.to_scalar()?;
-        if !value.is_finite() {
-            return Err(StageError::Unsuitable(format!("benchmark loss is {value} at step {step}")));
+    let mut marks: Vec<(Instant, Traffic)> = Vec::with_capacity(warmup + steps + 1);
+    let mut mark = || {
+        if marks.len() == warmup {
+            before_timed();
         }
-        Ok(())
+        marks.push((Instant::now(), crate::transfer::traffic()));
+    };
+    let result = match stage {
+        BenchStage::Train => {
+            let params = Parameters::trainable(spec, values)?;
+            let net = Network::new(spec, &params, device)?;
+            fit(
+                &ctx,
+                &data,
+                &config,
+                Fit {
+                    spec,
+                    vars: params.trainable_vars(),
+                    before_epoch: &mut |_| Ok(()),
+                    step: &mut |images, labels, mode| {
+                        mark();
+                        StepOutput::from_forward(net.forward(images, mode)?, labels, cross_entropy)
+                    },
+                    snapshot: &|| Ok(params.values()),
+                    trained: &|| params.values(),
+                    restore: None,
+                    side: None,
+                    label: "bench",
+                },
+            )
+        }
+        BenchStage::Umap => {
+            let masked = MaskedModel::new(spec, values, 0.8, &mut rng::derive(seed, "bench-scores"), device)?;
+            fit(
+                &ctx,
+                &data,
+                &config,
+                Fit {
+                    spec,
+                    vars: masked.scores.values().cloned().collect(),
+                    before_epoch: &mut |_| Ok(()),
+                    step: &mut |images, labels, mode| {
+                        mark();
+                        StepOutput::from_forward(masked.forward(images, mode)?, labels, |logits, labels| {
+                            um_loss(&cross_entropy(logits, labels)?, 0.5)
+                        })
+                    },
+                    snapshot: &|| masked.snapshot(),
+                    trained: &|| masked.trained_values(),
+                    restore: None,
+                    side: None,
+                    label: "bench",
+                },
+            )
+        }
+    };
+    let _ = std::fs::remove_dir_all(&out_dir);
+    result?;
+    let timed = &marks[warmup..];
+    Ok(StepTimes {
+        seconds: timed.windows(2).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect(),
+        traffic: timed.windows(2).map(|w| w[1].1.since(w[0].1)).collect(),
     })
 }
 
@@ -161,7 +283,15 @@ pub fn measure_throughput(
         weight_masks: false,
     };
     let seconds: Vec<f64> = if training {
-        time_training_steps(&spec, batch_size, 1, 2, 0, device, || ())?
+        let bench = StepBench {
+            stage: BenchStage::Train,
+            batch: batch_size,
+            warmup: 1,
+            steps: 2,
+            seed: 0,
+            crop_padding: 0,
+        };
+        time_training_steps(&spec, &bench, device, || ())?.seconds
     } else {
         let values = spec.initialise(&mut crate::math::rng::derive(0, "throughput"), device)?;
         let net = Network::new(&spec, &Parameters::frozen(&spec, values)?, device)?;
@@ -246,13 +376,24 @@ mod tests {
     }
 
     #[test]
-    fn training_steps_are_timed_after_the_warmup() {
-        let spec = bench_spec("small-cnn").unwrap();
-        let mut marked = 0;
-        let times = time_training_steps(&spec, 4, 1, 2, 0, &Device::Cpu, || marked += 1).unwrap();
-        assert_eq!(times.len(), 2);
-        assert_eq!(marked, 1);
-        assert!(times.iter().all(|&t| t > 0.0));
+    fn training_steps_are_timed_after_the_warmup_with_one_read_and_the_batch_uploaded() {
+        for (stage, dropout, crop_padding) in
+            [(BenchStage::Train, 0.3, 2), (BenchStage::Train, 0.0, 0), (BenchStage::Umap, 0.3, 2)]
+        {
+            let spec = ModelSpec { dropout, ..bench_spec("small-cnn").unwrap() };
+            let mut marked = 0;
+            let bench = StepBench { stage, batch: 4, warmup: 1, steps: 2, seed: 0, crop_padding };
+            let times = time_training_steps(&spec, &bench, &Device::Cpu, || marked += 1).unwrap();
+            assert_eq!(times.seconds.len(), 2);
+            assert_eq!(marked, 1);
+            assert!(times.seconds.iter().all(|&t| t > 0.0));
+            // Each step: the one read of its check, and the next batch (4 images of 28×28 f32
+            // and 4 u32 labels) uploaded.
+            let batch_bytes = 4 * 28 * 28 * 4 + 4 * 4;
+            for traffic in &times.traffic {
+                assert_eq!(*traffic, Traffic { host_syncs: 1, bytes_to_device: batch_bytes }, "{stage:?}");
+            }
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ impl FineTuning for EnergyOe {
 impl StageParams for EnergyOe {
     const KIND: &'static str = "energy-oe";
     const ROLE: crate::stage::Role = crate::stage::Role::Trains;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

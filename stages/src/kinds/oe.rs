@@ -47,7 +47,7 @@ impl FineTuning for Oe {
 impl StageParams for Oe {
     const KIND: &'static str = "oe";
     const ROLE: crate::stage::Role = crate::stage::Role::Trains;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();

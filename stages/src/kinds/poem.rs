@@ -86,7 +86,7 @@ impl FineTuning for Poem {
 impl StageParams for Poem {
     const KIND: &'static str = "poem";
     const ROLE: crate::stage::Role = crate::stage::Role::Trains;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();
@@ -136,7 +136,8 @@ fn features(
     let mut rows = Vec::with_capacity(indices.len());
     for chunk in indices.chunks(256) {
         let images = set.gather(chunk, ctx.device)?;
-        let feats = net.forward(&images, &mut Mode::Eval)?.features.to_vec2::<f32>()?;
+        let feats = net.forward(&images, &mut Mode::Eval)?.features;
+        let feats = crate::transfer::read_vec2::<f32>(&feats)?;
         rows.extend(feats.into_iter().map(|r| r.into_iter().map(f64::from).collect::<Vec<f64>>()));
     }
     Ok(rows)

@@ -104,7 +104,7 @@ impl Train {
 impl StageParams for Train {
     const KIND: &'static str = "train";
     const ROLE: crate::stage::Role = crate::stage::Role::Trains;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     fn inputs(&self) -> Vec<Input> {

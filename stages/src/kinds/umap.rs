@@ -9,6 +9,7 @@
 use crate::error::ParamError;
 use crate::error::StageError;
 use crate::formats::json::write_json;
+use crate::models::kernels::top_fraction::TopFraction;
 use crate::models::{Forward, Hold, Mode, ModelSpec, Network, ParamDef, Parameters, Role};
 use crate::stage::Artifact;
 use crate::stage::RunContext;
@@ -18,7 +19,8 @@ use crate::training::fine_tuning::{FineTuneSetup, FineTuning};
 use crate::training::fit::{fit, load_model_and_data, Fit, FitConfig, StepOutput};
 use crate::training::losses::cross_entropy;
 use crate::training::losses::um_loss;
-use crate::training::masks::{keep_top_fraction, masked_layers};
+use crate::training::masks::masked_layers;
+use crate::transfer::{read_scalar, upload};
 use candle_core::{Device, Tensor, Var};
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
@@ -67,7 +69,7 @@ impl FineTuning for Umap {
 impl StageParams for Umap {
     const KIND: &'static str = "umap";
     const ROLE: crate::stage::Role = crate::stage::Role::Trains;
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
     const PRODUCES: &'static [Artifact] = &[Artifact::Model, Artifact::Checkpoints];
 
     crate::training::fine_tuning::delegate_to_fine_tuning!();
@@ -150,17 +152,15 @@ impl MaskedModel {
             let data: Vec<f32> = (0..n).map(|_| uniform.sample(rng)).collect();
             scores.insert(
                 layer.name.clone(),
-                Var::from_tensor(&Tensor::from_vec(data, layer.shape.as_slice(), device)?)?,
+                Var::from_tensor(&upload(data, layer.shape.as_slice(), device)?)?,
             );
         }
         Ok(MaskedModel { spec: spec.clone(), params, layers, scores, keep, device: device.clone() })
     }
 
-    /// The binary mask of one layer from its current scores.
+    /// The binary mask of one layer from its current scores, computed where they live.
     fn mask(&self, name: &str) -> Result<Tensor, StageError> {
-        let score = &self.scores[name];
-        let values: Vec<f32> = score.as_tensor().flatten_all()?.to_vec1()?;
-        Ok(Tensor::from_vec(keep_top_fraction(&values, self.keep), score.shape(), &self.device)?)
+        Ok(TopFraction { keep: self.keep }.mask(self.scores[name].as_tensor())?)
     }
 
     /// The forward pass with masked weights; gradients reach the scores straight through.
@@ -212,7 +212,7 @@ impl MaskedModel {
             .iter()
             .map(|layer| {
                 let mask = self.mask(&layer.name)?;
-                let kept = mask.sum_all()?.to_scalar::<f32>()? as f64;
+                let kept = read_scalar::<f32>(&mask.sum_all()?)? as f64;
                 Ok((layer.name.clone(), kept / mask.elem_count() as f64))
             })
             .collect()
@@ -238,14 +238,13 @@ mod tests {
                 .unwrap();
         let images = crate::math::rng::test_images(11, &[6, 1, 8, 8]);
         let labels = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
-        let mut rng = crate::math::rng::derive(0, "d");
         let vars: Vec<Var> = masked.scores.values().cloned().collect();
         let before: Vec<Vec<f32>> =
             vars.iter().map(|v| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
         let mut sgd =
             Sgd::new(vars.clone(), SgdConfig { lr: 0.5, momentum: 0.9, weight_decay: 1e-4, nesterov: true });
-        for _ in 0..3 {
-            let out = masked.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+        for step in 0..3 {
+            let out = masked.forward(&images, &mut Mode::train(0, 0, step)).unwrap();
             let loss = um_loss(&cross_entropy(&out.logits, &labels).unwrap(), 0.1).unwrap();
             let grads = loss.backward().unwrap();
             for var in &vars {

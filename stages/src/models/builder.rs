@@ -54,6 +54,22 @@ pub struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
+    /// A constant of the architecture (not a parameter: never saved or trained), `values` of
+    /// `shape` on `device`; a loading scope uploads it once per [`Parameters`].
+    pub fn constant(
+        &self,
+        leaf: &str,
+        values: &[f32],
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, StageError> {
+        let name = if self.prefix.is_empty() { leaf.to_string() } else { format!("{}.{leaf}", self.prefix) };
+        match &self.builder.source {
+            Source::Load(params) => params.constant(&name, values, shape, device),
+            Source::List(_) => Ok(crate::transfer::upload(values.to_vec(), shape, device)?),
+        }
+    }
+
     /// The sub-scope `name` (`scope.pp("bn1")` names `….bn1.*`).
     pub fn pp(&self, name: impl Display) -> Scope<'a> {
         let prefix =

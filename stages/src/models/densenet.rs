@@ -47,7 +47,6 @@ pub struct DenseNetBc {
     bn: BatchNorm2d,
     ends: Ends,
     dropout: f64,
-    device: Device,
 }
 
 impl DenseNetBc {
@@ -96,7 +95,6 @@ impl DenseNetBc {
             bn: BatchNorm2d::new(&root.pp("bn"), channels, affine)?,
             ends: Ends::new(spec, root, channels, device)?,
             dropout: spec.dropout,
-            device: device.clone(),
         })
     }
 
@@ -111,14 +109,14 @@ impl DenseNetBc {
         for (b, block) in self.blocks.iter().enumerate() {
             for layer in block {
                 let mut out = conv2d(&layer.bn1.forward_relu(&x, mode)?, &layer.conv1, 1, 0)?;
-                out = dropout(&out, self.dropout, mode, &self.device)?;
+                out = dropout(&out, self.dropout, mode)?;
                 out = conv2d(&layer.bn2.forward_relu(&out, mode)?, &layer.conv2, 1, 1)?;
-                out = dropout(&out, self.dropout, mode, &self.device)?;
+                out = dropout(&out, self.dropout, mode)?;
                 x = Tensor::cat(&[&x, &out], 1)?;
             }
             if let Some(t) = self.transitions.get(b) {
                 x = conv2d(&t.bn.forward_relu(&x, mode)?, &t.conv, 1, 0)?;
-                x = dropout(&x, self.dropout, mode, &self.device)?;
+                x = dropout(&x, self.dropout, mode)?;
                 x = x.avg_pool2d(2)?;
             }
         }
@@ -162,8 +160,7 @@ mod tests {
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();
         let images = crate::math::rng::test_images(5, &[2, 3, 32, 32]);
-        let mut rng = crate::math::rng::derive(0, "dropout");
-        let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+        let out = net.forward(&images, &mut Mode::train(0, 0, 0)).unwrap();
         assert_eq!(out.logits.dims(), &[2, 4]);
         // Channels: 24 → +12 = 36 → 18 → +12 = 30 → 15 → +12 = 27 pooled features.
         assert_eq!(out.features.dims(), &[2, 27]);

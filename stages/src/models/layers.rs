@@ -1,21 +1,45 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
 use super::builder::Scope;
-use super::kernels::fused_bn::{batch_norm_relu, Activation, Affine, Statistics};
+use super::kernels::dropout::{mix64, DropoutMask};
+use super::kernels::fused_bn::{batch_norm_relu, update_running, Activation, Affine, Statistics};
 use super::spec::{Init, ModelSpec, Role};
 use crate::error::StageError;
-use crate::math::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var, D};
-use rand::Rng as _;
 
-/// Training (batch statistics, dropout from the given generator) or evaluation.
-pub enum Mode<'a> {
+/// Training (batch statistics, dropout) or evaluation.
+pub enum Mode {
     Eval,
-    Train { rng: &'a mut Rng },
+    Train(DropoutKeys),
 }
 
-impl Mode<'_> {
+impl Mode {
+    /// Training at step `step` (0-based, within the epoch) of epoch `epoch` (0-based) of a stage
+    /// whose dropout seed is `seed`: each dropout layer of the forward pass draws its mask from
+    /// (seed, epoch, step, its position in the pass), so a mask does not depend on anything
+    /// drawn before it and a resumed run draws the masks an uninterrupted one would.
+    pub fn train(seed: u64, epoch: usize, step: usize) -> Mode {
+        Mode::Train(DropoutKeys {
+            step_key: mix64(mix64(mix64(seed) ^ epoch as u64) ^ step as u64),
+            layer: 0,
+        })
+    }
+
     pub fn is_train(&self) -> bool {
-        matches!(self, Mode::Train { .. })
+        matches!(self, Mode::Train(_))
+    }
+}
+
+/// The keys of one training step's dropout masks: one per dropout layer, in forward order.
+pub struct DropoutKeys {
+    step_key: u64,
+    layer: u64,
+}
+
+impl DropoutKeys {
+    /// The key of the next dropout layer.
+    fn next(&mut self) -> u64 {
+        self.layer += 1;
+        mix64(self.step_key ^ self.layer.wrapping_mul(0xd134_2543_de82_ef95))
     }
 }
 
@@ -68,7 +92,7 @@ impl BatchNorm2d {
         let statistics = if mode.is_train() {
             Statistics::Batch
         } else {
-            Statistics::Fixed { mean: self.running_mean.to_vec1()?, variance: self.running_var.to_vec1()? }
+            Statistics::fixed(&self.running_mean, &self.running_var)?
         };
         let affine = if self.affine.is_some() { Affine::Learned } else { Affine::Fixed };
         let (y, batch) = batch_norm_relu(x, &gamma, &beta, statistics, self.eps, Activation::Relu, affine)?;
@@ -81,15 +105,8 @@ impl BatchNorm2d {
             let count = batch.count as f64;
             let correction = (count / (count - 1.0).max(1.0)) as f32;
             let m = self.momentum as f32;
-            let update = |running: &Var, batch: &[f32], factor: f32| -> Result<(), StageError> {
-                let old: Vec<f32> = running.as_tensor().to_vec1()?;
-                let new: Vec<f32> =
-                    old.iter().zip(batch).map(|(o, b)| o * (1.0 - m) + b * factor * m).collect();
-                running.set(&Tensor::from_vec(new, c, x.device())?)?;
-                Ok(())
-            };
-            update(rm, &batch.mean, 1.0)?;
-            update(rv, &batch.variance, correction)?;
+            update_running(rm, &batch.mean, 1.0, m)?;
+            update_running(rv, &batch.variance, correction, m)?;
         }
         Ok(y)
     }
@@ -144,8 +161,8 @@ impl Ends {
         let fc = root.pp("fc");
         let init = Init::Uniform { fan_in: features };
         Ok(Ends {
-            mean: Tensor::from_vec(spec.mean.clone(), (1, c, 1, 1), device)?,
-            std: Tensor::from_vec(spec.std.clone(), (1, c, 1, 1), device)?,
+            mean: root.constant("input.mean", &spec.mean, &[1, c, 1, 1], device)?,
+            std: root.constant("input.std", &spec.std, &[1, c, 1, 1], device)?,
             fc_weight: fc.param("weight", &[spec.num_classes, features], init, Role::Weight)?,
             fc_bias: fc.param("bias", &[spec.num_classes], init, Role::Bias)?,
         })
@@ -167,18 +184,14 @@ impl Ends {
     }
 }
 
-/// Inverted dropout with probability `p`, masks drawn from the mode's generator.
-pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode, device: &Device) -> Result<Tensor, StageError> {
-    let Mode::Train { rng } = mode else { return Ok(x.clone()) };
+/// Inverted dropout with probability `p` in training mode (the identity in evaluation mode),
+/// its mask computed where `x` lives from the mode's next key ([`DropoutMask`]).
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor, StageError> {
+    let Mode::Train(keys) = mode else { return Ok(x.clone()) };
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> =
-        (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), device)?;
-    Ok((x * mask)?)
+    Ok(DropoutMask::new(keys.next(), p).apply(x)?)
 }
 
 /// Mean over the spatial dimensions: `(n, c, h, w)` → `(n, c)`.
@@ -212,8 +225,7 @@ mod tests {
             eps: 1e-5,
             momentum: 0.1,
         };
-        let mut rng = crate::math::rng::derive(0, "t");
-        let y = bn.forward(&x, &Mode::Train { rng: &mut rng }).unwrap();
+        let y = bn.forward(&x, &Mode::train(0, 0, 0)).unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         let expected = (-2.0f32) / (3.5f32 + 1e-5).sqrt();
         assert!((y[0] - expected).abs() < 1e-5);
@@ -245,9 +257,8 @@ mod tests {
             }
         };
         let (fused, plain) = (make(), make());
-        let mut rng = crate::math::rng::derive(0, "t");
-        let a = fused.forward_relu(&x, &Mode::Train { rng: &mut rng }).unwrap();
-        let b = plain.forward(&x, &Mode::Train { rng: &mut rng }).unwrap().relu().unwrap();
+        let a = fused.forward_relu(&x, &Mode::train(0, 0, 0)).unwrap();
+        let b = plain.forward(&x, &Mode::train(0, 0, 0)).unwrap().relu().unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let close = |p: Vec<f32>, q: Vec<f32>| p.iter().zip(&q).all(|(u, v)| (u - v).abs() < 1e-5);
         assert!(close(flat(&a), flat(&b)));
@@ -266,20 +277,22 @@ mod tests {
     }
 
     #[test]
-    fn dropout_is_seeded_and_inverted() {
+    fn dropout_masks_depend_on_seed_epoch_step_and_layer_only() {
         let dev = Device::Cpu;
         let x = Tensor::ones((1000,), candle_core::DType::F32, &dev).unwrap();
-        let mut a = crate::math::rng::derive(1, "d");
-        let mut b = crate::math::rng::derive(1, "d");
-        let ya: Vec<f32> =
-            dropout(&x, 0.3, &mut Mode::Train { rng: &mut a }, &dev).unwrap().to_vec1().unwrap();
-        let yb: Vec<f32> =
-            dropout(&x, 0.3, &mut Mode::Train { rng: &mut b }, &dev).unwrap().to_vec1().unwrap();
-        assert_eq!(ya, yb);
-        let kept = ya.iter().filter(|&&v| v > 0.0).count();
+        let draw = |mode: &mut Mode| -> Vec<f32> { dropout(&x, 0.3, mode).unwrap().to_vec1().unwrap() };
+        let mut a = Mode::train(1, 2, 3);
+        let (a1, a2) = (draw(&mut a), draw(&mut a));
+        let mut b = Mode::train(1, 2, 3);
+        assert_eq!((draw(&mut b), draw(&mut b)), (a1.clone(), a2.clone()), "the same keys, the same masks");
+        assert_ne!(a1, a2, "the second layer has its own mask");
+        for other in [Mode::train(2, 2, 3), Mode::train(1, 3, 3), Mode::train(1, 2, 4)] {
+            assert_ne!(draw(&mut { other }), a1);
+        }
+        let kept = a1.iter().filter(|&&v| v > 0.0).count();
         assert!((600..800).contains(&kept), "{kept}");
-        assert!(ya.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
-        let eval: Vec<f32> = dropout(&x, 0.3, &mut Mode::Eval, &dev).unwrap().to_vec1().unwrap();
+        assert!(a1.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+        let eval: Vec<f32> = dropout(&x, 0.3, &mut Mode::Eval).unwrap().to_vec1().unwrap();
         assert!(eval.iter().all(|&v| v == 1.0));
     }
 }

@@ -23,6 +23,10 @@ enum Param {
 #[derive(Debug, Clone)]
 pub struct Parameters {
     entries: BTreeMap<String, Param>,
+    /// Constant tensors the architecture builds from its description (the input
+    /// normalisation), uploaded once and shared by every copy ([`Parameters::with_derived`]), so
+    /// a model rebuilt every step (UMAP's masked weights) uploads nothing again.
+    constants: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Tensor>>>,
 }
 
 /// How to hold each parameter when building [`Parameters`].
@@ -68,7 +72,27 @@ impl Parameters {
                 "the weights hold `{extra}`, which the model does not have"
             )));
         }
-        Ok(Parameters { entries })
+        Ok(Parameters { entries, constants: Default::default() })
+    }
+
+    /// The constant `name`: the tensor uploaded the first time it was asked for, else
+    /// `values` of `shape` uploaded onto `device` now.
+    pub fn constant(
+        &self,
+        name: &str,
+        values: &[f32],
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<Tensor, StageError> {
+        let mut constants = self.constants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tensor) =
+            constants.get(name).filter(|t| t.dims() == shape && t.device().same_device(device))
+        {
+            return Ok(tensor.clone());
+        }
+        let tensor = crate::transfer::upload(values.to_vec(), shape, device)?;
+        constants.insert(name.to_string(), tensor.clone());
+        Ok(tensor)
     }
 
     /// The current value of `name`.
@@ -138,7 +162,7 @@ impl Parameters {
                 .ok_or_else(|| StageError::Internal(format!("no parameter `{name}`")))?;
             *slot = Param::Derived(tensor);
         }
-        Ok(Parameters { entries })
+        Ok(Parameters { entries, constants: self.constants.clone() })
     }
 
     /// Writes every current value as safetensors.

@@ -19,7 +19,6 @@ pub struct SmallCnn {
     blocks: Vec<Block>,
     ends: Ends,
     dropout: f64,
-    device: Device,
 }
 
 impl SmallCnn {
@@ -46,12 +45,7 @@ impl SmallCnn {
             });
             channels = width;
         }
-        Ok(SmallCnn {
-            blocks,
-            ends: Ends::new(spec, root, channels, device)?,
-            dropout: spec.dropout,
-            device: device.clone(),
-        })
+        Ok(SmallCnn { blocks, ends: Ends::new(spec, root, channels, device)?, dropout: spec.dropout })
     }
 
     /// The input normalisation and the linear head.
@@ -66,7 +60,7 @@ impl SmallCnn {
             x = block.norm.forward_relu(&x, mode)?;
         }
         let features = global_avg_pool(&x)?;
-        let dropped = dropout(&features, self.dropout, mode, &self.device)?;
+        let dropped = dropout(&features, self.dropout, mode)?;
         let logits = self.ends.logits(&dropped)?;
         Ok(Forward { features, logits })
     }
@@ -157,8 +151,7 @@ mod tests {
             // Buffers are fresh copies each time, so statistics updates do not leak between evaluations.
             let params = Parameters::trainable(&spec, values.clone()).unwrap();
             let net = Network::new(&spec, &params, &dev).unwrap();
-            let mut rng = crate::math::rng::derive(0, "unused");
-            let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+            let out = net.forward(&images, &mut Mode::train(0, 0, 0)).unwrap();
             (candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap(), params)
         };
         let (loss, params) = loss_of(&values);

@@ -44,7 +44,6 @@ pub struct WideResNet {
     bn: BatchNorm2d,
     ends: Ends,
     dropout: f64,
-    device: Device,
 }
 
 impl WideResNet {
@@ -81,7 +80,6 @@ impl WideResNet {
             bn: BatchNorm2d::new(&root.pp("bn"), last, affine)?,
             ends: Ends::new(spec, root, last, device)?,
             dropout: spec.dropout,
-            device: device.clone(),
         })
     }
 
@@ -97,7 +95,7 @@ impl WideResNet {
             let activated = block.bn1.forward_relu(&x, mode)?;
             let mut y = conv2d(&activated, &block.conv1, block.stride, 1)?;
             y = block.bn2.forward_relu(&y, mode)?;
-            y = dropout(&y, self.dropout, mode, &self.device)?;
+            y = dropout(&y, self.dropout, mode)?;
             let shortcut = match &block.shortcut {
                 Some(weight) => conv2d(&activated, weight, block.stride, 0)?,
                 None => x.clone(),
@@ -145,8 +143,7 @@ mod tests {
         let params = Parameters::trainable(&spec, values).unwrap();
         let net = Network::new(&spec, &params, &dev).unwrap();
         let images = crate::math::rng::test_images(2, &[2, 3, 32, 32]);
-        let mut rng = crate::math::rng::derive(0, "dropout");
-        let out = net.forward(&images, &mut Mode::Train { rng: &mut rng }).unwrap();
+        let out = net.forward(&images, &mut Mode::train(0, 0, 0)).unwrap();
         assert_eq!(out.features.dims(), &[2, 64]);
         assert_eq!(out.logits.dims(), &[2, 10]);
         let labels = candle_core::Tensor::new(&[1u32, 3], &dev).unwrap();

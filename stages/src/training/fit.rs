@@ -18,7 +18,8 @@ use crate::stage::RunContext;
 use crate::training::optim::{Sgd, SgdConfig};
 use crate::training::resume;
 use crate::training::schedule::Schedule;
-use candle_core::{Device, Tensor, Var, D};
+use crate::transfer::{read_scalar, read_vec1, upload};
+use candle_core::{DType, Device, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -240,7 +241,6 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     std::fs::create_dir_all(&checkpoints).map_err(StageError::io("cannot create", &checkpoints))?;
     let mut sgd = Sgd::new(job.vars, config.sgd);
     let mut shuffle_rng = crate::math::rng::derive(ctx.seed, "shuffle");
-    let mut dropout_rng = crate::math::rng::derive(ctx.seed, "dropout");
     let (mut history, mut kept): (Vec<EpochRecord>, Vec<usize>) = (Vec::new(), Vec::new());
     let resume_dir = ctx.resume_dir.filter(|_| job.restore.is_some());
     let mut first_epoch = 0;
@@ -252,7 +252,6 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                 restore(&state.trained)?;
                 sgd.set_buffers(state.momentum)?;
                 shuffle_rng.set_word_pos(state.streams.get("shuffle").copied().unwrap_or(0));
-                dropout_rng.set_word_pos(state.streams.get("dropout").copied().unwrap_or(0));
                 if let Some(side) = &job.side {
                     let streams = state
                         .streams
@@ -291,38 +290,30 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         let batches = order.len().div_ceil(config.batch_size);
         let bar =
             ctx.progress.bar(&format!("epoch {}/{}", epoch + 1, config.epochs), batches as u64, "batches");
-        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        let mut totals = EpochTotals::new(ctx.device)?;
         for (b, chunk) in order.chunks(config.batch_size).enumerate() {
             let (images, labels) = batch(data, chunk, config.crop_padding, &mut shuffle_rng, ctx.device)?;
-            let out = (job.step)(&images, &labels, &mut Mode::Train { rng: &mut dropout_rng })?;
-            let loss = out.loss;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                return Err(StageError::NonFinite { value, epoch: epoch + 1, batch: b + 1 });
-            }
-            sgd.step(&loss.backward()?)?;
-            if let Some(parameter) = first_non_finite(&(job.trained)())? {
-                return Err(StageError::NonFiniteParameter { parameter, epoch: epoch + 1, batch: b + 1 });
-            }
-            let predicted: Vec<u32> = out.logits.argmax(D::Minus1)?.to_vec1()?;
-            let truth: Vec<u32> = labels.to_vec1()?;
-            correct += predicted.iter().zip(&truth).filter(|(p, t)| p == t).count();
-            loss_sum += value * chunk.len() as f64;
+            let out = (job.step)(&images, &labels, &mut Mode::train(ctx.seed, epoch, b))?;
+            sgd.step(&out.loss.backward()?)?;
+            let place = (epoch + 1, b + 1);
+            totals.add(&out, &labels, chunk.len())?;
+            totals.check(&out.loss, &(job.trained)(), place)?;
             bar.inc(1);
             if b % 10 == 0 {
                 let seen = (b + 1) * config.batch_size;
                 let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 bar.set_message(&format!(
                     "loss {:.4} · {rate:.0} img/s",
-                    loss_sum / seen.min(data.len()) as f64
+                    totals.loss_sum / seen.min(data.len()) as f64
                 ));
             }
         }
+        let (loss_sum, correct) = (totals.loss_sum, totals.correct);
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
             loss: loss_sum / data.len() as f64,
-            accuracy: correct as f64 / data.len() as f64,
+            accuracy: correct / data.len() as f64,
         };
         bar.finish(&format!(
             "{} epoch {}/{}: lr {lr:.4} · loss {:.4} · acc {:.2}% · {:.0} img/s",
@@ -341,10 +332,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
         }
         if let (Some(dir), true) = (resume_dir, done < config.epochs) {
             let side = job.side.as_ref().map(|side| (side.record)()).unwrap_or_default();
-            let mut streams = BTreeMap::from([
-                ("shuffle".to_string(), shuffle_rng.get_word_pos()),
-                ("dropout".to_string(), dropout_rng.get_word_pos()),
-            ]);
+            let mut streams = BTreeMap::from([("shuffle".to_string(), shuffle_rng.get_word_pos())]);
             streams.extend(side.streams.into_iter().map(|(k, v)| (format!("{SIDE_STREAM}{k}"), v)));
             let state = resume::State {
                 epochs_done: done,
@@ -363,13 +351,73 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     write_json(&ctx.out_dir.join("history.json"), &history)
 }
 
-/// The name of the first tensor of `values` holding a NaN or an infinity, if any. Computed on
-/// the tensors' device: x − x is 0 for every finite x and NaN otherwise, so the sum is 0 exactly
-/// when all are finite (a sum of the values themselves could overflow on finite ones).
+/// What an epoch has summed so far, kept on the device, and the one read per step that brings
+/// it to the host together with the finiteness check of everything the step changed.
+struct EpochTotals {
+    /// Σ loss·batch size and the count of correct predictions, as f64 device scalars.
+    loss_on_device: Tensor,
+    correct_on_device: Tensor,
+    /// Their values at the last check.
+    loss_sum: f64,
+    correct: f64,
+}
+
+impl EpochTotals {
+    fn new(device: &Device) -> Result<EpochTotals, StageError> {
+        let zero = Tensor::zeros((), DType::F64, device)?;
+        Ok(EpochTotals { loss_on_device: zero.clone(), correct_on_device: zero, loss_sum: 0.0, correct: 0.0 })
+    }
+
+    /// Adds a step's loss (times its batch size, in f64) and its correct predictions.
+    fn add(&mut self, out: &StepOutput, labels: &Tensor, batch: usize) -> Result<(), StageError> {
+        let loss = out.loss.detach().to_dtype(DType::F64)?.affine(batch as f64, 0.0)?;
+        self.loss_on_device = (&self.loss_on_device + loss)?;
+        let correct = out.logits.argmax(D::Minus1)?.eq(labels)?.to_dtype(DType::F64)?.sum_all()?;
+        self.correct_on_device = (&self.correct_on_device + correct)?;
+        Ok(())
+    }
+
+    /// One read: whether the loss and every tensor of `trained` are finite, with the totals.
+    /// Only when something is not does it look further, to name it.
+    fn check(
+        &mut self,
+        loss: &Tensor,
+        trained: &BTreeMap<String, Tensor>,
+        (epoch, batch): (usize, usize),
+    ) -> Result<(), StageError> {
+        let residues =
+            std::iter::once(loss).chain(trained.values()).map(residue).collect::<Result<Vec<_>, _>>()?;
+        let residue = Tensor::stack(&residues, 0)?.sum_all()?;
+        let read = Tensor::stack(&[&residue, &self.loss_on_device, &self.correct_on_device], 0)?;
+        let values: Vec<f64> = read_vec1(&read)?;
+        (self.loss_sum, self.correct) = (values[1], values[2]);
+        if values[0] == 0.0 {
+            return Ok(());
+        }
+        let value = read_scalar::<f64>(&loss.to_dtype(DType::F64)?)?;
+        if !value.is_finite() {
+            return Err(StageError::NonFinite { value, epoch, batch });
+        }
+        match first_non_finite(trained)? {
+            Some(parameter) => Err(StageError::NonFiniteParameter { parameter, epoch, batch }),
+            None => Err(StageError::Internal(format!(
+                "the finiteness check failed at epoch {epoch}, batch {batch}, but no tensor is non-finite"
+            ))),
+        }
+    }
+}
+
+/// x − x summed, in f64: 0 for every finite x and NaN otherwise, so the sum is 0 exactly when
+/// all are finite (a sum of the values themselves could overflow on finite ones).
+fn residue(value: &Tensor) -> Result<Tensor, StageError> {
+    Ok(value.sub(value)?.sum_all()?.to_dtype(DType::F64)?)
+}
+
+/// The name of the first tensor of `values` holding a NaN or an infinity, if any (one read per
+/// tensor: for naming a tensor once a check has failed).
 pub fn first_non_finite(values: &BTreeMap<String, Tensor>) -> Result<Option<String>, StageError> {
     for (name, value) in values {
-        let residue = value.sub(value)?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        if residue != 0.0 {
+        if read_scalar::<f64>(&residue(value)?)? != 0.0 {
             return Ok(Some(name.clone()));
         }
     }
@@ -427,7 +475,7 @@ pub fn batch(
     device: &Device,
 ) -> Result<(Tensor, Tensor), StageError> {
     let labels: Vec<u32> = indices.iter().map(|&i| data.labels[i]).collect();
-    let labels = Tensor::from_vec(labels, indices.len(), device)?;
+    let labels = upload(labels, indices.len(), device)?;
     if padding == 0 {
         return Ok((data.gather(indices, device)?, labels));
     }
@@ -448,7 +496,7 @@ pub fn batch(
             }
         }
     }
-    Ok((Tensor::from_vec(pixels, (indices.len(), c, h, w), device)?, labels))
+    Ok((upload(pixels, (indices.len(), c, h, w), device)?, labels))
 }
 
 #[cfg(test)]

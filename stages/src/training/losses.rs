@@ -12,20 +12,15 @@ pub fn cross_entropy(
 }
 
 /// The UM loss |CE − ζ| + ζ (docs/methods.md §4): its gradient is sign(CE − ζ)·∇CE, descent above ζ,
-/// ascent below, and 0 at equality (the sign is taken on the host, so sign(0) = 0).
+/// ascent below, and 0 at equality. The sign is taken on the device, of CE − ζ in f64 (exact in
+/// sign, so sign(0) = 0 only when CE = ζ), and held constant for the gradient: no read.
 pub fn um_loss(ce: &Tensor, zeta: f64) -> Result<Tensor, StageError> {
     if zeta == 0.0 {
         return Ok(ce.clone()); // |CE| = CE: plain cross-entropy, bit for bit.
     }
-    let value = ce.to_scalar::<f32>()? as f64;
-    let sign = if value > zeta {
-        1.0
-    } else if value < zeta {
-        -1.0
-    } else {
-        0.0
-    };
-    Ok(((ce - zeta)? * sign)?.affine(1.0, zeta)?)
+    let sign =
+        ce.detach().to_dtype(candle_core::DType::F64)?.affine(1.0, -zeta)?.sign()?.to_dtype(ce.dtype())?;
+    Ok(((ce - zeta)?.broadcast_mul(&sign))?.affine(1.0, zeta)?)
 }
 
 /// The outlier term added to the ID term.

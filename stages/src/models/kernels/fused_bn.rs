@@ -10,6 +10,8 @@
 //! update. Other devices keep the op-by-op version.
 use super::buffers::{contiguous_f32, filled_in_chunks};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+// The running-statistics helpers read and write CPU tensors only (this op runs on the CPU), so
+// they cross no device boundary (crate::transfer).
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,22 @@ pub enum Statistics {
     Batch,
     /// Given per-channel mean and variance (evaluation mode): constants.
     Fixed { mean: Vec<f32>, variance: Vec<f32> },
+}
+
+impl Statistics {
+    /// The running statistics of CPU tensors `mean` and `variance`, as the op reads them.
+    pub fn fixed(mean: &Tensor, variance: &Tensor) -> Result<Statistics> {
+        Ok(Statistics::Fixed { mean: mean.to_vec1()?, variance: variance.to_vec1()? })
+    }
+}
+
+/// Moves a running statistic (a CPU variable) towards a batch's:
+/// `running ← running·(1 − momentum) + batch·factor·momentum`, element by element in f32.
+pub fn update_running(running: &candle_core::Var, batch: &[f32], factor: f32, momentum: f32) -> Result<()> {
+    let old: Vec<f32> = running.as_tensor().to_vec1()?;
+    let new: Vec<f32> =
+        old.iter().zip(batch).map(|(o, b)| o * (1.0 - momentum) + b * factor * momentum).collect();
+    running.set(&Tensor::from_vec(new, old.len(), running.device())?)
 }
 
 /// What follows the normalisation.

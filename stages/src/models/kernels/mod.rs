@@ -1,6 +1,8 @@
 //! CPU kernels written by hand for speed: the convolution as im2col + gemm ([`conv`]), batch
 //! norm + ReLU in one pass ([`fused_bn`]), the buffers they share (`buffers`), and when they
-//! apply ([`dispatch`]); with the two other calls that need `unsafe`: the allocator settings of
+//! apply ([`dispatch`]); the ops computed where the tensor lives, on the CPU and in this crate's
+//! own CUDA kernels (`cuda.rs`): dropout masks ([`dropout`]) and UMAP's top-fraction masks
+//! ([`top_fraction`]); with the two other calls that need `unsafe`: the allocator settings of
 //! the binary ([`allocator`]) and the probe for CUDA libraries loaded at run time
 //! ([`cuda_libraries`]). All the crate's `unsafe` code lives here: the crate denies
 //! `unsafe_code` everywhere else.
@@ -19,6 +21,10 @@ macro_rules! cpu_variants {
 pub mod allocator;
 pub(crate) mod buffers;
 pub mod conv;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod cuda_libraries;
 pub mod dispatch;
+pub mod dropout;
 pub mod fused_bn;
+pub mod top_fraction;
