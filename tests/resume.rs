@@ -89,6 +89,17 @@ fn a_killed_fine_tune_resumes_and_ends_with_the_uninterrupted_bytes() {
     let (out, _) = run(&recipe, &whole, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!whole.join("resume").read_dir().is_ok_and(|mut d| d.next().is_some()), "removed at commit");
+    // Every manifest records the class of device that computed its entry.
+    for entry in std::fs::read_dir(whole.join("objects")).unwrap().flatten() {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("manifest.json")).unwrap()).unwrap();
+        let class = &manifest["meta"]["device_class"];
+        assert_eq!(class["kind"], "cpu", "{manifest}");
+        assert!(
+            class["name"].as_str().is_some_and(|n| !n.is_empty()) && class["candle"] == "0.11.1",
+            "{class}"
+        );
+    }
 
     // Kill the run once the 300-epoch fine-tune has finished a few epochs.
     let mut command = pipeline();
@@ -101,13 +112,27 @@ fn a_killed_fine_tune_resumes_and_ends_with_the_uninterrupted_bytes() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains(&format!("will resume after epoch {done}/300")), "{text}");
 
+    // The state says what computed it; as if that had been a GPU, the resumed run says so.
+    let latest = std::fs::read_dir(interrupted.join("resume")).unwrap().flatten().next().unwrap().path();
+    let latest = latest.join("latest.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&latest).unwrap()).unwrap();
+    assert_eq!(state["device_class"]["kind"], "cpu", "{}", state["device_class"]);
+    state["device_class"] = serde_json::json!({"kind": "cuda", "name": "NVIDIA H200", "compute_capability": "9.0", "candle": "0.11.1"});
+    std::fs::write(&latest, serde_json::to_vec(&state).unwrap()).unwrap();
+
     let rerun = pipeline().arg("run").arg(&recipe).arg("--cache").arg(&interrupted).output().unwrap();
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     assert!(stderr(&rerun).contains(&format!("resuming after epoch {done}/300")), "{}", stderr(&rerun));
+    assert!(
+        stderr(&rerun)
+            .contains("the interrupted run computed on cuda NVIDIA H200 (compute 9.0), this one on cpu"),
+        "{}",
+        stderr(&rerun)
+    );
     assert_eq!(
         differences(&whole, &interrupted),
         [] as [(String, String); 0],
-        "weights, checkpoints and history are bit-identical"
+        "weights, checkpoints and history are bit-identical (dropout masks depend on the step, not on a stream)"
     );
     assert!(resume_progress(&interrupted).is_none(), "the state is removed once the entry is committed");
 }

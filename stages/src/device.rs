@@ -93,9 +93,94 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
+/// The version of candle this build computes with (checked against Cargo.lock by a test).
+pub const CANDLE_VERSION: &str = "0.11.1";
+
+/// What kind of device computed a result: recorded in every cache entry's manifest and in a
+/// training's resume state, so a resumed training on another class of device says so (its
+/// numbers then differ in the last bits from an uninterrupted run's).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceClass {
+    /// `cpu` or `cuda`.
+    pub kind: String,
+    /// The CPU's model name, or the GPU's.
+    pub name: String,
+    /// The GPU's compute capability (`9.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<String>,
+    /// The CUDA version the driver supports, and cuBLAS's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_cuda: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cublas: Option<String>,
+    /// cuDNN's version where convolutions use it (none in this build: im2col + cuBLAS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cudnn: Option<String>,
+    pub candle: String,
+}
+
+impl DeviceClass {
+    /// One line for messages: `cuda NVIDIA H200 (9.0)`, `cpu Intel Xeon …`.
+    pub fn line(&self) -> String {
+        match &self.compute_capability {
+            Some(cc) => format!("{} {} (compute {cc})", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// The class of `device`.
+pub fn class(device: &Device) -> DeviceClass {
+    let mut class = DeviceClass {
+        kind: describe(device),
+        name: String::new(),
+        compute_capability: None,
+        driver_cuda: None,
+        cublas: None,
+        cudnn: None,
+        candle: CANDLE_VERSION.to_string(),
+    };
+    match device {
+        Device::Cpu => {
+            class.name = std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .find(|l| l.starts_with("model name"))
+                        .and_then(|l| l.split_once(':'))
+                        .map(|(_, name)| name.trim().to_string())
+                })
+                .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            let context = cuda.cuda_stream().context().clone();
+            class.name = context.name().unwrap_or_else(|_| "unknown GPU".into());
+            class.compute_capability =
+                context.compute_capability().ok().map(|(major, minor)| format!("{major}.{minor}"));
+            (class.driver_cuda, class.cublas) = crate::models::kernels::cuda_libraries::cuda_versions();
+        }
+        _ => class.name = describe(device),
+    }
+    class
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_class_names_the_processor_and_candle_matches_the_lock_file() {
+        let class = class(&Device::Cpu);
+        assert_eq!(class.kind, "cpu");
+        assert!(!class.name.is_empty());
+        assert!(class.compute_capability.is_none() && class.cudnn.is_none());
+        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+        let entry = format!("name = \"candle-core\"\nversion = \"{CANDLE_VERSION}\"");
+        assert!(lock.contains(&entry), "Cargo.lock has another candle-core than {CANDLE_VERSION}");
+        let text = serde_json::to_string(&class).unwrap();
+        assert_eq!(serde_json::from_str::<DeviceClass>(&text).unwrap(), class);
+    }
 
     #[test]
     fn cpu_is_always_available() {

@@ -117,6 +117,7 @@ impl<'a> LocalExecutor<'a> {
             "recipe": self.recipe.name,
             "seconds": seconds,
             "device": stages::device::describe(self.device),
+            "device_class": stages::device::class(self.device),
             "pipeline_version": env!("CARGO_PKG_VERSION"),
         });
         store.commit(staging, &lock, job.inputs, meta).map_err(ExecutorError::Store)?;

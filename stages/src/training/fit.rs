@@ -243,6 +243,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
     let mut shuffle_rng = crate::math::rng::derive(ctx.seed, "shuffle");
     let (mut history, mut kept): (Vec<EpochRecord>, Vec<usize>) = (Vec::new(), Vec::new());
     let resume_dir = ctx.resume_dir.filter(|_| job.restore.is_some());
+    let device_class = crate::device::class(ctx.device);
     let mut first_epoch = 0;
     if let (Some(dir), Some(restore)) = (resume_dir, job.restore) {
         match resume::load(dir, ctx.device) {
@@ -269,6 +270,15 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                         .map_err(StageError::io("cannot copy", &copy))?;
                 }
                 first_epoch = state.epochs_done;
+                if let Some(earlier) = state.device_class.as_ref().filter(|&earlier| *earlier != device_class)
+                {
+                    ctx.progress.info(&format!(
+                        "{}: the interrupted run computed on {}, this one on {}: results differ in the last bits from an uninterrupted run",
+                        job.label,
+                        earlier.line(),
+                        device_class.line()
+                    ));
+                }
                 ctx.progress.info(&format!(
                     "{}: resuming after epoch {}/{} (an earlier run was interrupted)",
                     job.label, first_epoch, config.epochs
@@ -343,6 +353,7 @@ pub fn fit(ctx: &RunContext, data: &ImageSet, config: &FitConfig, job: Fit) -> R
                 trained: (job.trained)(),
                 momentum: sgd.buffers(),
                 side: side.values,
+                device_class: Some(device_class.clone()),
             };
             resume::save(dir, &state, ctx.out_dir)?;
         }

@@ -35,6 +35,8 @@ pub struct State {
     /// The stage's own state beside its tensors (POEM's ring buffer and log): JSON, its
     /// floats kept bit for bit.
     pub side: serde_json::Value,
+    /// The class of device that computed it.
+    pub device_class: Option<crate::device::DeviceClass>,
 }
 
 /// `latest.json`.
@@ -52,6 +54,8 @@ struct Latest {
     checkpoints_blake3: BTreeMap<usize, String>,
     #[serde(default)]
     side: serde_json::Value,
+    #[serde(default)]
+    device_class: Option<crate::device::DeviceClass>,
 }
 
 /// Floats as their bit patterns (`"f64:<hex>"`): JSON text round-trips an f64 only to within
@@ -138,6 +142,7 @@ pub fn save(dir: &Path, state: &State, out_dir: &Path) -> Result<(), StageError>
         tensors_blake3: digest(&folder.join(TENSORS))?,
         checkpoints_blake3,
         side: exact_floats(&state.side),
+        device_class: state.device_class.clone(),
     };
     let tmp = dir.join("latest.json.tmp");
     crate::formats::json::write_json(&tmp, &latest)?;
@@ -206,6 +211,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<(State, Vec<PathBuf>)>
         trained: tensors,
         momentum,
         side: plain_floats(&latest.side),
+        device_class: latest.device_class,
     };
     Ok(Some((state, checkpoints)))
 }
