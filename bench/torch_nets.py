@@ -137,12 +137,12 @@ class DenseNetBc(nn.Module):
         return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
 
 
-def bench_net(name):
-    """The benchmark networks of `pipeline bench-train` (10 classes, no dropout, identity
-    normalisation): (module, input shape)."""
-    rgb = dict(classes=10, dropout=0.0, mean=[0.0] * 3, std=[1.0] * 3)
+def bench_net(name, dropout=0.0):
+    """The benchmark networks of `pipeline bench-train` (10 classes, identity normalisation,
+    the given dropout): (module, input shape)."""
+    rgb = dict(classes=10, dropout=dropout, mean=[0.0] * 3, std=[1.0] * 3)
     if name == "small-cnn":
-        return SmallCnn(1, [16, 32, 64, 128], [1, 2, 2, 2], 10, 0.0, [0.0], [1.0]), (1, 28, 28)
+        return SmallCnn(1, [16, 32, 64, 128], [1, 2, 2, 2], 10, dropout, [0.0], [1.0]), (1, 28, 28)
     if name == "resnet-20":
         return WideResNet(22, 1, **rgb), (3, 32, 32)
     if name == "densenet-bc-40":

@@ -1,5 +1,8 @@
 """Training-step benchmark: this project (`pipeline bench-train`) against PyTorch on the same
-networks, batch, optimiser and thread count. Runs are interleaved (ours, PyTorch, ours, …) so
+networks, batch, optimiser, dropout, random crop and thread count. Both sides run what a training
+loop runs each step: gather a batch from a shuffled training set, crop it (zero padding, a random
+shift per image), forward with dropout, cross-entropy, backward, SGD with Nesterov momentum, and
+read the loss and the batch's accuracy back. Runs are interleaved (ours, PyTorch, ours, …) so
 drift in the machine's speed hits both alike; every run is a fresh process that does `warmup`
 untimed steps, then `steps` timed ones. Per net and thread count it prints the median step time
 of each, their ratio, images/s, achieved GFLOP/s (training FLOPs counted on the PyTorch model,
@@ -41,7 +44,19 @@ def reset_peak():
         return False
 
 
+def crop(images, padding, generator):
+    """A random shift by up to `padding` pixels per image, zero-filled (a random crop of the
+    zero-padded image)."""
+    if padding == 0:
+        return images
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
 def worker(args):
+    global torch
     import torch
 
     sys.path.insert(0, HERE)
@@ -49,36 +64,55 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, shape = bench_net(args.net)
+    device = torch.device(args.device)
+    model, shape = bench_net(args.net, args.dropout)
+    model.to(device)
     model.eval() if args.eval else model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    images = torch.rand(args.batch, *shape)
-    labels = torch.randint(0, 10, (args.batch,))
+    count = (args.warmup + args.steps + 1) * args.batch
+    data = torch.rand(count, *shape)
+    targets = torch.randint(0, 10, (count,))
+    order = torch.randperm(count)
+    generator = torch.Generator().manual_seed(args.seed)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, rss_before, reset = [], None, False
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             rss_before, reset = proc_status("VmRSS"), reset_peak()
+        sync()
         start = time.perf_counter()
         if args.eval:
             # Scoring: evaluation mode, no autograd graph, the logits read back.
+            images = data[:args.batch].to(device)
             with torch.inference_mode():
                 value = model(images).sum().item()
         else:
+            chunk = order[step * args.batch:(step + 1) * args.batch]
+            images = crop(data[chunk], args.crop_padding, generator).to(device, non_blocking=True)
+            labels = targets[chunk].to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            logits = model(images)
+            loss = torch.nn.functional.cross_entropy(logits, labels)
             loss.backward()
             opt.step()
             value = loss.item()
+            (logits.argmax(1) == labels).sum().item()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
         if value != value:
             raise SystemExit(f"loss is NaN at step {step}")
     print(json.dumps({
         "framework": "pytorch " + torch.__version__, "net": args.net, "mode": "eval" if args.eval else "training", "batch": args.batch,
-        "threads": torch.get_num_threads(), "learnable_weights": learnable(model),
+        "threads": torch.get_num_threads(), "learnable_weights": learnable(model), "device": str(device),
+        "dropout": args.dropout, "crop_padding": args.crop_padding,
         "step_seconds": times, "peak_rss_bytes": proc_status("VmHWM") if reset else None,
         "rss_before_bytes": rss_before,
     }))
+
+
+def default_crop(net):
+    """The CIFAR recipes' crop padding for 32×32 nets; none for the MNIST-sized small CNN."""
+    return 0 if net == "small-cnn" else 4
 
 
 def run_json(cmd, env):
@@ -106,6 +140,10 @@ def compare(args):
             common = ["--net", net, "--batch", str(args.batch), "--warmup", str(warmup), "--steps", str(steps)]
             if args.eval:
                 common.append("--eval")
+            else:
+                crop_padding = default_crop(net) if args.crop_padding is None else args.crop_padding
+                common += ["--dropout", str(args.dropout), "--crop-padding", str(crop_padding)]
+            common += ["--device", args.device]
             ours_cmd = [args.binary, "bench-train", *common]
             torch_cmd = [sys.executable, os.path.abspath(__file__), "worker", *common, "--threads", str(threads)]
             ours, theirs = [], []
@@ -123,17 +161,20 @@ def compare(args):
                 row[name] = {"median_step_s": median, "images_per_s": args.batch / median, "gflop_per_s": flops / median / 1e9,
                              "peak_rss_mib": max(peaks) / 2**20 if peaks else None, "framework": runs[0]["framework"]}
             row["ratio"] = row["ours"]["median_step_s"] / row["pytorch"]["median_step_s"]
+            row["ours"]["host_syncs_per_step"] = ours[0].get("host_syncs_per_step")
+            row["ours"]["bytes_to_device_per_step"] = ours[0].get("bytes_to_device_per_step")
             rows.append(row)
-    print(f"batch {args.batch}, {args.rounds} interleaved rounds per cell, {rows[0]['pytorch']['framework']}; "
+    print(f"batch {args.batch}, dropout {args.dropout}, crop padding {'per net' if args.crop_padding is None else args.crop_padding}, "
+          f"device {args.device}, {args.rounds} interleaved rounds per cell, {rows[0]['pytorch']['framework']}; "
           "peak RSS = whole process during the timed steps")
-    print("| net | threads | ours ms/step | PyTorch ms/step | ratio | ours img/s | PyTorch img/s | ours GFLOP/s | PyTorch GFLOP/s | ours peak MiB | PyTorch peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| net | threads | ours ms/step | PyTorch ms/step | ratio | ours img/s | PyTorch img/s | ours GFLOP/s | PyTorch GFLOP/s | ours peak MiB | PyTorch peak MiB | ours syncs/step | ours bytes up/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     fmt = lambda v: "n/a" if v is None else f"{v:.0f}"
     for r in rows:
         o, p = r["ours"], r["pytorch"]
         print(f"| {r['net']} | {r['threads']} | {o['median_step_s'] * 1e3:.1f} | {p['median_step_s'] * 1e3:.1f} | {r['ratio']:.2f} | "
               f"{o['images_per_s']:.0f} | {p['images_per_s']:.0f} | {o['gflop_per_s']:.1f} | {p['gflop_per_s']:.1f} | "
-              f"{fmt(o['peak_rss_mib'])} | {fmt(p['peak_rss_mib'])} |")
+              f"{fmt(o['peak_rss_mib'])} | {fmt(p['peak_rss_mib'])} | {fmt(o['host_syncs_per_step'])} | {fmt(o['bytes_to_device_per_step'])} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -148,16 +189,20 @@ def main():
     for p in (parser, w):
         p.add_argument("--batch", type=int, default=64)
         p.add_argument("--eval", action="store_true", help="time evaluation-mode forward passes (scoring) instead of training steps")
+        p.add_argument("--dropout", type=float, default=0.3, help="dropout probability on both sides (the train stage's default, 0.3)")
+        p.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
     w.add_argument("--net", required=True, choices=sorted(STEPS))
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--warmup", type=int, default=1)
     w.add_argument("--steps", type=int, default=5)
     w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--crop-padding", type=int, default=0)
     parser.add_argument("--binary", default=os.path.join(HERE, "..", "target", "release", "pipeline"))
     parser.add_argument("--nets", nargs="+", default=["small-cnn", "resnet-20", "densenet-bc-40", "densenet-bc-100"], choices=sorted(STEPS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--crop-padding", type=int, default=None, help="random-crop padding on both sides (default: 4 for 32×32 nets, 0 for small-cnn)")
     args = parser.parse_args()
     worker(args) if args.command == "worker" else compare(args)
 

@@ -19,6 +19,8 @@
 //! - [`data`]: dataset specifications and loaders; [`formats`]: `.npy` and JSON outputs.
 //! - [`estimate`]: workloads of stages and measured throughput, for duration estimates.
 //! - [`math`]: linear algebra and seeded random streams; [`device`]: choosing CPU or CUDA.
+//! - [`transfer`]: the counted device boundary of training; [`ops_check`]: every op on the CPU
+//!   against the device (the GPU check).
 //!
 //! Inside the crate every item is named by its home module (`crate::stage::StageParams`), never
 //! through the re-exports below, which are for other crates: no file imports a file that
@@ -38,6 +40,7 @@ pub mod math;
 pub mod memory;
 pub mod metrics;
 pub mod models;
+pub mod ops_check;
 pub mod progress;
 pub mod scores;
 pub mod stage;

@@ -59,7 +59,7 @@ fn format_of(command: &Command) -> Format {
         | Command::Models { json, .. }
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
-        Command::BenchTrain { .. } | Command::BenchKnn { .. } => true,
+        Command::BenchTrain { .. } | Command::BenchKnn { .. } | Command::CheckOps { .. } => true,
         Command::Worker { .. } => false,
     };
     if json {
@@ -223,6 +223,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             bench::bench_train(&bench, shell)
         }
         Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
+        Command::CheckOps { device } => bench::check_ops(&device, shell),
         Command::Fetch { name, to, archive, json: _ } => {
             commands::fetch(name.as_deref(), to, archive.as_deref(), shell)
         }

@@ -325,6 +325,16 @@ pub enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Compute every op training and scoring use (convolution geometries and their gradients,
+    /// batch norm, dropout and UMAP masks, whole networks, ODIN's input gradient) on the CPU and
+    /// on DEVICE from the same inputs; print one JSON line per op with the largest difference
+    /// (exit status 1 when one exceeds its tolerance). On the CPU the other side is candle's own
+    /// ops, the path CUDA takes
+    CheckOps {
+        /// auto, cpu, cuda or cuda:N
+        #[arg(long, default_value = "cuda")]
+        device: String,
+    },
     /// Time KNN's exact search (the `knn` score): a bank of random unit features against random
     /// unit queries; prints one JSON line
     BenchKnn {

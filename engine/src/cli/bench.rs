@@ -128,6 +128,30 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
     Ok(Status::Success)
 }
 
+/// `pipeline check-ops`: every op on the CPU against `device_text`, a JSON line each.
+pub fn check_ops(device_text: &str, shell: &Shell) -> anyhow::Result<Status> {
+    let choice = DeviceChoice::parse(device_text)
+        .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
+    let (device, notice) = device::select(choice).map_err(crate::error::EngineError::Device)?;
+    if let Some(notice) = notice {
+        shell.warn(&notice);
+    }
+    let results = rayon::scope(|_| stages::ops_check::check_ops(&device)).context("comparing ops")?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    for result in &results {
+        let mut line = serde_json::to_value(result)?;
+        if let Some(fields) = line.as_object_mut() {
+            fields.insert("device".into(), device::describe(&device).into());
+        }
+        shell.emit(line);
+    }
+    if failed > 0 {
+        shell.warn(&format!("{failed} of {} ops differ beyond their tolerance", results.len()));
+        return Ok(Status::Failure);
+    }
+    Ok(Status::Success)
+}
+
 /// `pipeline bench-knn`: seconds for KNN's exact k-th-neighbour search of `queries` random unit
 /// vectors against a bank of `bank` (seeded, reproducible).
 pub fn bench_knn(bank: usize, queries: usize, width: usize, shell: &Shell) -> anyhow::Result<Status> {
