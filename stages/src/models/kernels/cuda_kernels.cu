@@ -15,8 +15,8 @@ __device__ __forceinline__ unsigned int fmix32(unsigned int h) {
 // y[i] = x[i] * scale where the 24-bit draw of i is below threshold, else 0.
 extern "C" __global__ void dropout_f32(const float *x, float *y, unsigned int n, unsigned int k0,
                                        unsigned int k1, unsigned int threshold, float scale) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (size_t)blockDim.x * gridDim.x) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
         unsigned int draw = fmix32(fmix32((unsigned int)i ^ k0) + k1) >> 8;
         y[i] = draw < threshold ? x[i] * scale : 0.0f;
     }
