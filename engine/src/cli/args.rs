@@ -302,9 +302,9 @@ pub enum Command {
         /// Time evaluation-mode forward passes (scoring) instead of training steps
         #[arg(long)]
         eval: bool,
-        /// The training stage whose step is timed: train or umap
-        #[arg(long, default_value = "train")]
-        stage: String,
+        /// The training stage whose step is timed: train (the default) or umap
+        #[arg(long)]
+        stage: Option<String>,
         /// Dropout probability (default: the `train` stage's, 0.3)
         #[arg(long, default_value_t = 0.3)]
         dropout: f64,

@@ -25,7 +25,7 @@ fn reset_peak_rss() -> bool {
 pub struct TrainBench {
     pub net: String,
     pub eval: bool,
-    pub stage: String,
+    pub stage: Option<String>,
     pub dropout: f64,
     pub crop_padding: Option<usize>,
     pub batch: usize,
@@ -63,10 +63,12 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
         return Err(anyhow!("--dropout {dropout}: must be in [0, 1)"));
     }
     let spec = stages::models::ModelSpec { dropout: *dropout, ..base };
-    let stage = match stage.as_str() {
-        "train" => BenchStage::Train,
-        "umap" => BenchStage::Umap,
-        other => return Err(anyhow!("unknown --stage `{other}` (train or umap)")),
+    let stage = match stage.as_deref() {
+        None => BenchStage::Train,
+        Some(name) => BenchStage::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = BenchStage::ALL.iter().map(|s| s.name()).collect();
+            anyhow!("unknown --stage `{name}` (known: {})", known.join(", "))
+        })?,
     };
     let crop_padding = crop_padding.unwrap_or(if spec.input_shape[1..] == [32, 32] { 4 } else { 0 });
     let choice = DeviceChoice::parse(device_text)
@@ -111,7 +113,7 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
     });
     if let Some(traffic) = traffic {
         let extra = serde_json::json!({
-            "stage": match stage { BenchStage::Train => "train", BenchStage::Umap => "umap" },
+            "stage": stage.name(),
             "dropout": dropout,
             "crop_padding": crop_padding,
             // Reads of device values into host memory and bytes uploaded, per timed step (the

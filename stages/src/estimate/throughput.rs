@@ -101,6 +101,25 @@ pub enum BenchStage {
     Umap,
 }
 
+impl BenchStage {
+    /// Every stage the benchmark runs, by its kind's name.
+    pub const ALL: [BenchStage; 2] = [BenchStage::Train, BenchStage::Umap];
+
+    /// The name of the stage kind whose step it is.
+    pub fn name(self) -> &'static str {
+        use crate::stage::StageParams;
+        match self {
+            BenchStage::Train => crate::kinds::train::Train::KIND,
+            BenchStage::Umap => crate::kinds::umap::Umap::KIND,
+        }
+    }
+
+    /// The stage named `name`, if the benchmark runs it.
+    pub fn parse(name: &str) -> Option<BenchStage> {
+        BenchStage::ALL.into_iter().find(|stage| stage.name() == name)
+    }
+}
+
 /// What the training-step benchmark runs: the stage, the batch size, the steps before and under
 /// the clock, the seed and the random crop's padding (the network's dropout is in its spec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

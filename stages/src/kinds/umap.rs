@@ -271,7 +271,7 @@ mod tests {
         // Each layer keeps n − ⌊0.2 n⌋ weights.
         for (name, fraction) in masked.kept_fractions().unwrap() {
             let n = values[&name].elem_count();
-            let expected = (n - crate::training::masks::zeroed_count(n, 0.8)) as f64 / n as f64;
+            let expected = (n - crate::models::kernels::top_fraction::zeroed_count(n, 0.8)) as f64 / n as f64;
             assert_eq!(fraction, expected, "{name}");
         }
         // The saved snapshot reloads as the masked model.
@@ -284,6 +284,6 @@ mod tests {
         assert!(!loaded_spec.weight_masks);
         let w: Vec<f32> = effective["conv1.weight"].flatten_all().unwrap().to_vec1().unwrap();
         let zeros = w.iter().filter(|v| **v == 0.0).count();
-        assert_eq!(zeros, crate::training::masks::zeroed_count(w.len(), 0.8));
+        assert_eq!(zeros, crate::models::kernels::top_fraction::zeroed_count(w.len(), 0.8));
     }
 }

@@ -2,30 +2,13 @@
 //! weight and the final linear weight (parameters of role [`Role::Weight`]); batch norm and the
 //! linear bias are never masked.
 use crate::error::StageError;
+use crate::models::kernels::top_fraction::keep_top_fraction;
 use crate::models::{ModelSpec, ParamDef, Role};
 use rand::Rng as _;
 
 /// The parameters masks act on.
 pub fn masked_layers(spec: &ModelSpec) -> Result<Vec<ParamDef>, StageError> {
     Ok(spec.parameters()?.into_iter().filter(|p| p.role == Role::Weight).collect())
-}
-
-/// How many of `n` weights a mask keeping the fraction `keep` zeroes: ⌊(1 − keep)·n⌋.
-pub fn zeroed_count(n: usize, keep: f64) -> usize {
-    // A small tolerance so that e.g. (1 − 0.975)·400 = 10 is not floored to 9 by rounding.
-    (((1.0 - keep) * n as f64) + 1e-9).floor() as usize
-}
-
-/// A 0/1 mask over `scores` that zeroes the ⌊(1 − keep)·n⌋ entries of smallest |score| (ties
-/// broken by position) and keeps the rest.
-pub fn keep_top_fraction(scores: &[f32], keep: f64) -> Vec<f32> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].abs().total_cmp(&scores[b].abs()).then(a.cmp(&b)));
-    let mut mask = vec![1.0; scores.len()];
-    for &i in &order[..zeroed_count(scores.len(), keep)] {
-        mask[i] = 0.0;
-    }
-    mask
 }
 
 /// A seeded random mask of `n` weights keeping the fraction `keep` (docs/methods.md §3: a random score per

@@ -1,8 +1,6 @@
 //! The CUDA side of this crate's own ops: `cuda_kernels.cu`, compiled once per process with
 //! NVRTC (which candle loads anyway) when a kernel is first needed, and launched on the
 //! tensor's stream. Only in a build with the `cuda` feature.
-use super::dropout::DropoutMask;
-use super::top_fraction::TopFraction;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CudaStorage, Layout, Result, Shape};
@@ -30,7 +28,13 @@ fn contiguous(layout: &Layout, what: &str) -> Result<(usize, usize)> {
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} needs a contiguous tensor")))
 }
 
-pub fn dropout(mask: &DropoutMask, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+/// Dropout of the mask with keys `k0`, `k1` and keep threshold ([`super::dropout`]).
+pub fn dropout(
+    [k0, k1, threshold]: [u32; 3],
+    scale: f32,
+    storage: &CudaStorage,
+    layout: &Layout,
+) -> Result<(CudaStorage, Shape)> {
     let (start, end) = contiguous(layout, "dropout")?;
     let n = (end - start) as u32;
     let device = &storage.device;
@@ -42,23 +46,19 @@ pub fn dropout(mask: &DropoutMask, storage: &CudaStorage, layout: &Layout) -> Re
     builder.arg(&src);
     builder.arg(&dst);
     builder.arg(&n);
-    builder.arg(&mask.k0);
-    builder.arg(&mask.k1);
-    builder.arg(&mask.threshold);
-    builder.arg(&mask.scale);
+    builder.arg(&k0);
+    builder.arg(&k1);
+    builder.arg(&threshold);
+    builder.arg(&scale);
     // SAFETY: the kernel reads n floats of `src` and writes n of `dst`.
     unsafe { builder.launch(LaunchConfig::for_num_elems(n.max(1))) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(dst, device.clone()), layout.shape().clone()))
 }
 
-pub fn top_fraction(
-    op: &TopFraction,
-    storage: &CudaStorage,
-    layout: &Layout,
-) -> Result<(CudaStorage, Shape)> {
+/// The top-fraction mask zeroing `zeroed` entries ([`super::top_fraction`]).
+pub fn top_fraction(zeroed: u32, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
     let (start, end) = contiguous(layout, "the top-fraction mask")?;
     let n = (end - start) as u32;
-    let zeroed = op.zeroed(n as usize) as u32;
     let device = &storage.device;
     let src = storage.as_cuda_slice::<f32>()?.slice(start..end);
     let func = device.get_or_load_custom_func("top_fraction_mask", MODULE, ptx()?)?;

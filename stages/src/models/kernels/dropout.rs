@@ -112,7 +112,7 @@ impl CustomOp1 for DropoutMask {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::dropout(self, storage, layout)
+        super::cuda::dropout([self.k0, self.k1, self.threshold], self.scale, storage, layout)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

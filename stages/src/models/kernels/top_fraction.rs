@@ -1,12 +1,29 @@
 //! UMAP's binary mask computed where the scores live: zero the ⌊(1 − keep)·n⌋ entries of
 //! smallest |score| (ties broken by position), keep the rest. On the CPU it is
-//! [`crate::training::masks::keep_top_fraction`] over the tensor's own storage; on CUDA a
+//! [`keep_top_fraction`] over the tensor's own storage; on CUDA a
 //! radix select in one thread block (`top_fraction_mask` in [`super::cuda`]), which orders the
 //! same way: |s| as IEEE bits (monotone for non-negative floats), then the position. Either way
 //! the scores never leave the device and the mask is never uploaded.
-use crate::training::masks::{keep_top_fraction, zeroed_count};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// How many of `n` weights a mask keeping the fraction `keep` zeroes: ⌊(1 − keep)·n⌋.
+pub fn zeroed_count(n: usize, keep: f64) -> usize {
+    // A small tolerance so that e.g. (1 − 0.975)·400 = 10 is not floored to 9 by rounding.
+    (((1.0 - keep) * n as f64) + 1e-9).floor() as usize
+}
+
+/// A 0/1 mask over `scores` that zeroes the ⌊(1 − keep)·n⌋ entries of smallest |score| (ties
+/// broken by position) and keeps the rest.
+pub fn keep_top_fraction(scores: &[f32], keep: f64) -> Vec<f32> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].abs().total_cmp(&scores[b].abs()).then(a.cmp(&b)));
+    let mut mask = vec![1.0; scores.len()];
+    for &i in &order[..zeroed_count(scores.len(), keep)] {
+        mask[i] = 0.0;
+    }
+    mask
+}
 
 /// The mask keeping the fraction `keep` of a tensor's entries by largest magnitude.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,7 +64,7 @@ impl CustomOp1 for TopFraction {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::top_fraction(self, storage, layout)
+        super::cuda::top_fraction(self.zeroed(layout.shape().elem_count()) as u32, storage, layout)
     }
 }
 
