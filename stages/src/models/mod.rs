@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod layers;
 pub mod network;
 pub mod parameters;
+mod resnet;
 mod small_cnn;
 pub mod spec;
 mod wide_resnet;
@@ -23,6 +24,7 @@ pub use checkpoints::{checkpoint_file, CheckpointIndex, ModelFiles, SavedModel, 
 pub use densenet::DenseNetBc;
 pub use layers::{Ends, Forward, Mode};
 pub use network::Network;
+pub use resnet::ResNetCifar;
 pub use parameters::{load_weights, save_weights, Hold, Parameters};
 pub use small_cnn::SmallCnn;
 pub use spec::{Architecture, Init, ModelSpec, ParamDef, Role};
