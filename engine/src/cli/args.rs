@@ -265,6 +265,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a checkpoint's tensors (name, shape, dtype) and the architecture and naming it
+    /// matches, if any (.pth, .pt, .safetensors; nothing in the file is executed)
+    Inspect {
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Write a computed stage's model as a checkpoint PyTorch loads into the reference network
+    Export {
+        recipe: PathBuf,
+        /// The model stage (`name`, or `name@SEED` when the recipe has several seeds)
+        stage: String,
+        /// The file to write: .pth (PyTorch's zip format) or .safetensors
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The key layout: openood, torchvision, um-code, oe-code or pipeline
+        #[arg(long, default_value = "pipeline")]
+        naming: String,
+        #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// List the model architectures with their number of learnable weights
     Models {
         /// Number of classes of the linear head

@@ -10,6 +10,7 @@ pub mod catalogue;
 pub mod checkpoints;
 mod densenet;
 pub mod evaluation;
+pub mod external;
 #[allow(unsafe_code)]
 pub mod kernels;
 pub mod layers;
