@@ -46,19 +46,33 @@ fn read(file: &str) -> Vec<(String, Tensor)> {
 /// The largest logit difference relative to the largest PyTorch logit.
 fn logit_error(file: &str, meta: &serde_json::Value) -> f64 {
     let (spec, values) = bind(read(file), &spec_of(meta), naming_of(meta)).unwrap();
-    assert!(spec.affine_bn || file.starts_with("small_cnn"), "{file}: the reference code's batch norm is affine");
+    assert!(
+        spec.affine_bn || file.starts_with("small_cnn"),
+        "{file}: the reference code's batch norm is affine"
+    );
     let net = Network::new(&spec, &Parameters::frozen(&spec, values).unwrap(), &Device::Cpu).unwrap();
     let logits: Vec<Vec<f32>> = net.forward(&inputs(), &mut Mode::Eval).unwrap().logits.to_vec2().unwrap();
     let expected: Vec<Vec<f64>> = serde_json::from_value(meta["logits"].clone()).unwrap();
     assert_eq!(logits.len(), expected.len());
     let scale = expected.iter().flatten().fold(0f64, |m, v| m.max(v.abs()));
-    let worst = logits.iter().flatten().zip(expected.iter().flatten()).fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+    let worst = logits
+        .iter()
+        .flatten()
+        .zip(expected.iter().flatten())
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
     worst / scale
 }
 
 #[test]
 fn every_fixture_gives_pytorchs_logits() {
-    for name in ["resnet_openood", "resnet_openood_module", "resnet_torchvision", "densenet_um", "wrn_oe", "small_cnn_pipeline"] {
+    for name in [
+        "resnet_openood",
+        "resnet_openood_module",
+        "resnet_torchvision",
+        "densenet_um",
+        "wrn_oe",
+        "small_cnn_pipeline",
+    ] {
         let meta = json(&format!("{name}.json"));
         let error = logit_error(meta["file"].as_str().unwrap(), &meta);
         eprintln!("{name}: largest logit difference {error:.2e} of the largest logit");
@@ -80,7 +94,9 @@ fn inspect_recognises_every_fixture() {
         let found = identify(&read(meta["file"].as_str().unwrap()));
         let architecture: Architecture = serde_json::from_value(meta["architecture"].clone()).unwrap();
         assert!(
-            found.iter().any(|(n, a, classes, _)| *n == naming_of(&meta) && *a == architecture && *classes == 10),
+            found
+                .iter()
+                .any(|(n, a, classes, _)| *n == naming_of(&meta) && *a == architecture && *classes == 10),
             "{name}: {found:?}"
         );
     }
@@ -111,7 +127,8 @@ fn an_unexpected_key_is_refused_with_the_closest_expected_name() {
     });
     let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(
-        messages.iter().any(|m| m.contains("holds `layer3.1.bn_2.weight`") && m.contains("closest expected key: `layer3.1.bn2.weight`")),
+        messages.iter().any(|m| m.contains("holds `layer3.1.bn_2.weight`")
+            && m.contains("closest expected key: `layer3.1.bn2.weight`")),
         "{messages:?}"
     );
     assert!(messages.iter().any(|m| m.contains("lacks `layer3.1.bn2.weight`")), "{messages:?}");
@@ -120,11 +137,14 @@ fn an_unexpected_key_is_refused_with_the_closest_expected_name() {
 #[test]
 fn a_shape_that_does_not_fit_is_refused_with_both_shapes() {
     let problems = refusal(|_, spec| {
-        spec.architecture = Architecture::ResnetCifar { widths: vec![4, 8, 16, 64], blocks: vec![2, 2, 2, 2] };
+        spec.architecture =
+            Architecture::ResnetCifar { widths: vec![4, 8, 16, 64], blocks: vec![2, 2, 2, 2] };
     });
     let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(
-        messages.iter().any(|m| m.contains("`layer4.0.conv1.weight` has shape [32, 16, 3, 3], the architecture expects [64, 16, 3, 3]")),
+        messages.iter().any(|m| m.contains(
+            "`layer4.0.conv1.weight` has shape [32, 16, 3, 3], the architecture expects [64, 16, 3, 3]"
+        )),
         "{messages:?}"
     );
 }
@@ -141,7 +161,10 @@ fn an_integer_weight_is_refused_with_its_dtype() {
 fn classes_that_differ_from_the_head_are_refused() {
     let problems = refusal(|_, spec| spec.num_classes = 100);
     let messages: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-    assert!(messages[0].contains("the head `fc.weight` has 10 rows (classes), the stage says `classes = 100`"), "{messages:?}");
+    assert!(
+        messages[0].contains("the head `fc.weight` has 10 rows (classes), the stage says `classes = 100`"),
+        "{messages:?}"
+    );
 }
 
 #[test]
@@ -154,7 +177,10 @@ fn a_naming_of_another_architecture_is_refused() {
 #[test]
 fn a_pickled_module_is_not_a_state_dict() {
     let err = pth::read_any(&fixtures().join("whole_module.pth")).unwrap_err().to_string();
-    assert!(err.contains("not a plain state_dict") && err.contains("`torch.nn.modules.container.Sequential`"), "{err}");
+    assert!(
+        err.contains("not a plain state_dict") && err.contains("`torch.nn.modules.container.Sequential`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,7 +194,11 @@ fn a_training_checkpoint_with_a_nested_state_dict_is_refused() {
 #[test]
 fn export_then_import_gives_the_same_tensors() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, naming) in [("resnet_torchvision", Naming::Torchvision), ("densenet_um", Naming::UmCode), ("wrn_oe", Naming::OeCode)] {
+    for (name, naming) in [
+        ("resnet_torchvision", Naming::Torchvision),
+        ("densenet_um", Naming::UmCode),
+        ("wrn_oe", Naming::OeCode),
+    ] {
         let meta = json(&format!("{name}.json"));
         let (spec, values) = bind(read(&format!("{name}.pth")), &spec_of(&meta), naming).unwrap();
         let tensors = export_names(&values, &spec, naming).unwrap();

@@ -854,7 +854,12 @@ pub fn show(
 
 /// The cached output folder of the one instance of `stage` in the recipe at `path` (for
 /// `export`): refused when the stage has several instances (seeds, sweeps) or is not computed.
-pub fn cached_output(path: &Path, stage: &str, cache: Option<PathBuf>, shell: &Shell) -> anyhow::Result<PathBuf> {
+pub fn cached_output(
+    path: &Path,
+    stage: &str,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<PathBuf> {
     let recipe = load(path, shell)?;
     let target = selectors(&recipe, &[stage.to_string()], "export")?;
     let store = open_store(cache)?;

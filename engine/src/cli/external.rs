@@ -61,14 +61,18 @@ pub fn export(
     write_checkpoint(&tensors, to).map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", to.display()))?;
     let arch = serde_json::to_value(&spec.architecture)?;
     shell.out(&format!(
-        "{}: {} tensors ({} naming), architecture {arch}, {} classes, affine batch norm: {}",
+        "{}: {} tensors ({} naming), arch = {}, {} classes, affine batch norm: {}",
         to.display(),
         tensors.len(),
         naming.name(),
+        inline_table(&spec.architecture)?,
         spec.num_classes,
         spec.affine_bn
     ));
-    shell.out(&format!("normalise inputs with mean {:?}, std {:?} (the model file holds no normalisation)", spec.mean, spec.std));
+    shell.out(&format!(
+        "normalise inputs with mean {:?}, std {:?} (the model file holds no normalisation)",
+        spec.mean, spec.std
+    ));
     shell.emit(serde_json::json!({
         "file": to, "naming": naming.name(), "tensors": tensors.len(), "architecture": arch,
         "classes": spec.num_classes, "affine_bn": spec.affine_bn, "mean": spec.mean, "std": spec.std,

@@ -214,10 +214,9 @@ impl StageParams for Import {
     }
 
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
-        let path = self
-            .resolved
-            .clone()
-            .ok_or_else(|| StageError::Internal("the import's file was not resolved against the recipe".into()))?;
+        let path = self.resolved.clone().ok_or_else(|| {
+            StageError::Internal("the import's file was not resolved against the recipe".into())
+        })?;
         let bytes = std::fs::read(&path).map_err(StageError::io("cannot read the checkpoint", &path))?;
         let found = digest(&bytes);
         match &self.file_blake3 {
@@ -226,8 +225,8 @@ impl StageParams for Import {
                 return Err(StageError::Format {
                     path,
                     message: format!(
-                        "changed since the recipe was read (blake3 {found}, the key was named with {expected})"
-                    ),
+                    "changed since the recipe was read (blake3 {found}, the key was named with {expected})"
+                ),
                 })
             }
             None => {
@@ -237,16 +236,21 @@ impl StageParams for Import {
                 })
             }
         }
-        let tensors = pth::read_bytes(&bytes, &path).map_err(|e| StageError::Format { path: path.clone(), message: e.to_string() })?;
+        let tensors = pth::read_bytes(&bytes, &path)
+            .map_err(|e| StageError::Format { path: path.clone(), message: e.to_string() })?;
         let read = tensors.len();
         let (spec, values) = bind(tensors, &self.spec(), self.naming).map_err(|problems| {
             let shown: Vec<String> = problems.iter().take(6).map(|p| p.to_string()).collect();
-            let more = if problems.len() > 6 { format!(" (and {} more)", problems.len() - 6) } else { String::new() };
+            let more = if problems.len() > 6 {
+                format!(" (and {} more)", problems.len() - 6)
+            } else {
+                String::new()
+            };
             StageError::Format {
                 path: path.clone(),
                 message: format!(
                     "does not fit {} with naming `{}`: {}{more}",
-                    describe(&spec_architecture(self)),
+                    describe(&self.arch.architecture()),
                     self.naming.name(),
                     shown.join("; ")
                 ),
@@ -265,7 +269,13 @@ impl StageParams for Import {
                     )));
                 }
                 let net = crate::models::SavedModel::in_dir(ctx.out_dir)?.load_frozen(ctx.device)?;
-                let pass = crate::models::evaluation::forward_all(ctx, &net, &set, self.batch_size, "import: ID test")?;
+                let pass = crate::models::evaluation::forward_all(
+                    ctx,
+                    &net,
+                    &set,
+                    self.batch_size,
+                    "import: ID test",
+                )?;
                 let right = pass
                     .logits
                     .iter()
@@ -288,10 +298,6 @@ impl StageParams for Import {
             }),
         )
     }
-}
-
-fn spec_architecture(import: &Import) -> Architecture {
-    import.arch.architecture()
 }
 
 /// An architecture as messages name it.

@@ -62,7 +62,12 @@ impl BatchNorm2d {
     }
 
     /// `batch_norm(x)` followed by `activation`: one fused pass on the CPU, op by op elsewhere.
-    pub fn forward_then(&self, x: &Tensor, mode: &Mode, activation: Activation) -> Result<Tensor, StageError> {
+    pub fn forward_then(
+        &self,
+        x: &Tensor,
+        mode: &Mode,
+        activation: Activation,
+    ) -> Result<Tensor, StageError> {
         if !super::kernels::dispatch::custom_applies(x) {
             let y = self.forward(x, mode)?;
             return Ok(if activation == Activation::Relu { y.relu()? } else { y });

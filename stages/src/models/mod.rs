@@ -25,8 +25,8 @@ pub use checkpoints::{checkpoint_file, CheckpointIndex, ModelFiles, SavedModel, 
 pub use densenet::DenseNetBc;
 pub use layers::{Ends, Forward, Mode};
 pub use network::Network;
-pub use resnet::ResNetCifar;
 pub use parameters::{load_weights, save_weights, Hold, Parameters};
+pub use resnet::ResNetCifar;
 pub use small_cnn::SmallCnn;
 pub use spec::{Architecture, Init, ModelSpec, ParamDef, Role};
 pub use wide_resnet::WideResNet;

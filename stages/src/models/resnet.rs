@@ -92,14 +92,7 @@ impl ResNetCifar {
                 } else {
                     None
                 };
-                list.push(Block {
-                    conv1,
-                    bn1,
-                    conv2,
-                    bn2,
-                    shortcut,
-                    stride,
-                });
+                list.push(Block { conv1, bn1, conv2, bn2, shortcut, stride });
             }
         }
         let last = *widths.last().expect("checked non-empty");
@@ -118,7 +111,9 @@ impl ResNetCifar {
             let y = block.bn1.forward_relu(&conv2d(&x, &block.conv1, block.stride, 1)?, mode)?;
             let y = block.bn2.forward_then(&conv2d(&y, &block.conv2, 1, 1)?, mode, Activation::Identity)?;
             let shortcut = match &block.shortcut {
-                Some(sc) => sc.bn.forward_then(&conv2d(&x, &sc.conv, block.stride, 0)?, mode, Activation::Identity)?,
+                Some(sc) => {
+                    sc.bn.forward_then(&conv2d(&x, &sc.conv, block.stride, 0)?, mode, Activation::Identity)?
+                }
                 None => x.clone(),
             };
             x = (y + shortcut)?.relu()?;

@@ -33,7 +33,8 @@ pub enum Naming {
 }
 
 impl Naming {
-    pub const ALL: [Naming; 5] = [Naming::Openood, Naming::Torchvision, Naming::UmCode, Naming::OeCode, Naming::Pipeline];
+    pub const ALL: [Naming; 5] =
+        [Naming::Openood, Naming::Torchvision, Naming::UmCode, Naming::OeCode, Naming::Pipeline];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -68,7 +69,9 @@ impl Naming {
             head.into_iter().chain(rest.iter().map(|s| s.to_string())).collect::<Vec<_>>().join(".")
         };
         match (self, architecture) {
-            (Naming::Torchvision, Architecture::ResnetCifar { .. }) => name.replace(".shortcut.", ".downsample."),
+            (Naming::Torchvision, Architecture::ResnetCifar { .. }) => {
+                name.replace(".shortcut.", ".downsample.")
+            }
             (Naming::UmCode, Architecture::DensenetBc { .. }) => match parts.as_slice() {
                 [block, layer, rest @ ..] if block.starts_with("block") && layer.starts_with("layer") => {
                     join(vec![block.to_string(), "layer".into(), layer["layer".len()..].to_string()], rest)
@@ -90,7 +93,11 @@ impl Naming {
                         let rest: Vec<&str> =
                             rest.iter().map(|p| if *p == "shortcut" { "convShortcut" } else { p }).collect();
                         join(
-                            vec![format!("block{}", i / per_group + 1), "layer".into(), (i % per_group).to_string()],
+                            vec![
+                                format!("block{}", i / per_group + 1),
+                                "layer".into(),
+                                (i % per_group).to_string(),
+                            ],
                             &rest,
                         )
                     }
@@ -129,13 +136,10 @@ const WRAPPER_PREFIXES: &[&str] = &["module.", "model."];
 /// the pipeline's fixed momentum) left out.
 pub fn without_wrappers(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     let mut tensors = tensors;
-    loop {
-        let Some(prefix) = WRAPPER_PREFIXES
-            .iter()
-            .find(|p| !tensors.is_empty() && tensors.iter().all(|(k, _)| k.starts_with(*p)))
-        else {
-            break;
-        };
+    while let Some(prefix) = WRAPPER_PREFIXES
+        .iter()
+        .find(|p| !tensors.is_empty() && tensors.iter().all(|(k, _)| k.starts_with(*p)))
+    {
         tensors = tensors.into_iter().map(|(k, v)| (k[prefix.len()..].to_string(), v)).collect();
     }
     tensors.into_iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect()
@@ -175,7 +179,9 @@ pub fn bind(
     let tensors = without_wrappers(tensors);
     let by_key: HashMap<&str, &Tensor> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let spec = ModelSpec { affine_bn: file_is_affine(&by_key, spec, naming), ..spec.clone() };
-    let defs = spec.parameters().map_err(|e| vec![BindError::Naming { naming: naming.name(), known: e.to_string() }])?;
+    let defs = spec
+        .parameters()
+        .map_err(|e| vec![BindError::Naming { naming: naming.name(), known: e.to_string() }])?;
     let expected: Vec<(String, &super::spec::ParamDef)> =
         defs.iter().map(|d| (naming.foreign_name(&d.name, &spec.architecture), d)).collect();
     let expected_keys: HashMap<&str, &super::spec::ParamDef> =
@@ -184,7 +190,11 @@ pub fn bind(
     let head = naming.foreign_name("fc.weight", &spec.architecture);
     if let Some(t) = by_key.get(head.as_str()) {
         if t.rank() == 2 && t.dim(0).ok() != Some(spec.num_classes) {
-            problems.push(BindError::Classes { key: head.clone(), rows: t.dims()[0], classes: spec.num_classes });
+            problems.push(BindError::Classes {
+                key: head.clone(),
+                rows: t.dims()[0],
+                classes: spec.num_classes,
+            });
         }
     }
     let mut values = BTreeMap::new();
@@ -192,7 +202,10 @@ pub fn bind(
         let Some(def) = expected_keys.get(key.as_str()) else {
             problems.push(BindError::Unexpected {
                 key: key.clone(),
-                closest: closest(key, expected.iter().map(|(k, _)| k).filter(|k| !by_key.contains_key(k.as_str()))),
+                closest: closest(
+                    key,
+                    expected.iter().map(|(k, _)| k).filter(|k| !by_key.contains_key(k.as_str())),
+                ),
             });
             continue;
         };
@@ -202,7 +215,11 @@ pub fn bind(
         }
         if tensor.dims() != def.shape.as_slice() {
             if key != &head || problems.iter().all(|p| !matches!(p, BindError::Classes { .. })) {
-                problems.push(BindError::Shape { key: key.clone(), found: tensor.dims().to_vec(), expected: def.shape.clone() });
+                problems.push(BindError::Shape {
+                    key: key.clone(),
+                    found: tensor.dims().to_vec(),
+                    expected: def.shape.clone(),
+                });
             }
             continue;
         }
@@ -210,7 +227,8 @@ pub fn bind(
     }
     for (key, def) in &expected {
         if !by_key.contains_key(key.as_str()) {
-            let unexpected = tensors.iter().map(|(k, _)| k).filter(|k| !expected_keys.contains_key(k.as_str()));
+            let unexpected =
+                tensors.iter().map(|(k, _)| k).filter(|k| !expected_keys.contains_key(k.as_str()));
             problems.push(BindError::Missing {
                 expected: key.clone(),
                 what: format!("shape {:?}", def.shape),
@@ -287,14 +305,17 @@ pub fn identify(tensors: &[(String, Tensor)]) -> Vec<(Naming, Architecture, usiz
     let tensors = without_wrappers(tensors.to_vec());
     let shapes: HashMap<&str, &[usize]> = tensors.iter().map(|(k, v)| (k.as_str(), v.dims())).collect();
     let dim = |key: &str, d: usize| shapes.get(key).and_then(|s| s.get(d)).copied();
-    let count = |f: &dyn Fn(usize) -> String| (0..).take_while(|&i| shapes.contains_key(f(i).as_str())).count();
+    let count =
+        |f: &dyn Fn(usize) -> String| (0..).take_while(|&i| shapes.contains_key(f(i).as_str())).count();
     let mut candidates: Vec<(Naming, Architecture)> = Vec::new();
     // ResNet: widths from each stage's first conv, blocks by counting.
-    let stages = (1..).take_while(|s| shapes.contains_key(format!("layer{s}.0.conv1.weight").as_str())).count();
+    let stages =
+        (1..).take_while(|s| shapes.contains_key(format!("layer{s}.0.conv1.weight").as_str())).count();
     if stages > 0 {
         let widths: Vec<usize> =
             (1..=stages).filter_map(|s| dim(&format!("layer{s}.0.conv1.weight"), 0)).collect();
-        let blocks: Vec<usize> = (1..=stages).map(|s| count(&|b| format!("layer{s}.{b}.conv1.weight"))).collect();
+        let blocks: Vec<usize> =
+            (1..=stages).map(|s| count(&|b| format!("layer{s}.{b}.conv1.weight"))).collect();
         let architecture = Architecture::ResnetCifar { widths, blocks };
         for naming in [Naming::Openood, Naming::Torchvision] {
             candidates.push((naming, architecture.clone()));
@@ -302,9 +323,10 @@ pub fn identify(tensors: &[(String, Tensor)]) -> Vec<(Naming, Architecture, usiz
         // The pipeline's names for this architecture are OpenOOD's.
     }
     // DenseNet-BC: layers per block and growth from block1, reduction from trans1.
-    for (naming, layer, trans) in
-        [(Naming::UmCode, "block1.layer.", "trans1.conv1.weight"), (Naming::Pipeline, "block1.layer", "trans1.conv.weight")]
-    {
+    for (naming, layer, trans) in [
+        (Naming::UmCode, "block1.layer.", "trans1.conv1.weight"),
+        (Naming::Pipeline, "block1.layer", "trans1.conv.weight"),
+    ] {
         let layers = count(&|l| format!("{layer}{l}.conv2.weight"));
         if let (true, Some(growth), Some(out), Some(input)) =
             (layers > 0, dim(&format!("{layer}0.conv2.weight"), 0), dim(trans, 0), dim(trans, 1))
@@ -316,17 +338,24 @@ pub fn identify(tensors: &[(String, Tensor)]) -> Vec<(Naming, Architecture, usiz
     // Wide ResNet: blocks per group and the widening factor from the first block.
     let oe = count(&|l| format!("block1.layer.{l}.conv1.weight"));
     if let (true, Some(width)) = (oe > 0, dim("block1.layer.0.conv1.weight", 0)) {
-        candidates.push((Naming::OeCode, Architecture::WideResnet { depth: 6 * oe + 4, widen: (width / 16).max(1) }));
+        candidates.push((
+            Naming::OeCode,
+            Architecture::WideResnet { depth: 6 * oe + 4, widen: (width / 16).max(1) },
+        ));
     }
     let blocks = count(&|i| format!("block{i}.conv1.weight"));
     if let (true, Some(width)) = (blocks >= 3 && blocks % 3 == 0, dim("block0.conv1.weight", 0)) {
-        candidates.push((Naming::Pipeline, Architecture::WideResnet { depth: 2 * blocks + 4, widen: (width / 16).max(1) }));
+        candidates.push((
+            Naming::Pipeline,
+            Architecture::WideResnet { depth: 2 * blocks + 4, widen: (width / 16).max(1) },
+        ));
     }
     // The small CNN: widths from conv1, conv2, …; strides are not in the weights (1 assumed).
     let convs = count(&|i| format!("conv{}.weight", i + 1));
     if convs > 0 && stages == 0 {
         let widths: Vec<usize> = (1..=convs).filter_map(|i| dim(&format!("conv{i}.weight"), 0)).collect();
-        candidates.push((Naming::Pipeline, Architecture::SmallCnn { strides: vec![1; widths.len()], widths }));
+        candidates
+            .push((Naming::Pipeline, Architecture::SmallCnn { strides: vec![1; widths.len()], widths }));
     }
     let mut found = Vec::new();
     for (naming, architecture) in candidates {

@@ -117,7 +117,8 @@ pub fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, PthError> {
 /// [`read_pth`] of a file's bytes.
 pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, PthError> {
     let entries = super::stored_zip::entries(bytes).map_err(PthError::Zip)?;
-    let pickles: Vec<&String> = entries.keys().filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl").collect();
+    let pickles: Vec<&String> =
+        entries.keys().filter(|n| n.ends_with("/data.pkl") || *n == "data.pkl").collect();
     let pickle_name = match pickles.as_slice() {
         [one] => (*one).clone(),
         [] => return Err(PthError::Zip("no `data.pkl` in the archive".into())),
@@ -145,7 +146,10 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, PthError> {
         return Err(PthError::Global(format!("{module}.{class}")));
     }
     let Object::Dict(pairs) = object else {
-        return Err(PthError::NotStateDict(format!("the file holds {}, not a dict of tensors", describe(&object))));
+        return Err(PthError::NotStateDict(format!(
+            "the file holds {}, not a dict of tensors",
+            describe(&object)
+        )));
     };
     let mut tensors = Vec::with_capacity(pairs.len());
     let data_dir = Path::new(root.trim_end_matches('/')).join("data");
@@ -171,7 +175,8 @@ pub fn read_pth_bytes(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, PthError> {
             name: name.clone(),
             message: format!("its storage `{}` is not in the archive", info.path),
         })?;
-        let tensor = read_storage(storage, &info).map_err(|message| PthError::Tensor { name: name.clone(), message })?;
+        let tensor = read_storage(storage, &info)
+            .map_err(|message| PthError::Tensor { name: name.clone(), message })?;
         let order = info.path.rsplit('/').next().and_then(|k| k.parse::<u64>().ok()).unwrap_or(u64::MAX);
         tensors.push((order, name, tensor));
     }
@@ -191,7 +196,11 @@ fn read_storage(storage: &[u8], info: &candle_core::pickle::TensorInfo) -> Resul
     let start = layout.start_offset();
     let end = start + layout.shape().elem_count() * size;
     let data = storage.get(start..end).ok_or_else(|| {
-        format!("storage `{}` holds {} bytes, the tensor needs bytes {start}..{end}", info.path, storage.len())
+        format!(
+            "storage `{}` holds {} bytes, the tensor needs bytes {start}..{end}",
+            info.path,
+            storage.len()
+        )
     })?;
     Tensor::from_raw_buffer(data, info.dtype, layout.dims(), &Device::Cpu).map_err(|e| e.to_string())
 }
@@ -296,16 +305,18 @@ pub fn write_pth(tensors: &[(String, Tensor)], path: &Path) -> Result<(), PthErr
             name: name.clone(),
             message: format!("dtype {dtype:?} has no PyTorch storage here"),
         })?;
-        let tensor = tensor.to_device(&Device::Cpu).and_then(|t| t.contiguous()).map_err(|e| {
-            PthError::Tensor { name: name.clone(), message: e.to_string() }
-        })?;
+        let tensor = tensor
+            .to_device(&Device::Cpu)
+            .and_then(|t| t.contiguous())
+            .map_err(|e| PthError::Tensor { name: name.clone(), message: e.to_string() })?;
         let dims = tensor.dims().to_vec();
         let mut strides = vec![1usize; dims.len()];
         for d in (0..dims.len().saturating_sub(1)).rev() {
             strides[d] = strides[d + 1] * dims[d + 1];
         }
         let numel = tensor.elem_count();
-        storages.push(tensor_bytes(&tensor).map_err(|message| PthError::Tensor { name: name.clone(), message })?);
+        storages
+            .push(tensor_bytes(&tensor).map_err(|message| PthError::Tensor { name: name.clone(), message })?);
         p.string(name);
         p.global("torch._utils", "_rebuild_tensor_v2");
         // (persistent id, offset, size, stride, requires_grad, backward_hooks)
@@ -360,9 +371,15 @@ pub fn write_pth(tensors: &[(String, Tensor)], path: &Path) -> Result<(), PthErr
 fn tensor_bytes(tensor: &Tensor) -> Result<Vec<u8>, String> {
     let flat = tensor.flatten_all().map_err(|e| e.to_string())?;
     let bytes = match tensor.dtype() {
-        DType::F32 => flat.to_vec1::<f32>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => flat.to_vec1::<f64>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::I64 => flat.to_vec1::<i64>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => {
+            flat.to_vec1::<f32>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        DType::F64 => {
+            flat.to_vec1::<f64>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
+        DType::I64 => {
+            flat.to_vec1::<i64>().map_err(|e| e.to_string())?.iter().flat_map(|v| v.to_le_bytes()).collect()
+        }
         DType::U8 => flat.to_vec1::<u8>().map_err(|e| e.to_string())?,
         other => {
             let f = flat.to_dtype(DType::F32).map_err(|e| e.to_string())?;
@@ -433,7 +450,8 @@ mod tests {
         let pickle = b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.";
         let file = std::fs::File::create(&path).unwrap();
         let mut zip = zip::ZipWriter::new(file);
-        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let options =
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
         zip.start_file("archive/data.pkl", options).unwrap();
         zip.write_all(pickle).unwrap();
         zip.finish().unwrap();

@@ -13,7 +13,9 @@ fn u16_at(b: &[u8], at: usize) -> Result<usize, String> {
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u64, String> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as u64).ok_or_else(|| truncated(at))
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as u64)
+        .ok_or_else(|| truncated(at))
 }
 
 fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
@@ -42,7 +44,8 @@ pub fn entries(b: &[u8]) -> Result<BTreeMap<String, Range<usize>>, String> {
     let (mut count, mut cd_offset) = (u16_at(b, eocd + 10)? as u64, u32_at(b, eocd + 16)?);
     if count == 0xFFFF || cd_offset == 0xFFFF_FFFF {
         // zip64: the locator just before points at the zip64 end record.
-        let locator = eocd.checked_sub(20).filter(|&l| b[l..l + 4] == *b"PK\x06\x07").ok_or("no zip64 locator")?;
+        let locator =
+            eocd.checked_sub(20).filter(|&l| b[l..l + 4] == *b"PK\x06\x07").ok_or("no zip64 locator")?;
         let record = offset(u64_at(b, locator + 8)?)?;
         if b.get(record..record + 4) != Some(b"PK\x06\x06") {
             return Err("the zip64 end record is not where its locator says".into());
@@ -59,7 +62,8 @@ pub fn entries(b: &[u8]) -> Result<BTreeMap<String, Range<usize>>, String> {
         let method = u16_at(b, at + 10)?;
         let mut size = u32_at(b, at + 20)?;
         let mut uncompressed = u32_at(b, at + 24)?;
-        let (name_len, extra_len, comment_len) = (u16_at(b, at + 28)?, u16_at(b, at + 30)?, u16_at(b, at + 32)?);
+        let (name_len, extra_len, comment_len) =
+            (u16_at(b, at + 28)?, u16_at(b, at + 30)?, u16_at(b, at + 32)?);
         let mut local = u32_at(b, at + 42)?;
         let name_bytes = b.get(at + 46..at + 46 + name_len).ok_or_else(|| truncated(at + 46 + name_len))?;
         let name = String::from_utf8_lossy(name_bytes).into_owned();
@@ -80,14 +84,17 @@ pub fn entries(b: &[u8]) -> Result<BTreeMap<String, Range<usize>>, String> {
             e += 4 + len;
         }
         if method != 0 || size != uncompressed {
-            return Err(format!("entry `{name}` is compressed (method {method}); PyTorch stores its entries"));
+            return Err(format!(
+                "entry `{name}` is compressed (method {method}); PyTorch stores its entries"
+            ));
         }
         let local = offset(local)?;
         if b.get(local..local + 4) != Some(b"PK\x03\x04") {
             return Err(format!("entry `{name}`: no local header at byte {local}"));
         }
         let start = local + 30 + u16_at(b, local + 26)? + u16_at(b, local + 28)?;
-        let end = start.checked_add(offset(size)?).filter(|&end| end <= b.len()).ok_or_else(|| truncated(start))?;
+        let end =
+            start.checked_add(offset(size)?).filter(|&end| end <= b.len()).ok_or_else(|| truncated(start))?;
         out.insert(name, start..end);
         at += 46 + name_len + extra_len + comment_len;
     }
