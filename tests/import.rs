@@ -107,12 +107,29 @@ fn an_imported_checkpoint_is_scored_and_fine_tuned() {
     let model: serde_json::Value =
         serde_json::from_slice(&std::fs::read(base.join("model.json")).unwrap()).unwrap();
     assert_eq!(model["architecture"]["name"], "small-cnn");
-    for stage in ["scores_base@0", "scores_um@0"] {
+    // Every method scored the ID and OOD sets (float64 `.npy`: a 128-byte header, 8 bytes a
+    // score): 192 ID digits and 96 OOD ones.
+    let size = |path: std::path::PathBuf| std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    for (stage, methods) in [
+        ("scores_base@0", &["msp", "energy", "odin", "react", "knn"][..]),
+        ("scores_um@0", &["msp", "energy"][..]),
+    ] {
         let scores = outputs_of(&events, stage);
-        assert!(scores.join("id").is_dir() || std::fs::read_dir(&scores).unwrap().count() > 0, "{stage}");
+        for method in methods {
+            assert_eq!(size(scores.join(method).join("id.npy")), 128 + 8 * 192, "{stage} {method}");
+            assert_eq!(size(scores.join(method).join("ood.npy")), 128 + 8 * 96, "{stage} {method}");
+        }
     }
-    let um_dir = outputs_of(&events, "um@0");
-    assert!(um_dir.join("model.json").is_file() || um_dir.join("checkpoints.json").is_file());
+    // UM fine-tuned the imported model: its weights moved.
+    let um = stages::models::SavedModel::in_dir(&outputs_of(&events, "um@0")).unwrap();
+    let cpu = stages::device::Device::Cpu;
+    let tuned = stages::models::load_weights(&um.weights_path, &cpu).unwrap();
+    let imported = stages::models::load_weights(&base.join("model.safetensors"), &cpu).unwrap();
+    assert_ne!(
+        tuned["fc.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        imported["fc.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        "UM changed the head"
+    );
 
     // The same bytes under another name: the same key, nothing recomputed.
     std::fs::copy(fixture("small_cnn_mnist.pth"), dir.path().join("ckpt/renamed.pth")).unwrap();

@@ -304,3 +304,46 @@ impl StageParams for Import {
 fn describe(architecture: &Architecture) -> String {
     serde_json::to_string(architecture).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(file: &str, arch: &str, naming: &str) -> Import {
+        serde_json::from_value(serde_json::json!({
+            "file": file, "arch": arch, "classes": 10, "naming": naming,
+            "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn check_refuses_a_naming_of_another_architecture_and_paths_outside_the_recipe() {
+        let paths = |i: &Import| i.check().into_iter().map(|p| p.path.join(".")).collect::<Vec<_>>();
+        assert!(paths(&import("a.pth", "resnet18-cifar", "openood")).is_empty());
+        assert_eq!(paths(&import("a.pth", "resnet18-cifar", "um-code")), ["naming"]);
+        assert_eq!(paths(&import("a.pth", "densenet-bc-100", "um-code")), Vec::<String>::new());
+        assert_eq!(paths(&import("/tmp/a.pth", "wrn-40-2", "oe-code")), ["file"]);
+        assert_eq!(paths(&import("x/../../a.pth", "wrn-40-2", "oe-code")), ["file"]);
+    }
+
+    /// The key holds the content's digest, not the path: two names of the same bytes give the
+    /// same parameters, other bytes other parameters, a missing file none.
+    #[test]
+    fn the_parameters_hold_the_files_digest_and_not_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.pth"), b"same").unwrap();
+        std::fs::write(dir.path().join("b.pth"), b"same").unwrap();
+        std::fs::write(dir.path().join("c.pth"), b"other").unwrap();
+        let params = |file: &str| {
+            let mut stage = import(file, "resnet18-cifar", "openood");
+            assert!(stage.resolve_files(dir.path()).is_empty());
+            crate::stage::Stage::params(&stage)
+        };
+        assert_eq!(params("a.pth"), params("b.pth"));
+        assert_ne!(params("a.pth"), params("c.pth"));
+        assert_eq!(params("a.pth")["file_blake3"], blake3::hash(b"same").to_hex().to_string());
+        assert!(params("a.pth").get("file").is_none(), "the path is not in the key");
+        assert!(params("missing.pth")["file_blake3"].is_null());
+    }
+}
