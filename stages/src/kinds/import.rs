@@ -6,7 +6,8 @@
 //! how many tensors were read and ignored, and the ID test accuracy when `id` is given).
 //!
 //! The file is named relative to the recipe's folder and may not leave it (no absolute path,
-//! no `..`): a recipe from someone else reads nothing outside its own folder. Its blake3 is
+//! no `..`, no link that leads out): a recipe from someone else reads nothing outside its own
+//! folder. Its blake3 is
 //! computed when the recipe is read and is what the cache key holds (`file_blake3`), not its
 //! path: the same checkpoint under another name is the same stage, and a checkpoint that
 //! changes is a new one. Reading never executes the pickle (see
@@ -25,11 +26,33 @@ use std::path::{Component, Path, PathBuf};
 
 /// The architecture: a catalogue name with its standard sizes, or a table as `model.json`
 /// writes it (`{ name = "resnet-cifar", widths = [...], blocks = [...] }`) for other sizes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ArchChoice {
     Named(ModelName),
     Exact(Architecture),
+}
+
+impl<'de> Deserialize<'de> for ArchChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(name) => {
+                ModelName::deserialize(serde_json::Value::String(name.clone()))
+                    .map(ArchChoice::Named)
+                    .map_err(|_| {
+                        let names: Vec<String> =
+                            ModelName::ALL.iter().map(|m| format!("`{}`", m.name())).collect();
+                        D::Error::custom(format!(
+                            "unknown architecture `{name}`: one of {}, or a table as model.json writes it \
+                         (`{{ name = \"resnet-cifar\", widths = [...], blocks = [...] }}`)",
+                            names.join(", ")
+                        ))
+                    })
+            }
+            table => Architecture::deserialize(table).map(ArchChoice::Exact).map_err(D::Error::custom),
+        }
+    }
 }
 
 impl ArchChoice {
@@ -113,13 +136,13 @@ pub fn inside_recipe_folder(file: &str) -> Result<&Path, String> {
     if path.is_absolute() || path.has_root() {
         return Err(format!(
             "`{file}` is an absolute path: name the checkpoint relative to the recipe's folder (a \
-             recipe reads nothing outside it; link or copy the file there)"
+             recipe reads nothing outside it; copy the file there)"
         ));
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(format!(
-            "`{file}` leaves the recipe's folder (`..`): a recipe reads nothing outside it; link \
-             or copy the file there"
+            "`{file}` leaves the recipe's folder (`..`): a recipe reads nothing outside it; copy \
+             the file there"
         ));
     }
     if file.is_empty() {
@@ -189,6 +212,21 @@ impl StageParams for Import {
             Err(message) => return vec![ParamError::new(&["file"], message)],
         };
         let path = recipe_dir.join(relative);
+        // A link inside the folder may point anywhere (a cloned repository can hold one): what
+        // is read is where the links lead, and that must be inside the folder too.
+        if let (Ok(real), Ok(root)) = (path.canonicalize(), recipe_dir.canonicalize()) {
+            if !real.starts_with(&root) {
+                return vec![ParamError::new(
+                    &["file"],
+                    format!(
+                        "`{}` leads to `{}`, outside the recipe's folder: a recipe reads nothing \
+                         outside it; copy the file there",
+                        self.file,
+                        real.display()
+                    ),
+                )];
+            }
+        }
         // A missing file leaves the key without a digest (`check --no-data` still works); the
         // stage refuses to run without it.
         self.file_blake3 = std::fs::read(&path).ok().map(|bytes| digest(&bytes));
@@ -318,6 +356,17 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_architecture_name_lists_the_known_ones() {
+        let err =
+            serde_json::from_value::<ArchChoice>(serde_json::json!("resnet18")).unwrap_err().to_string();
+        assert!(err.contains("unknown architecture `resnet18`") && err.contains("`resnet18-cifar`"), "{err}");
+        let exact: ArchChoice =
+            serde_json::from_value(serde_json::json!({"name": "wide-resnet", "depth": 16, "widen": 1}))
+                .unwrap();
+        assert_eq!(exact.architecture(), Architecture::WideResnet { depth: 16, widen: 1 });
+    }
+
+    #[test]
     fn check_refuses_a_naming_of_another_architecture_and_paths_outside_the_recipe() {
         let paths = |i: &Import| i.check().into_iter().map(|p| p.path.join(".")).collect::<Vec<_>>();
         assert!(paths(&import("a.pth", "resnet18-cifar", "openood")).is_empty());
@@ -345,5 +394,26 @@ mod tests {
         assert_eq!(params("a.pth")["file_blake3"], blake3::hash(b"same").to_hex().to_string());
         assert!(params("a.pth").get("file").is_none(), "the path is not in the key");
         assert!(params("missing.pth")["file_blake3"].is_null());
+    }
+
+    /// A link that leads out of the recipe's folder is refused before anything is read.
+    #[cfg(unix)]
+    #[test]
+    fn a_link_out_of_the_recipe_folder_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"key").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("model.pth")).unwrap();
+        let mut stage = import("model.pth", "resnet18-cifar", "openood");
+        let problems = stage.resolve_files(dir.path());
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("outside the recipe's folder"), "{}", problems[0].message);
+        assert!(stage.file_blake3.is_none(), "nothing was read");
+        // A link that stays inside is followed.
+        std::fs::write(dir.path().join("real.pth"), b"weights").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real.pth"), dir.path().join("inside.pth")).unwrap();
+        let mut stage = import("inside.pth", "resnet18-cifar", "openood");
+        assert!(stage.resolve_files(dir.path()).is_empty());
+        assert_eq!(stage.file_blake3, Some(blake3::hash(b"weights").to_hex().to_string()));
     }
 }

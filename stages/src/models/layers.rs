@@ -1,7 +1,6 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
 use super::builder::Scope;
-use super::kernels::fused_bn::Activation;
-use super::kernels::fused_bn::{batch_norm_relu, Affine, Statistics};
+use super::kernels::fused_bn::{batch_norm_relu, Activation, Affine, Statistics};
 use super::spec::{Init, ModelSpec, Role};
 use crate::error::StageError;
 use crate::math::rng::Rng;
