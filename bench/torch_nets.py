@@ -137,6 +137,40 @@ class DenseNetBc(nn.Module):
         return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
 
 
+class ResNet18Block(nn.Module):
+    def __init__(self, inp, out, stride):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inp, out, 3, stride, 1, bias=False), bn(out)
+        self.conv2, self.bn2 = nn.Conv2d(out, out, 3, 1, 1, bias=False), bn(out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inp != out:
+            self.shortcut = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), bn(out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """OpenOOD v1.5's ResNet18_32x32: 3×3 stem, no max-pool, basic blocks 2-2-2-2 of widths
+    64-512, global average pooling, linear head (batch norm without affine, as the bench nets)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False), bn(64)
+        layers, inp = [], 64
+        for i, width in enumerate([64, 128, 256, 512]):
+            for j in range(2):
+                layers.append(ResNet18Block(inp, width, 2 if i > 0 and j == 0 else 1))
+                inp = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
 def bench_net(name, dropout=0.0):
     """The benchmark networks of `pipeline bench-train` (10 classes, identity normalisation,
     the given dropout): (module, input shape)."""
@@ -151,6 +185,8 @@ def bench_net(name, dropout=0.0):
         return DenseNetBc(100, 12, 0.5, **rgb), (3, 32, 32)
     if name == "wrn-40-4":
         return WideResNet(40, 4, **rgb), (3, 32, 32)
+    if name == "resnet-18":
+        return ResNet18(), (3, 32, 32)
     raise ValueError(f"unknown net {name}")
 
 

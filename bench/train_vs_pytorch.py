@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (warmup, timed steps) per run: enough steps for a stable median within a few minutes.
-STEPS = {"small-cnn": (3, 20), "resnet-20": (1, 5), "densenet-bc-40": (1, 3), "densenet-bc-100": (1, 2), "wrn-40-4": (1, 2)}
+STEPS = {"small-cnn": (3, 20), "resnet-20": (1, 5), "densenet-bc-40": (1, 3), "densenet-bc-100": (1, 2), "wrn-40-4": (1, 2), "resnet-18": (1, 2)}
 
 
 def proc_status(field):

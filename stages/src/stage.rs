@@ -187,6 +187,13 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn check(&self) -> Vec<ParamError> {
         Vec::new()
     }
+    /// Resolves the files the stage names (relative to the recipe's folder `recipe_dir`) and
+    /// records what the cache key must hold of them (their content's digest, not their path),
+    /// when the recipe is read. Most kinds name no file.
+    fn resolve_files(&mut self, recipe_dir: &Path) -> Vec<ParamError> {
+        let _ = recipe_dir;
+        Vec::new()
+    }
     /// Computes the outputs into `ctx.out_dir`.
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
     /// Where the model it produces or reads comes from (for duration estimates).
@@ -216,6 +223,8 @@ pub trait Stage: Send + Sync {
     /// Parameters with defaults filled in: what the cache key hashes.
     fn params(&self) -> serde_json::Value;
     fn inputs(&self) -> Vec<Input>;
+    /// See [`StageParams::resolve_files`].
+    fn resolve_files(&mut self, recipe_dir: &Path) -> Vec<ParamError>;
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
     fn model_source(&self) -> Option<workload::ModelSource>;
     fn workload(&self) -> Option<workload::Workload>;
@@ -235,6 +244,9 @@ impl<P: StageParams> Stage for P {
     }
     fn inputs(&self) -> Vec<Input> {
         StageParams::inputs(self)
+    }
+    fn resolve_files(&mut self, recipe_dir: &Path) -> Vec<ParamError> {
+        StageParams::resolve_files(self, recipe_dir)
     }
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         StageParams::run(self, ctx)

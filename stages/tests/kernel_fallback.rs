@@ -161,3 +161,8 @@ fn densenet_bc_100_kernels_match_candle() {
 fn wrn_40_4_kernels_match_candle() {
     check(ModelName::Wrn404, 2, false);
 }
+
+#[test]
+fn resnet18_cifar_kernels_match_candle() {
+    check(ModelName::Resnet18Cifar, 2, false);
+}

@@ -57,6 +57,8 @@ fn format_of(command: &Command) -> Format {
         | Command::Push { json, .. }
         | Command::Pull { json, .. }
         | Command::Models { json, .. }
+        | Command::Inspect { json, .. }
+        | Command::Export { json, .. }
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
         Command::BenchTrain { .. } | Command::BenchKnn { .. } | Command::CheckOps { .. } => true,
@@ -228,6 +230,10 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             commands::fetch(name.as_deref(), to, archive.as_deref(), shell)
         }
         Command::Models { classes, json: _ } => commands::models(classes, shell),
+        Command::Inspect { file, json: _ } => super::external::inspect(&file, shell),
+        Command::Export { recipe, stage, to, naming, json: _, cache } => {
+            super::external::export(&recipe, &stage, &to, &naming, cache.cache, shell)
+        }
     }
 }
 

@@ -265,6 +265,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a checkpoint's tensors (name, shape, dtype) and the architecture and naming it
+    /// matches, if any (.pth, .pt, .safetensors; nothing in the file is executed)
+    Inspect {
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Write a computed stage's model as a checkpoint PyTorch loads into the reference network
+    Export {
+        recipe: PathBuf,
+        /// The model stage (`name`, or `name@SEED` when the recipe has several seeds)
+        stage: String,
+        /// The file to write: .pth (PyTorch's zip format) or .safetensors
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The key layout: openood, torchvision, um-code, oe-code or pipeline
+        #[arg(long, default_value = "pipeline")]
+        naming: String,
+        #[command(flatten)]
+        json: JsonArg,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// List the model architectures with their number of learnable weights
     Models {
         /// Number of classes of the linear head
@@ -296,7 +319,7 @@ pub enum Command {
     /// with the step times and the host syncs and bytes uploaded per step;
     /// bench/train_vs_pytorch.sh compares it with PyTorch
     BenchTrain {
-        /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100 or wrn-40-4
+        /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100, wrn-40-4 or resnet-18
         #[arg(long)]
         net: String,
         /// Time evaluation-mode forward passes (scoring) instead of training steps

@@ -852,6 +852,43 @@ pub fn show(
     Ok(if missing { Status::Failure } else { Status::Success })
 }
 
+/// The cached output folder of the one instance of `stage` in the recipe at `path` (for
+/// `export`): refused when the stage has several instances (seeds, sweeps) or is not computed.
+pub fn cached_output(
+    path: &Path,
+    stage: &str,
+    cache: Option<PathBuf>,
+    shell: &Shell,
+) -> anyhow::Result<PathBuf> {
+    let recipe = load(path, shell)?;
+    let target = selectors(&recipe, &[stage.to_string()], "export")?;
+    let store = open_store(cache)?;
+    let plan = plan_for(&recipe, &target);
+    let shown = instances_of(&plan, &target);
+    let (found, _) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
+    let mut dirs = Vec::new();
+    for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
+        if !shown.contains(&i) {
+            continue;
+        }
+        match verdict {
+            Verdict::Cached { key, .. } => dirs.push(store.entry_dir(key).join("out")),
+            Verdict::Run { reasons, .. } => {
+                anyhow::bail!("`{}` is not computed ({}): run it first", instance.label, reasons.join("; "))
+            }
+        }
+    }
+    match dirs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("`{stage}` has no instance in the recipe"),
+        many => anyhow::bail!(
+            "`{stage}` has {} instances (seeds or sweep variants): name one, e.g. `{stage}@SEED`",
+            many.len()
+        ),
+    }
+}
+
 /// Whether `gc` deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GcMode {

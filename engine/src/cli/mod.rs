@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod commands;
 pub mod exit;
+mod external;
 mod loading;
 mod metrics;
 mod remote;

@@ -215,7 +215,7 @@ impl Validator<'_> {
                         if !self.check_name(entry, "stage") {
                             continue;
                         }
-                        if let Some(decl) = self.stage(entry) {
+                        if let Some(decl) = self.stage(entry, &dir) {
                             stages.push(decl);
                         }
                     }
@@ -509,7 +509,7 @@ impl Validator<'_> {
         }
     }
 
-    fn stage(&mut self, entry: &Entry) -> Option<StageDecl> {
+    fn stage(&mut self, entry: &Entry, dir: &Path) -> Option<StageDecl> {
         let what = format!("stage `{}`", entry.key);
         let table = self.table(entry, &what)?;
         let names: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
@@ -644,6 +644,15 @@ impl Validator<'_> {
         }
         if failed {
             return None;
+        }
+        // Files the stage names (an imported checkpoint): resolved against the recipe's folder,
+        // their digests recorded for the key.
+        for variant in &mut variants {
+            let problems = variant.stage.resolve_files(dir);
+            if !problems.is_empty() {
+                self.param_errors(table, &problems, &what);
+                return None;
+            }
         }
         // Two values that give the same parameters (`[1, 1.0]`) would be two variants with one
         // cache key.

@@ -23,7 +23,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// The networks the benchmark knows, by the names bench/ uses for both frameworks.
-pub const BENCH_NETS: [&str; 5] = ["small-cnn", "resnet-20", "densenet-bc-40", "densenet-bc-100", "wrn-40-4"];
+pub const BENCH_NETS: [&str; 6] =
+    ["small-cnn", "resnet-20", "densenet-bc-40", "densenet-bc-100", "wrn-40-4", "resnet-18"];
 
 /// The model description of a benchmark network (10 classes, no dropout, non-affine batch
 /// norm, identity input normalisation). `resnet-20` is the pre-activation wide ResNet of depth
@@ -40,6 +41,10 @@ pub fn bench_spec(name: &str) -> Option<ModelSpec> {
             (Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 }, [3, 32, 32])
         }
         "wrn-40-4" => (Architecture::WideResnet { depth: 40, widen: 4 }, [3, 32, 32]),
+        "resnet-18" => (
+            Architecture::ResnetCifar { widths: vec![64, 128, 256, 512], blocks: vec![2, 2, 2, 2] },
+            [3, 32, 32],
+        ),
         _ => return None,
     };
     let channels = input_shape[0];

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod energy_oe;
 pub mod estimate_loss_constraint;
 pub mod feature_fit;
+pub mod import;
 pub mod mahalanobis_fit;
 pub mod oe;
 pub mod poem;
@@ -21,6 +22,7 @@ use std::marker::PhantomData;
 pub fn registry() -> &'static [&'static dyn StageKind] {
     &[
         &KindOf::<train::Train>(PhantomData),
+        &KindOf::<import::Import>(PhantomData),
         &KindOf::<checkpoint::Checkpoint>(PhantomData),
         &KindOf::<estimate_loss_constraint::EstimateLossConstraint>(PhantomData),
         &KindOf::<um::Um>(PhantomData),

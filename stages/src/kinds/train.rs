@@ -62,7 +62,7 @@ crate::training::fit::training_stage! {
     pub struct Train {
         /// The dataset to train on (its train split).
         pub data: String,
-        /// `small-cnn` (the default), `densenet-bc-100` or `wrn-40-4`.
+        /// `small-cnn` (the default), `densenet-bc-100`, `wrn-40-4`, `wrn-40-2` or `resnet18-cifar`.
         #[serde(default = "default_model")]
         pub model: ModelName,
         /// small-cnn: output channels of each conv block.

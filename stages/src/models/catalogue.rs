@@ -15,16 +15,30 @@ pub enum ModelName {
     /// Wide ResNet 40-4 (docs/methods.md §2).
     #[serde(rename = "wrn-40-4")]
     Wrn404,
+    /// Wide ResNet 40-2 (Outlier Exposure's CIFAR network).
+    #[serde(rename = "wrn-40-2")]
+    Wrn402,
+    /// ResNet-18 for 32×32 inputs (OpenOOD v1.5's `ResNet18_32x32`).
+    #[serde(rename = "resnet18-cifar")]
+    Resnet18Cifar,
 }
 
 impl ModelName {
-    pub const ALL: [ModelName; 3] = [ModelName::SmallCnn, ModelName::DensenetBc100, ModelName::Wrn404];
+    pub const ALL: [ModelName; 5] = [
+        ModelName::SmallCnn,
+        ModelName::DensenetBc100,
+        ModelName::Wrn404,
+        ModelName::Wrn402,
+        ModelName::Resnet18Cifar,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             ModelName::SmallCnn => "small-cnn",
             ModelName::DensenetBc100 => "densenet-bc-100",
             ModelName::Wrn404 => "wrn-40-4",
+            ModelName::Wrn402 => "wrn-40-2",
+            ModelName::Resnet18Cifar => "resnet18-cifar",
         }
     }
 
@@ -36,6 +50,10 @@ impl ModelName {
             }
             ModelName::DensenetBc100 => Architecture::DensenetBc { depth: 100, growth: 12, reduction: 0.5 },
             ModelName::Wrn404 => Architecture::WideResnet { depth: 40, widen: 4 },
+            ModelName::Wrn402 => Architecture::WideResnet { depth: 40, widen: 2 },
+            ModelName::Resnet18Cifar => {
+                Architecture::ResnetCifar { widths: vec![64, 128, 256, 512], blocks: vec![2, 2, 2, 2] }
+            }
         }
     }
 
@@ -43,7 +61,9 @@ impl ModelName {
     pub fn typical_input(self) -> [usize; 3] {
         match self {
             ModelName::SmallCnn => [1, 28, 28],
-            ModelName::DensenetBc100 | ModelName::Wrn404 => [3, 32, 32],
+            ModelName::DensenetBc100 | ModelName::Wrn404 | ModelName::Wrn402 | ModelName::Resnet18Cifar => {
+                [3, 32, 32]
+            }
         }
     }
 }
@@ -103,6 +123,12 @@ mod tests {
         let row = |e: &CatalogueEntry| (e.name, e.input, e.weights);
         assert_eq!(row(&catalogue[1]), ("densenet-bc-100", [3, 32, 32], 745_174));
         assert_eq!(row(&catalogue[2]), ("wrn-40-4", [3, 32, 32], 8_938_426));
+        // Outlier Exposure's WRN-40-2 with non-affine batch norm (2,243,546 with affine, as
+        // PyTorch counts it).
+        assert_eq!(row(&catalogue[3]), ("wrn-40-2", [3, 32, 32], 2_238_138));
+        // OpenOOD's ResNet18_32x32 has 11,173,962 with its affine batch norm (4,800 channels of
+        // scale and shift): 9,600 fewer here.
+        assert_eq!(row(&catalogue[4]), ("resnet18-cifar", [3, 32, 32], 11_164_362));
         // 16·9 + 32·16·9 + 64·32·9 + 128·64·9 + 10·128 + 10
         assert_eq!(catalogue[0].weights, 144 + 4608 + 18432 + 73728 + 1280 + 10);
     }

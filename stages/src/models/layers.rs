@@ -81,8 +81,19 @@ impl BatchNorm2d {
 
     /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::kernels::fused_bn`]), op by op elsewhere.
     pub fn forward_relu(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
+        self.forward_then(x, mode, Activation::Relu)
+    }
+
+    /// `batch_norm(x)` followed by `activation`: one fused pass on the CPU, op by op elsewhere.
+    pub fn forward_then(
+        &self,
+        x: &Tensor,
+        mode: &Mode,
+        activation: Activation,
+    ) -> Result<Tensor, StageError> {
         if !super::kernels::dispatch::custom_applies(x) {
-            return Ok(self.forward(x, mode)?.relu()?);
+            let y = self.forward(x, mode)?;
+            return Ok(if activation == Activation::Relu { y.relu()? } else { y });
         }
         let c = x.dim(1)?;
         let (gamma, beta) = match &self.affine {
@@ -95,7 +106,7 @@ impl BatchNorm2d {
             Statistics::fixed(&self.running_mean, &self.running_var)?
         };
         let affine = if self.affine.is_some() { Affine::Learned } else { Affine::Fixed };
-        let (y, batch) = batch_norm_relu(x, &gamma, &beta, statistics, self.eps, Activation::Relu, affine)?;
+        let (y, batch) = batch_norm_relu(x, &gamma, &beta, statistics, self.eps, activation, affine)?;
         if let Some(batch) = batch {
             let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
                 return Err(StageError::Internal(

@@ -5,6 +5,7 @@ use super::builder::{Builder, Scope};
 use super::densenet::DenseNetBc;
 use super::layers::{Forward, Mode};
 use super::parameters::{Hold, Parameters};
+use super::resnet::ResNetCifar;
 use super::small_cnn::SmallCnn;
 use super::spec::{Architecture, Init, ModelSpec, ParamDef, Role};
 use super::wide_resnet::WideResNet;
@@ -24,6 +25,7 @@ enum Body {
     SmallCnn(SmallCnn),
     DenseNetBc(DenseNetBc),
     WideResNet(WideResNet),
+    ResNetCifar(ResNetCifar),
 }
 
 impl Body {
@@ -37,6 +39,9 @@ impl Body {
             }
             Architecture::WideResnet { depth, widen } => {
                 Body::WideResNet(WideResNet::new(spec, *depth, *widen, root, device)?)
+            }
+            Architecture::ResnetCifar { widths, blocks } => {
+                Body::ResNetCifar(ResNetCifar::new(spec, widths, blocks, root, device)?)
             }
         })
     }
@@ -56,6 +61,7 @@ impl Network {
             Body::SmallCnn(net) => net.ends(),
             Body::DenseNetBc(net) => net.ends(),
             Body::WideResNet(net) => net.ends(),
+            Body::ResNetCifar(net) => net.ends(),
         };
         let (weight, bias) = ends.head();
         Ok((
@@ -70,6 +76,7 @@ impl Network {
             Body::SmallCnn(net) => net.forward(images, mode),
             Body::DenseNetBc(net) => net.forward(images, mode),
             Body::WideResNet(net) => net.forward(images, mode),
+            Body::ResNetCifar(net) => net.forward(images, mode),
         }
     }
 }

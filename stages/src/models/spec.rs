@@ -15,6 +15,9 @@ pub enum Architecture {
     DensenetBc { depth: usize, growth: usize, reduction: f64 },
     /// Wide ResNet of depth `depth` and widening factor `widen` (WRN-40-4: 40, 4).
     WideResnet { depth: usize, widen: usize },
+    /// ResNet for 32×32 inputs with basic blocks: `blocks[s]` blocks of width `widths[s]` per
+    /// stage (ResNet-18: widths 64, 128, 256, 512, blocks 2, 2, 2, 2).
+    ResnetCifar { widths: Vec<usize>, blocks: Vec<usize> },
 }
 
 /// Everything needed to rebuild a model from its weights: written as `model.json`.
