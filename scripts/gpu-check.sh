@@ -89,10 +89,12 @@ phase() {
     start=$(date +%s.%N)
     ( "$fn" > "$work/$name.out" 2> "$work/$name.err" ) &
     local pid=$!
-    ( sleep "$limit"; kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null ) &
+    ( sleep "$limit"; kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null ) > /dev/null 2>&1 &
     local watchdog=$!
     wait "$pid"; rc=$?
-    kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null
+    # The watchdog's whole group, its `sleep` included.
+    kill -- "-$watchdog" 2>/dev/null || kill "$watchdog" 2>/dev/null
+    wait "$watchdog" 2>/dev/null
     local seconds; seconds=$(python3 -c "import time; print(round(time.time() - $start, 2))")
     local status=ok
     [ "$rc" -ne 0 ] && status="failed (exit $rc)"
