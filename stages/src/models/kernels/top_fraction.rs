@@ -1,7 +1,7 @@
 //! UMAP's binary mask computed where the scores live: zero the ⌊(1 − keep)·n⌋ entries of
 //! smallest |score| (ties broken by position), keep the rest. On the CPU it is
 //! [`keep_top_fraction`] over the tensor's own storage; on CUDA a
-//! radix select in one thread block (`top_fraction_mask` in [`super::cuda`]), which orders the
+//! radix select in one thread block (`top_fraction_mask` in `cuda_kernels.cu`), which orders the
 //! same way: |s| as IEEE bits (monotone for non-negative floats), then the position. Either way
 //! the scores never leave the device and the mask is never uploaded.
 use candle_core::backend::BackendStorage;
