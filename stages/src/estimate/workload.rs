@@ -1,6 +1,6 @@
 //! What a stage computes, for duration estimates (`pipeline plan`): which model, over which
 //! datasets, how many passes, training or evaluation, and how many images a split holds. How
-//! fast a model goes through them is [`super::throughput`]'s.
+//! fast a model goes through them is `estimate::throughput`'s.
 use crate::data::{DatasetSpec, Split};
 use crate::error::StageError;
 use crate::models::Architecture;

@@ -28,7 +28,7 @@ fn contiguous(layout: &Layout, what: &str) -> Result<(usize, usize)> {
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} needs a contiguous tensor")))
 }
 
-/// Dropout of the mask with keys `k0`, `k1` and keep threshold ([`super::dropout`]).
+/// Dropout of the mask with keys `k0`, `k1` and keep threshold (dropout.rs).
 pub fn dropout(
     [k0, k1, threshold]: [u32; 3],
     scale: f32,
@@ -55,7 +55,7 @@ pub fn dropout(
     Ok((CudaStorage::wrap_cuda_slice(dst, device.clone()), layout.shape().clone()))
 }
 
-/// The top-fraction mask zeroing `zeroed` entries ([`super::top_fraction`]).
+/// The top-fraction mask zeroing `zeroed` entries (top_fraction.rs).
 pub fn top_fraction(zeroed: u32, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
     let (start, end) = contiguous(layout, "the top-fraction mask")?;
     let n = (end - start) as u32;

@@ -1,6 +1,6 @@
 //! Dropout masks computed where the tensor lives, from a counter-based hash: element `i` of a
 //! layer is kept when `hash(i, key) < keep · 2²⁴`, so a mask is a pure function of its key
-//! (derived from the stage seed, epoch, step and layer: [`crate::models::layers::Mode`]) and of
+//! (derived from the stage seed, epoch, step and layer: `models::layers::Mode`) and of
 //! the element's position. No generator state, no host work per element, no upload: the CPU
 //! computes it in the forward loop, CUDA in one kernel (`dropout_f32` in `cuda_kernels.cu`); both
 //! give the same mask. The backward pass applies the same op to the gradient (same key, same
