@@ -61,7 +61,7 @@ fn format_of(command: &Command) -> Format {
         | Command::Export { json, .. }
         | Command::Compare { json, .. }
         | Command::Fetch { json, .. } => json.json,
-        Command::BenchTrain { .. } | Command::BenchKnn { .. } | Command::CheckOps { .. } => true,
+        Command::BenchTrain(_) | Command::BenchKnn { .. } | Command::CheckOps { .. } => true,
         Command::Worker { .. } => false,
     };
     if json {
@@ -198,32 +198,7 @@ fn run(command: Command, shell: &Shell) -> anyhow::Result<Status> {
             metrics::metrics(&id, &ood, convention, shell)
         }
         Command::Compare { before, after, json: _ } => metrics::compare(&before, &after, shell),
-        Command::BenchTrain {
-            net,
-            eval,
-            stage,
-            dropout,
-            crop_padding,
-            batch,
-            warmup,
-            steps,
-            seed,
-            device,
-        } => {
-            let bench = bench::TrainBench {
-                net,
-                eval,
-                stage,
-                dropout,
-                crop_padding,
-                batch,
-                warmup,
-                steps,
-                seed,
-                device,
-            };
-            bench::bench_train(&bench, shell)
-        }
+        Command::BenchTrain(bench) => bench::bench_train(&bench, shell),
         Command::BenchKnn { bank, queries, width } => bench::bench_knn(bank, queries, width, shell),
         Command::CheckOps { device } => bench::check_ops(&device, shell),
         Command::Fetch { name, to, archive, json: _ } => {

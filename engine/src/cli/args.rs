@@ -27,6 +27,41 @@ pub enum ExecutorChoice {
     Slurm,
 }
 
+/// What `pipeline bench-train` times: the net, training or evaluation steps, the training
+/// stage, dropout and crop padding, the batch size, the steps before and under the clock, the
+/// seed and the device.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100, wrn-40-4 or resnet-18
+    #[arg(long)]
+    pub net: String,
+    /// Time evaluation-mode forward passes (scoring) instead of training steps
+    #[arg(long)]
+    pub eval: bool,
+    /// The training stage whose step is timed: train (the default) or umap
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// Dropout probability (default: the `train` stage's, 0.3)
+    #[arg(long, default_value_t = 0.3)]
+    pub dropout: f64,
+    /// Random-crop padding (default: 4 for 32×32 inputs, as the CIFAR recipes; 0 otherwise)
+    #[arg(long)]
+    pub crop_padding: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Untimed steps first
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto, cpu, cuda or cuda:N
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
 #[derive(Debug, Args)]
 pub struct VerifyArg {
     /// Re-hash every cached file (by default: presence, type and size are checked)
@@ -318,36 +353,7 @@ pub enum Command {
     /// and crop, forward with dropout, backward, SGD, the per-step check) and print one JSON line
     /// with the step times and the host syncs and bytes uploaded per step;
     /// bench/train_vs_pytorch.sh compares it with PyTorch
-    BenchTrain {
-        /// small-cnn, resnet-20, densenet-bc-40, densenet-bc-100, wrn-40-4 or resnet-18
-        #[arg(long)]
-        net: String,
-        /// Time evaluation-mode forward passes (scoring) instead of training steps
-        #[arg(long)]
-        eval: bool,
-        /// The training stage whose step is timed: train (the default) or umap
-        #[arg(long)]
-        stage: Option<String>,
-        /// Dropout probability (default: the `train` stage's, 0.3)
-        #[arg(long, default_value_t = 0.3)]
-        dropout: f64,
-        /// Random-crop padding (default: 4 for 32×32 inputs, as the CIFAR recipes; 0 otherwise)
-        #[arg(long)]
-        crop_padding: Option<usize>,
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
-        /// Untimed steps first
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        /// Timed steps
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// auto, cpu, cuda or cuda:N
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    BenchTrain(BenchTrainArgs),
     /// Compute every op training and scoring use (convolution geometries and their gradients,
     /// batch norm, dropout and UMAP masks, whole networks, ODIN's input gradient) on the CPU and
     /// on DEVICE from the same inputs; print one JSON line per op with the largest difference

@@ -1,5 +1,6 @@
 //! `pipeline bench-train`: times training steps of a benchmark network and prints one JSON line
 //! with the step times and the process's memory, for bench/train_vs_pytorch.py.
+use super::args::BenchTrainArgs;
 use super::exit::Status;
 use super::shell::Shell;
 use anyhow::{anyhow, Context};
@@ -19,31 +20,15 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// What `pipeline bench-train` times: the net, training or evaluation steps, the training
-/// stage (`train`, `umap`), dropout and crop padding, the batch size, the steps before and under
-/// the clock, the seed and the device (`auto`, `cpu`, `cuda:N`).
-pub struct TrainBench {
-    pub net: String,
-    pub eval: bool,
-    pub stage: Option<String>,
-    pub dropout: f64,
-    pub crop_padding: Option<usize>,
-    pub batch: usize,
-    pub warmup: usize,
-    pub steps: usize,
-    pub seed: u64,
-    pub device: String,
-}
-
 /// The mean of `values` (0 for none).
 fn mean(values: impl Iterator<Item = u64>) -> f64 {
     let (sum, count) = values.fold((0u64, 0u64), |(s, c), v| (s + v, c + 1));
     sum as f64 / count.max(1) as f64
 }
 
-pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> {
+pub fn bench_train(bench: &BenchTrainArgs, shell: &Shell) -> anyhow::Result<Status> {
     use stages::estimate::throughput::{self as throughput, BenchStage, StepBench};
-    let TrainBench {
+    let BenchTrainArgs {
         net,
         eval,
         stage,
@@ -71,12 +56,7 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
         })?,
     };
     let crop_padding = crop_padding.unwrap_or(if spec.input_shape[1..] == [32, 32] { 4 } else { 0 });
-    let choice = DeviceChoice::parse(device_text)
-        .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
-    let (device, notice) = device::select(choice).map_err(crate::error::EngineError::Device)?;
-    if let Some(notice) = notice {
-        shell.warn(&notice);
-    }
+    let device = open_device(device_text, shell)?;
     let mut rss_before = None;
     let mut peak_reset = false;
     let before_timed = || {
@@ -130,14 +110,20 @@ pub fn bench_train(bench: &TrainBench, shell: &Shell) -> anyhow::Result<Status> 
     Ok(Status::Success)
 }
 
-/// `pipeline check-ops`: every op on the CPU against `device_text`, a JSON line each.
-pub fn check_ops(device_text: &str, shell: &Shell) -> anyhow::Result<Status> {
-    let choice = DeviceChoice::parse(device_text)
-        .ok_or_else(|| anyhow!("unknown device `{device_text}` (auto, cpu, cuda or cuda:N)"))?;
+/// The device `text` names (`auto`, `cpu`, `cuda`, `cuda:N`), saying when "auto" fell back.
+fn open_device(text: &str, shell: &Shell) -> anyhow::Result<device::Device> {
+    let choice = DeviceChoice::parse(text)
+        .ok_or_else(|| anyhow!("unknown device `{text}` (auto, cpu, cuda or cuda:N)"))?;
     let (device, notice) = device::select(choice).map_err(crate::error::EngineError::Device)?;
     if let Some(notice) = notice {
         shell.warn(&notice);
     }
+    Ok(device)
+}
+
+/// `pipeline check-ops`: every op on the CPU against `device_text`, a JSON line each.
+pub fn check_ops(device_text: &str, shell: &Shell) -> anyhow::Result<Status> {
+    let device = open_device(device_text, shell)?;
     let results = rayon::scope(|_| stages::ops_check::check_ops(&device)).context("comparing ops")?;
     let failed = results.iter().filter(|r| !r.passed).count();
     for result in &results {

@@ -808,6 +808,35 @@ pub fn dag(path: &Path, dot: bool, shell: &Shell) -> anyhow::Result<Status> {
     Ok(Status::Success)
 }
 
+/// What the cache holds for the instances of one named stage: the plan, each instance's
+/// verdict, which instances are the stage's, and the store.
+struct StageVerdicts {
+    plan: Plan,
+    verdicts: Vec<Verdict>,
+    shown: BTreeSet<usize>,
+    store: cache::Store,
+}
+
+/// The verdicts of `stage` in the recipe at `path` (`show`, `export`), keys named with the
+/// lock's fingerprints for datasets not here.
+fn stage_verdicts(
+    path: &Path,
+    stage: &str,
+    cache: Option<PathBuf>,
+    command: &str,
+    depth: Verification,
+    shell: &Shell,
+) -> anyhow::Result<StageVerdicts> {
+    let recipe = load(path, shell)?;
+    let target = selectors(&recipe, &[stage.to_string()], command)?;
+    let store = open_store(cache)?;
+    let plan = plan_for(&recipe, &target);
+    let shown = instances_of(&plan, &target);
+    let (found, _) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
+    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), depth);
+    Ok(StageVerdicts { plan, verdicts, shown, store })
+}
+
 pub fn show(
     path: &Path,
     stage: &str,
@@ -815,13 +844,8 @@ pub fn show(
     depth: Verification,
     shell: &Shell,
 ) -> anyhow::Result<Status> {
-    let recipe = load(path, shell)?;
-    let target = selectors(&recipe, &[stage.to_string()], "show")?;
-    let store = open_store(cache)?;
-    let plan = plan_for(&recipe, &target);
-    let shown = instances_of(&plan, &target);
-    let (found, _) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
-    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), depth);
+    let StageVerdicts { plan, verdicts, shown, store } =
+        stage_verdicts(path, stage, cache, "show", depth, shell)?;
     let mut missing = false;
     let mut listed = Vec::new();
     for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
@@ -860,13 +884,8 @@ pub fn cached_output(
     cache: Option<PathBuf>,
     shell: &Shell,
 ) -> anyhow::Result<PathBuf> {
-    let recipe = load(path, shell)?;
-    let target = selectors(&recipe, &[stage.to_string()], "export")?;
-    let store = open_store(cache)?;
-    let plan = plan_for(&recipe, &target);
-    let shown = instances_of(&plan, &target);
-    let (found, _) = locked_fingerprints(path, &recipe, &plan, &store, shell)?;
-    let verdicts = plan.evaluate(&recipe, &store, &found.map, &BTreeSet::new(), Verification::Metadata);
+    let StageVerdicts { plan, verdicts, shown, store } =
+        stage_verdicts(path, stage, cache, "export", Verification::Metadata, shell)?;
     let mut dirs = Vec::new();
     for (i, (instance, verdict)) in plan.instances.iter().zip(&verdicts).enumerate() {
         if !shown.contains(&i) {

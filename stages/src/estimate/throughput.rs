@@ -60,21 +60,6 @@ pub fn bench_spec(name: &str) -> Option<ModelSpec> {
     })
 }
 
-/// The seeded random batch the benchmarks run on: images in [0, 1) and labels.
-fn bench_batch(
-    spec: &ModelSpec,
-    batch: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<(Tensor, Tensor), StageError> {
-    let mut data_rng = rng::derive(seed, "bench-data");
-    let [c, h, w] = spec.input_shape;
-    let pixels: Vec<f32> = (0..batch * c * h * w).map(|_| data_rng.random::<f32>()).collect();
-    let images = Tensor::from_vec(pixels, (batch, c, h, w), device)?;
-    let labels: Vec<u32> = (0..batch).map(|_| data_rng.random_range(0..spec.num_classes as u32)).collect();
-    Ok((images, Tensor::from_vec(labels, batch, device)?))
-}
-
 /// Runs `step(index)` `warmup + steps` times and returns the wall-clock seconds of the last
 /// `steps`, calling `before_timed` once before the first timed one.
 fn timed(
@@ -275,7 +260,8 @@ pub fn time_evaluation_batches(
 ) -> Result<Vec<f64>, StageError> {
     let values = spec.initialise(&mut rng::derive(seed, "bench-init"), device)?;
     let net = Network::new(spec, &Parameters::frozen(spec, values)?, device)?;
-    let (images, _) = bench_batch(spec, batch, seed, device)?;
+    let set = bench_set(spec, batch, seed);
+    let images = set.gather(&(0..batch).collect::<Vec<usize>>(), device)?;
     timed(warmup, steps, before_timed, |step| {
         let logits = net.forward(&images, &mut Mode::Eval)?.logits;
         // Reading a value waits for the batch to finish (asynchronous devices).
