@@ -14,6 +14,7 @@
 #
 #   bash scripts/build-cuda.sh            # → target/cuda/release/pipeline
 #   bash scripts/build-cuda.sh env        # print the build environment as `export` lines
+#   bash scripts/build-cuda.sh check      # clippy over the CUDA build's code, no binary
 #
 # Environment: CUDA_BUILD_DIR (default target/cuda-toolchain), CUDA_COMPUTE_CAP (default 90:
 # H100/H200; 80 for A100), PYTHON (default python3). Re-running reuses everything built.
@@ -105,6 +106,13 @@ mkdir -p "$src"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
     [ -e "$f" ] && printf '%s\0' "$f"
 done | tar --null -T - -cf - | tar -xf - -C "$src"
+if [ "$mode" = check ]; then
+    # Type-checks the CUDA code paths (this crate's kernels' launchers, the cuDNN calls) with
+    # clippy, without building the binary.
+    (cd "$src" && CARGO_TARGET_DIR="$OLDPWD/target/cuda" cargo clippy --release --features cuda-dynamic-loading \
+        --workspace --config "patch.crates-io.candle-core.path=\"$patched\"" -- -D warnings)
+    exit $?
+fi
 (cd "$src" && CARGO_TARGET_DIR="$OLDPWD/target/cuda" cargo build --release --features cuda-dynamic-loading \
     --bin pipeline --config "patch.crates-io.candle-core.path=\"$patched\"")
 binary="$PWD/target/cuda/release/pipeline"

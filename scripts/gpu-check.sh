@@ -18,9 +18,11 @@
 #              verdict that the binary cannot run stops the check there.
 #  first       time to the first training step (candle's and this project's kernels compiled
 #              or loaded on first use): process wall time and the first step's time.
-#  ops         `pipeline check-ops`: every convolution geometry with both gradients, batch norm
-#              (+ affine), dropout and UMAP masks (bit for bit), whole networks with dropout and
-#              ODIN's input gradient, CUDA against the CPU's kernels.
+#  ops         `pipeline check-ops`: every convolution geometry with both gradients (cuDNN where
+#              it loads; each line says which), batch norm + ReLU (the CUDA kernels, train and
+#              evaluation, + affine; candle's composed ops too), dropout and UMAP masks (bit
+#              for bit), whole networks with dropout and ODIN's input gradient, CUDA against
+#              the CPU's kernels.
 #  smoke       the smoke recipes (smoke, um, oe) on the GPU and on the CPU, report rows compared
 #              (|ΔAUROC| <= 0.05, |ΔFPR95| <= 0.10, |Δaccuracy| <= 0.05), and a second GPU run
 #              compared with the first output by output (determinism; reported, not failed).
@@ -57,9 +59,13 @@ log="$out/gpu-check.jsonl"
 work="$(mktemp -d)"
 bin="$work/pipeline"
 gunzip -c "$dir/pipeline.gz" > "$bin" && chmod +x "$bin" || { say "no $dir/pipeline.gz: run prepare first"; exit 2; }
-# CUDA 13 libraries from PyTorch's wheels, wherever python3 has them.
+# CUDA 13 libraries from PyTorch's wheels, wherever python3 has them, and cuDNN's
+# (nvidia-cudnn-cu13, a dependency of PyTorch's CUDA wheels; the binary uses it for
+# convolutions where it loads, candle's convolution otherwise).
 libs="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "lib"))' 2>/dev/null)"
 [ -d "$libs" ] && export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+cudnn_libs="$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cudnn", "lib"))' 2>/dev/null)"
+[ -d "$cudnn_libs" ] && export LD_LIBRARY_PATH="$cudnn_libs:$LD_LIBRARY_PATH"
 if [ "$gpu" = cpu ]; then
     train_net=small-cnn; fit_net=small-cnn; batches="16 32"; smoke_recipes="smoke"
 else

@@ -113,7 +113,8 @@ pub struct DeviceClass {
     pub driver_cuda: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cublas: Option<String>,
-    /// cuDNN's version where convolutions use it (none in this build: im2col + cuBLAS).
+    /// cuDNN's version where convolutions use it (none where it is not loaded: candle's
+    /// im2col + cuBLAS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cudnn: Option<String>,
     pub candle: String,
@@ -159,6 +160,7 @@ pub fn class(device: &Device) -> DeviceClass {
             class.compute_capability =
                 context.compute_capability().ok().map(|(major, minor)| format!("{major}.{minor}"));
             (class.driver_cuda, class.cublas) = crate::models::kernels::cuda_libraries::cuda_versions();
+            class.cudnn = crate::models::kernels::cudnn_conv::cudnn_version();
         }
         _ => class.name = describe(device),
     }

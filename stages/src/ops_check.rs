@@ -1,11 +1,13 @@
 //! The op-level half of the GPU check (`pipeline check-ops`, run by scripts/gpu-check.sh): each
 //! op the training and scoring paths use, computed on the CPU (with this crate's own kernels)
 //! and on the device under test from the same seeded inputs, and the largest difference. On the
-//! CPU the other side is candle's own ops ([`with_candle_ops`]), the path CUDA takes, so the
-//! check compares something there too.
+//! CPU the other side is the path CUDA takes ([`with_device_kernels`]: the device kernels'
+//! CPU implementations and candle's own ops), so the check compares something there too. Batch
+//! norm is compared twice on the device: with the device kernels and with candle's ops (the
+//! fallback, [`with_candle_ops`]).
 use crate::error::StageError;
 use crate::models::kernels::conv::conv2d;
-use crate::models::kernels::dispatch::with_candle_ops;
+use crate::models::kernels::dispatch::{with_candle_ops, with_device_kernels};
 use crate::models::kernels::dropout::{mix64, DropoutMask};
 use crate::models::kernels::top_fraction::TopFraction;
 use crate::models::layers::BatchNorm2d;
@@ -38,12 +40,32 @@ fn values(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 type Outputs = Vec<Tensor>;
 
-/// Runs `f` on the CPU and on `device` (candle's ops on the CPU when `device` is the CPU) and
-/// compares every output.
+/// Which kernels the device side runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DevicePath {
+    /// What the device runs by default (on the CPU: the path CUDA takes).
+    Kernels,
+    /// candle's own ops.
+    CandleOps,
+}
+
+/// Runs `f` on the CPU and on `device` (the path CUDA takes on the CPU when `device` is the
+/// CPU) and compares every output.
 fn compare(
     op: &str,
     tolerance: f64,
     device: &Device,
+    f: impl Fn(&Device) -> Result<Outputs, StageError>,
+) -> Result<OpComparison, StageError> {
+    compare_on(op, tolerance, device, DevicePath::Kernels, f)
+}
+
+/// [`compare`] with the device side on `path`.
+fn compare_on(
+    op: &str,
+    tolerance: f64,
+    device: &Device,
+    path: DevicePath,
     f: impl Fn(&Device) -> Result<Outputs, StageError>,
 ) -> Result<OpComparison, StageError> {
     let flat = |outputs: Outputs| -> Result<Vec<Vec<f32>>, StageError> {
@@ -54,7 +76,11 @@ fn compare(
     };
     let reference = flat(f(&Device::Cpu)?)?;
     let started = std::time::Instant::now();
-    let other = if device.is_cpu() { with_candle_ops(|| f(device))? } else { f(device)? };
+    let other = match path {
+        DevicePath::CandleOps => with_candle_ops(|| f(device))?,
+        DevicePath::Kernels if device.is_cpu() => with_device_kernels(|| f(device))?,
+        DevicePath::Kernels => f(device)?,
+    };
     let other = flat(other)?;
     let device_seconds = started.elapsed().as_secs_f64();
     let (mut max_abs, mut max_rel) = (0f64, 0f64);
@@ -140,6 +166,32 @@ fn batch_norm(device: &Device, affine: bool) -> Result<Outputs, StageError> {
     Ok(out)
 }
 
+/// Batch norm + ReLU in evaluation mode (affine, running statistics): output and the input
+/// gradient.
+fn batch_norm_evaluation(device: &Device) -> Result<Outputs, StageError> {
+    let (n, c, hw) = (8, 12, 16);
+    let x =
+        Var::from_tensor(&Tensor::from_vec(values(11, n * c * hw * hw, -2.0, 3.0), (n, c, hw, hw), device)?)?;
+    let bn = BatchNorm2d {
+        running_mean: Tensor::from_vec(values(12, c, -0.5, 0.5), c, device)?,
+        running_var: Tensor::from_vec(values(13, c, 0.5, 2.0), c, device)?,
+        running_mean_var: None,
+        running_var_var: None,
+        affine: Some((
+            Tensor::from_vec(values(5, c, 0.5, 1.5), c, device)?,
+            Tensor::from_vec(values(6, c, -0.2, 0.2), c, device)?,
+        )),
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    let y = bn.forward_relu(x.as_tensor(), &Mode::Eval)?;
+    let r = Tensor::from_vec(values(14, y.elem_count(), -1.0, 1.0), y.shape(), device)?;
+    let grads = (&y * r)?.sum_all()?.backward()?;
+    let gx =
+        grads.get(x.as_tensor()).cloned().ok_or_else(|| StageError::Internal("no input gradient".into()))?;
+    Ok(vec![y, gx])
+}
+
 /// A network of `architecture` on `shape` inputs, dropout `dropout`: training-mode logits and
 /// every parameter's gradient of the cross-entropy, then evaluation-mode logits and the input
 /// gradient ODIN takes (cross-entropy of logits / 1000 against the predicted class).
@@ -206,10 +258,22 @@ pub fn check_ops(device: &Device) -> Result<Vec<OpComparison>, StageError> {
     for (name, geometry) in geometries {
         results.push(compare(name, 1e-4, device, |d| convolution(d, geometry))?);
     }
+    // Where cuDNN computes the convolutions above, candle's (the fallback) is checked too.
+    for (name, geometry) in [geometries[0], geometries[4]] {
+        let name = format!("{name}, candle's ops");
+        results.push(compare_on(&name, 1e-4, device, DevicePath::CandleOps, |d| convolution(d, geometry))?);
+    }
     results.push(compare("batch norm + relu (train, running statistics)", 1e-4, device, |d| {
         batch_norm(d, false)
     })?);
     results.push(compare("batch norm + relu affine (train)", 1e-4, device, |d| batch_norm(d, true))?);
+    results.push(compare("batch norm + relu affine (evaluation)", 1e-4, device, batch_norm_evaluation)?);
+    for (name, affine) in [
+        ("batch norm + relu, candle's ops (train)", false),
+        ("batch norm + relu affine, candle's ops (train)", true),
+    ] {
+        results.push(compare_on(name, 1e-4, device, DevicePath::CandleOps, |d| batch_norm(d, affine))?);
+    }
     results.push(compare("dropout masks p=0.3 (bit for bit)", 0.0, device, |d| {
         let x = Tensor::ones((64, 48, 32, 32), DType::F32, d)?;
         Ok(vec![DropoutMask::new(mix64(42), 0.3).apply(&x)?])

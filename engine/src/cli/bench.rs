@@ -130,6 +130,8 @@ pub fn check_ops(device_text: &str, shell: &Shell) -> anyhow::Result<Status> {
         let mut line = serde_json::to_value(result)?;
         if let Some(fields) = line.as_object_mut() {
             fields.insert("device".into(), device::describe(&device).into());
+            let cudnn = device.is_cuda().then(stages::models::kernels::cudnn_conv::cudnn_version).flatten();
+            fields.insert("cudnn".into(), cudnn.into());
         }
         shell.emit(line);
     }

@@ -1,5 +1,6 @@
 //! Layers written out with seeded randomness and PyTorch's batch-norm semantics.
 use super::builder::Scope;
+use super::kernels::device_bn::batch_norm_relu as device_batch_norm_relu;
 use super::kernels::dropout::{mix64, DropoutMask};
 use super::kernels::fused_bn::{batch_norm_relu, update_running, Activation, Affine, Statistics};
 use super::spec::{Init, ModelSpec, Role};
@@ -79,18 +80,23 @@ impl BatchNorm2d {
         })
     }
 
-    /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::kernels::fused_bn`]), op by op elsewhere.
+    /// `relu(batch_norm(x))`: one fused pass on the CPU ([`super::kernels::fused_bn`]), four
+    /// kernels on CUDA ([`super::kernels::device_bn`]), op by op elsewhere.
     pub fn forward_relu(&self, x: &Tensor, mode: &Mode) -> Result<Tensor, StageError> {
         self.forward_then(x, mode, Activation::Relu)
     }
 
-    /// `batch_norm(x)` followed by `activation`: one fused pass on the CPU, op by op elsewhere.
+    /// `batch_norm(x)` followed by `activation`: fused on the CPU and on CUDA, op by op
+    /// elsewhere.
     pub fn forward_then(
         &self,
         x: &Tensor,
         mode: &Mode,
         activation: Activation,
     ) -> Result<Tensor, StageError> {
+        if super::kernels::dispatch::device_kernels_apply(x) {
+            return self.forward_on_device(x, mode, activation);
+        }
         if !super::kernels::dispatch::custom_applies(x) {
             let y = self.forward(x, mode)?;
             return Ok(if activation == Activation::Relu { y.relu()? } else { y });
@@ -118,6 +124,38 @@ impl BatchNorm2d {
             let m = self.momentum as f32;
             update_running(rm, &batch.mean, 1.0, m)?;
             update_running(rv, &batch.variance, correction, m)?;
+        }
+        Ok(y)
+    }
+
+    /// `batch_norm(x)` then `activation` with the device kernels: the statistics stay on the
+    /// device, and the running averages move by candle's ops as in [`BatchNorm2d::forward`].
+    fn forward_on_device(
+        &self,
+        x: &Tensor,
+        mode: &Mode,
+        activation: Activation,
+    ) -> Result<Tensor, StageError> {
+        let (n, c, h, w) = x.dims4()?;
+        let (gamma, beta) = match &self.affine {
+            Some((weight, bias)) => (weight.clone(), bias.clone()),
+            None => (Tensor::ones(c, DType::F32, x.device())?, Tensor::zeros(c, DType::F32, x.device())?),
+        };
+        let running = (!mode.is_train()).then_some((&self.running_mean, &self.running_var));
+        let relu = activation == Activation::Relu;
+        let (y, batch) =
+            device_batch_norm_relu(x, &gamma, &beta, running, self.eps, relu, self.affine.is_some())?;
+        if let Some(stats) = batch {
+            let (Some(rm), Some(rv)) = (&self.running_mean_var, &self.running_var_var) else {
+                return Err(StageError::Internal(
+                    "batch norm in training mode needs updatable statistics".into(),
+                ));
+            };
+            let count = (n * h * w) as f64;
+            let unbiased = (stats.get(1)? * (count / (count - 1.0).max(1.0)))?;
+            let m = self.momentum;
+            rm.set(&((rm.as_tensor().detach() * (1.0 - m))? + (stats.get(0)? * m)?)?)?;
+            rv.set(&((rv.as_tensor().detach() * (1.0 - m))? + (unbiased * m)?)?)?;
         }
         Ok(y)
     }

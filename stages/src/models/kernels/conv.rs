@@ -12,8 +12,8 @@
 //! Weight gradients are summed in fixed groups of images (the same bits for any thread count)
 //! into a transposed accumulator, so that gemm keeps its column-major destination and packs the
 //! small operand. Images run in parallel with rayon, each product single-threaded. candle's own
-//! CPU conv2d runs at 5–30 GFLOP/s and its backward at 2–18 (measured on this project's 2-core machines with candle 0.11). Other
-//! devices keep candle's conv2d.
+//! CPU conv2d runs at 5–30 GFLOP/s and its backward at 2–18 (measured on this project's 2-core machines with candle 0.11). CUDA
+//! takes cuDNN where it loads (`cudnn_conv`), other devices candle's conv2d.
 use super::buffers::{contiguous_f32, filled_in_chunks, Chunk};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -23,6 +23,9 @@ use std::mem::MaybeUninit;
 
 /// Convolution without bias, square kernel, equal stride and padding on both axes.
 pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if super::cudnn_conv::cudnn_applies(x) {
+        return super::cudnn_conv::conv2d(x, weight, stride, padding);
+    }
     if !super::dispatch::custom_applies(x) {
         return x.conv2d(weight, padding, stride, 1, 1);
     }
@@ -42,6 +45,9 @@ pub fn conv2d_add(
     padding: usize,
     residual: &Tensor,
 ) -> Result<Tensor> {
+    if super::cudnn_conv::cudnn_applies(x) {
+        return super::cudnn_conv::conv2d(x, weight, stride, padding)? + residual;
+    }
     if !super::dispatch::custom_applies(x) {
         return x.conv2d(weight, padding, stride, 1, 1)? + residual;
     }

@@ -1,9 +1,10 @@
 //! The CUDA side of this crate's own ops: `cuda_kernels.cu`, compiled once per process with
 //! NVRTC (which candle loads anyway) when a kernel is first needed, and launched on the
-//! tensor's stream. Only in a build with the `cuda` feature.
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+//! tensor's stream: dropout and UMAP masks, and batch norm + ReLU's four kernels. Only in a
+//! build with the `cuda` feature.
+use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, Layout, Result, Shape};
+use candle_core::{CudaStorage, Layout, Result, Shape, Storage, Tensor};
 use std::sync::OnceLock;
 
 const SOURCE: &str = include_str!("cuda_kernels.cu");
@@ -73,4 +74,149 @@ pub fn top_fraction(zeroed: u32, storage: &CudaStorage, layout: &Layout) -> Resu
     // SAFETY: one block of the 1024 threads the kernel's shared arrays are sized for.
     unsafe { builder.launch(config) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(dst, device.clone()), layout.shape().clone()))
+}
+
+/// A tensor's f32 CUDA storage, held for reading while a kernel using it is launched.
+struct Held<'a> {
+    guard: candle_core::StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> Held<'a> {
+    fn new(t: &'a Tensor) -> Held<'a> {
+        let (guard, layout) = t.storage_and_layout();
+        Held { guard, layout }
+    }
+
+    fn view(&self, what: &str) -> Result<CudaView<'_, f32>> {
+        let Storage::Cuda(storage) = &*self.guard else {
+            candle_core::bail!("{what}: the tensor is not on the CUDA device of the op's input");
+        };
+        let (start, end) = contiguous(self.layout, what)?;
+        Ok(storage.as_cuda_slice::<f32>()?.slice(start..end))
+    }
+}
+
+/// The f32 view of one of a custom op's inputs.
+fn input<'a>((storage, layout): (&'a CudaStorage, &Layout), what: &str) -> Result<CudaView<'a, f32>> {
+    let (start, end) = contiguous(layout, what)?;
+    Ok(storage.as_cuda_slice::<f32>()?.slice(start..end))
+}
+
+/// A grid-stride launch over `total` elements.
+fn elementwise(total: usize) -> LaunchConfig {
+    LaunchConfig::for_num_elems(total.clamp(1, u32::MAX as usize) as u32)
+}
+
+/// One block of the batch-norm reductions' threads per channel.
+fn per_channel(c: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (c.max(1), 1, 1), block_dim: (BN_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Threads of a batch-norm reduction block (`BN_THREADS` in the kernels' source).
+const BN_THREADS: u32 = 256;
+
+/// Per-channel `[mean; biased variance]` of an `(n, c, hw)` activation (device_bn.rs).
+pub fn bn_moments(
+    [n, c, hw]: [u32; 3],
+    storage: &CudaStorage,
+    layout: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let device = &storage.device;
+    let x = input((storage, layout), "batch norm moments")?;
+    let func = device.get_or_load_custom_func("bn_moments", MODULE, ptx()?)?;
+    // SAFETY: every one of the 2c values is written by the kernel below (thread 0 of each block).
+    let stats = unsafe { device.alloc::<f32>(2 * c as usize)? };
+    let mut builder = func.builder();
+    builder.arg(&x).arg(&stats).arg(&n).arg(&c).arg(&hw);
+    // SAFETY: c blocks of BN_THREADS threads, reading n·c·hw floats and writing 2c.
+    unsafe { builder.launch(per_channel(c)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(stats, device.clone()), Shape::from((2, c as usize))))
+}
+
+/// The batch norm's forward output from (x, γ, β) and the statistics (device_bn.rs).
+pub fn bn_normalise(
+    [n, c, hw]: [u32; 3],
+    eps: f64,
+    relu: bool,
+    [x, gamma, beta]: [(&CudaStorage, &Layout); 3],
+    stats: &Tensor,
+) -> Result<(CudaStorage, Shape)> {
+    let device = &x.0.device;
+    let shape = x.1.shape().clone();
+    let total = shape.elem_count();
+    let (x, gamma, beta) =
+        (input(x, "batch norm")?, input(gamma, "batch norm scale")?, input(beta, "batch norm shift")?);
+    let stats = Held::new(stats);
+    let stats = stats.view("batch norm statistics")?;
+    let func = device.get_or_load_custom_func("bn_normalise", MODULE, ptx()?)?;
+    // SAFETY: every element is written by the kernel below.
+    let y = unsafe { device.alloc::<f32>(total)? };
+    let relu = relu as i32;
+    let mut builder = func.builder();
+    builder.arg(&x).arg(&gamma).arg(&beta).arg(&stats).arg(&y);
+    builder.arg(&n).arg(&c).arg(&hw).arg(&eps).arg(&relu);
+    // SAFETY: a grid-stride loop over the n·c·hw elements of x and y.
+    unsafe { builder.launch(elementwise(total)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(y, device.clone()), shape))
+}
+
+/// Per-channel `[Σ g; Σ g·x̂]` from (x, y, ∂L/∂y) (device_bn.rs).
+pub fn bn_gradient_sums(
+    [n, c, hw]: [u32; 3],
+    eps: f64,
+    relu: bool,
+    [x, y, g]: [(&CudaStorage, &Layout); 3],
+    stats: &Tensor,
+) -> Result<(CudaStorage, Shape)> {
+    let device = &x.0.device;
+    let what = "batch norm backward";
+    let (x, y, g) = (input(x, what)?, input(y, what)?, input(g, what)?);
+    let stats = Held::new(stats);
+    let stats = stats.view("batch norm statistics")?;
+    let func = device.get_or_load_custom_func("bn_gradient_sums", MODULE, ptx()?)?;
+    // SAFETY: every one of the 2c values is written by the kernel below (thread 0 of each block).
+    let sums = unsafe { device.alloc::<f32>(2 * c as usize)? };
+    let relu = relu as i32;
+    let mut builder = func.builder();
+    builder.arg(&x).arg(&y).arg(&g).arg(&stats).arg(&sums);
+    builder.arg(&n).arg(&c).arg(&hw).arg(&eps).arg(&relu);
+    // SAFETY: c blocks of BN_THREADS threads, reading n·c·hw floats of each input, writing 2c.
+    unsafe { builder.launch(per_channel(c)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(sums, device.clone()), Shape::from((2, c as usize))))
+}
+
+/// ∂L/∂x of the batch norm from (x, y, ∂L/∂y), the statistics, γ and, with batch statistics,
+/// the channel sums (device_bn.rs).
+pub fn bn_input_gradient(
+    [n, c, hw]: [u32; 3],
+    eps: f64,
+    relu: bool,
+    [x, y, g]: [(&CudaStorage, &Layout); 3],
+    [stats, gamma]: [&Tensor; 2],
+    sums: Option<&Tensor>,
+) -> Result<(CudaStorage, Shape)> {
+    let device = &x.0.device;
+    let shape = x.1.shape().clone();
+    let total = shape.elem_count();
+    let what = "batch norm backward";
+    let (x, y, g) = (input(x, what)?, input(y, what)?, input(g, what)?);
+    let (stats, gamma) = (Held::new(stats), Held::new(gamma));
+    let (stats, gamma) = (stats.view("batch norm statistics")?, gamma.view("batch norm scale")?);
+    // Without batch statistics the kernel does not read the sums: the statistics stand in.
+    let sums = sums.map(Held::new);
+    let sums_view = match &sums {
+        Some(held) => held.view("batch norm gradient sums")?,
+        None => stats.clone(),
+    };
+    let func = device.get_or_load_custom_func("bn_input_gradient", MODULE, ptx()?)?;
+    // SAFETY: every element is written by the kernel below.
+    let dx = unsafe { device.alloc::<f32>(total)? };
+    let (relu, batch) = (relu as i32, sums.is_some() as i32);
+    let mut builder = func.builder();
+    builder.arg(&x).arg(&y).arg(&g).arg(&stats).arg(&gamma).arg(&sums_view).arg(&dx);
+    builder.arg(&n).arg(&c).arg(&hw).arg(&eps).arg(&relu).arg(&batch);
+    // SAFETY: a grid-stride loop over the n·c·hw elements of x, y, g and dx.
+    unsafe { builder.launch(elementwise(total)) }.w()?;
+    Ok((CudaStorage::wrap_cuda_slice(dx, device.clone()), shape))
 }
