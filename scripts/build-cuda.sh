@@ -17,7 +17,8 @@
 #   bash scripts/build-cuda.sh check      # clippy over the CUDA build's code, no binary
 #
 # Environment: CUDA_BUILD_DIR (default target/cuda-toolchain), CUDA_COMPUTE_CAP (default 90:
-# H100/H200; 80 for A100), PYTHON (default python3). Re-running reuses everything built.
+# H100/H200; 80 for A100), PYTHON (default python3), CUDA_CUDNN=0 (no cuDNN wheel: the
+# binary then uses candle's convolution). Re-running reuses everything built.
 # To run the binary on a GPU machine, put the wheels' libraries on the library path: the
 # script prints the line.
 set -euo pipefail
@@ -42,6 +43,17 @@ if ! "$venv/bin/pip" list --format=freeze 2>/dev/null | grep -qx 'cuda-toolkit==
 fi
 cu13="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
 [ -x "$cu13/bin/nvcc" ] || { say "no nvcc under $cu13"; exit 1; }
+# cuDNN for the convolutions (loaded at run time where present; the build does not need it):
+# PyTorch's cu130 wheels depend on this one. CUDA_CUDNN=0 leaves out its 516 MB download.
+cudnn='nvidia-cudnn-cu13==9.28.1.4'
+runtime_libs="$cu13/lib"
+if [ "${CUDA_CUDNN:-1}" != 0 ] && [ "$mode" = build ]; then
+    if ! "$venv/bin/pip" list --format=freeze 2>/dev/null | grep -qx "$cudnn"; then
+        say "installing $cudnn from PyPI"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "$cudnn"
+    fi
+    runtime_libs="$runtime_libs:$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cudnn", "lib"))')"
+fi
 
 # A CUDA_HOME of links into the wheels: nvcc finds its helpers next to its real path; the
 # linker needs unversioned library names.
@@ -125,5 +137,5 @@ for lib in libcuda libcudart libcublas libcublasLt libcurand libnvrtc; do
 done
 grep -qa 'cublasLt' "$binary" || { say "$binary has no CUDA support in it"; exit 1; }
 say "built $binary ($(du -h "$binary" | cut -f1)); it loads the CUDA libraries at run time"
-say "run it on a GPU machine with: LD_LIBRARY_PATH=$cu13/lib $binary run RECIPE"
+say "run it on a GPU machine with: LD_LIBRARY_PATH=$runtime_libs $binary run RECIPE"
 echo "$binary"

@@ -202,3 +202,65 @@ fn inspect_lists_tensors_and_names_the_architecture() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a plain state_dict"), "{}", stderr(&out));
 }
+
+/// The first stages of [`recipe`]: the import and a scoring of it.
+fn short_recipe(file: &str) -> String {
+    let full = recipe(file);
+    let end = full.find("[stages.zeta]").unwrap();
+    full[..end].replace(
+        "methods = [\"msp\", \"energy\", \"odin\", \"react\", \"knn\"]",
+        "methods = [\"msp\", \"knn\"]",
+    )
+}
+
+/// A reviewer without the checkpoint: the lock file gives its digest, so `plan` names the
+/// author's keys and `run` against the author's cache reuses everything; `check` says the file
+/// is not here, at its line. A different file under the locked name is named by `--locked`.
+#[test]
+fn a_reviewer_without_the_checkpoint_names_the_authors_keys_from_the_lock() {
+    let author = tempfile::tempdir().unwrap();
+    std::fs::create_dir(author.path().join("ckpt")).unwrap();
+    std::fs::copy(fixture("small_cnn_mnist.pth"), author.path().join("ckpt/small.pth")).unwrap();
+    let path = author.path().join("exp.toml");
+    std::fs::write(&path, short_recipe("ckpt/small.pth")).unwrap();
+    let cache = author.path().join("cache");
+    let (out, events) = run(&path, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = pipeline().arg("lock").arg(&path).arg("--cache").arg(&cache).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = std::fs::read_to_string(author.path().join("exp.lock")).unwrap();
+    let digest = blake3::hash(&std::fs::read(fixture("small_cnn_mnist.pth")).unwrap()).to_hex().to_string();
+    assert!(lock.contains(&format!("\"ckpt/small.pth\" = \"{digest}\"")), "{lock}");
+
+    let reviewer = tempfile::tempdir().unwrap();
+    let theirs = reviewer.path().join("exp.toml");
+    std::fs::copy(&path, &theirs).unwrap();
+    std::fs::copy(author.path().join("exp.lock"), reviewer.path().join("exp.lock")).unwrap();
+    let plan = pipeline().args(["plan", "--json", "--cache"]).arg(&cache).arg(&theirs).output().unwrap();
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    for stage in ["base@0", "scores_base@0"] {
+        assert!(text.contains(&key_of(&events, stage)), "{stage}: the author's key: {text}");
+    }
+    let err = stderr(&plan);
+    assert!(err.contains("`ckpt/small.pth`") && err.contains("exp.lock"), "{err}");
+    // Against the author's cache (as after `pipeline pull`), nothing is computed.
+    let (out, again) = run(&theirs, &cache, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stages_with(&again, "finished").is_empty(), "{:?}", stages_with(&again, "finished"));
+    // `check` with data says the checkpoint is missing, at the line that names it.
+    let check = pipeline().arg("check").arg(&theirs).output().unwrap();
+    assert!(!check.status.success());
+    let err = stderr(&check);
+    assert!(err.contains("`ckpt/small.pth` is not here") && err.contains("exp.toml:19:8"), "{err}");
+
+    // Other bytes under the locked name: a new key, and `--locked` names the file.
+    std::fs::create_dir(reviewer.path().join("ckpt")).unwrap();
+    let mut tensors = stages::models::external::pth::read_any(&fixture("small_cnn_mnist.pth")).unwrap();
+    tensors[0].1 = tensors[0].1.affine(2.0, 0.0).unwrap();
+    stages::models::external::pth::write_pth(&tensors, &reviewer.path().join("ckpt/small.pth")).unwrap();
+    let plan = pipeline().args(["status", "--locked", "--cache"]).arg(&cache).arg(&theirs).output().unwrap();
+    assert!(!plan.status.success());
+    let err = stderr(&plan);
+    assert!(err.contains("file `ckpt/small.pth`") && err.contains(&digest), "{err}");
+}

@@ -1,6 +1,7 @@
 //! The lock file beside a recipe (`recipes/x.toml` → `recipes/x.lock`), to commit with it as
 //! `Cargo.lock` or `dvc.lock` are: each dataset's fingerprint (with its files' digests, for
-//! datasets of at most [`MAX_LISTED_FILES`] files) and each instance's key and output digest.
+//! datasets of at most [`MAX_LISTED_FILES`] files), the digest of each file a stage names (an
+//! imported checkpoint), and each instance's key and output digest.
 //!
 //! Keys contain dataset fingerprints, so without the data a reviewer could not name a single
 //! cache entry. With the lock, commands take the fingerprint of a dataset that is not here from
@@ -27,6 +28,10 @@ pub struct LockFile {
     pub recipe: String,
     #[serde(default)]
     pub datasets: BTreeMap<String, LockedDataset>,
+    /// The blake3 of each file the stages name (an imported checkpoint), by its path as the
+    /// recipe writes it: a reviewer without the file names the same keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
     /// By instance id (`base@0`), in sorted order.
     #[serde(default)]
     pub instances: BTreeMap<String, LockedInstance>,
@@ -110,6 +115,15 @@ pub struct Difference {
     pub what: String,
 }
 
+/// A file a stage names that is here and differs from the lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileDifference {
+    /// Its path as the recipe writes it.
+    pub path: String,
+    pub here: String,
+    pub locked: String,
+}
+
 /// The dataset fingerprints a command names keys with, and where they came from.
 #[derive(Debug, Default)]
 pub struct Fingerprints {
@@ -122,6 +136,8 @@ pub struct Fingerprints {
     pub differ: Vec<Difference>,
     /// Datasets that are not here and that no lock gives (`name`, why).
     pub problems: Vec<(String, String)>,
+    /// Files the stages name that are here and differ from the lock.
+    pub files_differ: Vec<FileDifference>,
 }
 
 /// The fingerprint of every dataset `plan` reads: from the data where they are here (compared
@@ -153,8 +169,43 @@ pub fn fingerprints(recipe: &Recipe, plan: &Plan, store: &Store, lock: Option<&L
             },
         }
     }
+    for file in named_files(recipe) {
+        let (Some(locked), Some(here)) = (lock.and_then(|l| l.files.get(&file.path)), &file.blake3) else {
+            continue;
+        };
+        if file.present && locked != here && !found.files_differ.iter().any(|d| d.path == file.path) {
+            found.files_differ.push(FileDifference {
+                path: file.path.clone(),
+                here: here.clone(),
+                locked: locked.clone(),
+            });
+        }
+    }
     let _ = store.memo().save();
     found
+}
+
+/// Every file the recipe's stages name, each variant's.
+pub fn named_files(recipe: &Recipe) -> Vec<stages::NamedFile> {
+    recipe.stages.iter().flat_map(|s| &s.variants).flat_map(|v| v.stage.files()).collect()
+}
+
+/// Where a file a stage names is not here, takes its digest from `lock`, so that the keys are
+/// the lock's author's; the paths whose digest came from the lock.
+pub fn use_locked_files(recipe: &mut Recipe, lock: &LockFile) -> Vec<String> {
+    let mut used = BTreeSet::new();
+    for variant in recipe.stages.iter_mut().flat_map(|s| s.variants.iter_mut()) {
+        for file in variant.stage.files() {
+            if file.blake3.is_some() {
+                continue;
+            }
+            if let Some(digest) = lock.files.get(&file.path) {
+                variant.stage.use_locked_digest(file.field, digest);
+                used.insert(file.path);
+            }
+        }
+    }
+    used.into_iter().collect()
 }
 
 /// How the files here differ from the locked ones.
@@ -224,6 +275,15 @@ pub fn build(update: &LockUpdate) -> LockFile {
         };
         datasets.insert(name.clone(), entry);
     }
+    let mut files = match (partial, previous) {
+        (true, Some(previous)) => previous.files.clone(),
+        _ => BTreeMap::new(),
+    };
+    for file in named_files(recipe) {
+        if let Some(digest) = file.blake3 {
+            files.insert(file.path, digest);
+        }
+    }
     let mut instances = match (partial, previous) {
         (true, Some(previous)) => previous.instances.clone(),
         _ => BTreeMap::new(),
@@ -238,7 +298,7 @@ pub fn build(update: &LockUpdate) -> LockFile {
         };
         instances.insert(instance.id.clone(), locked);
     }
-    LockFile { version: LOCK_VERSION, recipe: recipe.name.clone(), datasets, instances }
+    LockFile { version: LOCK_VERSION, recipe: recipe.name.clone(), datasets, files, instances }
 }
 
 /// How the recipe as it is now (its instances, with the keys it names) differs from `lock`:
@@ -277,6 +337,7 @@ mod tests {
                 LockedDataset { fingerprint: "ab".into(), files: vec![["x.gz".into(), "cd".into()]] },
             )]
             .into(),
+            files: [("ckpt/a.pth".to_string(), "ef".to_string())].into(),
             instances: [
                 ("b@0".to_string(), LockedInstance { key: None, output: None }),
                 ("a@0".to_string(), LockedInstance { key: Some("k1".into()), output: Some("o".into()) }),
@@ -288,6 +349,10 @@ mod tests {
         assert_eq!(read(&path).unwrap().as_ref(), Some(&lock));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.find("a@0").unwrap() < text.find("b@0").unwrap(), "{text}");
+        assert!(text.contains("[files]\n\"ckpt/a.pth\" = \"ef\""), "{text}");
+        // A lock written before files were locked reads with none.
+        std::fs::write(&path, "version = 1\nrecipe = \"r\"\n").unwrap();
+        assert!(read(&path).unwrap().unwrap().files.is_empty());
         assert_eq!(read(&dir.path().join("none.lock")).unwrap(), None);
         std::fs::write(&path, "version = 9\nrecipe = \"r\"\n").unwrap();
         assert!(read(&path).unwrap_err().to_string().contains("pipeline lock"));

@@ -52,5 +52,6 @@ pub use fields::struct_fields;
 pub use kinds::{kind, registry};
 pub use progress::{NoProgress, Progress, ProgressBar};
 pub use stage::{
-    Artifact, BuildError, Input, Role, RunContext, Stage, StageKind, StageParams, Target, UpstreamTag,
+    Artifact, BuildError, Input, NamedFile, Role, RunContext, Stage, StageKind, StageParams, Target,
+    UpstreamTag,
 };

@@ -194,6 +194,16 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
         let _ = recipe_dir;
         Vec::new()
     }
+    /// The files it named that [`StageParams::resolve_files`] resolved, with their digests.
+    fn files(&self) -> Vec<NamedFile> {
+        Vec::new()
+    }
+    /// Takes the digest of the file named in `field` from a lock file (written where the file
+    /// was) when the file is not here, so that the key is the one the lock's author computed;
+    /// a digest read from the file itself stays.
+    fn use_locked_digest(&mut self, field: &str, blake3: &str) {
+        let _ = (field, blake3);
+    }
     /// Computes the outputs into `ctx.out_dir`.
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
     /// Where the model it produces or reads comes from (for duration estimates).
@@ -216,6 +226,19 @@ pub trait StageParams: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+/// A file a stage names (an imported checkpoint), whose content's digest is in its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedFile {
+    /// The parameter that names it (`file`).
+    pub field: &'static str,
+    /// The path as the recipe writes it (relative to the recipe's folder).
+    pub path: String,
+    /// Whether the file is here.
+    pub present: bool,
+    /// Its blake3: read from the file, or taken from a lock file where it is not here.
+    pub blake3: Option<String>,
+}
+
 /// A configured stage, ready to run.
 pub trait Stage: Send + Sync {
     fn kind(&self) -> &'static str;
@@ -225,6 +248,10 @@ pub trait Stage: Send + Sync {
     fn inputs(&self) -> Vec<Input>;
     /// See [`StageParams::resolve_files`].
     fn resolve_files(&mut self, recipe_dir: &Path) -> Vec<ParamError>;
+    /// See [`StageParams::files`].
+    fn files(&self) -> Vec<NamedFile>;
+    /// See [`StageParams::use_locked_digest`].
+    fn use_locked_digest(&mut self, field: &str, blake3: &str);
     fn run(&self, ctx: &RunContext) -> Result<(), StageError>;
     fn model_source(&self) -> Option<workload::ModelSource>;
     fn workload(&self) -> Option<workload::Workload>;
@@ -247,6 +274,12 @@ impl<P: StageParams> Stage for P {
     }
     fn resolve_files(&mut self, recipe_dir: &Path) -> Vec<ParamError> {
         StageParams::resolve_files(self, recipe_dir)
+    }
+    fn files(&self) -> Vec<NamedFile> {
+        StageParams::files(self)
+    }
+    fn use_locked_digest(&mut self, field: &str, blake3: &str) {
+        StageParams::use_locked_digest(self, field, blake3)
     }
     fn run(&self, ctx: &RunContext) -> Result<(), StageError> {
         StageParams::run(self, ctx)

@@ -143,8 +143,9 @@ pub enum Command {
         #[arg(long)]
         locked: bool,
     },
-    /// Write the recipe's lock file (RECIPE.lock): its datasets' fingerprints and each
-    /// instance's cache key, to commit with it
+    /// Write the recipe's lock file (RECIPE.lock): its datasets' fingerprints, the digests of
+    /// the files its stages name (imported checkpoints) and each instance's cache key, to
+    /// commit with it
     Lock {
         recipe: PathBuf,
         #[command(flatten)]

@@ -75,7 +75,20 @@ pub(super) fn locked_fingerprints(
             difference.what
         ));
     }
+    for difference in &found.files_differ {
+        shell.warn(&format!(
+            "file `{}` differs from {}: {}",
+            difference.path,
+            lock_path.display(),
+            file_difference(difference)
+        ));
+    }
     Ok((found, lock))
+}
+
+/// How a file differs from the lock, in words.
+fn file_difference(d: &lock::FileDifference) -> String {
+    format!("blake3 {} here, {} in the lock", d.here, d.locked)
 }
 
 /// `--locked`: the lock exists, the data here match it, and the recipe names the keys it holds.
@@ -95,6 +108,7 @@ fn check_locked(
     };
     let mut said: Vec<String> =
         found.differ.iter().map(|d| format!("dataset `{}`: {}", d.dataset, d.what)).collect();
+    said.extend(found.files_differ.iter().map(|d| format!("file `{}`: {}", d.path, file_difference(d))));
     said.extend(lock::mismatches(lock, plan, keys));
     if said.is_empty() {
         return Ok(());

@@ -2,6 +2,7 @@
 //! cache, and the remote.
 use super::shell::Shell;
 use crate::error::EngineError;
+use crate::lock;
 use crate::recipe::Recipe;
 use crate::remote::remote_url;
 use cache::remote::{Remote, RemoteOptions};
@@ -10,9 +11,13 @@ use std::path::{Path, PathBuf};
 
 /// Loads a recipe; an invalid one has its diagnostics printed and becomes a recipe error, one
 /// that cannot be read an I/O error.
+///
+/// A file a stage names that is not here (an imported checkpoint) takes its digest from the
+/// recipe's lock file, if it has one, so that the keys are those the lock's author named: a
+/// reviewer without the file can still pull and show the entries.
 pub fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
     readable(path)?;
-    Recipe::load(path).map_err(|diagnostics| {
+    let mut recipe = Recipe::load(path).map_err(|diagnostics| {
         for d in &diagnostics {
             shell.diagnostic(&d.render());
         }
@@ -20,7 +25,24 @@ pub fn load(path: &Path, shell: &Shell) -> Result<Recipe, EngineError> {
             path: path.to_path_buf(),
             count: crate::recipe::diagnostic::error_count(&diagnostics),
         }
-    })
+    })?;
+    let lock_path = lock::lock_path(path);
+    // An unreadable lock is reported by the commands that read it for the datasets.
+    if let Ok(Some(lock)) = lock::read(&lock_path) {
+        let used = lock::use_locked_files(&mut recipe, &lock);
+        if !used.is_empty() {
+            shell.status(
+                "Locked",
+                &format!(
+                    "digest{} of {} from {}; not here",
+                    if used.len() == 1 { "" } else { "s" },
+                    used.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "),
+                    lock_path.display()
+                ),
+            );
+        }
+    }
+    Ok(recipe)
 }
 
 /// A recipe named on the command line that cannot be read (missing, a folder, no permission)

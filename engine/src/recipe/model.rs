@@ -172,6 +172,37 @@ impl Recipe {
                 Diagnostic::new(&self.source, span, format!("stage `{}`: {message}{others}", decl.name))
             })
             .collect();
+        // Files the stages name (an imported checkpoint) that are not here.
+        let mut unusable = unusable;
+        for (index, decl) in self.stages.iter().enumerate() {
+            if only.is_some_and(|set| !set.contains(&index)) {
+                continue;
+            }
+            let mut said = BTreeSet::new();
+            for file in decl.variants.iter().flat_map(|v| v.stage.files()) {
+                if file.present || !said.insert(file.path.clone()) {
+                    continue;
+                }
+                unusable.insert(index);
+                let span = decl.node.locate(&[file.field.to_string()]);
+                let locked = if file.blake3.is_some() {
+                    " (its digest, from the lock file, names the keys: `pipeline pull` can fetch what \
+                     the author computed)"
+                } else {
+                    ""
+                };
+                diagnostics.push(Diagnostic::new(
+                    &self.source,
+                    span,
+                    format!(
+                        "stage `{}`: `{}` is not here, in {}{locked}",
+                        decl.name,
+                        file.path,
+                        self.dir.display()
+                    ),
+                ));
+            }
+        }
         diagnostics.sort_by_key(|d| (d.line, d.column));
         (diagnostics, unusable)
     }

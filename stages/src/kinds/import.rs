@@ -20,7 +20,7 @@ use crate::models::catalogue::ModelName;
 use crate::models::checkpoints::ModelFiles;
 use crate::models::external::{bind, pth, Naming};
 use crate::models::{Architecture, ModelSpec};
-use crate::stage::{Artifact, Input, RunContext, StageParams};
+use crate::stage::{Artifact, Input, NamedFile, RunContext, StageParams};
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
 
@@ -232,6 +232,17 @@ impl StageParams for Import {
         self.file_blake3 = std::fs::read(&path).ok().map(|bytes| digest(&bytes));
         self.resolved = Some(path);
         Vec::new()
+    }
+
+    fn files(&self) -> Vec<NamedFile> {
+        let present = self.resolved.as_ref().is_some_and(|path| path.is_file());
+        vec![NamedFile { field: "file", path: self.file.clone(), present, blake3: self.file_blake3.clone() }]
+    }
+
+    fn use_locked_digest(&mut self, field: &str, blake3: &str) {
+        if field == "file" && self.file_blake3.is_none() {
+            self.file_blake3 = Some(blake3.to_string());
+        }
     }
 
     fn model_source(&self) -> Option<ModelSource> {

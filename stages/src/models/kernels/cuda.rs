@@ -201,13 +201,13 @@ pub fn bn_input_gradient(
     let total = shape.elem_count();
     let what = "batch norm backward";
     let (x, y, g) = (input(x, what)?, input(y, what)?, input(g, what)?);
-    let (stats, gamma) = (Held::new(stats), Held::new(gamma));
-    let (stats, gamma) = (stats.view("batch norm statistics")?, gamma.view("batch norm scale")?);
+    let (held_stats, held_gamma) = (Held::new(stats), Held::new(gamma));
+    let (stats, gamma) = (held_stats.view("batch norm statistics")?, held_gamma.view("batch norm scale")?);
     // Without batch statistics the kernel does not read the sums: the statistics stand in.
     let sums = sums.map(Held::new);
     let sums_view = match &sums {
         Some(held) => held.view("batch norm gradient sums")?,
-        None => stats.clone(),
+        None => held_stats.view("batch norm statistics")?,
     };
     let func = device.get_or_load_custom_func("bn_input_gradient", MODULE, ptx()?)?;
     // SAFETY: every element is written by the kernel below.
