@@ -465,8 +465,9 @@ pub fn worker(request: &WorkerRequest, shell: &Shell) -> anyhow::Result<Status> 
 }
 
 /// Warns, before anything runs, of every stage of the plan that reads a dataset it cannot use
-/// (a missing file, images of another shape than its model's), at its recipe position. Those
-/// stages will fail; the independent ones still run.
+/// (a missing file, images of another shape than its model's) or names a file that is not here
+/// (an imported checkpoint), at its recipe position. Those stages will fail unless their
+/// entries are cached; the independent ones still run.
 fn warn_of_unusable_data(recipe: &Recipe, plan: &Plan, shell: &Shell) {
     let stages: BTreeSet<usize> = plan.instances.iter().map(|i| i.stage).collect();
     let (diagnostics, unusable) = recipe.data_problems(Some(&stages));
@@ -484,7 +485,7 @@ fn warn_of_unusable_data(recipe: &Recipe, plan: &Plan, shell: &Shell) {
     let n = blocked.iter().filter(|&&b| b).count();
     shell.warn(&format!(
         "{n} of {} instances cannot run for want of data (they, or a stage they read, need a dataset \
-         above); the other {} can",
+         or file above); the other {} can",
         plan.instances.len(),
         plan.instances.len() - n
     ));
