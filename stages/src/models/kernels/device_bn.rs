@@ -233,6 +233,22 @@ impl CustomOp3 for Normalise {
     }
 }
 
+/// The inputs (x, y, ∂L/∂y) of a backward op, each of the activation's size.
+fn backward_inputs<'a>(inputs: [(&'a CpuStorage, &Layout); 3], p: Planes) -> Result<[&'a [f32]; 3]> {
+    let mut out = [&[][..]; 3];
+    for (slot, (storage, layout)) in out.iter_mut().zip(inputs) {
+        *slot = contiguous_f32(storage, layout, "batch norm backward")?;
+        if slot.len() != p.len() {
+            candle_core::bail!(
+                "batch norm backward: {} values where the activation has {}",
+                slot.len(),
+                p.len()
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// `[Σ g; Σ g·x̂]` per channel from (x, y, ∂L/∂y), g masked by `y > 0` when the ReLU follows:
 /// the gradients of β and γ. One block per channel on CUDA, sums in double.
 struct GradientSums {
@@ -257,11 +273,7 @@ impl CustomOp3 for GradientSums {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = self.planes;
-        let (x, y, g) = (
-            contiguous_f32(s1, l1, "batch norm backward")?,
-            contiguous_f32(s2, l2, "batch norm backward")?,
-            contiguous_f32(s3, l3, "batch norm backward")?,
-        );
+        let [x, y, g] = backward_inputs([(s1, l1), (s2, l2), (s3, l3)], p)?;
         let stats = held_values(&self.stats, "batch norm statistics")?;
         let mut out = vec![0f32; 2 * p.c];
         for ch in 0..p.c {
@@ -320,11 +332,7 @@ impl CustomOp3 for InputGradient {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let p = self.planes;
-        let (x, y, g) = (
-            contiguous_f32(s1, l1, "batch norm backward")?,
-            contiguous_f32(s2, l2, "batch norm backward")?,
-            contiguous_f32(s3, l3, "batch norm backward")?,
-        );
+        let [x, y, g] = backward_inputs([(s1, l1), (s2, l2), (s3, l3)], p)?;
         let stats = held_values(&self.stats, "batch norm statistics")?;
         let gamma = held_values(&self.gamma, "batch norm scale")?;
         let sums = self.sums.as_ref().map(|s| held_values(s, "batch norm gradient sums")).transpose()?;
@@ -369,46 +377,9 @@ impl CustomOp3 for InputGradient {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fused_bn::tests::{unfused, values};
     use super::*;
     use candle_core::{Device, Var};
-
-    /// The op-by-op batch norm (+ ReLU), as candle's ops compute it on any device.
-    fn unfused(
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        fixed: Option<(&Tensor, &Tensor)>,
-        relu: bool,
-    ) -> Tensor {
-        let c = x.dim(1).unwrap();
-        let (mean, var) = match fixed {
-            None => {
-                let mean = x.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap().mean_keepdim(0).unwrap();
-                let centred = x.broadcast_sub(&mean).unwrap();
-                let var = centred.sqr().unwrap().mean_keepdim(3).unwrap().mean_keepdim(2).unwrap();
-                (mean, var.mean_keepdim(0).unwrap())
-            }
-            Some((m, v)) => (m.reshape((1, c, 1, 1)).unwrap(), v.reshape((1, c, 1, 1)).unwrap()),
-        };
-        let z = x
-            .broadcast_sub(&mean)
-            .unwrap()
-            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
-            .unwrap()
-            .broadcast_mul(&gamma.reshape((1, c, 1, 1)).unwrap())
-            .unwrap()
-            .broadcast_add(&beta.reshape((1, c, 1, 1)).unwrap())
-            .unwrap();
-        if relu {
-            z.relu().unwrap()
-        } else {
-            z
-        }
-    }
-
-    fn values(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");

@@ -404,12 +404,13 @@ impl CustomOp3 for BatchNormReluBackward {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The op-by-op batch norm (+ ReLU) the fused op replaces.
-    fn unfused(
+    /// The op-by-op batch norm (+ ReLU) the fused op replaces, as candle's ops compute it on
+    /// any device (the device op's tests use it too).
+    pub(in crate::models::kernels) fn unfused(
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
@@ -451,7 +452,7 @@ mod tests {
         }
     }
 
-    fn values(t: &Tensor) -> Vec<f32> {
+    pub(in crate::models::kernels) fn values(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
