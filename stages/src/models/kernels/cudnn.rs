@@ -34,18 +34,14 @@ pub fn version() -> Option<String> {
         .clone()
 }
 
-/// Which of the three passes an algorithm is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Pass {
-    Forward,
-    Data,
-    Filter,
-}
+/// The algorithm chosen for each geometry, per pass.
+type Chosen<A> = RefCell<HashMap<Geometry, A>>;
 
 thread_local! {
     static HANDLES: RefCell<HashMap<candle_core::cuda_backend::DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-    /// The algorithm of each geometry and pass (as cuDNN's enum value).
-    static ALGORITHMS: RefCell<HashMap<(Geometry, Pass), u32>> = RefCell::new(HashMap::new());
+    static FORWARD: Chosen<sys::cudnnConvolutionFwdAlgo_t> = RefCell::new(HashMap::new());
+    static DATA: Chosen<sys::cudnnConvolutionBwdDataAlgo_t> = RefCell::new(HashMap::new());
+    static FILTER: Chosen<sys::cudnnConvolutionBwdFilterAlgo_t> = RefCell::new(HashMap::new());
 }
 
 fn error(what: &str) -> impl Fn(cudarc::cudnn::result::CudnnError) -> candle_core::Error + '_ {
@@ -96,17 +92,17 @@ fn descriptors(cudnn: &Arc<Cudnn>, g: &Geometry) -> Result<Descriptors> {
     Ok(Descriptors { conv, x, w, y })
 }
 
-/// The algorithm for `(g, pass)`: cached, or `pick()` (falling back to `fallback` when the
-/// heuristics give nothing) with the non-deterministic ones replaced by `fallback`.
-fn algorithm(
+/// The algorithm for `g` from `chosen`, or else `pick()` (falling back to `fallback` when the
+/// heuristics give nothing) with the non-deterministic ones (`racy`) replaced by `fallback`.
+fn algorithm<A: Copy + PartialEq + 'static>(
+    chosen: &'static std::thread::LocalKey<Chosen<A>>,
     g: &Geometry,
-    pass: Pass,
-    pick: impl FnOnce() -> Option<u32>,
-    fallback: u32,
-    racy: &[u32],
-) -> u32 {
-    ALGORITHMS.with(|cache| {
-        *cache.borrow_mut().entry((*g, pass)).or_insert_with(|| match pick() {
+    pick: impl FnOnce() -> Option<A>,
+    fallback: A,
+    racy: &[A],
+) -> A {
+    chosen.with(|cache| {
+        *cache.borrow_mut().entry(*g).or_insert_with(|| match pick() {
             Some(a) if !racy.contains(&a) => a,
             _ => fallback,
         })
@@ -135,14 +131,13 @@ pub fn forward(g: &Geometry, x: (&CudaStorage, &Layout), w: (&CudaStorage, &Layo
     let d = descriptors(&cudnn, g)?;
     let op = ConvForward { conv: &d.conv, x: &d.x, w: &d.w, y: &d.y };
     // Every forward algorithm is deterministic.
-    let chosen = algorithm(
+    let algo = algorithm(
+        &FORWARD,
         g,
-        Pass::Forward,
-        || op.pick_algorithm().ok().map(|a| a as u32),
-        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM as u32,
+        || op.pick_algorithm().ok(),
+        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
         &[],
     );
-    let algo = forward_algorithm(chosen);
     let mut space = workspace(&device, op.get_workspace_size(algo).map_err(error("forward workspace"))?)?;
     let (x, w) = (view(x, "conv2d")?, view(w, "conv2d weight")?);
     let (ho, wo) = g.output();
@@ -164,14 +159,13 @@ pub fn backward_data(
     let cudnn = handle(&device)?;
     let d = descriptors(&cudnn, g)?;
     let op = ConvBackwardData { conv: &d.conv, dx: &d.x, w: &d.w, dy: &d.y };
-    let chosen = algorithm(
+    let algo = algorithm(
+        &DATA,
         g,
-        Pass::Data,
-        || op.pick_algorithm().ok().map(|a| a as u32),
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 as u32,
-        &[A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 as u32],
+        || op.pick_algorithm().ok(),
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+        &[A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0],
     );
-    let algo = data_algorithm(chosen);
     let mut space =
         workspace(&device, op.get_workspace_size(algo).map_err(error("backward-data workspace"))?)?;
     let (dy, w) = (view(dy, "conv2d backward")?, view(w, "conv2d weight")?);
@@ -194,14 +188,13 @@ pub fn backward_filter(
     let cudnn = handle(&device)?;
     let d = descriptors(&cudnn, g)?;
     let op = ConvBackwardFilter { conv: &d.conv, x: &d.x, dw: &d.w, dy: &d.y };
-    let chosen = algorithm(
+    let algo = algorithm(
+        &FILTER,
         g,
-        Pass::Filter,
-        || op.pick_algorithm().ok().map(|a| a as u32),
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 as u32,
-        &[A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 as u32, A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3 as u32],
+        || op.pick_algorithm().ok(),
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+        &[A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3],
     );
-    let algo = filter_algorithm(chosen);
     let mut space =
         workspace(&device, op.get_workspace_size(algo).map_err(error("backward-filter workspace"))?)?;
     let (x, dy) = (view(x, "conv2d backward")?, view(dy, "conv2d backward")?);
@@ -211,51 +204,4 @@ pub fn backward_filter(
     unsafe { op.launch(algo, space.as_mut(), (1f32, 0f32), &x, &mut dw, &dy) }
         .map_err(error("backward filter"))?;
     Ok(CudaStorage::wrap_cuda_slice(dw, device))
-}
-
-/// The forward algorithm of enum value `v` (one the heuristics returned, or the fallback).
-fn forward_algorithm(v: u32) -> sys::cudnnConvolutionFwdAlgo_t {
-    use sys::cudnnConvolutionFwdAlgo_t as A;
-    [
-        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
-        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
-    ]
-    .into_iter()
-    .find(|a| *a as u32 == v)
-    .unwrap_or(A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM)
-}
-
-/// The backward-data algorithm of enum value `v`.
-fn data_algorithm(v: u32) -> sys::cudnnConvolutionBwdDataAlgo_t {
-    use sys::cudnnConvolutionBwdDataAlgo_t as A;
-    [
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
-        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
-    ]
-    .into_iter()
-    .find(|a| *a as u32 == v)
-    .unwrap_or(A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1)
-}
-
-/// The backward-filter algorithm of enum value `v`.
-fn filter_algorithm(v: u32) -> sys::cudnnConvolutionBwdFilterAlgo_t {
-    use sys::cudnnConvolutionBwdFilterAlgo_t as A;
-    [
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
-        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
-    ]
-    .into_iter()
-    .find(|a| *a as u32 == v)
-    .unwrap_or(A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1)
 }

@@ -16,6 +16,7 @@
 //! `[Σ g; Σ g·x̂]` in the backward pass (the gradients of β and γ), g being ∂L/∂y masked by
 //! `y > 0` when the ReLU follows.
 use super::buffers::contiguous_f32;
+use super::fused_bn::Planes;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// `relu?((x − mean)·γ/√(var + eps) + β)` over `(n, c, h, w)` f32, with γ and β of shape `(c)`.
@@ -46,24 +47,9 @@ pub fn batch_norm_relu(
     Ok((y, batch.then_some(stats)))
 }
 
-/// An `(n, c, h·w)` activation: `n·c` contiguous planes, plane `i` belongs to channel `i % c`.
-#[derive(Debug, Clone, Copy)]
-struct Planes {
-    n: usize,
-    c: usize,
-    hw: usize,
-}
-
+/// The views of an activation's planes (`Planes`, shared with the CPU's fused op) that the
+/// device op's CPU implementation and launchers need.
 impl Planes {
-    fn len(&self) -> usize {
-        self.n * self.c * self.hw
-    }
-
-    /// Values per channel.
-    fn count(&self) -> usize {
-        self.n * self.hw
-    }
-
     /// The channel of element `i`.
     fn channel(&self, i: usize) -> usize {
         (i / self.hw) % self.c

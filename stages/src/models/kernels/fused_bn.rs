@@ -95,20 +95,22 @@ pub fn batch_norm_relu(
     Ok((y, batch))
 }
 
-/// An `(n, c, h·w)` activation: `n·c` contiguous planes, plane `i` belongs to channel `i % c`.
+/// An `(n, c, h·w)` activation: `n·c` contiguous planes, plane `i` belongs to channel `i % c`
+/// (the device op, `device_bn`, adds its own views of it).
 #[derive(Debug, Clone, Copy)]
-struct Planes {
-    n: usize,
-    c: usize,
-    hw: usize,
+pub(super) struct Planes {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) hw: usize,
 }
 
 impl Planes {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.n * self.c * self.hw
     }
 
-    fn count(&self) -> usize {
+    /// Values per channel.
+    pub(super) fn count(&self) -> usize {
         self.n * self.hw
     }
 
